@@ -1,0 +1,108 @@
+// Autograd for the posenc operators, in C++ so that gradients work from LibTorch as well as
+// Python. Each forward calls the operator below the Autograd key; each backward calls the
+// matching backward operator, which regenerates the dropout mask from the saved seed.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include "posenc/ops.h"
+
+namespace posenc {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::optional<at::Tensor> optional_of(const at::Tensor& tensor) {
+  return tensor.defined() ? std::optional<at::Tensor>(tensor) : std::nullopt;
+}
+
+class AddPositionalFunction : public torch::autograd::Function<AddPositionalFunction> {
+ public:
+  // x: [..., T, D], positions: broadcastable to [..., T], table: [P, D] -> [..., T, D]
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
+                            const std::optional<at::Tensor>& positions,
+                            const std::optional<at::Tensor>& table,
+                            const std::optional<at::Tensor>& seed, std::string_view kind,
+                            std::string_view combine, double scale, int64_t offset, double base,
+                            std::string_view convention, std::string_view layout, double dropout,
+                            bool training) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const bool table_needs_x =
+        combine == "mul" && table.has_value() && table->requires_grad() && kind == "learned";
+    ctx->save_for_backward({positions.value_or(at::Tensor()), table.value_or(at::Tensor()),
+                            seed.value_or(at::Tensor()), table_needs_x ? x : at::Tensor()});
+    ctx->saved_data["kind"] = std::string(kind);
+    ctx->saved_data["combine"] = std::string(combine);
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["offset"] = offset;
+    ctx->saved_data["base"] = base;
+    ctx->saved_data["convention"] = std::string(convention);
+    ctx->saved_data["layout"] = std::string(layout);
+    ctx->saved_data["dropout"] = dropout;
+    ctx->saved_data["training"] = training;
+    if (table.has_value()) {
+      ctx->saved_data["table_rows"] = table->sym_size(0);
+      // Autograd edges exist only for the tensors present: x, [positions], table, ...
+      ctx->saved_data["table_edge"] = static_cast<int64_t>(positions.has_value() ? 2 : 1);
+    }
+    return ops::add_positional(x, positions, table, seed, kind, combine, scale, offset, base,
+                               convention, layout, dropout, training);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto positions = optional_of(saved[0]);
+    const auto table = optional_of(saved[1]);
+    const auto seed = optional_of(saved[2]);
+    const auto x = optional_of(saved[3]);
+    const std::string kind = ctx->saved_data["kind"].toStringRef();
+    const std::string combine = ctx->saved_data["combine"].toStringRef();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const int64_t offset = ctx->saved_data["offset"].toInt();
+    const double base = ctx->saved_data["base"].toDouble();
+    const std::string convention = ctx->saved_data["convention"].toStringRef();
+    const std::string layout = ctx->saved_data["layout"].toStringRef();
+    const double dropout = ctx->saved_data["dropout"].toDouble();
+    const bool training = ctx->saved_data["training"].toBool();
+    const at::Tensor& grad = grad_outputs[0];
+
+    at::Tensor grad_x, grad_table;
+    if (ctx->needs_input_grad(0)) {
+      grad_x = ops::add_positional_backward(grad, positions, table, seed, kind, combine, scale,
+                                            offset, base, convention, layout, dropout, training);
+    }
+    if (table.has_value() && ctx->needs_input_grad(ctx->saved_data["table_edge"].toInt())) {
+      grad_table = ops::add_positional_table_backward(
+          grad, x, positions, seed, ctx->saved_data["table_rows"].toSymInt(), combine, scale,
+          offset, dropout, training);
+    }
+    // One entry per forward input after ctx.
+    return {grad_x,     at::Tensor(), grad_table, at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor add_positional_autograd(const at::Tensor& x,
+                                   const std::optional<at::Tensor>& positions,
+                                   const std::optional<at::Tensor>& table,
+                                   const std::optional<at::Tensor>& seed, std::string_view kind,
+                                   std::string_view combine, double scale, int64_t offset,
+                                   double base, std::string_view convention,
+                                   std::string_view layout, double dropout, bool training) {
+  return AddPositionalFunction::apply(x, positions, table, seed, kind, combine, scale, offset,
+                                      base, convention, layout, dropout, training);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
+  m.impl("add_positional", &add_positional_autograd);
+  // Backward operators are not differentiable again: a clear error if double backward reaches
+  // them, instead of silently wrong second derivatives.
+  m.impl("add_positional_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("add_positional_table_backward", torch::autograd::autogradNotImplementedFallback());
+}
+
+}  // namespace posenc

@@ -1,0 +1,209 @@
+#include "common.h"
+
+#include <ATen/ExpandUtils.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/aminmax.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <limits>
+
+namespace posenc {
+namespace detail {
+
+kernels::PositionKind parse_kind(std::string_view kind) {
+  if (kind == "sinusoidal") return kernels::PositionKind::kSinusoidal;
+  if (kind == "linear") return kernels::PositionKind::kLinear;
+  if (kind == "damped") return kernels::PositionKind::kDamped;
+  if (kind == "cosine") return kernels::PositionKind::kCosine;
+  if (kind == "learned") return kernels::PositionKind::kLearned;
+  TORCH_CHECK_VALUE(false, "posenc: kind must be one of 'sinusoidal', 'linear', 'damped', ",
+                    "'cosine', 'learned', got '", kind, "'");
+}
+
+kernels::Combine parse_combine(std::string_view combine) {
+  if (combine == "add") return kernels::Combine::kAdd;
+  if (combine == "mul") return kernels::Combine::kMul;
+  TORCH_CHECK_VALUE(false, "posenc: combine must be 'add' or 'mul', got '", combine, "'");
+}
+
+kernels::Convention parse_convention(std::string_view convention) {
+  if (convention == "vaswani") return kernels::Convention::kVaswani;
+  if (convention == "tensor2tensor") return kernels::Convention::kTensor2Tensor;
+  TORCH_CHECK_VALUE(false, "posenc: convention must be 'vaswani' or 'tensor2tensor', got '",
+                    convention, "'");
+}
+
+kernels::Layout parse_layout(std::string_view layout) {
+  if (layout == "interleaved") return kernels::Layout::kInterleaved;
+  if (layout == "concat") return kernels::Layout::kConcat;
+  TORCH_CHECK_VALUE(false, "posenc: layout must be 'interleaved' or 'concat', got '", layout,
+                    "'");
+}
+
+PositionalOptions parse_positional_options(std::string_view kind, std::string_view combine,
+                                           double scale, int64_t offset, double base,
+                                           std::string_view convention, std::string_view layout,
+                                           double dropout, bool training) {
+  PositionalOptions options;
+  options.code.kind = parse_kind(kind);
+  options.code.convention = parse_convention(convention);
+  options.code.layout = parse_layout(layout);
+  TORCH_CHECK_VALUE(std::isfinite(base) && base > 0.0,
+                    "posenc: base must be a finite number > 0, got ", base);
+  options.code.base = base;
+  options.combine = parse_combine(combine);
+  TORCH_CHECK_VALUE(std::isfinite(scale), "posenc: scale must be finite, got ", scale);
+  options.scale = scale;
+  TORCH_CHECK_VALUE(offset >= 0, "posenc: offset must be >= 0, got ", offset);
+  options.offset = offset;
+  TORCH_CHECK_VALUE(dropout >= 0.0 && dropout < 1.0, "posenc: dropout must be in [0, 1), got ",
+                    dropout);
+  options.dropout = dropout;
+  options.training = training;
+  return options;
+}
+
+kernels::DType kernel_dtype(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat:
+      return kernels::DType::kFloat32;
+    case at::kDouble:
+      return kernels::DType::kFloat64;
+    case at::kBFloat16:
+      return kernels::DType::kBFloat16;
+    case at::kHalf:
+      return kernels::DType::kFloat16;
+    default:
+      TORCH_INTERNAL_ASSERT(false, "posenc: unchecked dtype ", type);
+  }
+}
+
+kernels::IndexType kernel_index_type(at::ScalarType type) {
+  TORCH_INTERNAL_ASSERT(type == at::kLong || type == at::kInt, "posenc: unchecked index dtype");
+  return type == at::kLong ? kernels::IndexType::kInt64 : kernels::IndexType::kInt32;
+}
+
+namespace {
+
+bool is_supported_float(at::ScalarType type) {
+  return type == at::kFloat || type == at::kDouble || type == at::kBFloat16 || type == at::kHalf;
+}
+
+void check_same_device(const char* op, const at::Tensor& x, const at::Tensor& other,
+                       const char* name) {
+  TORCH_CHECK(other.device() == x.device(), op, ": ", name, " must be on the same device as x (",
+              x.device(), "), got ", other.device());
+}
+
+}  // namespace
+
+std::optional<at::Tensor> check_add_positional(const char* op, const at::Tensor& x,
+                                               const std::optional<at::Tensor>& positions,
+                                               const std::optional<at::Tensor>& table,
+                                               const std::optional<at::Tensor>& seed,
+                                               const PositionalOptions& options) {
+  TORCH_CHECK_TYPE(is_supported_float(x.scalar_type()), op,
+                   ": x must be a floating tensor (float32, float64, bfloat16 or float16), got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 2 && x.dim() <= kernels::kMaxBatchDims + 2, op,
+                    ": x must have shape (..., T, D) with 2 to ", kernels::kMaxBatchDims + 2,
+                    " dimensions, got ", x.dim(), " dimension(s)");
+  const c10::SymInt dim = x.sym_size(-1);
+  if (options.code.kind == kernels::PositionKind::kLearned) {
+    TORCH_CHECK_VALUE(table.has_value(), op, ": kind='learned' needs table, a (P, D) tensor");
+    TORCH_CHECK_VALUE(table->dim() == 2 && table->sym_size(1) == dim, op,
+                      ": table must have shape (P, D) with D = x.size(-1) = ", dim, ", got ",
+                      table->sym_sizes());
+    TORCH_CHECK_TYPE(table->scalar_type() == x.scalar_type(), op,
+                     ": table must have the dtype of x (", x.scalar_type(), "), got ",
+                     table->scalar_type());
+    check_same_device(op, x, *table, "table");
+  }
+  if (options.training && options.dropout > 0.0) {
+    TORCH_CHECK_VALUE(seed.has_value(), op,
+                      ": dropout > 0 in training needs seed, an int64 tensor with one element");
+  }
+  if (seed.has_value()) {
+    TORCH_CHECK_TYPE(seed->scalar_type() == at::kLong && seed->sym_numel() == 1, op,
+                     ": seed must be an int64 tensor with one element, got ",
+                     seed->scalar_type(), " of shape ", seed->sym_sizes());
+    TORCH_CHECK(seed->device() == x.device() || seed->device().is_cpu(), op,
+                ": seed must be on x's device or the CPU, got ", seed->device());
+  }
+  if (!positions.has_value()) return std::nullopt;
+  TORCH_CHECK_TYPE(positions->scalar_type() == at::kLong || positions->scalar_type() == at::kInt,
+                   op, ": positions must be an int64 or int32 tensor, got ",
+                   positions->scalar_type());
+  check_same_device(op, x, *positions, "positions");
+  const auto row_sizes = x.sym_sizes().slice(0, x.dim() - 1);
+  TORCH_CHECK_VALUE(at::is_expandable_to(positions->sym_sizes(), row_sizes), op,
+                    ": positions of shape ", positions->sym_sizes(),
+                    " must be broadcastable to x.shape[:-1] = ", row_sizes);
+  return positions->expand_symint(row_sizes);
+}
+
+void check_position_values(const char* op, const std::optional<at::Tensor>& positions,
+                           int64_t offset, int64_t seq_len, std::optional<int64_t> table_rows) {
+  if (!positions.has_value()) {
+    if (table_rows.has_value() && seq_len > 0) {
+      TORCH_CHECK_INDEX(offset + seq_len <= *table_rows, op, ": positions offset + arange(T) up to ",
+                        offset + seq_len - 1, " are outside the table of ", *table_rows,
+                        " rows");
+    }
+    return;
+  }
+  if (positions->numel() == 0) return;
+  const auto [min_value, max_value] = at::aminmax(*positions);
+  const int64_t lowest = min_value.item<int64_t>();
+  const int64_t highest = max_value.item<int64_t>();
+  TORCH_CHECK_INDEX(lowest >= 0, op, ": positions must be >= 0, got ", lowest);
+  if (table_rows.has_value()) {
+    TORCH_CHECK_INDEX(highest < *table_rows, op, ": positions must be < the table's ",
+                      *table_rows, " rows, got ", highest);
+  }
+}
+
+uint64_t read_seed(const std::optional<at::Tensor>& seed) {
+  if (!seed.has_value()) return 0;
+  return static_cast<uint64_t>(seed->item<int64_t>());
+}
+
+kernels::RowShape row_shape(const at::Tensor& x) {
+  kernels::RowShape shape;
+  shape.batch_ndim = static_cast<int>(x.dim()) - 2;
+  TORCH_INTERNAL_ASSERT(shape.batch_ndim >= 0 && shape.batch_ndim <= kernels::kMaxBatchDims);
+  for (int i = 0; i < shape.batch_ndim; ++i) shape.batch_sizes[i] = x.size(i);
+  shape.seq_len = x.size(-2);
+  shape.dim = x.size(-1);
+  return shape;
+}
+
+kernels::StridedRows strided_rows(const at::Tensor& x) {
+  kernels::StridedRows rows;
+  rows.data = x.data_ptr();
+  for (int64_t i = 0; i + 2 < x.dim(); ++i) rows.batch_strides[i] = x.stride(i);
+  rows.seq_stride = x.stride(-2);
+  rows.dim_stride = x.stride(-1);
+  return rows;
+}
+
+kernels::StridedIndex strided_index(const std::optional<at::Tensor>& index) {
+  kernels::StridedIndex result;
+  if (!index.has_value()) return result;
+  result.data = index->data_ptr();
+  result.type = kernel_index_type(index->scalar_type());
+  for (int64_t i = 0; i + 1 < index->dim(); ++i) result.batch_strides[i] = index->stride(i);
+  result.seq_stride = index->dim() > 0 ? index->stride(-1) : 0;
+  return result;
+}
+
+kernels::ParallelFor torch_parallel_for() {
+  return [](int64_t begin, int64_t end, int64_t grain,
+            const std::function<void(int64_t, int64_t)>& body) {
+    at::parallel_for(begin, end, grain, body);
+  };
+}
+
+}  // namespace detail
+}  // namespace posenc

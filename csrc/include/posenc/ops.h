@@ -1,0 +1,48 @@
+// Calls into the posenc operators through the dispatcher, one function per schema in
+// csrc/registration.cpp. Going through the dispatcher means autograd, CPU, CUDA and Meta all
+// apply from C++ exactly as from torch.ops.posenc in Python.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
+
+#include <optional>
+#include <string_view>
+
+namespace posenc {
+namespace ops {
+
+// x: [..., T, D], positions: broadcastable to [..., T], table: [P, D], seed: int64 scalar
+// -> [..., T, D]
+at::Tensor add_positional(const at::Tensor& x, const std::optional<at::Tensor>& positions,
+                          const std::optional<at::Tensor>& table,
+                          const std::optional<at::Tensor>& seed, std::string_view kind,
+                          std::string_view combine, double scale, int64_t offset, double base,
+                          std::string_view convention, std::string_view layout, double dropout,
+                          bool training);
+
+// grad: [..., T, D] -> grad_x: [..., T, D]
+at::Tensor add_positional_backward(const at::Tensor& grad,
+                                   const std::optional<at::Tensor>& positions,
+                                   const std::optional<at::Tensor>& table,
+                                   const std::optional<at::Tensor>& seed, std::string_view kind,
+                                   std::string_view combine, double scale, int64_t offset,
+                                   double base, std::string_view convention,
+                                   std::string_view layout, double dropout, bool training);
+
+// grad: [..., T, D], x: [..., T, D] or none -> grad_table: [table_rows, D]
+at::Tensor add_positional_table_backward(const at::Tensor& grad,
+                                         const std::optional<at::Tensor>& x,
+                                         const std::optional<at::Tensor>& positions,
+                                         const std::optional<at::Tensor>& seed,
+                                         c10::SymInt table_rows, std::string_view combine,
+                                         double scale, int64_t offset, double dropout,
+                                         bool training);
+
+// positions: any shape -> [*positions.shape, dim]
+at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim, std::string_view kind,
+                               double base, std::string_view convention, std::string_view layout,
+                               std::optional<at::ScalarType> dtype);
+
+}  // namespace ops
+}  // namespace posenc

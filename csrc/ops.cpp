@@ -1,0 +1,61 @@
+#include "posenc/ops.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+namespace posenc {
+namespace ops {
+namespace {
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+}  // namespace
+
+at::Tensor add_positional(const at::Tensor& x, const std::optional<at::Tensor>& positions,
+                          const std::optional<at::Tensor>& table,
+                          const std::optional<at::Tensor>& seed, std::string_view kind,
+                          std::string_view combine, double scale, int64_t offset, double base,
+                          std::string_view convention, std::string_view layout, double dropout,
+                          bool training) {
+  static const auto op = find_op<decltype(add_positional)>("posenc::add_positional");
+  return op.call(x, positions, table, seed, kind, combine, scale, offset, base, convention, layout,
+                 dropout, training);
+}
+
+at::Tensor add_positional_backward(const at::Tensor& grad,
+                                   const std::optional<at::Tensor>& positions,
+                                   const std::optional<at::Tensor>& table,
+                                   const std::optional<at::Tensor>& seed, std::string_view kind,
+                                   std::string_view combine, double scale, int64_t offset,
+                                   double base, std::string_view convention,
+                                   std::string_view layout, double dropout, bool training) {
+  static const auto op =
+      find_op<decltype(add_positional_backward)>("posenc::add_positional_backward");
+  return op.call(grad, positions, table, seed, kind, combine, scale, offset, base, convention,
+                 layout, dropout, training);
+}
+
+at::Tensor add_positional_table_backward(const at::Tensor& grad,
+                                         const std::optional<at::Tensor>& x,
+                                         const std::optional<at::Tensor>& positions,
+                                         const std::optional<at::Tensor>& seed,
+                                         c10::SymInt table_rows, std::string_view combine,
+                                         double scale, int64_t offset, double dropout,
+                                         bool training) {
+  static const auto op = find_op<decltype(add_positional_table_backward)>(
+      "posenc::add_positional_table_backward");
+  return op.call(grad, x, positions, seed, std::move(table_rows), combine, scale, offset, dropout,
+                 training);
+}
+
+at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim, std::string_view kind,
+                               double base, std::string_view convention, std::string_view layout,
+                               std::optional<at::ScalarType> dtype) {
+  static const auto op = find_op<decltype(positional_encoding)>("posenc::positional_encoding");
+  return op.call(positions, dim, kind, base, convention, layout, dtype);
+}
+
+}  // namespace ops
+}  // namespace posenc

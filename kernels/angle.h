@@ -1,0 +1,114 @@
+// Exact-angle sin/cos for position codes: sin(2*pi*(pos * f + phase)) where f is a frequency
+// in turns per position. A float32 product pos * w has an absolute error of about pos * 6e-8
+// radians, which at pos ~ 1e6 is already 0.06 rad. Here the frequency is split into three
+// pieces of at most 21 significant bits, so pos * piece is exact in double for pos < 2^31, the
+// whole number of turns is dropped exactly, and only the fractional turn is evaluated.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common.h"
+
+namespace posenc {
+namespace kernels {
+
+// A frequency in turns per position, split so that products with integers below 2^31 are exact.
+struct TurnFrequency {
+  double high;
+  double middle;
+  double low;
+};
+
+// Keeps the leading `bits` significant bits of `value` (round to nearest); host only.
+inline long double leading_bits(long double value, int bits) {
+  if (value == 0.0L || !std::isfinite(value)) return value;
+  int exponent = 0;
+  std::frexp(value, &exponent);  // value = m * 2^exponent, 0.5 <= |m| < 1
+  const long double scale = std::ldexp(1.0L, bits - exponent);
+  return std::nearbyint(value * scale) / scale;
+}
+
+// Splits a frequency in turns per position exactly into three 21-bit pieces; host only. The
+// long double input (64-bit mantissa on x86) keeps w / (2*pi) below double rounding.
+inline TurnFrequency split_turn_frequency(long double turns) {
+  TurnFrequency f;
+  const long double high = leading_bits(turns, 21);
+  const long double rest = turns - high;  // exact: the dropped low bits
+  const long double middle = leading_bits(rest, 21);
+  f.high = static_cast<double>(high);
+  f.middle = static_cast<double>(middle);
+  f.low = static_cast<double>(rest - middle);
+  return f;
+}
+
+// radians_per_position: the angular frequency w as the caller computed it (in double).
+inline TurnFrequency turn_frequency_from_radians(double radians_per_position) {
+  const long double two_pi = 6.283185307179586476925286766559005768L;
+  return split_turn_frequency(static_cast<long double>(radians_per_position) / two_pi);
+}
+
+// Round to nearest integer for |v| < 2^51 without libm, so the loop vectorizes on the CPU.
+POSENC_HOST_DEVICE double round_to_integer(double v) {
+#if defined(__CUDA_ARCH__)
+  return rint(v);
+#else
+  // Built without -ffast-math, so the compiler keeps the two roundings as written.
+  const double magic = 6755399441055744.0;  // 1.5 * 2^52
+  return (v + magic) - magic;
+#endif
+}
+
+// Fraction of a turn of pos * f + phase, in [-0.5, 0.5]. Exact up to the rounding of the low
+// piece's product (relative 2^-53 of a value below 2^-21 turns per position).
+POSENC_HOST_DEVICE double reduced_turns(int64_t position, const TurnFrequency& f, double phase) {
+  const double p = static_cast<double>(position);
+  double high = p * f.high;
+  high -= round_to_integer(high);
+  double middle = p * f.middle;
+  middle -= round_to_integer(middle);
+  double turns = high + middle + p * f.low + phase;
+  return turns - round_to_integer(turns);
+}
+
+template <typename acc_t>
+struct SinCos {
+  acc_t sin;
+  acc_t cos;
+};
+
+// sin and cos of x for |x| <= pi/4 in float: Cody-Waite style minimax polynomials, below 1 ulp.
+POSENC_HOST_DEVICE SinCos<float> sincos_small(float x) {
+  const float x2 = x * x;
+  const float s = x + x * x2 * (-1.6666654611e-1f + x2 * (8.3321608736e-3f + x2 * -1.9515295891e-4f));
+  const float c = 1.0f - 0.5f * x2 +
+                  x2 * x2 * (4.166664568298827e-2f + x2 * (-1.388731625493765e-3f + x2 * 2.443315711809948e-5f));
+  return {s, c};
+}
+
+POSENC_HOST_DEVICE SinCos<double> sincos_small(double x) {
+#if defined(__CUDA_ARCH__)
+  double s, c;
+  sincos(x, &s, &c);
+  return {s, c};
+#else
+  return {std::sin(x), std::cos(x)};
+#endif
+}
+
+// sin and cos of 2*pi*turns for turns in [-0.5, 0.5], computed in acc_t after an exact
+// quadrant split in double.
+template <typename acc_t>
+POSENC_HOST_DEVICE SinCos<acc_t> sincos_turns(double turns) {
+  const double quadrant = round_to_integer(4.0 * turns);  // in {-2, ..., 2}
+  const double within = turns - 0.25 * quadrant;           // exact, in [-1/8, 1/8]
+  const SinCos<acc_t> small = sincos_small(static_cast<acc_t>(within * (2.0 * M_PI)));
+  const int q = static_cast<int>(quadrant) & 3;
+  // Rotating by q quarter turns: (s, c) -> (c, -s) per quarter.
+  const acc_t s = (q & 1) ? small.cos : small.sin;
+  const acc_t c = (q & 1) ? small.sin : small.cos;
+  return {(q & 2) ? -s : s, ((q + 1) & 2) ? -c : c};
+}
+
+}  // namespace kernels
+}  // namespace posenc

@@ -1,0 +1,130 @@
+// Framework-free building blocks shared by the CPU and CUDA kernels: host/device
+// qualifiers, the element types the kernels understand, 16-bit float conversions and the
+// parallel-for hook through which the caller (torch, a test, a thread pool) supplies threads.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+#if defined(__CUDACC__)
+#define POSENC_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define POSENC_HOST_DEVICE inline
+#endif
+
+namespace posenc {
+namespace kernels {
+
+// Element types of tensors handed to kernels. Half types are stored as raw 16-bit words and
+// computed in float32; float64 is computed in double.
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
+
+// Integer types accepted for ids and positions.
+enum class IndexType : int { kInt64 = 0, kInt32 = 1 };
+
+struct BFloat16 {
+  uint16_t bits;
+};
+struct Float16 {
+  uint16_t bits;
+};
+
+POSENC_HOST_DEVICE uint32_t float_bits(float value) {
+  uint32_t bits;
+  memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+POSENC_HOST_DEVICE float bits_float(uint32_t bits) {
+  float value;
+  memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// Round-to-nearest-even, NaN kept quiet: the same rounding as torch's bfloat16 cast.
+POSENC_HOST_DEVICE BFloat16 float_to_bfloat16(float value) {
+  uint32_t bits = float_bits(value);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return BFloat16{static_cast<uint16_t>(0x7fc0)};
+  const uint32_t rounding_bias = 0x7fffu + ((bits >> 16) & 1u);
+  return BFloat16{static_cast<uint16_t>((bits + rounding_bias) >> 16)};
+}
+
+POSENC_HOST_DEVICE float bfloat16_to_float(BFloat16 value) {
+  return bits_float(static_cast<uint32_t>(value.bits) << 16);
+}
+
+// IEEE binary16 <-> binary32 without F16C, so the baseline x86-64 build needs no extra ISA.
+POSENC_HOST_DEVICE float float16_to_float(Float16 value) {
+  const uint32_t sign = static_cast<uint32_t>(value.bits & 0x8000u) << 16;
+  const uint32_t exponent = (value.bits >> 10) & 0x1fu;
+  uint32_t mantissa = value.bits & 0x3ffu;
+  if (exponent == 0x1f) return bits_float(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent == 0) {
+    if (mantissa == 0) return bits_float(sign);
+    // Subnormal half: value = mantissa * 2^-24, exact in float.
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return sign ? -magnitude : magnitude;
+  }
+  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+POSENC_HOST_DEVICE Float16 float_to_float16(float value) {
+  const uint32_t bits = float_bits(value);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return Float16{static_cast<uint16_t>(sign | 0x7e00u)};
+  if (magnitude >= 0x477ff000u) return Float16{static_cast<uint16_t>(sign | 0x7c00u)};
+  if (magnitude < 0x38800000u) {
+    // Result is subnormal (or zero) in half: scale so the rounding to an integer count of
+    // 2^-24 units happens in float arithmetic with round-to-nearest-even.
+    const float scaled = bits_float(magnitude) * 16777216.0f;  // * 2^24
+    const float rounded = (scaled + 12582912.0f) - 12582912.0f;  // rint for |x| < 2^22
+    return Float16{static_cast<uint16_t>(sign | static_cast<uint16_t>(rounded))};
+  }
+  // Normal: rebias the exponent and round the 13 dropped mantissa bits to nearest even.
+  const uint32_t rebased = magnitude - (112u << 23);
+  const uint32_t rounded = rebased + 0x0fffu + ((rebased >> 13) & 1u);
+  return Float16{static_cast<uint16_t>(sign | (rounded >> 13))};
+}
+
+// Load and store through the compute type of each storage type.
+template <typename scalar_t>
+struct Accumulate {
+  using type = float;
+};
+template <>
+struct Accumulate<double> {
+  using type = double;
+};
+template <typename scalar_t>
+using acc_t = typename Accumulate<scalar_t>::type;
+
+POSENC_HOST_DEVICE float load_as_acc(const float* p) { return *p; }
+POSENC_HOST_DEVICE double load_as_acc(const double* p) { return *p; }
+POSENC_HOST_DEVICE float load_as_acc(const BFloat16* p) { return bfloat16_to_float(*p); }
+POSENC_HOST_DEVICE float load_as_acc(const Float16* p) { return float16_to_float(*p); }
+
+POSENC_HOST_DEVICE void store_from_acc(float* p, float v) { *p = v; }
+POSENC_HOST_DEVICE void store_from_acc(double* p, double v) { *p = v; }
+POSENC_HOST_DEVICE void store_from_acc(BFloat16* p, float v) { *p = float_to_bfloat16(v); }
+POSENC_HOST_DEVICE void store_from_acc(Float16* p, float v) { *p = float_to_float16(v); }
+
+POSENC_HOST_DEVICE int64_t load_index(const void* data, IndexType type, int64_t offset) {
+  return type == IndexType::kInt64 ? static_cast<const int64_t*>(data)[offset]
+                                   : static_cast<int64_t>(static_cast<const int32_t*>(data)[offset]);
+}
+
+// Calls body(begin, end) over [begin, end) in chunks of at least `grain`, possibly on several
+// threads. The torch binding passes at::parallel_for; tests may pass a serial loop. Kernels
+// must give the same bits whichever split is used.
+using ParallelFor = std::function<void(int64_t begin, int64_t end, int64_t grain,
+                                       const std::function<void(int64_t, int64_t)>& body)>;
+
+inline void serial_for(int64_t begin, int64_t end, int64_t /*grain*/,
+                       const std::function<void(int64_t, int64_t)>& body) {
+  if (begin < end) body(begin, end);
+}
+
+}  // namespace kernels
+}  // namespace posenc

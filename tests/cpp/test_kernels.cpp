@@ -1,0 +1,375 @@
+// kernels/ alone, without torch: the CPU kernels against scalar double references written here
+// from the published formulas.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "angle.h"
+#include "common.h"
+#include "philox.h"
+#include "position_code.h"
+#include "positional.h"
+
+namespace pk = posenc::kernels;
+
+namespace {
+
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// PE(pos)[j] from the definitions, in double.
+double reference_code(pk::PositionKind kind, pk::Convention convention, pk::Layout layout,
+                      double base, int64_t dim, int64_t pos, int64_t j) {
+  const double p = static_cast<double>(pos);
+  const int64_t half = dim / 2;
+  switch (kind) {
+    case pk::PositionKind::kSinusoidal: {
+      if (j >= 2 * half) return 0.0;
+      const int64_t i = layout == pk::Layout::kInterleaved ? j / 2 : (j < half ? j : j - half);
+      const bool is_cos = layout == pk::Layout::kInterleaved ? (j % 2 == 1) : (j >= half);
+      const double w = convention == pk::Convention::kVaswani
+                           ? std::pow(base, -2.0 * i / dim)
+                           : std::exp(-std::log(base) * i / std::max<int64_t>(half - 1, 1));
+      return is_cos ? std::cos(p * w) : std::sin(p * w);
+    }
+    case pk::PositionKind::kLinear: {
+      const int64_t i = j / 2;
+      const double a = std::pow(base, -static_cast<double>(i));
+      return j % 2 == 0 ? a * std::cos(p * M_PI / base) : a * std::sin(p * M_PI / base);
+    }
+    case pk::PositionKind::kDamped: {
+      const int64_t i = j / 2;
+      const double a = 1.0 / std::sqrt(std::pow(2.0, i + 1));
+      return j % 2 == 0 ? a * std::cos(p / base) : a * std::sin(p / base);
+    }
+    case pk::PositionKind::kCosine:
+      return std::cos(p * std::pow(base, -2.0 * j / dim));
+    case pk::PositionKind::kLearned:
+      break;
+  }
+  return kNaN;
+}
+
+uint64_t reference_keep_draw(uint64_t seed, uint64_t index) {
+  return pk::philox4x32_10(index / 4, seed).v[index % 4];
+}
+
+void serial_chunks_of_one(int64_t begin, int64_t end, int64_t,
+                          const std::function<void(int64_t, int64_t)>& body) {
+  for (int64_t i = begin; i < end; ++i) body(i, i + 1);
+}
+
+// Splits the range over 4 real threads.
+void four_threads(int64_t begin, int64_t end, int64_t,
+                  const std::function<void(int64_t, int64_t)>& body) {
+  std::vector<std::thread> threads;
+  const int64_t n = end - begin;
+  for (int k = 0; k < 4; ++k) {
+    const int64_t b = begin + n * k / 4, e = begin + n * (k + 1) / 4;
+    if (b < e) threads.emplace_back([&body, b, e] { body(b, e); });
+  }
+  for (auto& t : threads) t.join();
+}
+
+struct Case {
+  pk::PositionKind kind;
+  pk::Convention convention;
+  pk::Layout layout;
+  pk::Combine combine;
+};
+
+}  // namespace
+
+TEST(Philox, KnownAnswers) {
+  // Random123's published known-answer vectors for philox4x32_10.
+  auto zero = pk::philox4x32_10(pk::Philox4{{0, 0, 0, 0}}, 0, 0);
+  EXPECT_EQ(zero.v[0], 0x6627e8d5u);
+  EXPECT_EQ(zero.v[1], 0xe169c58du);
+  EXPECT_EQ(zero.v[2], 0xbc57ac4cu);
+  EXPECT_EQ(zero.v[3], 0x9b00dbd8u);
+  auto ones = pk::philox4x32_10(
+      pk::Philox4{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}}, 0xffffffffu,
+      0xffffffffu);
+  EXPECT_EQ(ones.v[0], 0x408f276du);
+  EXPECT_EQ(ones.v[1], 0x41c83b0eu);
+  EXPECT_EQ(ones.v[2], 0xa20bc7c6u);
+  EXPECT_EQ(ones.v[3], 0x6d5451fdu);
+  auto pi = pk::philox4x32_10(pk::Philox4{{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}},
+                              0xa4093822u, 0x299f31d0u);
+  EXPECT_EQ(pi.v[0], 0xd16cfe09u);
+  EXPECT_EQ(pi.v[1], 0x94fdccebu);
+  EXPECT_EQ(pi.v[2], 0x5001e420u);
+  EXPECT_EQ(pi.v[3], 0x24126ea1u);
+}
+
+TEST(HalfTypes, RoundTripAndRounding) {
+  const float values[] = {0.0f, -0.0f, 1.0f, -2.5f, 3.140625f, 65504.0f, 6.1035156e-05f,
+                          5.9604645e-08f, 1e-3f, -123.456f};
+  for (float v : values) {
+    const float h = pk::float16_to_float(pk::float_to_float16(v));
+    EXPECT_NEAR(h, v, std::fabs(v) * 1e-3 + 1e-7) << v;
+    const float b = pk::bfloat16_to_float(pk::float_to_bfloat16(v));
+    EXPECT_NEAR(b, v, std::fabs(v) * 8e-3 + 1e-30) << v;
+  }
+  EXPECT_EQ(pk::float_to_float16(1.0f).bits, 0x3c00);
+  EXPECT_EQ(pk::float_to_float16(65520.0f).bits, 0x7c00);  // rounds to infinity
+  EXPECT_EQ(pk::float_to_float16(1.0f + 1.0f / 2048.0f).bits, 0x3c00);  // tie to even
+  EXPECT_EQ(pk::float_to_bfloat16(1.0f).bits, 0x3f80);
+  EXPECT_TRUE(std::isnan(pk::float16_to_float(pk::float_to_float16(NAN))));
+  EXPECT_TRUE(std::isinf(pk::float16_to_float(pk::Float16{0x7c00})));
+}
+
+TEST(Angle, FloatSinCosWithin2e6UpTo2Pow24) {
+  std::mt19937_64 rng(7);
+  const int64_t dim = 512;
+  const pk::PositionCodeOptions options;
+  const auto codes = pk::make_channel_codes(options, dim);
+  double worst = 0.0;
+  for (int k = 0; k < 2000; ++k) {
+    const int64_t pos = static_cast<int64_t>(rng() % (1u << 24));
+    const int64_t j = static_cast<int64_t>(rng() % dim);
+    const float got = pk::evaluate_channel<float>(codes[j], pos);
+    const double want = reference_code(options.kind, options.convention, options.layout,
+                                       options.base, dim, pos, j);
+    worst = std::max(worst, std::fabs(got - want));
+  }
+  EXPECT_LT(worst, 2e-6);
+  // The edge: the largest positions below 2^24, fastest channel.
+  for (int64_t pos = (1 << 24) - 64; pos < (1 << 24); ++pos) {
+    EXPECT_NEAR(pk::evaluate_channel<float>(codes[0], pos), std::sin(static_cast<double>(pos)),
+                2e-6);
+    EXPECT_NEAR(pk::evaluate_channel<float>(codes[1], pos), std::cos(static_cast<double>(pos)),
+                2e-6);
+  }
+}
+
+TEST(Angle, DoubleSinCosNearlyExact) {
+  const auto codes = pk::make_channel_codes(pk::PositionCodeOptions{}, 64);
+  for (int64_t pos : {0LL, 1LL, 1000LL, 123456789LL, (1LL << 30) + 3}) {
+    // The reference's own rounding of pos * w is up to pos * 2^-53 radians.
+    const double tolerance = 1e-15 + static_cast<double>(pos) * 2.3e-16;
+    EXPECT_NEAR(pk::evaluate_channel<double>(codes[0], pos), std::sin(static_cast<double>(pos)),
+                tolerance);
+    EXPECT_NEAR(pk::evaluate_channel<double>(codes[1], pos), std::cos(static_cast<double>(pos)),
+                tolerance);
+  }
+}
+
+class AddPositionalKernel : public ::testing::TestWithParam<Case> {};
+
+// x: [B=3, T=5, D] stored transposed as [T, B, D'] with D' > D (strided rows, padded channels),
+// positions int32 [B, T] or none, poisoned output.
+TEST_P(AddPositionalKernel, MatchesReference) {
+  const Case c = GetParam();
+  for (int64_t dim : {1, 2, 7, 8, 33}) {
+    for (bool with_positions : {false, true}) {
+      for (double p_drop : {0.0, 0.25}) {
+        const int64_t batch = 3, seq = 5, padded = dim + 3, offset = 11, table_rows = 40;
+        std::mt19937 rng(static_cast<unsigned>(dim * 7 + with_positions));
+        std::normal_distribution<double> normal;
+        std::vector<double> x_storage(seq * batch * padded);
+        for (auto& v : x_storage) v = normal(rng);
+        std::vector<double> table(table_rows * dim);
+        for (auto& v : table) v = normal(rng);
+        std::vector<int32_t> positions(batch * seq);
+        for (auto& v : positions) v = static_cast<int32_t>(rng() % table_rows);
+        std::vector<double> out(batch * seq * dim, kNaN);
+
+        pk::AddPositionalParams params;
+        params.dtype = pk::DType::kFloat64;
+        params.shape.batch_ndim = 1;
+        params.shape.batch_sizes[0] = batch;
+        params.shape.seq_len = seq;
+        params.shape.dim = dim;
+        params.x.data = x_storage.data();
+        params.x.batch_strides[0] = padded;
+        params.x.seq_stride = batch * padded;
+        params.x.dim_stride = 1;
+        params.out.data = out.data();
+        params.out.batch_strides[0] = seq * dim;
+        params.out.seq_stride = dim;
+        params.out.dim_stride = 1;
+        if (with_positions) {
+          params.positions.data = positions.data();
+          params.positions.type = pk::IndexType::kInt32;
+          params.positions.batch_strides[0] = seq;
+          params.positions.seq_stride = 1;
+        }
+        params.offset = offset;
+        params.combine = c.combine;
+        params.scale = 1.75;
+        params.dropout = pk::make_dropout(p_drop, true, 0x1234abcdULL);
+        pk::PositionCodeOptions options{c.kind, 100.0, c.convention, c.layout};
+        const auto codes = pk::make_channel_codes(options, dim);
+        params.source.kind = c.kind;
+        params.source.channels = codes.data();
+        params.source.table = table.data();
+        params.source.table_rows = table_rows;
+        params.source.table_row_stride = dim;
+        params.source.table_dim_stride = 1;
+        if (c.kind == pk::PositionKind::kLearned && !with_positions) {
+          params.offset = table_rows - seq;
+        }
+
+        pk::add_positional_cpu(params, serial_chunks_of_one);
+
+        for (int64_t b = 0; b < batch; ++b) {
+          for (int64_t t = 0; t < seq; ++t) {
+            const int64_t pos = with_positions ? positions[b * seq + t] : params.offset + t;
+            for (int64_t d = 0; d < dim; ++d) {
+              const double x = x_storage[t * batch * padded + b * padded + d];
+              const double pe = c.kind == pk::PositionKind::kLearned
+                                    ? table[pos * dim + d]
+                                    : reference_code(c.kind, c.convention, c.layout, 100.0, dim,
+                                                     pos, d);
+              double want = c.combine == pk::Combine::kAdd ? 1.75 * x + pe : 1.75 * x * pe;
+              const uint64_t index = static_cast<uint64_t>((b * seq + t) * dim + d);
+              if (p_drop > 0) {
+                const bool keep = reference_keep_draw(0x1234abcdULL, index) <
+                                  static_cast<uint64_t>(0.75 * 4294967296.0);
+                want = keep ? want / 0.75 : 0.0;
+              }
+              ASSERT_NEAR(out[index], want, 1e-12)
+                  << "dim=" << dim << " b=" << b << " t=" << t << " d=" << d
+                  << " positions=" << with_positions << " p=" << p_drop;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllKinds, AddPositionalKernel,
+    ::testing::Values(
+        Case{pk::PositionKind::kSinusoidal, pk::Convention::kVaswani, pk::Layout::kInterleaved,
+             pk::Combine::kAdd},
+        Case{pk::PositionKind::kSinusoidal, pk::Convention::kVaswani, pk::Layout::kConcat,
+             pk::Combine::kMul},
+        Case{pk::PositionKind::kSinusoidal, pk::Convention::kTensor2Tensor,
+             pk::Layout::kInterleaved, pk::Combine::kMul},
+        Case{pk::PositionKind::kSinusoidal, pk::Convention::kTensor2Tensor, pk::Layout::kConcat,
+             pk::Combine::kAdd},
+        Case{pk::PositionKind::kLinear, pk::Convention::kVaswani, pk::Layout::kInterleaved,
+             pk::Combine::kAdd},
+        Case{pk::PositionKind::kDamped, pk::Convention::kVaswani, pk::Layout::kInterleaved,
+             pk::Combine::kMul},
+        Case{pk::PositionKind::kCosine, pk::Convention::kVaswani, pk::Layout::kInterleaved,
+             pk::Combine::kAdd},
+        Case{pk::PositionKind::kLearned, pk::Convention::kVaswani, pk::Layout::kInterleaved,
+             pk::Combine::kAdd},
+        Case{pk::PositionKind::kLearned, pk::Convention::kVaswani, pk::Layout::kInterleaved,
+             pk::Combine::kMul}));
+
+// float32 storage, positions shared across the batch: same bits with 1 chunk per row, one
+// serial chunk, and 4 threads; bfloat16 within its rounding of the float result.
+TEST(AddPositionalKernelThreads, SameBitsForAnySplit) {
+  const int64_t batch = 4, seq = 37, dim = 96;
+  std::vector<float> x(batch * seq * dim);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  for (auto& v : x) v = normal(rng);
+  const auto codes = pk::make_channel_codes(pk::PositionCodeOptions{}, dim);
+  auto run = [&](const pk::ParallelFor& pf) {
+    std::vector<float> out(x.size(), std::nanf(""));
+    pk::AddPositionalParams params;
+    params.shape.batch_ndim = 1;
+    params.shape.batch_sizes[0] = batch;
+    params.shape.seq_len = seq;
+    params.shape.dim = dim;
+    params.x.data = x.data();
+    params.x.batch_strides[0] = seq * dim;
+    params.x.seq_stride = dim;
+    params.out = params.x;
+    params.out.data = out.data();
+    params.offset = 1000;
+    params.source.channels = codes.data();
+    params.dropout = pk::make_dropout(0.1, true, 99);
+    pk::add_positional_cpu(params, pf);
+    return out;
+  };
+  const auto serial = run(pk::serial_for);
+  const auto ones = run(serial_chunks_of_one);
+  const auto threads = run(four_threads);
+  ASSERT_EQ(0, std::memcmp(serial.data(), ones.data(), serial.size() * sizeof(float)));
+  ASSERT_EQ(0, std::memcmp(serial.data(), threads.data(), serial.size() * sizeof(float)));
+  int64_t dropped = 0;
+  for (float v : serial) dropped += v == 0.0f;
+  EXPECT_GT(dropped, 0);
+  EXPECT_LT(dropped, static_cast<int64_t>(serial.size()) / 5);
+}
+
+TEST(AddPositionalKernel, PositionOnlyBFloat16) {
+  const int64_t seq = 9, dim = 16;
+  std::vector<pk::BFloat16> out(seq * dim, pk::BFloat16{0x7fc0});
+  std::vector<int64_t> positions = {0, 1, 2, 100, 5000, 65535, 1 << 20, 3, 7};
+  const auto codes = pk::make_channel_codes(pk::PositionCodeOptions{}, dim);
+  pk::AddPositionalParams params;
+  params.dtype = pk::DType::kBFloat16;
+  params.shape.seq_len = seq;
+  params.shape.dim = dim;
+  params.out.data = out.data();
+  params.out.seq_stride = dim;
+  params.positions.data = positions.data();
+  params.positions.seq_stride = 1;
+  params.combine = pk::Combine::kPositionOnly;
+  params.source.channels = codes.data();
+  pk::add_positional_cpu(params, pk::serial_for);
+  for (int64_t t = 0; t < seq; ++t) {
+    for (int64_t d = 0; d < dim; ++d) {
+      const double want = reference_code(pk::PositionKind::kSinusoidal, pk::Convention::kVaswani,
+                                         pk::Layout::kInterleaved, 10000.0, dim, positions[t], d);
+      EXPECT_NEAR(pk::bfloat16_to_float(out[t * dim + d]), want, 4e-3) << t << "," << d;
+    }
+  }
+}
+
+TEST(AddPositionalKernel, TableBackwardMatchesReference) {
+  for (pk::Combine combine : {pk::Combine::kAdd, pk::Combine::kMul}) {
+    const int64_t batch = 3, seq = 6, dim = 70, rows = 5;
+    std::mt19937 rng(11);
+    std::normal_distribution<double> normal;
+    std::vector<double> grad(batch * seq * dim), x(batch * seq * dim);
+    for (auto& v : grad) v = normal(rng);
+    for (auto& v : x) v = normal(rng);
+    std::vector<int64_t> positions(batch * seq);
+    for (auto& v : positions) v = static_cast<int64_t>(rng() % rows);
+    pk::AddPositionalParams params;
+    params.dtype = pk::DType::kFloat64;
+    params.shape.batch_ndim = 1;
+    params.shape.batch_sizes[0] = batch;
+    params.shape.seq_len = seq;
+    params.shape.dim = dim;
+    params.x.data = grad.data();
+    params.x.batch_strides[0] = seq * dim;
+    params.x.seq_stride = dim;
+    pk::StridedRows input = params.x;
+    input.data = x.data();
+    params.positions.data = positions.data();
+    params.positions.batch_strides[0] = seq;
+    params.positions.seq_stride = 1;
+    params.combine = combine;
+    params.scale = 0.5;
+    params.dropout = pk::make_dropout(0.3, true, 5);
+    params.source.kind = pk::PositionKind::kLearned;
+    params.source.table_rows = rows;
+    std::vector<double> got(rows * dim, 0.0), want(rows * dim, 0.0);
+    pk::add_positional_table_backward_cpu(params, input, got.data(), four_threads);
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t t = 0; t < seq; ++t) {
+        for (int64_t d = 0; d < dim; ++d) {
+          const int64_t i = (b * seq + t) * dim + d;
+          const bool keep = reference_keep_draw(5, i) < static_cast<uint64_t>(0.7 * 4294967296.0);
+          double g = keep ? grad[i] / 0.7 : 0.0;
+          if (combine == pk::Combine::kMul) g *= 0.5 * x[i];
+          want[positions[b * seq + t] * dim + d] += g;
+        }
+      }
+    }
+    for (size_t k = 0; k < got.size(); ++k) ASSERT_NEAR(got[k], want[k], 1e-12) << k;
+  }
+}

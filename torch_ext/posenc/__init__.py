@@ -1,0 +1,16 @@
+"""posenc: fused positional-encoding operators for PyTorch.
+
+The operators live in ``torch.ops.posenc`` (registered by the native library that importing
+this package loads); this package adds typed wrappers and ``posenc.nn`` layers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loads libposenc, which registers torch.ops.posenc)
+from ._ops import add_positional, positional_encoding
+from . import nn
+
+__all__ = ["add_positional", "positional_encoding", "nn"]
+__version__ = "0.1.0"
