@@ -1,0 +1,50 @@
+# posenc: `make demo` (the main job) and `make test` (every test) work on a fresh machine: they
+# create .venv, install the Python dependencies and GoogleTest, build, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(abspath $(VENV))/bin/python
+DEPS_STAMP := $(VENV)/.deps-installed
+BUILD_DIR := build
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PATH := $(abspath $(VENV))/bin:/usr/local/cuda/bin:$(PATH)
+RUN_PY := PYTHONPATH=$(abspath torch_ext) $(PY)
+
+.PHONY: all deps gtest build test test-cpp test-python demo bench format clean
+
+all: build
+
+$(DEPS_STAMP): requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade -r requirements-dev.txt
+	touch $@
+
+deps: $(DEPS_STAMP)
+
+gtest:
+	@test -f /usr/include/gtest/gtest.h || { $(SUDO) apt-get update && \
+	  $(SUDO) apt-get install -y libgtest-dev; }
+
+$(BUILD_DIR)/build.ninja: $(DEPS_STAMP) CMakeLists.txt | gtest
+	cmake -S . -B $(BUILD_DIR) -G Ninja \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DPython3_EXECUTABLE=$(PY)
+
+build: $(BUILD_DIR)/build.ninja
+	cmake --build $(BUILD_DIR)
+
+test-cpp: build
+	cd $(BUILD_DIR) && ctest --output-on-failure
+
+test-python: build
+	$(RUN_PY) -m pytest tests/python -q
+
+test: test-cpp test-python
+
+demo: build
+	$(RUN_PY) examples/demo.py $(DEMO_ARGS)
+
+bench: build
+	$(RUN_PY) benchmarks/bench_cpu.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(BUILD_DIR) torch_ext/posenc/*.so
