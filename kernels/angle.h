@@ -59,16 +59,21 @@ POSENC_HOST_DEVICE double round_to_integer(double v) {
 #endif
 }
 
-// Fraction of a turn of pos * f + phase, in [-0.5, 0.5]. Exact up to the rounding of the low
-// piece's product (relative 2^-53 of a value below 2^-21 turns per position).
-POSENC_HOST_DEVICE double reduced_turns(int64_t position, const TurnFrequency& f, double phase) {
-  const double p = static_cast<double>(position);
-  double high = p * f.high;
-  high -= round_to_integer(high);
-  double middle = p * f.middle;
-  middle -= round_to_integer(middle);
-  double turns = high + middle + p * f.low + phase;
+// Fraction of a turn of pos * f + phase, in [-0.5, 0.5], with f = high + middle + low split as
+// above. Exact up to the rounding of the low piece's product (relative 2^-53 of a value below
+// 2^-21 turns per position). `position` is an integer below 2^31 held in a double.
+POSENC_HOST_DEVICE double reduced_turns(double position, double high, double middle, double low,
+                                        double phase) {
+  double high_turns = position * high;
+  high_turns -= round_to_integer(high_turns);
+  double middle_turns = position * middle;
+  middle_turns -= round_to_integer(middle_turns);
+  const double turns = high_turns + middle_turns + position * low + phase;
   return turns - round_to_integer(turns);
+}
+
+POSENC_HOST_DEVICE double reduced_turns(int64_t position, const TurnFrequency& f, double phase) {
+  return reduced_turns(static_cast<double>(position), f.high, f.middle, f.low, phase);
 }
 
 template <typename acc_t>
@@ -108,6 +113,22 @@ POSENC_HOST_DEVICE SinCos<acc_t> sincos_turns(double turns) {
   const acc_t s = (q & 1) ? small.cos : small.sin;
   const acc_t c = (q & 1) ? small.sin : small.cos;
   return {(q & 2) ? -s : s, ((q + 1) & 2) ? -c : c};
+}
+
+// sin(2*pi*turns) alone, branch-free (the quadrant picks sin or cos of the small angle by
+// arithmetic), so loops over channels vectorize.
+template <typename acc_t>
+POSENC_HOST_DEVICE acc_t sin_turns(double turns) {
+  const double quadrant = round_to_integer(4.0 * turns);  // in {-2, ..., 2}
+  const double within = turns - 0.25 * quadrant;           // exact, in [-1/8, 1/8]
+  const SinCos<acc_t> small = sincos_small(static_cast<acc_t>(within * (2.0 * M_PI)));
+  // q = 0: sin, q = +-1: +-cos, q = +-2: -sin. The coefficients below are exactly 0 or +-1 at
+  // those five integers (polynomials in q, no branches), so the result is exactly +-sin or +-cos.
+  const acc_t q = static_cast<acc_t>(quadrant);
+  const acc_t q2 = q * q;
+  const acc_t sin_coefficient = (acc_t(6) - acc_t(7) * q2 + q2 * q2) / acc_t(6);
+  const acc_t cos_coefficient = q * (acc_t(4) - q2) / acc_t(3);
+  return sin_coefficient * small.sin + cos_coefficient * small.cos;
 }
 
 }  // namespace kernels

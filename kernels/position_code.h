@@ -36,7 +36,7 @@ std::vector<ChannelCode> make_channel_codes(const PositionCodeOptions& options, 
 template <typename acc_t>
 POSENC_HOST_DEVICE acc_t evaluate_channel(const ChannelCode& code, int64_t position) {
   const double turns = reduced_turns(position, code.frequency, code.phase);
-  return static_cast<acc_t>(code.amplitude) * sincos_turns<acc_t>(turns).sin;
+  return static_cast<acc_t>(code.amplitude) * sin_turns<acc_t>(turns);
 }
 
 }  // namespace kernels

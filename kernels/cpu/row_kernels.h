@@ -37,59 +37,79 @@ inline int64_t position_at(const RowShape& shape, const StridedIndex& positions,
   return index_at(shape, positions, batch, t);
 }
 
-// PE(pos) for the most recent position, recomputed only when the position changes, so rows that
-// share a position (every batch element at step t) evaluate the code once.
+// Evaluates PE(pos) rows. Computed kinds keep their channel codes as separate arrays so the
+// loop over channels vectorizes; learned reads the table row. Built once per call; evaluate()
+// is const and safe to call from several threads.
 template <typename scalar_t>
-class PositionRowCache {
+class PositionCodeRows {
  public:
   using acc = acc_t<scalar_t>;
 
-  PositionRowCache(const PositionSource& source, int64_t dim)
-      : source_(source), dim_(dim), values_(static_cast<size_t>(dim)) {}
+  PositionCodeRows(const PositionSource& source, int64_t dim) : source_(source), dim_(dim) {
+    if (source.kind == PositionKind::kLearned || source.channels == nullptr) return;
+    const size_t n = static_cast<size_t>(dim);
+    high_.resize(n);
+    middle_.resize(n);
+    low_.resize(n);
+    phase_.resize(n);
+    amplitude_.resize(n);
+    for (size_t d = 0; d < n; ++d) {
+      const ChannelCode& code = source.channels[d];
+      high_[d] = code.frequency.high;
+      middle_[d] = code.frequency.middle;
+      low_[d] = code.frequency.low;
+      phase_[d] = code.phase;
+      amplitude_[d] = static_cast<acc>(code.amplitude);
+    }
+  }
 
-  const acc* get(int64_t position) {
-    if (position == cached_position_) return values_.data();
-    cached_position_ = position;
-    acc* values = values_.data();
+  // out[d] = PE(position)[d] for d < dim.
+  void evaluate(int64_t position, acc* __restrict out) const {
     if (source_.kind == PositionKind::kLearned) {
       const scalar_t* row =
           static_cast<const scalar_t*>(source_.table) + position * source_.table_row_stride;
-      for (int64_t d = 0; d < dim_; ++d) values[d] = load_as_acc(row + d * source_.table_dim_stride);
-    } else {
-      const ChannelCode* channels = source_.channels;
-      for (int64_t d = 0; d < dim_; ++d) values[d] = evaluate_channel<acc>(channels[d], position);
+      for (int64_t d = 0; d < dim_; ++d) out[d] = load_as_acc(row + d * source_.table_dim_stride);
+      return;
     }
-    return values;
+    const double p = static_cast<double>(position);
+    const double* __restrict high = high_.data();
+    const double* __restrict middle = middle_.data();
+    const double* __restrict low = low_.data();
+    const double* __restrict phase = phase_.data();
+    const acc* __restrict amplitude = amplitude_.data();
+    for (int64_t d = 0; d < dim_; ++d) {
+      out[d] = amplitude[d] * sin_turns<acc>(reduced_turns(p, high[d], middle[d], low[d], phase[d]));
+    }
   }
 
  private:
   const PositionSource& source_;
   int64_t dim_;
-  std::vector<acc> values_;
-  int64_t cached_position_ = -1;  // positions are validated non-negative
+  std::vector<double> high_, middle_, low_, phase_;
+  std::vector<acc> amplitude_;
 };
 
 // multipliers[k] = dropout multiplier of logical element first + k, for k < count.
 template <typename acc_t>
 void fill_dropout_multipliers(const Dropout& dropout, uint64_t first, int64_t count,
-                              std::vector<uint32_t>& draws, acc_t* multipliers) {
-  const uint64_t first_group = first >> 2;
-  const uint64_t end_group = (first + static_cast<uint64_t>(count) + 3) >> 2;
-  const int64_t group_count = static_cast<int64_t>(end_group - first_group);
-  draws.resize(static_cast<size_t>(group_count) * 4);
-  uint32_t* out = draws.data();
-  for (int64_t g = 0; g < group_count; ++g) {
-    const Philox4 four = philox4x32_10(first_group + static_cast<uint64_t>(g), dropout.seed);
-    out[4 * g + 0] = four.v[0];
-    out[4 * g + 1] = four.v[1];
-    out[4 * g + 2] = four.v[2];
-    out[4 * g + 3] = four.v[3];
+                              std::vector<uint16_t>& draws, acc_t* multipliers) {
+  constexpr uint64_t kPer = kDropoutElementsPerCounter;
+  const uint64_t first_counter = first / kPer;
+  const uint64_t end_counter = (first + static_cast<uint64_t>(count) + kPer - 1) / kPer;
+  const int64_t counters = static_cast<int64_t>(end_counter - first_counter);
+  draws.resize(static_cast<size_t>(counters) * kPer);
+  uint16_t* out = draws.data();
+  for (int64_t c = 0; c < counters; ++c) {
+    const Philox4 four = philox4x32_10(first_counter + static_cast<uint64_t>(c), dropout.seed);
+    for (int slot = 0; slot < static_cast<int>(kPer); ++slot) {
+      out[c * kPer + slot] = static_cast<uint16_t>(dropout_draw(four, slot));
+    }
   }
-  const uint32_t* row_draws = out + (first & 3);
+  const uint16_t* row_draws = out + (first % kPer);
   const acc_t keep_scale = static_cast<acc_t>(dropout.keep_scale);
-  const uint64_t threshold = dropout.keep_threshold;
+  const uint32_t threshold = dropout.keep_threshold;
   for (int64_t k = 0; k < count; ++k) {
-    multipliers[k] = static_cast<uint64_t>(row_draws[k]) < threshold ? keep_scale : acc_t(0);
+    multipliers[k] = static_cast<uint32_t>(row_draws[k]) < threshold ? keep_scale : acc_t(0);
   }
 }
 

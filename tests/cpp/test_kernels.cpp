@@ -53,8 +53,13 @@ double reference_code(pk::PositionKind kind, pk::Convention convention, pk::Layo
   return kNaN;
 }
 
-uint64_t reference_keep_draw(uint64_t seed, uint64_t index) {
-  return pk::philox4x32_10(index / 4, seed).v[index % 4];
+// The documented mask: 16-bit draw (e % 2 half of word (e % 8) / 2 of Philox(e / 8)) below
+// round((1 - p) * 2^16); kept values scaled by 2^16 / threshold. Returns the multiplier.
+double reference_dropout_multiplier(uint64_t seed, uint64_t index, double p) {
+  const uint32_t word = pk::philox4x32_10(index / 8, seed).v[(index % 8) / 2];
+  const uint32_t draw = (index % 2 == 0) ? (word & 0xffffu) : (word >> 16);
+  const double threshold = std::floor((1.0 - p) * 65536.0 + 0.5);
+  return draw < threshold ? 65536.0 / threshold : 0.0;
 }
 
 void serial_chunks_of_one(int64_t begin, int64_t end, int64_t,
@@ -227,11 +232,7 @@ TEST_P(AddPositionalKernel, MatchesReference) {
                                                      pos, d);
               double want = c.combine == pk::Combine::kAdd ? 1.75 * x + pe : 1.75 * x * pe;
               const uint64_t index = static_cast<uint64_t>((b * seq + t) * dim + d);
-              if (p_drop > 0) {
-                const bool keep = reference_keep_draw(0x1234abcdULL, index) <
-                                  static_cast<uint64_t>(0.75 * 4294967296.0);
-                want = keep ? want / 0.75 : 0.0;
-              }
+              if (p_drop > 0) want *= reference_dropout_multiplier(0x1234abcdULL, index, p_drop);
               ASSERT_NEAR(out[index], want, 1e-12)
                   << "dim=" << dim << " b=" << b << " t=" << t << " d=" << d
                   << " positions=" << with_positions << " p=" << p_drop;
@@ -363,8 +364,7 @@ TEST(AddPositionalKernel, TableBackwardMatchesReference) {
       for (int64_t t = 0; t < seq; ++t) {
         for (int64_t d = 0; d < dim; ++d) {
           const int64_t i = (b * seq + t) * dim + d;
-          const bool keep = reference_keep_draw(5, i) < static_cast<uint64_t>(0.7 * 4294967296.0);
-          double g = keep ? grad[i] / 0.7 : 0.0;
+          double g = grad[i] * reference_dropout_multiplier(5, i, 0.3);
           if (combine == pk::Combine::kMul) g *= 0.5 * x[i];
           want[positions[b * seq + t] * dim + d] += g;
         }

@@ -90,3 +90,9 @@ def fairseq_sinusoidal_table(num_embeddings: int, embedding_dim: int,
     if padding_idx is not None:
         emb[padding_idx, :] = 0
     return emb
+
+
+def dropout_scale(p: float) -> float:
+    """posenc's multiplier of kept elements: 2^16 / round((1 - p) * 2^16) (the drop probability is
+    p rounded to a multiple of 2^-16, and the scale keeps E[y] = x exactly)."""
+    return 65536.0 / math.floor((1.0 - p) * 65536.0 + 0.5)

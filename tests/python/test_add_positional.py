@@ -5,8 +5,8 @@ import torch
 from torch.testing._internal.optests import opcheck
 
 import posenc
-from references import (TutorialPositionalEncoding, fairseq_sinusoidal_table, reference_code,
-                        tensor2tensor_timing_signal)
+from references import (TutorialPositionalEncoding, dropout_scale, fairseq_sinusoidal_table,
+                        reference_code, tensor2tensor_timing_signal)
 
 KINDS = ["sinusoidal", "linear", "damped", "cosine"]
 CODE_OPTIONS = [
@@ -132,7 +132,7 @@ def test_dropout_statistics_and_scaling():
     assert abs(dropped - n * p) < 2.576 * sigma
     kept = y != 0
     no_drop = posenc.add_positional(x, kind="sinusoidal")
-    torch.testing.assert_close(y[kept], no_drop[kept] / (1 - p))
+    torch.testing.assert_close(y[kept], no_drop[kept] * dropout_scale(p))
 
 
 def test_dropout_eval_exact_and_reproducible():
@@ -157,7 +157,7 @@ def test_dropout_gradient_uses_same_mask():
     y.backward(torch.ones_like(y))
     pe = reference_code(torch.arange(40), 32, "cosine").float()
     keep = y.detach() != 0
-    torch.testing.assert_close(x.grad, keep * (2.0 * pe / 0.6), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad, keep * (2.0 * pe * dropout_scale(0.4)), atol=1e-5, rtol=1e-5)
 
 
 # ---- autograd, opcheck, compile ---------------------------------------------------------------
