@@ -77,12 +77,99 @@ class AddPositionalFunction : public torch::autograd::Function<AddPositionalFunc
           grad, x, positions, seed, ctx->saved_data["table_rows"].toSymInt(), combine, scale,
           offset, dropout, training);
     }
-    // One entry per forward input after ctx.
-    return {grad_x,     at::Tensor(), grad_table, at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+    variable_list grads(13);  // one per forward input after ctx
+    grads[0] = grad_x;
+    grads[2] = grad_table;
+    return grads;
   }
 };
+
+class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
+ public:
+  // ids: [..., T], weight: [V, D], positions: broadcastable to [..., T], table: [P, D]
+  // -> [..., T, D]
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& ids, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& positions,
+                            const std::optional<at::Tensor>& table,
+                            const std::optional<at::Tensor>& seed, std::string_view kind,
+                            std::string_view combine, std::optional<double> scale,
+                            int64_t offset, std::optional<int64_t> padding_idx,
+                            bool fairseq_positions, double base, std::string_view convention,
+                            std::string_view layout, double dropout, bool training) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({ids, weight, positions.value_or(at::Tensor()),
+                            table.value_or(at::Tensor()), seed.value_or(at::Tensor())});
+    ctx->saved_data["kind"] = std::string(kind);
+    ctx->saved_data["combine"] = std::string(combine);
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["offset"] = offset;
+    ctx->saved_data["padding_idx"] = padding_idx;
+    ctx->saved_data["fairseq_positions"] = fairseq_positions;
+    ctx->saved_data["base"] = base;
+    ctx->saved_data["convention"] = std::string(convention);
+    ctx->saved_data["layout"] = std::string(layout);
+    ctx->saved_data["dropout"] = dropout;
+    ctx->saved_data["training"] = training;
+    if (table.has_value()) {
+      ctx->saved_data["table_rows"] = table->sym_size(0);
+      // Edges: ids, weight, [positions], table, ...
+      ctx->saved_data["table_edge"] = static_cast<int64_t>(positions.has_value() ? 3 : 2);
+    }
+    return ops::embedding(ids, weight, positions, table, seed, kind, combine, scale, offset,
+                          padding_idx, fairseq_positions, base, convention, layout, dropout,
+                          training);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& ids = saved[0];
+    const at::Tensor& weight = saved[1];
+    const auto positions = optional_of(saved[2]);
+    const auto table = optional_of(saved[3]);
+    const auto seed = optional_of(saved[4]);
+    auto& data = ctx->saved_data;
+    const std::string kind = data["kind"].toStringRef();
+    const std::string combine = data["combine"].toStringRef();
+    const auto scale = data["scale"].toOptional<double>();
+    const int64_t offset = data["offset"].toInt();
+    const auto padding_idx = data["padding_idx"].toOptional<int64_t>();
+    const bool fairseq_positions = data["fairseq_positions"].toBool();
+    const double dropout = data["dropout"].toDouble();
+    const bool training = data["training"].toBool();
+    const at::Tensor& grad = grad_outputs[0];
+
+    at::Tensor grad_weight, grad_table;
+    if (ctx->needs_input_grad(1)) {
+      grad_weight = ops::embedding_backward(
+          grad, ids, weight, positions, table, seed, kind, combine, scale, offset, padding_idx,
+          fairseq_positions, data["base"].toDouble(), data["convention"].toStringRef(),
+          data["layout"].toStringRef(), dropout, training);
+    }
+    if (table.has_value() && ctx->needs_input_grad(data["table_edge"].toInt())) {
+      grad_table = ops::embedding_table_backward(grad, ids, weight, positions, seed,
+                                                 data["table_rows"].toSymInt(), combine, scale,
+                                                 offset, padding_idx, fairseq_positions, dropout,
+                                                 training);
+    }
+    variable_list grads(16);  // one per forward input after ctx
+    grads[1] = grad_weight;
+    grads[3] = grad_table;
+    return grads;
+  }
+};
+
+at::Tensor embedding_autograd(const at::Tensor& ids, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& positions,
+                              const std::optional<at::Tensor>& table,
+                              const std::optional<at::Tensor>& seed, std::string_view kind,
+                              std::string_view combine, std::optional<double> scale,
+                              int64_t offset, std::optional<int64_t> padding_idx,
+                              bool fairseq_positions, double base, std::string_view convention,
+                              std::string_view layout, double dropout, bool training) {
+  return EmbeddingFunction::apply(ids, weight, positions, table, seed, kind, combine, scale,
+                                  offset, padding_idx, fairseq_positions, base, convention,
+                                  layout, dropout, training);
+}
 
 at::Tensor add_positional_autograd(const at::Tensor& x,
                                    const std::optional<at::Tensor>& positions,
@@ -103,6 +190,9 @@ TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
   // them, instead of silently wrong second derivatives.
   m.impl("add_positional_backward", torch::autograd::autogradNotImplementedFallback());
   m.impl("add_positional_table_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("embedding", &embedding_autograd);
+  m.impl("embedding_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("embedding_table_backward", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace posenc

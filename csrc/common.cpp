@@ -3,6 +3,7 @@
 #include <ATen/ExpandUtils.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/aminmax.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -102,7 +103,8 @@ std::optional<at::Tensor> check_add_positional(const char* op, const at::Tensor&
                                                const std::optional<at::Tensor>& positions,
                                                const std::optional<at::Tensor>& table,
                                                const std::optional<at::Tensor>& seed,
-                                               const PositionalOptions& options) {
+                                               const PositionalOptions& options,
+                                               const char* rows_name, const char* dim_name) {
   TORCH_CHECK_TYPE(is_supported_float(x.scalar_type()), op,
                    ": x must be a floating tensor (float32, float64, bfloat16 or float16), got ",
                    x.scalar_type());
@@ -113,7 +115,7 @@ std::optional<at::Tensor> check_add_positional(const char* op, const at::Tensor&
   if (options.code.kind == kernels::PositionKind::kLearned) {
     TORCH_CHECK_VALUE(table.has_value(), op, ": kind='learned' needs table, a (P, D) tensor");
     TORCH_CHECK_VALUE(table->dim() == 2 && table->sym_size(1) == dim, op,
-                      ": table must have shape (P, D) with D = x.size(-1) = ", dim, ", got ",
+                      ": table must have shape (P, D) with D = ", dim_name, " = ", dim, ", got ",
                       table->sym_sizes());
     TORCH_CHECK_TYPE(table->scalar_type() == x.scalar_type(), op,
                      ": table must have the dtype of x (", x.scalar_type(), "), got ",
@@ -139,7 +141,7 @@ std::optional<at::Tensor> check_add_positional(const char* op, const at::Tensor&
   const auto row_sizes = x.sym_sizes().slice(0, x.dim() - 1);
   TORCH_CHECK_VALUE(at::is_expandable_to(positions->sym_sizes(), row_sizes), op,
                     ": positions of shape ", positions->sym_sizes(),
-                    " must be broadcastable to x.shape[:-1] = ", row_sizes);
+                    " must be broadcastable to ", rows_name, " = ", row_sizes);
   return positions->expand_symint(row_sizes);
 }
 
@@ -203,6 +205,152 @@ kernels::ParallelFor torch_parallel_for() {
             const std::function<void(int64_t, int64_t)>& body) {
     at::parallel_for(begin, end, grain, body);
   };
+}
+
+void prepare_call(KernelCall& call, const at::Tensor& out,
+                  const std::optional<at::Tensor>& positions,
+                  const std::optional<at::Tensor>& table, uint64_t seed,
+                  const PositionalOptions& options, kernels::Combine combine) {
+  kernels::AddPositionalParams& params = call.params;
+  params.dtype = kernel_dtype(out.scalar_type());
+  params.shape = row_shape(out);
+  params.out = strided_rows(out);
+  params.positions = strided_index(positions);
+  params.offset = options.offset;
+  params.combine = combine;
+  params.scale = options.scale;
+  params.dropout = kernels::make_dropout(options.dropout, options.training, seed);
+  params.source.kind = options.code.kind;
+  if (options.code.kind == kernels::PositionKind::kLearned) {
+    if (table.has_value()) {
+      params.source.table = table->data_ptr();
+      params.source.table_rows = table->size(0);
+      params.source.table_row_stride = table->stride(0);
+      params.source.table_dim_stride = table->stride(1);
+    }
+  } else {
+    call.channels = kernels::make_channel_codes(options.code, params.shape.dim);
+    params.source.channels = call.channels.data();
+  }
+}
+
+EmbeddingOptions parse_embedding_options(std::string_view kind, std::string_view combine,
+                                         std::optional<double> scale, int64_t offset,
+                                         std::optional<int64_t> padding_idx,
+                                         bool fairseq_positions, double base,
+                                         std::string_view convention, std::string_view layout,
+                                         double dropout, bool training) {
+  EmbeddingOptions options;
+  options.positional = parse_positional_options(kind, combine, scale.value_or(1.0), offset, base,
+                                                convention, layout, dropout, training);
+  options.positional.scale = scale.value_or(std::numeric_limits<double>::quiet_NaN());
+  options.padding_idx = padding_idx.value_or(std::numeric_limits<int64_t>::min());
+  options.fairseq_positions = fairseq_positions;
+  return options;
+}
+
+std::optional<at::Tensor> check_embedding(const char* op, const at::Tensor& ids,
+                                          const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& positions,
+                                          const std::optional<at::Tensor>& table,
+                                          const std::optional<at::Tensor>& seed,
+                                          EmbeddingOptions& options) {
+  TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt, op,
+                   ": ids must be an int64 or int32 tensor, got ", ids.scalar_type());
+  TORCH_CHECK_VALUE(ids.dim() >= 1 && ids.dim() <= kernels::kMaxBatchDims + 1, op,
+                    ": ids must have shape (..., T) with 1 to ", kernels::kMaxBatchDims + 1,
+                    " dimensions, got ", ids.dim(), " dimension(s)");
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble ||
+                       weight.scalar_type() == at::kBFloat16 ||
+                       weight.scalar_type() == at::kHalf,
+                   op, ": weight must be a floating tensor (float32, float64, bfloat16 or ",
+                   "float16), got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must have shape (V, D), got ",
+                    weight.sym_sizes());
+  TORCH_CHECK(ids.device() == weight.device(), op,
+              ": ids must be on the same device as weight (", weight.device(), "), got ",
+              ids.device());
+  const c10::SymInt vocab = weight.sym_size(0);
+  // padding_idx as in nn.Embedding: in [-V, V), negative counts from the end.
+  if (options.padding_idx != std::numeric_limits<int64_t>::min()) {
+    const int64_t v = vocab.guard_int(__FILE__, __LINE__);
+    TORCH_CHECK_VALUE(options.padding_idx >= -v && options.padding_idx < v, op,
+                      ": padding_idx must be within [-V, V) = [", -v, ", ", v, "), got ",
+                      options.padding_idx);
+    if (options.padding_idx < 0) options.padding_idx += v;
+  } else {
+    options.padding_idx = -1;
+  }
+  if (options.fairseq_positions) {
+    TORCH_CHECK_VALUE(options.padding_idx >= 0, op,
+                      ": positions='fairseq' needs padding_idx (fairseq numbers positions from "
+                      "padding_idx + 1)");
+    TORCH_CHECK_VALUE(!positions.has_value(), op,
+                      ": positions='fairseq' computes positions; do not pass a positions tensor");
+  }
+  if (std::isnan(options.positional.scale)) {
+    options.positional.scale = std::sqrt(static_cast<double>(
+        weight.sym_size(1).guard_int(__FILE__, __LINE__)));
+  }
+  // The position checks of add_positional, on a [..., T, D] view of the output's shape.
+  const auto out_sizes = embedding_output_size(ids, weight.sym_size(1));
+  const at::Tensor shape_probe = at::empty_symint(out_sizes, weight.options().device(c10::kMeta));
+  if (table.has_value()) check_same_device(op, weight, *table, "table");
+  if (positions.has_value()) check_same_device(op, weight, *positions, "positions");
+  if (seed.has_value()) {
+    TORCH_CHECK(seed->device() == weight.device() || seed->device().is_cpu(), op,
+                ": seed must be on weight's device or the CPU, got ", seed->device());
+  }
+  auto on_meta = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    if (!t.has_value()) return std::nullopt;
+    return at::empty_symint(t->sym_sizes(), t->options().device(c10::kMeta));
+  };
+  check_add_positional(op, shape_probe, on_meta(positions), on_meta(table), on_meta(seed),
+                       options.positional, "ids.shape", "weight.size(1)");
+  if (!positions.has_value()) return std::nullopt;
+  return positions->expand_symint(ids.sym_sizes());
+}
+
+void check_embedding_values(const char* op, const at::Tensor& ids, int64_t vocab,
+                            const std::optional<at::Tensor>& positions,
+                            const EmbeddingOptions& options, std::optional<int64_t> table_rows) {
+  if (ids.numel() > 0) {
+    const auto [min_id, max_id] = at::aminmax(ids);
+    const int64_t lowest = min_id.item<int64_t>();
+    const int64_t highest = max_id.item<int64_t>();
+    TORCH_CHECK_INDEX(lowest >= 0 && highest < vocab, op, ": ids must be in [0, ", vocab,
+                      "), got values in [", lowest, ", ", highest, "]");
+  }
+  const int64_t seq_len = ids.size(-1);
+  if (options.fairseq_positions) {
+    // Positions reach padding_idx + T when a row has no padding.
+    if (table_rows.has_value() && seq_len > 0) {
+      TORCH_CHECK_INDEX(options.padding_idx + seq_len < *table_rows, op,
+                        ": positions='fairseq' reach padding_idx + T = ",
+                        options.padding_idx + seq_len, ", outside the table of ", *table_rows,
+                        " rows");
+    }
+    return;
+  }
+  check_position_values(op, positions, options.positional.offset, seq_len, table_rows);
+}
+
+void set_gather(kernels::AddPositionalParams& params, const at::Tensor& ids,
+                const at::Tensor& weight, const EmbeddingOptions& options) {
+  kernels::EmbeddingGather& gather = params.gather;
+  gather.weight = weight.data_ptr();
+  gather.vocab = weight.size(0);
+  gather.row_stride = weight.stride(0);
+  gather.dim_stride = weight.stride(1);
+  gather.ids = strided_index(ids);
+  gather.padding_idx = options.padding_idx;
+  gather.fairseq_positions = options.fairseq_positions;
+}
+
+std::vector<c10::SymInt> embedding_output_size(const at::Tensor& ids, const c10::SymInt& dim) {
+  std::vector<c10::SymInt> sizes(ids.sym_sizes().begin(), ids.sym_sizes().end());
+  sizes.push_back(dim);
+  return sizes;
 }
 
 }  // namespace detail

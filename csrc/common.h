@@ -41,11 +41,14 @@ kernels::IndexType kernel_index_type(at::ScalarType type);
 // returns positions expanded to x.shape[:-1] (or nullopt). Shape/dtype/device checks only: safe
 // on Meta tensors.
 //   x: [..., T, D]   positions: broadcastable to [..., T]   table: [P, D]   seed: int64 scalar
+// rows_name and dim_name say, in messages, what x.shape[:-1] and x.size(-1) are to the user.
 std::optional<at::Tensor> check_add_positional(const char* op, const at::Tensor& x,
                                                const std::optional<at::Tensor>& positions,
                                                const std::optional<at::Tensor>& table,
                                                const std::optional<at::Tensor>& seed,
-                                               const PositionalOptions& options);
+                                               const PositionalOptions& options,
+                                               const char* rows_name = "x.shape[:-1]",
+                                               const char* dim_name = "x.size(-1)");
 
 // Value checks that read data: positions non-negative and inside the table. Syncs on CUDA.
 void check_position_values(const char* op, const std::optional<at::Tensor>& positions,
@@ -60,6 +63,60 @@ kernels::StridedRows strided_rows(const at::Tensor& x);
 kernels::StridedIndex strided_index(const std::optional<at::Tensor>& index);
 
 kernels::ParallelFor torch_parallel_for();
+
+// Kernel parameters plus the per-channel codes they point into. Not copyable: params points
+// into channels.
+struct KernelCall {
+  kernels::AddPositionalParams params;
+  std::vector<kernels::ChannelCode> channels;
+
+  KernelCall() = default;
+  KernelCall(const KernelCall&) = delete;
+  KernelCall& operator=(const KernelCall&) = delete;
+};
+
+// Fills everything but the input rows (params.x or params.gather).
+//   out: [..., T, D]   positions: expanded to [..., T] or none   table: [P, D] (learned)
+void prepare_call(KernelCall& call, const at::Tensor& out,
+                  const std::optional<at::Tensor>& positions,
+                  const std::optional<at::Tensor>& table, uint64_t seed,
+                  const PositionalOptions& options, kernels::Combine combine);
+
+// The embedding's extra arguments after validation.
+struct EmbeddingOptions {
+  PositionalOptions positional;   // scale resolved (None -> sqrt(D))
+  int64_t padding_idx = -1;       // normalized to [0, V), or -1
+  bool fairseq_positions = false;
+};
+
+EmbeddingOptions parse_embedding_options(std::string_view kind, std::string_view combine,
+                                         std::optional<double> scale, int64_t offset,
+                                         std::optional<int64_t> padding_idx,
+                                         bool fairseq_positions, double base,
+                                         std::string_view convention, std::string_view layout,
+                                         double dropout, bool training);
+
+// Checks ids: [..., T] and weight: [V, D] (plus positions, table, seed as for add_positional),
+// resolves scale and padding_idx in `options`, and returns positions expanded to ids.shape.
+// Shape/dtype/device checks only: safe on Meta tensors.
+std::optional<at::Tensor> check_embedding(const char* op, const at::Tensor& ids,
+                                          const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& positions,
+                                          const std::optional<at::Tensor>& table,
+                                          const std::optional<at::Tensor>& seed,
+                                          EmbeddingOptions& options);
+
+// Value checks: ids in [0, V), positions in range (including fairseq positions vs the table).
+void check_embedding_values(const char* op, const at::Tensor& ids, int64_t vocab,
+                            const std::optional<at::Tensor>& positions,
+                            const EmbeddingOptions& options, std::optional<int64_t> table_rows);
+
+// Points params.gather at weight[ids].  ids: [..., T]   weight: [V, D]
+void set_gather(kernels::AddPositionalParams& params, const at::Tensor& ids,
+                const at::Tensor& weight, const EmbeddingOptions& options);
+
+// The shape [..., T, D] that an embedding output of ids: [..., T] has.
+std::vector<c10::SymInt> embedding_output_size(const at::Tensor& ids, const c10::SymInt& dim);
 
 }  // namespace detail
 }  // namespace posenc

@@ -50,6 +50,45 @@ at::Tensor add_positional_table_backward(const at::Tensor& grad,
                  training);
 }
 
+at::Tensor embedding(const at::Tensor& ids, const at::Tensor& weight,
+                     const std::optional<at::Tensor>& positions,
+                     const std::optional<at::Tensor>& table, const std::optional<at::Tensor>& seed,
+                     std::string_view kind, std::string_view combine, std::optional<double> scale,
+                     int64_t offset, std::optional<int64_t> padding_idx, bool fairseq_positions,
+                     double base, std::string_view convention, std::string_view layout,
+                     double dropout, bool training) {
+  static const auto op = find_op<decltype(embedding)>("posenc::embedding");
+  return op.call(ids, weight, positions, table, seed, kind, combine, scale, offset, padding_idx,
+                 fairseq_positions, base, convention, layout, dropout, training);
+}
+
+at::Tensor embedding_backward(const at::Tensor& grad, const at::Tensor& ids,
+                              const at::Tensor& weight, const std::optional<at::Tensor>& positions,
+                              const std::optional<at::Tensor>& table,
+                              const std::optional<at::Tensor>& seed, std::string_view kind,
+                              std::string_view combine, std::optional<double> scale,
+                              int64_t offset, std::optional<int64_t> padding_idx,
+                              bool fairseq_positions, double base, std::string_view convention,
+                              std::string_view layout, double dropout, bool training) {
+  static const auto op = find_op<decltype(embedding_backward)>("posenc::embedding_backward");
+  return op.call(grad, ids, weight, positions, table, seed, kind, combine, scale, offset,
+                 padding_idx, fairseq_positions, base, convention, layout, dropout, training);
+}
+
+at::Tensor embedding_table_backward(const at::Tensor& grad, const at::Tensor& ids,
+                                    const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& positions,
+                                    const std::optional<at::Tensor>& seed,
+                                    c10::SymInt table_rows, std::string_view combine,
+                                    std::optional<double> scale, int64_t offset,
+                                    std::optional<int64_t> padding_idx, bool fairseq_positions,
+                                    double dropout, bool training) {
+  static const auto op =
+      find_op<decltype(embedding_table_backward)>("posenc::embedding_table_backward");
+  return op.call(grad, ids, weight, positions, seed, std::move(table_rows), combine, scale, offset,
+                 padding_idx, fairseq_positions, dropout, training);
+}
+
 at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim, std::string_view kind,
                                double base, std::string_view convention, std::string_view layout,
                                std::optional<at::ScalarType> dtype) {

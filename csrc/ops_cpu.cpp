@@ -21,28 +21,16 @@ void run_add_positional(const at::Tensor& in, const at::Tensor& out,
                         const std::optional<at::Tensor>& positions,
                         const std::optional<at::Tensor>& table, uint64_t seed,
                         const PositionalOptions& options, kernels::Combine combine) {
-  kernels::AddPositionalParams params;
-  params.dtype = detail::kernel_dtype(out.scalar_type());
-  params.shape = detail::row_shape(out);
-  if (in.defined()) params.x = detail::strided_rows(in);
-  params.out = detail::strided_rows(out);
-  params.positions = detail::strided_index(positions);
-  params.offset = options.offset;
-  params.combine = combine;
-  params.scale = options.scale;
-  params.dropout = kernels::make_dropout(options.dropout, options.training, seed);
-  params.source.kind = options.code.kind;
-  std::vector<kernels::ChannelCode> channels;
-  if (options.code.kind == kernels::PositionKind::kLearned) {
-    params.source.table = table->data_ptr();
-    params.source.table_rows = table->size(0);
-    params.source.table_row_stride = table->stride(0);
-    params.source.table_dim_stride = table->stride(1);
-  } else {
-    channels = kernels::make_channel_codes(options.code, params.shape.dim);
-    params.source.channels = channels.data();
-  }
-  kernels::add_positional_cpu(params, detail::torch_parallel_for());
+  detail::KernelCall call;
+  detail::prepare_call(call, out, positions, table, seed, options, combine);
+  if (in.defined()) call.params.x = detail::strided_rows(in);
+  kernels::add_positional_cpu(call.params, detail::torch_parallel_for());
+}
+
+// A zero [rows, D] accumulation buffer: float for half types, else like `like`.
+at::Tensor zeros_in_compute_type(at::IntArrayRef size, const at::Tensor& like) {
+  const at::ScalarType type = like.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::zeros(size, like.options().dtype(type));
 }
 
 std::optional<int64_t> table_rows_of(const PositionalOptions& options,
@@ -114,23 +102,112 @@ at::Tensor add_positional_table_backward_cpu(const at::Tensor& grad,
     TORCH_CHECK_VALUE(x.has_value() && x->sizes() == grad.sizes(), op,
                       ": combine='mul' needs x with the shape of grad");
   }
-  const at::ScalarType acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_table = at::zeros({table_rows, grad.size(-1)}, grad.options().dtype(acc_type));
-  kernels::AddPositionalParams params;
-  params.dtype = detail::kernel_dtype(grad.scalar_type());
-  params.shape = detail::row_shape(grad);
-  params.x = detail::strided_rows(grad);
-  params.positions = detail::strided_index(expanded);
-  params.offset = offset;
-  params.combine = options.combine;
-  params.scale = scale;
-  params.dropout = kernels::make_dropout(dropout, training, detail::read_seed(seed));
-  params.source.kind = kernels::PositionKind::kLearned;
-  params.source.table_rows = table_rows;
+  at::Tensor grad_table = zeros_in_compute_type({table_rows, grad.size(-1)}, grad);
+  detail::KernelCall call;
+  detail::prepare_call(call, grad, expanded, std::nullopt, detail::read_seed(seed), options,
+                       options.combine);
+  call.params.x = detail::strided_rows(grad);
+  call.params.source.kind = kernels::PositionKind::kLearned;
+  call.params.source.table_rows = table_rows;
   kernels::StridedRows input;
   if (options.combine == kernels::Combine::kMul) input = detail::strided_rows(*x);
-  kernels::add_positional_table_backward_cpu(params, input, grad_table.data_ptr(),
+  kernels::add_positional_table_backward_cpu(call.params, input, grad_table.data_ptr(),
                                              detail::torch_parallel_for());
+  return grad_table.to(grad.scalar_type());
+}
+
+constexpr const char* kEmbedding = "posenc.embedding";
+
+// ids: [..., T], weight: [V, D] -> [..., T, D]
+at::Tensor embedding_cpu(const at::Tensor& ids, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& positions,
+                         const std::optional<at::Tensor>& table,
+                         const std::optional<at::Tensor>& seed, std::string_view kind,
+                         std::string_view combine, std::optional<double> scale, int64_t offset,
+                         std::optional<int64_t> padding_idx, bool fairseq_positions, double base,
+                         std::string_view convention, std::string_view layout, double dropout,
+                         bool training) {
+  auto options = detail::parse_embedding_options(kind, combine, scale, offset, padding_idx,
+                                                 fairseq_positions, base, convention, layout,
+                                                 dropout, training);
+  const auto expanded =
+      detail::check_embedding(kEmbedding, ids, weight, positions, table, seed, options);
+  detail::check_embedding_values(kEmbedding, ids, weight.size(0), positions, options,
+                                 table_rows_of(options.positional, table));
+  std::vector<int64_t> out_size(ids.sizes().begin(), ids.sizes().end());
+  out_size.push_back(weight.size(1));
+  at::Tensor out = at::empty(out_size, weight.options());
+  detail::KernelCall call;
+  detail::prepare_call(call, out, expanded, table, detail::read_seed(seed), options.positional,
+                       options.positional.combine);
+  detail::set_gather(call.params, ids, weight, options);
+  kernels::add_positional_cpu(call.params, detail::torch_parallel_for());
+  return out;
+}
+
+void check_embedding_grad(const char* op, const at::Tensor& grad, const at::Tensor& ids,
+                          const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(grad.dim() == ids.dim() + 1 &&
+                        grad.sizes().slice(0, ids.dim()) == ids.sizes() &&
+                        grad.size(-1) == weight.size(1),
+                    op, ": grad must have shape ids.shape + (D,), got ", grad.sizes());
+  TORCH_CHECK_TYPE(grad.scalar_type() == weight.scalar_type(), op,
+                   ": grad must have weight's dtype, got ", grad.scalar_type());
+}
+
+// grad: [..., T, D], ids: [..., T], weight: [V, D] -> grad_weight: [V, D]
+at::Tensor embedding_backward_cpu(const at::Tensor& grad, const at::Tensor& ids,
+                                  const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& positions,
+                                  const std::optional<at::Tensor>& table,
+                                  const std::optional<at::Tensor>& seed, std::string_view kind,
+                                  std::string_view combine, std::optional<double> scale,
+                                  int64_t offset, std::optional<int64_t> padding_idx,
+                                  bool fairseq_positions, double base,
+                                  std::string_view convention, std::string_view layout,
+                                  double dropout, bool training) {
+  const char* op = "posenc.embedding_backward";
+  auto options = detail::parse_embedding_options(kind, combine, scale, offset, padding_idx,
+                                                 fairseq_positions, base, convention, layout,
+                                                 dropout, training);
+  const auto expanded = detail::check_embedding(op, ids, weight, positions, table, seed, options);
+  check_embedding_grad(op, grad, ids, weight);
+  at::Tensor grad_weight = zeros_in_compute_type({weight.size(0), weight.size(1)}, grad);
+  detail::KernelCall call;
+  detail::prepare_call(call, grad, expanded, table, detail::read_seed(seed), options.positional,
+                       options.positional.combine);
+  call.params.x = detail::strided_rows(grad);
+  detail::set_gather(call.params, ids, weight, options);
+  kernels::embedding_weight_backward_cpu(call.params, grad_weight.data_ptr(),
+                                         detail::torch_parallel_for());
+  return grad_weight.to(grad.scalar_type());
+}
+
+// grad: [..., T, D], ids: [..., T], weight: [V, D] -> grad_table: [table_rows, D]
+at::Tensor embedding_table_backward_cpu(const at::Tensor& grad, const at::Tensor& ids,
+                                        const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& positions,
+                                        const std::optional<at::Tensor>& seed, int64_t table_rows,
+                                        std::string_view combine, std::optional<double> scale,
+                                        int64_t offset, std::optional<int64_t> padding_idx,
+                                        bool fairseq_positions, double dropout, bool training) {
+  const char* op = "posenc.embedding_table_backward";
+  auto options = detail::parse_embedding_options("sinusoidal", combine, scale, offset,
+                                                 padding_idx, fairseq_positions, 10000.0,
+                                                 "vaswani", "interleaved", dropout, training);
+  const auto expanded =
+      detail::check_embedding(op, ids, weight, positions, std::nullopt, seed, options);
+  check_embedding_grad(op, grad, ids, weight);
+  at::Tensor grad_table = zeros_in_compute_type({table_rows, grad.size(-1)}, grad);
+  detail::KernelCall call;
+  detail::prepare_call(call, grad, expanded, std::nullopt, detail::read_seed(seed),
+                       options.positional, options.positional.combine);
+  call.params.x = detail::strided_rows(grad);
+  detail::set_gather(call.params, ids, weight, options);
+  call.params.source.kind = kernels::PositionKind::kLearned;
+  call.params.source.table_rows = table_rows;
+  kernels::add_positional_table_backward_cpu(call.params, kernels::StridedRows{},
+                                             grad_table.data_ptr(), detail::torch_parallel_for());
   return grad_table.to(grad.scalar_type());
 }
 
@@ -168,6 +245,9 @@ TORCH_LIBRARY_IMPL(posenc, CPU, m) {
   m.impl("add_positional", &add_positional_cpu);
   m.impl("add_positional_backward", &add_positional_backward_cpu);
   m.impl("add_positional_table_backward", &add_positional_table_backward_cpu);
+  m.impl("embedding", &embedding_cpu);
+  m.impl("embedding_backward", &embedding_backward_cpu);
+  m.impl("embedding_table_backward", &embedding_table_backward_cpu);
   m.impl("positional_encoding", &positional_encoding_cpu);
 }
 

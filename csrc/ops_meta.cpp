@@ -55,6 +55,59 @@ at::Tensor add_positional_table_backward_meta(const at::Tensor& grad,
   return at::empty_symint({std::move(table_rows), grad.sym_size(-1)}, grad.options());
 }
 
+// ids: [..., T], weight: [V, D] -> [..., T, D]
+at::Tensor embedding_meta(const at::Tensor& ids, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& positions,
+                          const std::optional<at::Tensor>& table,
+                          const std::optional<at::Tensor>& seed, std::string_view kind,
+                          std::string_view combine, std::optional<double> scale, int64_t offset,
+                          std::optional<int64_t> padding_idx, bool fairseq_positions, double base,
+                          std::string_view convention, std::string_view layout, double dropout,
+                          bool training) {
+  auto options = detail::parse_embedding_options(kind, combine, scale, offset, padding_idx,
+                                                 fairseq_positions, base, convention, layout,
+                                                 dropout, training);
+  detail::check_embedding("posenc.embedding", ids, weight, positions, table, seed, options);
+  return at::empty_symint(detail::embedding_output_size(ids, weight.sym_size(1)),
+                          weight.options());
+}
+
+// grad: [..., T, D] -> [V, D]
+at::Tensor embedding_backward_meta(const at::Tensor& grad, const at::Tensor& ids,
+                                   const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& positions,
+                                   const std::optional<at::Tensor>& table,
+                                   const std::optional<at::Tensor>& seed, std::string_view kind,
+                                   std::string_view combine, std::optional<double> scale,
+                                   int64_t offset, std::optional<int64_t> padding_idx,
+                                   bool fairseq_positions, double base,
+                                   std::string_view convention, std::string_view layout,
+                                   double dropout, bool training) {
+  auto options = detail::parse_embedding_options(kind, combine, scale, offset, padding_idx,
+                                                 fairseq_positions, base, convention, layout,
+                                                 dropout, training);
+  detail::check_embedding("posenc.embedding_backward", ids, weight, positions, table, seed,
+                          options);
+  return at::empty_symint(weight.sym_sizes(), grad.options());
+}
+
+// grad: [..., T, D] -> [table_rows, D]
+at::Tensor embedding_table_backward_meta(const at::Tensor& grad, const at::Tensor& ids,
+                                         const at::Tensor& weight,
+                                         const std::optional<at::Tensor>& positions,
+                                         const std::optional<at::Tensor>& seed,
+                                         c10::SymInt table_rows, std::string_view combine,
+                                         std::optional<double> scale, int64_t offset,
+                                         std::optional<int64_t> padding_idx,
+                                         bool fairseq_positions, double dropout, bool training) {
+  auto options = detail::parse_embedding_options("sinusoidal", combine, scale, offset,
+                                                 padding_idx, fairseq_positions, 10000.0,
+                                                 "vaswani", "interleaved", dropout, training);
+  detail::check_embedding("posenc.embedding_table_backward", ids, weight, positions,
+                          std::nullopt, seed, options);
+  return at::empty_symint({std::move(table_rows), grad.sym_size(-1)}, grad.options());
+}
+
 // positions: any shape -> [*positions.shape, dim]
 at::Tensor positional_encoding_meta(const at::Tensor& positions, int64_t dim,
                                     std::string_view kind, double base,
@@ -73,6 +126,9 @@ TORCH_LIBRARY_IMPL(posenc, Meta, m) {
   m.impl("add_positional", &add_positional_meta);
   m.impl("add_positional_backward", &add_positional_backward_meta);
   m.impl("add_positional_table_backward", &add_positional_table_backward_meta);
+  m.impl("embedding", &embedding_meta);
+  m.impl("embedding_backward", &embedding_backward_meta);
+  m.impl("embedding_table_backward", &embedding_table_backward_meta);
   m.impl("positional_encoding", &positional_encoding_meta);
 }
 

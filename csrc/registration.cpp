@@ -22,6 +22,28 @@ TORCH_LIBRARY(posenc, m) {
       "add_positional_table_backward(Tensor grad, Tensor? x, Tensor? positions, Tensor? seed, "
       "SymInt table_rows, *, str combine=\"add\", float scale=1.0, int offset=0, "
       "float dropout=0.0, bool training=True) -> Tensor");
+  // y = dropout_p(combine(scale * weight[ids], PE(pos))); ids: [..., T], weight: [V, D] ->
+  // [..., T, D]. scale=None means sqrt(D). Tokens equal to padding_idx get no position code.
+  // fairseq_positions: positions from fairseq's make_positions (needs padding_idx).
+  m.def(
+      "embedding(Tensor ids, Tensor weight, Tensor? positions=None, Tensor? table=None, "
+      "Tensor? seed=None, *, str kind=\"sinusoidal\", str combine=\"add\", float? scale=None, "
+      "int offset=0, int? padding_idx=None, bool fairseq_positions=False, float base=10000.0, "
+      "str convention=\"vaswani\", str layout=\"interleaved\", float dropout=0.0, "
+      "bool training=True) -> Tensor");
+  // Gradient with respect to weight: [V, D] (weight gives the shape); grad: [..., T, D].
+  m.def(
+      "embedding_backward(Tensor grad, Tensor ids, Tensor weight, Tensor? positions, "
+      "Tensor? table, Tensor? seed, *, str kind=\"sinusoidal\", str combine=\"add\", "
+      "float? scale=None, int offset=0, int? padding_idx=None, bool fairseq_positions=False, "
+      "float base=10000.0, str convention=\"vaswani\", str layout=\"interleaved\", "
+      "float dropout=0.0, bool training=True) -> Tensor");
+  // Gradient with respect to the learned table: [table_rows, D].
+  m.def(
+      "embedding_table_backward(Tensor grad, Tensor ids, Tensor weight, Tensor? positions, "
+      "Tensor? seed, SymInt table_rows, *, str combine=\"add\", float? scale=None, int offset=0, "
+      "int? padding_idx=None, bool fairseq_positions=False, float dropout=0.0, "
+      "bool training=True) -> Tensor");
   // PE(positions): positions: any shape of integers -> [*positions.shape, dim].
   m.def(
       "positional_encoding(Tensor positions, int dim, *, str kind=\"sinusoidal\", "

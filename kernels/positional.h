@@ -62,10 +62,26 @@ struct PositionSource {
   int64_t table_dim_stride = 1;
 };
 
+// Token gather for the embedding operator: the input row of (b..., t) is weight[ids[b..., t]]
+// instead of a row of x. Tokens equal to padding_idx get no position code (their row is
+// combined as kScaleOnly).
+struct EmbeddingGather {
+  const void* weight = nullptr;  // [vocab, D]; nullptr: rows come from x
+  int64_t vocab = 0;
+  int64_t row_stride = 0;
+  int64_t dim_stride = 1;
+  StridedIndex ids;              // [batch..., T], validated in [0, vocab)
+  int64_t padding_idx = -1;      // -1: none
+  // fairseq's make_positions, computed here: a non-pad token's position is padding_idx plus
+  // its running count of non-pad tokens along T. Replaces `positions`.
+  bool fairseq_positions = false;
+};
+
 struct AddPositionalParams {
-  DType dtype = DType::kFloat32;  // of x, out and table
+  DType dtype = DType::kFloat32;  // of x (or weight), out and table
   RowShape shape;
-  StridedRows x;                   // [batch..., T, D]; unused for kPositionOnly
+  StridedRows x;                   // [batch..., T, D]; unused for kPositionOnly or a gather
+  EmbeddingGather gather;
   StridedRows out;                 // [batch..., T, D]; data is written
   StridedIndex positions;          // [batch..., T]
   int64_t offset = 0;
@@ -75,15 +91,24 @@ struct AddPositionalParams {
   Dropout dropout;                 // mask indexed by the row-major logical element index
 };
 
-// out = dropout(combine(scale * x, PE(pos))). Also the x-gradient of the backward: x := grad,
-// kAdd -> kScaleOnly, kMul unchanged, with the same seed.
+// out = dropout(combine(scale * in, PE(pos))) with `in` the rows of x or of the gather. Also
+// the input-gradient of the backward: x := grad, kAdd -> kScaleOnly, kMul unchanged, with the
+// same seed.
 void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& parallel_for);
 
 // Gradient of a learned table: grad_table[pos(b, t), d] += mask * grad[b, t, d], times
-// scale * x[b, t, d] in kMul mode. `grad_table` is a dense [table_rows, D] buffer in the compute
-// type (float, or double for kFloat64), zero on entry. params.x holds grad; `input` holds x.
+// scale * in[b, t, d] in kMul mode (padding tokens contribute nothing). params.x holds grad;
+// `input` holds x, or params.gather gives the rows. `grad_table` is a dense [table_rows, D]
+// buffer in the compute type (float, or double for kFloat64), zero on entry.
 void add_positional_table_backward_cpu(const AddPositionalParams& params, const StridedRows& input,
                                        void* grad_table, const ParallelFor& parallel_for);
+
+// Gradient of the embedding weight: grad_weight[ids(b, t), d] += mask * scale * grad[b, t, d],
+// times PE(pos)[d] in kMul mode; the padding row gets nothing. params.x holds grad.
+// `grad_weight` is a dense [vocab, D] buffer in the compute type, zero on entry. Race-free and
+// bit-identical for any thread count.
+void embedding_weight_backward_cpu(const AddPositionalParams& params, void* grad_weight,
+                                   const ParallelFor& parallel_for);
 
 }  // namespace kernels
 }  // namespace posenc

@@ -6,15 +6,77 @@
 
 namespace posenc {
 namespace kernels {
-
 namespace {
 
-bool positions_shared_across_batch(const RowShape& shape, const StridedIndex& positions) {
-  if (positions.data == nullptr) return true;
-  for (int i = 0; i < shape.batch_ndim; ++i) {
-    if (positions.batch_strides[i] != 0 && shape.batch_sizes[i] != 1) return false;
+// The position of each row: params.positions / offset + t, or fairseq positions computed here.
+class RowPositions {
+ public:
+  explicit RowPositions(const AddPositionalParams& params)
+      : shape_(params.shape), index_(params.positions), offset_(params.offset) {
+    if (!params.gather.fairseq_positions) return;
+    const EmbeddingGather& gather = params.gather;
+    const int64_t batch = shape_.batch_count();
+    const int64_t seq_len = shape_.seq_len;
+    storage_.resize(static_cast<size_t>(batch * seq_len));
+    for (int64_t b = 0; b < batch; ++b) {
+      int64_t count = 0;
+      for (int64_t t = 0; t < seq_len; ++t) {
+        const bool pad = cpu::index_at(shape_, gather.ids, b, t) == gather.padding_idx;
+        count += pad ? 0 : 1;
+        storage_[b * seq_len + t] = pad ? gather.padding_idx : gather.padding_idx + count;
+      }
+    }
+    // Describe the [batch..., T] buffer with contiguous strides.
+    index_ = StridedIndex{};
+    index_.data = storage_.data();
+    index_.type = IndexType::kInt64;
+    index_.seq_stride = 1;
+    int64_t stride = seq_len;
+    for (int i = shape_.batch_ndim - 1; i >= 0; --i) {
+      index_.batch_strides[i] = stride;
+      stride *= shape_.batch_sizes[i];
+    }
   }
-  return true;
+
+  int64_t at(int64_t b, int64_t t) const {
+    return cpu::position_at(shape_, index_, offset_, b, t);
+  }
+
+  bool shared_across_batch() const {
+    if (index_.data == nullptr) return true;
+    for (int i = 0; i < shape_.batch_ndim; ++i) {
+      if (index_.batch_strides[i] != 0 && shape_.batch_sizes[i] != 1) return false;
+    }
+    return true;
+  }
+
+ private:
+  const RowShape& shape_;
+  StridedIndex index_;
+  int64_t offset_;
+  std::vector<int64_t> storage_;
+};
+
+template <typename scalar_t>
+struct InputRow {
+  const scalar_t* data;  // nullptr for kPositionOnly
+  int64_t stride;
+  bool padding;          // a padding token: no position code
+};
+
+// The input row of (b, t): a row of `x`, or weight[ids[b, t]] for the embedding gather.
+template <typename scalar_t>
+InputRow<scalar_t> input_row(const AddPositionalParams& params, const StridedRows& x, int64_t b,
+                             int64_t t) {
+  const EmbeddingGather& gather = params.gather;
+  if (gather.weight != nullptr) {
+    const int64_t id = cpu::index_at(params.shape, gather.ids, b, t);
+    return {static_cast<const scalar_t*>(gather.weight) + id * gather.row_stride,
+            gather.dim_stride, id == gather.padding_idx};
+  }
+  const scalar_t* data = static_cast<const scalar_t*>(x.data);
+  if (data != nullptr) data += cpu::batch_offset(params.shape, x.batch_strides, b) + t * x.seq_stride;
+  return {data, x.dim_stride, false};
 }
 
 }  // namespace
@@ -26,7 +88,8 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
   const int64_t dim = shape.dim;
   if (batch == 0 || seq_len == 0 || dim == 0) return;
   const bool needs_code = params.combine != Combine::kScaleOnly;
-  const bool shared = positions_shared_across_batch(shape, params.positions);
+  const RowPositions positions(params);
+  const bool shared = positions.shared_across_batch();
 
   cpu::dispatch_dtype(params.dtype, [&](auto scalar_tag) {
     using scalar_t = decltype(scalar_tag);
@@ -42,7 +105,7 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
     const int64_t grain = std::max<int64_t>(1, 32768 / (block * dim));
     parallel_for(0, block_count * batch, grain, [&](int64_t begin, int64_t end) {
       std::vector<acc> pe_block(needs_code ? static_cast<size_t>(block * dim) : 0);
-      int64_t pe_block_index = -1;  // which t-block pe_block holds (shared positions)
+      int64_t pe_block_index = -1;   // which t-block pe_block holds (shared positions)
       int64_t pe_row_position = -1;  // which position pe_block's first row holds (otherwise)
       std::vector<acc> mask(params.dropout.active ? static_cast<size_t>(dim) : 0);
       std::vector<uint16_t> draws;
@@ -53,19 +116,19 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
         const int64_t t_end = std::min(seq_len, t_begin + block);
         if (needs_code && shared && pe_block_index != t_block) {
           for (int64_t t = t_begin; t < t_end; ++t) {
-            code.evaluate(cpu::position_at(shape, params.positions, params.offset, 0, t),
-                          pe_block.data() + (t - t_begin) * dim);
+            code.evaluate(positions.at(0, t), pe_block.data() + (t - t_begin) * dim);
           }
           pe_block_index = t_block;
         }
-        const int64_t x_base = cpu::batch_offset(shape, params.x.batch_strides, b);
         const int64_t out_base = cpu::batch_offset(shape, params.out.batch_strides, b);
         for (int64_t t = t_begin; t < t_end; ++t) {
+          const InputRow<scalar_t> in = input_row<scalar_t>(params, params.x, b, t);
+          const bool with_code = needs_code && !in.padding;
           const acc* pe = nullptr;
-          if (needs_code && shared) {
+          if (with_code && shared) {
             pe = pe_block.data() + (t - t_begin) * dim;
-          } else if (needs_code) {
-            const int64_t position = cpu::position_at(shape, params.positions, params.offset, b, t);
+          } else if (with_code) {
+            const int64_t position = positions.at(b, t);
             if (position != pe_row_position) code.evaluate(position, pe_block.data());
             pe_row_position = position;
             pe = pe_block.data();
@@ -74,12 +137,10 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
             const uint64_t first = static_cast<uint64_t>((b * seq_len + t) * dim);
             cpu::fill_dropout_multipliers(params.dropout, first, dim, draws, mask.data());
           }
-          const scalar_t* in = static_cast<const scalar_t*>(params.x.data);
-          if (in != nullptr) in += x_base + t * params.x.seq_stride;
           scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(params.out.data)) + out_base +
                           t * params.out.seq_stride;
-          cpu::combine_row(params.combine, in, params.x.dim_stride, pe,
-                           params.dropout.active ? mask.data() : nullptr, scale, out,
+          cpu::combine_row(with_code ? params.combine : Combine::kScaleOnly, in.data, in.stride,
+                           pe, params.dropout.active ? mask.data() : nullptr, scale, out,
                            params.out.dim_stride, dim);
         }
       }
@@ -87,57 +148,111 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
   });
 }
 
-void add_positional_table_backward_cpu(const AddPositionalParams& params, const StridedRows& input,
-                                       void* grad_table, const ParallelFor& parallel_for) {
+namespace {
+
+constexpr int64_t kChannelBlock = 64;
+
+// Runs body(b, t, d0, width, grad_row, mask, scratch) for every row in one fixed order, with
+// each thread owning a block of channels, so scatter-adds into a shared buffer are race-free and
+// give the same bits for any number of threads. grad_row points at grad[b, t, d0]; mask holds
+// the dropout multipliers of those `width` elements (nullptr without dropout); scratch is a
+// per-thread buffer of kChannelBlock values.
+template <typename scalar_t, typename Body>
+void for_rows_by_channel_block(const AddPositionalParams& params, const ParallelFor& parallel_for,
+                               Body&& body) {
+  using acc = acc_t<scalar_t>;
   const RowShape& shape = params.shape;
   const int64_t batch = shape.batch_count();
   const int64_t seq_len = shape.seq_len;
   const int64_t dim = shape.dim;
-  if (batch == 0 || seq_len == 0 || dim == 0) return;
-  constexpr int64_t kChannelBlock = 64;
   const int64_t block_count = (dim + kChannelBlock - 1) / kChannelBlock;
+  parallel_for(0, block_count, 1, [&](int64_t block_begin, int64_t block_end) {
+    std::vector<acc> mask(kChannelBlock);
+    std::vector<acc> scratch(kChannelBlock);
+    std::vector<uint16_t> draws;
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      const int64_t d0 = block * kChannelBlock;
+      const int64_t width = std::min(kChannelBlock, dim - d0);
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t grad_base = cpu::batch_offset(shape, params.x.batch_strides, b);
+        for (int64_t t = 0; t < seq_len; ++t) {
+          const scalar_t* grad = static_cast<const scalar_t*>(params.x.data) + grad_base +
+                                 t * params.x.seq_stride + d0 * params.x.dim_stride;
+          if (params.dropout.active) {
+            const uint64_t first = static_cast<uint64_t>((b * seq_len + t) * dim + d0);
+            cpu::fill_dropout_multipliers(params.dropout, first, width, draws, mask.data());
+          }
+          body(b, t, d0, width, grad, params.dropout.active ? mask.data() : nullptr,
+               scratch.data());
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void add_positional_table_backward_cpu(const AddPositionalParams& params, const StridedRows& input,
+                                       void* grad_table, const ParallelFor& parallel_for) {
+  const RowShape& shape = params.shape;
+  if (shape.batch_count() == 0 || shape.seq_len == 0 || shape.dim == 0) return;
   const bool multiply = params.combine == Combine::kMul;
+  const RowPositions positions(params);
+  const int64_t grad_stride = params.x.dim_stride;
 
   cpu::dispatch_dtype(params.dtype, [&](auto scalar_tag) {
     using scalar_t = decltype(scalar_tag);
     using acc = acc_t<scalar_t>;
     acc* table_grad = static_cast<acc*>(grad_table);
     const acc scale = static_cast<acc>(params.scale);
-    // Each thread owns a block of channels and visits every row in one fixed order, so the
-    // sums are race-free and bit-identical for any number of threads.
-    parallel_for(0, block_count, 1, [&](int64_t block_begin, int64_t block_end) {
-      std::vector<acc> mask(kChannelBlock);
-      std::vector<uint16_t> draws;
-      for (int64_t block = block_begin; block < block_end; ++block) {
-        const int64_t d0 = block * kChannelBlock;
-        const int64_t width = std::min(kChannelBlock, dim - d0);
-        for (int64_t row = 0; row < batch * seq_len; ++row) {
-          const int64_t t = row / batch;
-          const int64_t b = row % batch;
-          const int64_t position = cpu::position_at(shape, params.positions, params.offset, b, t);
-          const scalar_t* grad = static_cast<const scalar_t*>(params.x.data) +
-                                 cpu::batch_offset(shape, params.x.batch_strides, b) +
-                                 t * params.x.seq_stride + d0 * params.x.dim_stride;
-          if (params.dropout.active) {
-            const uint64_t first = static_cast<uint64_t>((b * seq_len + t) * dim + d0);
-            cpu::fill_dropout_multipliers(params.dropout, first, width, draws, mask.data());
-          }
-          const scalar_t* x = nullptr;
-          if (multiply) {
-            x = static_cast<const scalar_t*>(input.data) +
-                cpu::batch_offset(shape, input.batch_strides, b) + t * input.seq_stride +
-                d0 * input.dim_stride;
-          }
-          acc* out = table_grad + position * dim + d0;
+    for_rows_by_channel_block<scalar_t>(
+        params, parallel_for,
+        [&](int64_t b, int64_t t, int64_t d0, int64_t width, const scalar_t* grad,
+            const acc* mask, acc* /*scratch*/) {
+          const InputRow<scalar_t> in = input_row<scalar_t>(params, input, b, t);
+          if (in.padding) return;  // padding tokens get no position code
+          acc* out = table_grad + positions.at(b, t) * shape.dim + d0;
+          const scalar_t* x = multiply ? in.data + d0 * in.stride : nullptr;
           for (int64_t k = 0; k < width; ++k) {
-            acc g = load_as_acc(grad + k * params.x.dim_stride);
-            if (params.dropout.active) g *= mask[k];
-            if (multiply) g *= scale * load_as_acc(x + k * input.dim_stride);
+            acc g = load_as_acc(grad + k * grad_stride);
+            if (mask != nullptr) g *= mask[k];
+            if (multiply) g *= scale * load_as_acc(x + k * in.stride);
             out[k] += g;
           }
-        }
-      }
-    });
+        });
+  });
+}
+
+void embedding_weight_backward_cpu(const AddPositionalParams& params, void* grad_weight,
+                                   const ParallelFor& parallel_for) {
+  const RowShape& shape = params.shape;
+  if (shape.batch_count() == 0 || shape.seq_len == 0 || shape.dim == 0) return;
+  const EmbeddingGather& gather = params.gather;
+  const bool multiply = params.combine == Combine::kMul;
+  const RowPositions positions(params);
+  const int64_t grad_stride = params.x.dim_stride;
+
+  cpu::dispatch_dtype(params.dtype, [&](auto scalar_tag) {
+    using scalar_t = decltype(scalar_tag);
+    using acc = acc_t<scalar_t>;
+    acc* weight_grad = static_cast<acc*>(grad_weight);
+    const acc scale = static_cast<acc>(params.scale);
+    const cpu::PositionCodeRows<scalar_t> code(params.source, shape.dim);
+    for_rows_by_channel_block<scalar_t>(
+        params, parallel_for,
+        [&](int64_t b, int64_t t, int64_t d0, int64_t width, const scalar_t* grad,
+            const acc* mask, acc* pe) {
+          const int64_t id = cpu::index_at(shape, gather.ids, b, t);
+          if (id == gather.padding_idx) return;  // as nn.Embedding: no gradient for padding
+          if (multiply) code.evaluate(positions.at(b, t), pe, d0, d0 + width);
+          acc* out = weight_grad + id * shape.dim + d0;
+          for (int64_t k = 0; k < width; ++k) {
+            acc g = scale * load_as_acc(grad + k * grad_stride);
+            if (mask != nullptr) g *= mask[k];
+            if (multiply) g *= pe[k];
+            out[k] += g;
+          }
+        });
   });
 }
 

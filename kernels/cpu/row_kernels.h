@@ -63,21 +63,24 @@ class PositionCodeRows {
     }
   }
 
-  // out[d] = PE(position)[d] for d < dim.
-  void evaluate(int64_t position, acc* __restrict out) const {
+  // out[d - first] = PE(position)[d] for first <= d < end (default: the whole row).
+  void evaluate(int64_t position, acc* __restrict out, int64_t first = 0,
+                int64_t end = -1) const {
+    if (end < 0) end = dim_;
+    const int64_t count = end - first;
     if (source_.kind == PositionKind::kLearned) {
-      const scalar_t* row =
-          static_cast<const scalar_t*>(source_.table) + position * source_.table_row_stride;
-      for (int64_t d = 0; d < dim_; ++d) out[d] = load_as_acc(row + d * source_.table_dim_stride);
+      const scalar_t* row = static_cast<const scalar_t*>(source_.table) +
+                            position * source_.table_row_stride + first * source_.table_dim_stride;
+      for (int64_t d = 0; d < count; ++d) out[d] = load_as_acc(row + d * source_.table_dim_stride);
       return;
     }
     const double p = static_cast<double>(position);
-    const double* __restrict high = high_.data();
-    const double* __restrict middle = middle_.data();
-    const double* __restrict low = low_.data();
-    const double* __restrict phase = phase_.data();
-    const acc* __restrict amplitude = amplitude_.data();
-    for (int64_t d = 0; d < dim_; ++d) {
+    const double* __restrict high = high_.data() + first;
+    const double* __restrict middle = middle_.data() + first;
+    const double* __restrict low = low_.data() + first;
+    const double* __restrict phase = phase_.data() + first;
+    const acc* __restrict amplitude = amplitude_.data() + first;
+    for (int64_t d = 0; d < count; ++d) {
       out[d] = amplitude[d] * sin_turns<acc>(reduced_turns(p, high[d], middle[d], low[d], phase[d]));
     }
   }

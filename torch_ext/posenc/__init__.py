@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (loads libposenc, which registers torch.ops.posenc)
-from ._ops import add_positional, positional_encoding
+from ._ops import add_positional, embedding, positional_encoding
 from . import nn
 
-__all__ = ["add_positional", "positional_encoding", "nn"]
+__all__ = ["add_positional", "embedding", "positional_encoding", "nn"]
 __version__ = "0.1.0"

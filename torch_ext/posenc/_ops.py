@@ -127,6 +127,88 @@ def add_positional(
     )
 
 
+def embedding(
+    ids: Tensor,
+    weight: Tensor,
+    *,
+    kind: str = "sinusoidal",
+    combine: str = "add",
+    scale: Optional[float] = None,
+    positions: Union[None, str, Tensor] = None,
+    offset: int = 0,
+    padding_idx: Optional[int] = None,
+    base: float = 10000.0,
+    convention: str = "vaswani",
+    layout: str = "interleaved",
+    table: Optional[Tensor] = None,
+    dropout: float = 0.0,
+    training: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    r"""Token embedding fused with the position code, scaling and dropout.
+
+    ``y = dropout_p(combine(scale * weight[ids], PE(pos)))`` in one pass forward and one pass
+    backward (no mask or table is stored for the backward).
+
+    Args:
+        ids: ``(..., T)`` int64/int32 token ids in ``[0, V)``.
+        weight: ``(V, D)`` embedding matrix (float32, float64, bfloat16, float16).
+        kind, combine, base, convention, layout, table, dropout, training, generator: as in
+            :func:`add_positional`.
+        scale: multiplies ``weight[ids]``; ``None`` means ``sqrt(D)``.
+        positions: ``None`` for ``offset + arange(T)``; an int tensor broadcastable to
+            ``ids.shape``; or ``"fairseq"``: fairseq's ``make_positions`` computed in the kernel
+            (a non-pad token's position is ``padding_idx`` plus its running count of non-pad
+            tokens along ``T``), which needs ``padding_idx``.
+        padding_idx: as in ``nn.Embedding`` (negative counts from the end): that row of
+            ``weight`` gets no gradient, and tokens equal to it get no position code.
+
+    Returns:
+        ``(*ids.shape, D)`` tensor of ``weight``'s dtype.
+    """
+    _check_tensor("ids", ids, allow_none=False)
+    _check_tensor("weight", weight, allow_none=False)
+    _check_tensor("table", table)
+    for name, value in (("kind", kind), ("combine", combine), ("convention", convention),
+                        ("layout", layout)):
+        _check_str(name, value)
+    if scale is not None:
+        _check_float("scale", scale)
+    _check_float("base", base)
+    _check_float("dropout", dropout)
+    _check_int("offset", offset)
+    if padding_idx is not None:
+        _check_int("padding_idx", padding_idx)
+    fairseq_positions = False
+    if isinstance(positions, str):
+        if positions != "fairseq":
+            raise ValueError(
+                f"posenc: positions must be None, a Tensor or 'fairseq', got {positions!r}"
+            )
+        fairseq_positions, positions = True, None
+    else:
+        _check_tensor("positions", positions)
+    seed = draw_seed(weight.device, float(dropout), bool(training), generator)
+    return torch.ops.posenc.embedding(
+        ids,
+        weight,
+        positions,
+        table,
+        seed,
+        kind=kind,
+        combine=combine,
+        scale=None if scale is None else float(scale),
+        offset=offset,
+        padding_idx=padding_idx,
+        fairseq_positions=fairseq_positions,
+        base=float(base),
+        convention=convention,
+        layout=layout,
+        dropout=float(dropout),
+        training=bool(training),
+    )
+
+
 def positional_encoding(
     positions: Union[int, Tensor],
     dim: int,

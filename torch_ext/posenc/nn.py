@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._ops import add_positional
+from ._ops import add_positional, embedding
 
-__all__ = ["PositionalEncoding"]
+__all__ = ["PositionalEncoding", "PositionalEmbedding"]
 
 
 class PositionalEncoding(nn.Module):
@@ -92,4 +92,135 @@ class PositionalEncoding(nn.Module):
         return (
             f"d_model={self.d_model}, dropout={self.p}, kind={self.kind!r}, "
             f"combine={self.combine!r}, batch_first={self.batch_first}"
+        )
+
+
+class PositionalEmbedding(nn.Module):
+    r"""``nn.Embedding`` fused with a position code: ``dropout(scale * weight[ids] + PE(pos))``.
+
+    ``weight`` is a Parameter named ``weight`` initialised like ``nn.Embedding`` (standard
+    normal, zero padding row), so an ``nn.Embedding`` state dict loads into it. Computed kinds
+    store no position table; ``kind="learned"`` holds a ``(max_positions, D)`` Parameter
+    ``table`` (normal with std ``D^-0.5``).
+
+    Args:
+        num_embeddings: vocabulary size ``V``.
+        embedding_dim: width ``D``.
+        padding_idx: as in ``nn.Embedding``; padding tokens get no position code.
+        max_positions: rows of the learned table (required for ``kind="learned"``).
+        positions: default position mode: ``None`` (``offset + arange(T)``) or ``"fairseq"``.
+        kind, combine, scale, dropout, base, convention, layout: as in :func:`posenc.embedding`.
+
+    Shape:
+        ``forward(ids, positions=None, offset=0)``: ``ids`` ``(..., T)`` -> ``(..., T, D)``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: Optional[int] = None,
+        *,
+        max_positions: Optional[int] = None,
+        positions: Optional[str] = None,
+        kind: str = "sinusoidal",
+        combine: str = "add",
+        scale: Optional[float] = None,
+        dropout: float = 0.0,
+        base: float = 10000.0,
+        convention: str = "vaswani",
+        layout: str = "interleaved",
+        _weight: Optional[Tensor] = None,
+        _freeze: bool = False,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(
+                    f"PositionalEmbedding: padding_idx must be within [-{num_embeddings}, "
+                    f"{num_embeddings}), got {padding_idx}"
+                )
+            padding_idx = padding_idx % num_embeddings
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"PositionalEmbedding: dropout must be in [0, 1), got {dropout}")
+        if positions not in (None, "fairseq"):
+            raise ValueError(
+                f"PositionalEmbedding: positions must be None or 'fairseq', got {positions!r}"
+            )
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        self.max_positions = max_positions
+        self.positions = positions
+        self.kind = kind
+        self.combine = combine
+        self.scale = scale
+        self.p = float(dropout)
+        self.base = float(base)
+        self.convention = convention
+        self.layout = layout
+        factory = {"device": device, "dtype": dtype}
+        if _weight is None:
+            self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, **factory),
+                                       requires_grad=not _freeze)
+            self._reset_weight()
+        else:
+            if tuple(_weight.shape) != (num_embeddings, embedding_dim):
+                raise ValueError(
+                    "PositionalEmbedding: _weight must have shape (num_embeddings, "
+                    f"embedding_dim) = ({num_embeddings}, {embedding_dim}), got "
+                    f"{tuple(_weight.shape)}"
+                )
+            self.weight = nn.Parameter(_weight, requires_grad=not _freeze)
+        if kind == "learned":
+            if max_positions is None:
+                raise ValueError("PositionalEmbedding: kind='learned' needs max_positions")
+            self.table = nn.Parameter(torch.empty(max_positions, embedding_dim, **factory))
+            nn.init.normal_(self.table, std=embedding_dim**-0.5)
+        else:
+            self.register_parameter("table", None)
+
+    def _reset_weight(self) -> None:
+        nn.init.normal_(self.weight)
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].fill_(0)
+
+    def forward(self, ids: Tensor, positions: Union[None, str, Tensor] = None,
+                offset: int = 0) -> Tensor:
+        return embedding(
+            ids,
+            self.weight,
+            kind=self.kind,
+            combine=self.combine,
+            scale=self.scale,
+            positions=self.positions if positions is None else positions,
+            offset=offset,
+            padding_idx=self.padding_idx,
+            base=self.base,
+            convention=self.convention,
+            layout=self.layout,
+            table=self.table,
+            dropout=self.p,
+            training=self.training,
+        )
+
+    @classmethod
+    def from_pretrained(cls, embeddings: Tensor, freeze: bool = True,
+                        padding_idx: Optional[int] = None, **kwargs) -> "PositionalEmbedding":
+        """Builds the layer from a ``(V, D)`` tensor, as ``nn.Embedding.from_pretrained``."""
+        if embeddings.dim() != 2:
+            raise ValueError(
+                f"PositionalEmbedding.from_pretrained: embeddings must be 2-D, got "
+                f"{embeddings.dim()}-D"
+            )
+        rows, cols = embeddings.shape
+        return cls(rows, cols, padding_idx, _weight=embeddings, _freeze=freeze, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, "
+            f"kind={self.kind!r}, combine={self.combine!r}, dropout={self.p}"
         )

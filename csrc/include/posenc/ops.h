@@ -39,6 +39,36 @@ at::Tensor add_positional_table_backward(const at::Tensor& grad,
                                          double scale, int64_t offset, double dropout,
                                          bool training);
 
+// ids: [..., T], weight: [V, D], positions: broadcastable to [..., T], table: [P, D]
+// -> [..., T, D]
+at::Tensor embedding(const at::Tensor& ids, const at::Tensor& weight,
+                     const std::optional<at::Tensor>& positions,
+                     const std::optional<at::Tensor>& table, const std::optional<at::Tensor>& seed,
+                     std::string_view kind, std::string_view combine, std::optional<double> scale,
+                     int64_t offset, std::optional<int64_t> padding_idx, bool fairseq_positions,
+                     double base, std::string_view convention, std::string_view layout,
+                     double dropout, bool training);
+
+// grad: [..., T, D], ids: [..., T], weight: [V, D] -> grad_weight: [V, D]
+at::Tensor embedding_backward(const at::Tensor& grad, const at::Tensor& ids,
+                              const at::Tensor& weight, const std::optional<at::Tensor>& positions,
+                              const std::optional<at::Tensor>& table,
+                              const std::optional<at::Tensor>& seed, std::string_view kind,
+                              std::string_view combine, std::optional<double> scale,
+                              int64_t offset, std::optional<int64_t> padding_idx,
+                              bool fairseq_positions, double base, std::string_view convention,
+                              std::string_view layout, double dropout, bool training);
+
+// grad: [..., T, D], ids: [..., T], weight: [V, D] -> grad_table: [table_rows, D]
+at::Tensor embedding_table_backward(const at::Tensor& grad, const at::Tensor& ids,
+                                    const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& positions,
+                                    const std::optional<at::Tensor>& seed,
+                                    c10::SymInt table_rows, std::string_view combine,
+                                    std::optional<double> scale, int64_t offset,
+                                    std::optional<int64_t> padding_idx, bool fairseq_positions,
+                                    double dropout, bool training);
+
 // positions: any shape -> [*positions.shape, dim]
 at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim, std::string_view kind,
                                double base, std::string_view convention, std::string_view layout,
