@@ -68,7 +68,62 @@ def bench_add_positional(repeat: int) -> None:
                f"threads={torch.get_num_threads()}", rows, "posenc.add_positional", "x.clone()")
 
 
-BENCHMARKS = {"add_positional": bench_add_positional}
+def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude: List[torch.Tensor]) -> int:
+    """Bytes of the distinct tensors autograd saves for backward while running fn, not counting
+    `exclude` (parameters, which are alive anyway)."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in excluded:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def bench_embedding(repeat: int) -> None:
+    B, T, V, D, p = 8, 2048, 32000, 1024, 0.1
+    ids = torch.randint(0, V, (B, T))
+    weight = torch.randn(V, D, requires_grad=True)
+    pe = sinusoidal_table(T, D)
+    grad = torch.randn(B, T, D)
+    scale = math.sqrt(D)
+
+    def eager() -> torch.Tensor:
+        return F.dropout(F.embedding(ids, weight) * scale + pe[:T], p=p, training=True)
+
+    def ours() -> torch.Tensor:
+        return posenc.embedding(ids, weight, dropout=p)
+
+    compiled = torch.compile(eager)
+
+    def step(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            weight.grad = None
+            fn().backward(grad)
+        return run
+
+    rows = {
+        "posenc.embedding": timeit(step(ours), repeat),
+        "eager (F.embedding, pe, F.dropout)": timeit(step(eager), repeat),
+        "torch.compile(eager)": timeit(step(compiled), repeat),
+    }
+    print(f"\nembedding forward+backward, ids=({B}, {T}), V={V}, D={D}, float32, training, "
+          f"p={p}, threads={torch.get_num_threads()}")
+    print(f"  {'variant':<38}{'ms':>10}{'ours is x faster':>18}")
+    for name, ms in rows.items():
+        print(f"  {name:<38}{ms:>10.2f}{ms / rows['posenc.embedding']:>18.2f}")
+    ours_bytes = saved_tensor_bytes(ours, [weight])
+    eager_bytes = saved_tensor_bytes(eager, [weight])
+    print(f"  saved for backward (beyond parameters): posenc {ours_bytes / 2**20:.2f} MiB, "
+          f"eager {eager_bytes / 2**20:.2f} MiB, ratio {ours_bytes / max(eager_bytes, 1):.3f}")
+
+
+BENCHMARKS = {"add_positional": bench_add_positional, "embedding": bench_embedding}
 
 
 def main(argv: List[str] | None = None) -> None:
