@@ -171,6 +171,102 @@ at::Tensor embedding_autograd(const at::Tensor& ids, const at::Tensor& weight,
                                   layout, dropout, training);
 }
 
+// The backward of a rotation is the rotation by the negative angle: rotary with inverse
+// flipped, itself differentiable, so double backward works too.
+class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q,
+                               const std::optional<at::Tensor>& k,
+                               const std::optional<at::Tensor>& positions,
+                               const std::optional<at::Tensor>& offsets,
+                               const std::optional<at::Tensor>& inv_freq,
+                               const std::optional<at::Tensor>& cu_seqlens, double base,
+                               int64_t offset, std::optional<int64_t> rotary_dim,
+                               bool interleaved, std::string_view layout,
+                               double attention_factor, bool inverse) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({positions.value_or(at::Tensor()), offsets.value_or(at::Tensor()),
+                            inv_freq.value_or(at::Tensor()), cu_seqlens.value_or(at::Tensor())});
+    ctx->saved_data["has_k"] = k.has_value();
+    ctx->saved_data["base"] = base;
+    ctx->saved_data["offset"] = offset;
+    ctx->saved_data["rotary_dim"] = rotary_dim;
+    ctx->saved_data["interleaved"] = interleaved;
+    ctx->saved_data["layout"] = std::string(layout);
+    ctx->saved_data["attention_factor"] = attention_factor;
+    ctx->saved_data["inverse"] = inverse;
+    return ops::rotary(q, k, positions, offsets, inv_freq, cu_seqlens, base, offset, rotary_dim,
+                       interleaved, layout, attention_factor, inverse);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    auto& data = ctx->saved_data;
+    const bool has_k = data["has_k"].toBool();
+    const auto grads = ops::rotary(
+        grad_outputs[0], has_k ? std::optional<at::Tensor>(grad_outputs[1]) : std::nullopt,
+        optional_of(saved[0]), optional_of(saved[1]), optional_of(saved[2]),
+        optional_of(saved[3]), data["base"].toDouble(), data["offset"].toInt(),
+        data["rotary_dim"].toOptional<int64_t>(), data["interleaved"].toBool(),
+        data["layout"].toStringRef(), data["attention_factor"].toDouble(),
+        !data["inverse"].toBool());
+    variable_list result(13);  // one per forward input after ctx
+    result[0] = grads[0];
+    if (has_k) result[1] = grads[1];
+    return result;
+  }
+};
+
+std::vector<at::Tensor> rotary_autograd(const at::Tensor& q, const std::optional<at::Tensor>& k,
+                                        const std::optional<at::Tensor>& positions,
+                                        const std::optional<at::Tensor>& offsets,
+                                        const std::optional<at::Tensor>& inv_freq,
+                                        const std::optional<at::Tensor>& cu_seqlens, double base,
+                                        int64_t offset, std::optional<int64_t> rotary_dim,
+                                        bool interleaved, std::string_view layout,
+                                        double attention_factor, bool inverse) {
+  return RotaryFunction::apply(q, k, positions, offsets, inv_freq, cu_seqlens, base, offset,
+                               rotary_dim, interleaved, layout, attention_factor, inverse);
+}
+
+// apply_rotary_pos_emb with given cos/sin: the backward is the transposed map.
+class RotaryTablesFunction : public torch::autograd::Function<RotaryTablesFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q,
+                               const std::optional<at::Tensor>& k, const at::Tensor& cos,
+                               const at::Tensor& sin, int64_t unsqueeze_dim, bool transpose) {
+    TORCH_CHECK(!cos.requires_grad() && !sin.requires_grad(),
+                "posenc.apply_rotary_pos_emb: gradients with respect to cos and sin are not "
+                "supported; build them without grad (transformers does, under torch.no_grad)");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({cos, sin});
+    ctx->saved_data["has_k"] = k.has_value();
+    ctx->saved_data["unsqueeze_dim"] = unsqueeze_dim;
+    ctx->saved_data["transpose"] = transpose;
+    return ops::rotary_tables(q, k, cos, sin, unsqueeze_dim, transpose);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    auto& data = ctx->saved_data;
+    const bool has_k = data["has_k"].toBool();
+    const auto grads = ops::rotary_tables(
+        grad_outputs[0], has_k ? std::optional<at::Tensor>(grad_outputs[1]) : std::nullopt,
+        saved[0], saved[1], data["unsqueeze_dim"].toInt(), !data["transpose"].toBool());
+    variable_list result(6);
+    result[0] = grads[0];
+    if (has_k) result[1] = grads[1];
+    return result;
+  }
+};
+
+std::vector<at::Tensor> rotary_tables_autograd(const at::Tensor& q,
+                                               const std::optional<at::Tensor>& k,
+                                               const at::Tensor& cos, const at::Tensor& sin,
+                                               int64_t unsqueeze_dim, bool transpose) {
+  return RotaryTablesFunction::apply(q, k, cos, sin, unsqueeze_dim, transpose);
+}
+
 at::Tensor add_positional_autograd(const at::Tensor& x,
                                    const std::optional<at::Tensor>& positions,
                                    const std::optional<at::Tensor>& table,
@@ -191,6 +287,8 @@ TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
   m.impl("add_positional_backward", torch::autograd::autogradNotImplementedFallback());
   m.impl("add_positional_table_backward", torch::autograd::autogradNotImplementedFallback());
   m.impl("embedding", &embedding_autograd);
+  m.impl("rotary", &rotary_autograd);
+  m.impl("rotary_tables", &rotary_tables_autograd);
   m.impl("embedding_backward", torch::autograd::autogradNotImplementedFallback());
   m.impl("embedding_table_backward", torch::autograd::autogradNotImplementedFallback());
 }

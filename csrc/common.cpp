@@ -353,5 +353,139 @@ std::vector<c10::SymInt> embedding_output_size(const at::Tensor& ids, const c10:
   return sizes;
 }
 
+at::Tensor rotary_bshd(const at::Tensor& t, std::string_view layout) {
+  if (layout == "bshd") return t;
+  if (layout == "bhsd") return t.permute({0, 2, 1, 3});
+  if (layout == "sbhd") return t.permute({1, 0, 2, 3});
+  TORCH_INTERNAL_ASSERT(layout == "thd");
+  return t.unsqueeze(0);
+}
+
+RotaryOptions check_rotary(const char* op, const at::Tensor& q, const std::optional<at::Tensor>& k,
+                           const std::optional<at::Tensor>& positions,
+                           const std::optional<at::Tensor>& offsets,
+                           const std::optional<at::Tensor>& inv_freq,
+                           const std::optional<at::Tensor>& cu_seqlens, double base,
+                           int64_t offset, std::optional<int64_t> rotary_dim,
+                           std::string_view layout, double attention_factor) {
+  TORCH_CHECK_VALUE(layout == "bshd" || layout == "bhsd" || layout == "sbhd" || layout == "thd",
+                    op, ": layout must be 'bshd', 'bhsd', 'sbhd' or 'thd', got '", layout, "'");
+  RotaryOptions options;
+  options.thd = layout == "thd";
+  const int64_t ndim = options.thd ? 3 : 4;
+  TORCH_CHECK_TYPE(is_supported_float(q.scalar_type()), op,
+                   ": q must be a floating tensor (float32, float64, bfloat16 or float16), got ",
+                   q.scalar_type());
+  TORCH_CHECK_VALUE(q.dim() == ndim, op, ": q must have ", ndim, " dimensions for layout '",
+                    layout, "', got shape ", q.sym_sizes());
+  const at::Tensor q4 = rotary_bshd(q, layout);
+  if (k.has_value()) {
+    TORCH_CHECK_TYPE(k->scalar_type() == q.scalar_type(), op, ": k must have q's dtype (",
+                     q.scalar_type(), "), got ", k->scalar_type());
+    TORCH_CHECK_VALUE(k->dim() == ndim, op, ": k must have ", ndim, " dimensions for layout '",
+                      layout, "', got shape ", k->sym_sizes());
+    TORCH_CHECK(k->device() == q.device(), op, ": k must be on q's device (", q.device(),
+                "), got ", k->device());
+    const at::Tensor k4 = rotary_bshd(*k, layout);
+    TORCH_CHECK_VALUE(k4.sym_size(0) == q4.sym_size(0) && k4.sym_size(1) == q4.sym_size(1), op,
+                      ": q and k must agree on batch and sequence, got q ", q.sym_sizes(),
+                      " and k ", k->sym_sizes());
+    TORCH_CHECK_VALUE(k4.sym_size(3) == q4.sym_size(3), op,
+                      ": q and k must have the same head_dim, got ", q4.sym_size(3), " and ",
+                      k4.sym_size(3));
+  }
+  const int64_t head_dim = q4.sym_size(3).guard_int(__FILE__, __LINE__);
+  options.rotary_dim = rotary_dim.value_or(head_dim);
+  TORCH_CHECK_VALUE(options.rotary_dim % 2 == 0 && options.rotary_dim >= 0 &&
+                        options.rotary_dim <= head_dim,
+                    op, ": rotary_dim must be even and within [0, head_dim = ", head_dim,
+                    "], got ", options.rotary_dim,
+                    rotary_dim.has_value() ? "" : " (the head_dim, which must be even)");
+  TORCH_CHECK_VALUE(std::isfinite(base) && base > 0.0, op, ": base must be a finite number > 0, "
+                    "got ", base);
+  TORCH_CHECK_VALUE(std::isfinite(attention_factor), op, ": attention_factor must be finite");
+  TORCH_CHECK_VALUE(offset >= 0, op, ": offset must be >= 0, got ", offset);
+  auto check_index = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op, ": ", name,
+                     " must be an int64 or int32 tensor, got ", t.scalar_type());
+    TORCH_CHECK(t.device() == q.device(), op, ": ", name, " must be on q's device (",
+                q.device(), "), got ", t.device());
+  };
+  if (positions.has_value()) {
+    check_index(*positions, "positions");
+    TORCH_CHECK_VALUE(!offsets.has_value(), op, ": give positions or offsets, not both");
+    if (options.thd) {
+      TORCH_CHECK_VALUE(positions->dim() == 1 && positions->sym_size(0) == q4.sym_size(1), op,
+                        ": positions must have shape (tokens,) = (", q4.sym_size(1),
+                        ",) for layout 'thd', got ", positions->sym_sizes());
+    } else {
+      const bool per_step = positions->dim() == 1 && positions->sym_size(0) == q4.sym_size(1);
+      const bool per_row = positions->dim() == 2 && positions->sym_size(0) == q4.sym_size(0) &&
+                           positions->sym_size(1) == q4.sym_size(1);
+      TORCH_CHECK_VALUE(per_step || per_row, op, ": positions must have shape (S,) = (",
+                        q4.sym_size(1), ",) or (B, S) = (", q4.sym_size(0), ", ",
+                        q4.sym_size(1), "), got ", positions->sym_sizes());
+    }
+  }
+  if (cu_seqlens.has_value()) {
+    TORCH_CHECK_VALUE(options.thd, op, ": cu_seqlens is for layout 'thd' only");
+    check_index(*cu_seqlens, "cu_seqlens");
+    TORCH_CHECK_VALUE(cu_seqlens->dim() == 1 && cu_seqlens->sym_size(0) >= 2, op,
+                      ": cu_seqlens must have shape (sequences + 1,) with at least 2 entries, "
+                      "got ", cu_seqlens->sym_sizes());
+  }
+  if (offsets.has_value()) {
+    check_index(*offsets, "offsets");
+    const c10::SymInt sequences =
+        cu_seqlens.has_value() ? cu_seqlens->sym_size(0) - 1 : q4.sym_size(0);
+    TORCH_CHECK_VALUE(offsets->dim() == 1 && offsets->sym_size(0) == sequences, op,
+                      ": offsets must have shape (", sequences, ",) (one per sequence), got ",
+                      offsets->sym_sizes());
+  }
+  if (inv_freq.has_value()) {
+    TORCH_CHECK_TYPE(is_supported_float(inv_freq->scalar_type()), op,
+                     ": inv_freq must be a floating tensor, got ", inv_freq->scalar_type());
+    TORCH_CHECK_VALUE(inv_freq->dim() == 1 && inv_freq->sym_size(0) == options.rotary_dim / 2,
+                      op, ": inv_freq must have shape (rotary_dim / 2,) = (",
+                      options.rotary_dim / 2, ",), got ", inv_freq->sym_sizes());
+  }
+  return options;
+}
+
+void check_rotary_tables(const char* op, const at::Tensor& q, const std::optional<at::Tensor>& k,
+                         const at::Tensor& cos, const at::Tensor& sin, int64_t unsqueeze_dim) {
+  TORCH_CHECK_TYPE(is_supported_float(q.scalar_type()), op,
+                   ": q must be a floating tensor (float32, float64, bfloat16 or float16), got ",
+                   q.scalar_type());
+  TORCH_CHECK_VALUE(q.dim() >= 1 && q.dim() <= kernels::kMaxTableDims + 1, op,
+                    ": q must have 1 to ", kernels::kMaxTableDims + 1, " dimensions");
+  TORCH_CHECK_VALUE(q.sym_size(-1) % 2 == 0, op, ": the last dimension of q must be even, got ",
+                    q.sym_size(-1));
+  TORCH_CHECK_TYPE(is_supported_float(cos.scalar_type()) && is_supported_float(sin.scalar_type()),
+                   op, ": cos and sin must be floating tensors");
+  TORCH_CHECK_VALUE(cos.sym_sizes() == sin.sym_sizes(), op,
+                    ": cos and sin must have the same shape, got ", cos.sym_sizes(), " and ",
+                    sin.sym_sizes());
+  TORCH_CHECK_VALUE(unsqueeze_dim >= -(cos.dim() + 1) && unsqueeze_dim <= cos.dim(), op,
+                    ": unsqueeze_dim must be within [", -(cos.dim() + 1), ", ", cos.dim(),
+                    "], got ", unsqueeze_dim);
+  std::vector<at::Tensor> operands{q};
+  if (k.has_value()) {
+    TORCH_CHECK_TYPE(k->scalar_type() == q.scalar_type(), op, ": k must have q's dtype (",
+                     q.scalar_type(), "), got ", k->scalar_type());
+    TORCH_CHECK_VALUE(k->dim() == q.dim() && k->sym_size(-1) == q.sym_size(-1), op,
+                      ": k must have q's number of dimensions and last dimension");
+    operands.push_back(*k);
+  }
+  for (const at::Tensor& x : operands) {
+    TORCH_CHECK(cos.device() == x.device() && sin.device() == x.device(), op,
+                ": cos and sin must be on q's device (", x.device(), ")");
+    const at::Tensor unsqueezed = cos.unsqueeze(unsqueeze_dim);
+    TORCH_CHECK_VALUE(at::is_expandable_to(unsqueezed.sym_sizes(), x.sym_sizes()), op,
+                      ": cos.unsqueeze(", unsqueeze_dim, ") of shape ", unsqueezed.sym_sizes(),
+                      " must broadcast to ", x.sym_sizes());
+  }
+}
+
 }  // namespace detail
 }  // namespace posenc

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "positional.h"
+#include "rotary.h"
 
 namespace posenc {
 namespace detail {
@@ -117,6 +118,33 @@ void set_gather(kernels::AddPositionalParams& params, const at::Tensor& ids,
 
 // The shape [..., T, D] that an embedding output of ids: [..., T] has.
 std::vector<c10::SymInt> embedding_output_size(const at::Tensor& ids, const c10::SymInt& dim);
+
+// ---- rotary ---------------------------------------------------------------------------------
+
+// The validated options of a rotary call.
+struct RotaryOptions {
+  int64_t rotary_dim = 0;
+  bool thd = false;
+};
+
+// q or k as the logical [B, S, H, D] view of `layout` (a permutation; "thd" adds B = 1).
+at::Tensor rotary_bshd(const at::Tensor& t, std::string_view layout);
+
+// Checks every rotary argument that can be checked without reading data (safe on Meta).
+//   q, k: see the schema   positions: [S], [B, S] or [tokens]   offsets: [B] or [sequences]
+//   inv_freq: [rotary_dim / 2]   cu_seqlens: [sequences + 1]
+RotaryOptions check_rotary(const char* op, const at::Tensor& q, const std::optional<at::Tensor>& k,
+                           const std::optional<at::Tensor>& positions,
+                           const std::optional<at::Tensor>& offsets,
+                           const std::optional<at::Tensor>& inv_freq,
+                           const std::optional<at::Tensor>& cu_seqlens, double base,
+                           int64_t offset, std::optional<int64_t> rotary_dim,
+                           std::string_view layout, double attention_factor);
+
+// apply_rotary_pos_emb: q, k: [..., D] (D even); cos, sin: broadcastable to q after
+// unsqueeze(unsqueeze_dim).
+void check_rotary_tables(const char* op, const at::Tensor& q, const std::optional<at::Tensor>& k,
+                         const at::Tensor& cos, const at::Tensor& sin, int64_t unsqueeze_dim);
 
 }  // namespace detail
 }  // namespace posenc

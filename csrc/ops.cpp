@@ -89,6 +89,25 @@ at::Tensor embedding_table_backward(const at::Tensor& grad, const at::Tensor& id
                  padding_idx, fairseq_positions, dropout, training);
 }
 
+std::vector<at::Tensor> rotary(const at::Tensor& q, const std::optional<at::Tensor>& k,
+                               const std::optional<at::Tensor>& positions,
+                               const std::optional<at::Tensor>& offsets,
+                               const std::optional<at::Tensor>& inv_freq,
+                               const std::optional<at::Tensor>& cu_seqlens, double base,
+                               int64_t offset, std::optional<int64_t> rotary_dim, bool interleaved,
+                               std::string_view layout, double attention_factor, bool inverse) {
+  static const auto op = find_op<decltype(rotary)>("posenc::rotary");
+  return op.call(q, k, positions, offsets, inv_freq, cu_seqlens, base, offset, rotary_dim,
+                 interleaved, layout, attention_factor, inverse);
+}
+
+std::vector<at::Tensor> rotary_tables(const at::Tensor& q, const std::optional<at::Tensor>& k,
+                                      const at::Tensor& cos, const at::Tensor& sin,
+                                      int64_t unsqueeze_dim, bool transpose) {
+  static const auto op = find_op<decltype(rotary_tables)>("posenc::rotary_tables");
+  return op.call(q, k, cos, sin, unsqueeze_dim, transpose);
+}
+
 at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim, std::string_view kind,
                                double base, std::string_view convention, std::string_view layout,
                                std::optional<at::ScalarType> dtype) {

@@ -7,6 +7,8 @@
 
 #include "common.h"
 #include "positional.h"
+#include "rope_scaling.h"
+#include "rotary.h"
 
 namespace posenc {
 namespace {
@@ -239,9 +241,200 @@ at::Tensor positional_encoding_cpu(const at::Tensor& positions, int64_t dim,
   return out.view(out_sizes);
 }
 
+// ---- rotary ----------------------------------------------------------------------------------
+
+constexpr const char* kRotary = "posenc.rotary";
+
+void check_rotary_values(const std::optional<at::Tensor>& positions,
+                         const std::optional<at::Tensor>& offsets,
+                         const std::optional<at::Tensor>& cu_seqlens, int64_t tokens) {
+  if (positions.has_value() && positions->numel() > 0) {
+    const int64_t lowest = positions->min().item<int64_t>();
+    TORCH_CHECK_INDEX(lowest >= 0, kRotary, ": positions must be >= 0, got ", lowest);
+  }
+  if (offsets.has_value() && offsets->numel() > 0) {
+    const int64_t lowest = offsets->min().item<int64_t>();
+    TORCH_CHECK_INDEX(lowest >= 0, kRotary, ": offsets must be >= 0, got ", lowest);
+  }
+  if (cu_seqlens.has_value()) {
+    const at::Tensor cu = cu_seqlens->to(at::kLong).contiguous();
+    const int64_t* values = cu.data_ptr<int64_t>();
+    const int64_t n = cu.numel();
+    TORCH_CHECK_VALUE(values[0] == 0, kRotary, ": cu_seqlens must start at 0, got ", values[0]);
+    for (int64_t i = 1; i < n; ++i) {
+      TORCH_CHECK_VALUE(values[i] >= values[i - 1], kRotary,
+                        ": cu_seqlens must be non-decreasing, got ", values[i - 1], " then ",
+                        values[i], " at index ", i);
+    }
+    TORCH_CHECK_VALUE(values[n - 1] == tokens, kRotary,
+                      ": cu_seqlens must end at the token count ", tokens, ", got ",
+                      values[n - 1]);
+  }
+}
+
+kernels::RotaryOperand rotary_operand(const at::Tensor& in4, const at::Tensor& out4) {
+  kernels::RotaryOperand op;
+  op.in = in4.data_ptr();
+  op.out = out4.data_ptr();
+  op.heads = in4.size(2);
+  for (int i = 0; i < 4; ++i) {
+    op.in_strides[i] = in4.stride(i);
+    op.out_strides[i] = out4.stride(i);
+  }
+  return op;
+}
+
+// q, k: [B, S, H, D] in `layout` (or [tokens, H, D]) -> [q_out] or [q_out, k_out]
+std::vector<at::Tensor> rotary_cpu(const at::Tensor& q, const std::optional<at::Tensor>& k,
+                                   const std::optional<at::Tensor>& positions,
+                                   const std::optional<at::Tensor>& offsets,
+                                   const std::optional<at::Tensor>& inv_freq,
+                                   const std::optional<at::Tensor>& cu_seqlens, double base,
+                                   int64_t offset, std::optional<int64_t> rotary_dim,
+                                   bool interleaved, std::string_view layout,
+                                   double attention_factor, bool inverse) {
+  const auto options = detail::check_rotary(kRotary, q, k, positions, offsets, inv_freq,
+                                            cu_seqlens, base, offset, rotary_dim, layout,
+                                            attention_factor);
+  const at::Tensor q4 = detail::rotary_bshd(q, layout);
+  check_rotary_values(positions, offsets, cu_seqlens, q4.size(1));
+  std::vector<at::Tensor> outputs{at::empty_like(q)};
+  if (k.has_value()) outputs.push_back(at::empty_like(*k));
+
+  std::vector<double> frequencies_in_radians;
+  if (inv_freq.has_value()) {
+    const at::Tensor host = inv_freq->to(at::kDouble).contiguous();
+    frequencies_in_radians.assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+  } else {
+    frequencies_in_radians = kernels::default_inv_freq(options.rotary_dim, base);
+  }
+  const auto frequencies = kernels::rotary_turn_frequencies(frequencies_in_radians);
+
+  kernels::RotaryParams params;
+  params.dtype = detail::kernel_dtype(q.scalar_type());
+  params.batch = q4.size(0);
+  params.seq_len = q4.size(1);
+  params.head_dim = q4.size(3);
+  params.rotary_dim = options.rotary_dim;
+  params.interleaved = interleaved;
+  params.inverse = inverse;
+  params.attention_factor = attention_factor;
+  params.frequencies = frequencies.data();
+  params.offset = offset;
+  if (positions.has_value()) {
+    params.positions = positions->data_ptr();
+    params.positions_type = detail::kernel_index_type(positions->scalar_type());
+    const bool per_row = positions->dim() == 2;
+    params.positions_strides[0] = per_row ? positions->stride(0) : 0;
+    params.positions_strides[1] = positions->stride(per_row ? 1 : 0);
+  }
+  // The kernel indexes offsets and cu_seqlens with unit stride.
+  at::Tensor offsets_dense, cu_dense;
+  if (offsets.has_value()) {
+    offsets_dense = offsets->contiguous();
+    params.offsets = offsets_dense.data_ptr();
+    params.offsets_type = detail::kernel_index_type(offsets->scalar_type());
+  }
+  if (cu_seqlens.has_value()) {
+    cu_dense = cu_seqlens->contiguous();
+    params.cu_seqlens = cu_dense.data_ptr();
+    params.cu_seqlens_type = detail::kernel_index_type(cu_seqlens->scalar_type());
+    params.sequences = cu_seqlens->numel() - 1;
+  }
+  params.operands[0] = rotary_operand(q4, detail::rotary_bshd(outputs[0], layout));
+  params.operand_count = 1;
+  if (k.has_value()) {
+    params.operands[1] = rotary_operand(detail::rotary_bshd(*k, layout),
+                                        detail::rotary_bshd(outputs[1], layout));
+    params.operand_count = 2;
+  }
+  kernels::rotary_cpu(params, detail::torch_parallel_for());
+  return outputs;
+}
+
+// apply_rotary_pos_emb: q, k: [..., D]; cos, sin: broadcastable to q after unsqueeze.
+std::vector<at::Tensor> rotary_tables_cpu(const at::Tensor& q, const std::optional<at::Tensor>& k,
+                                          const at::Tensor& cos, const at::Tensor& sin,
+                                          int64_t unsqueeze_dim, bool transpose) {
+  detail::check_rotary_tables("posenc.apply_rotary_pos_emb", q, k, cos, sin, unsqueeze_dim);
+  std::vector<at::Tensor> inputs{q};
+  if (k.has_value()) inputs.push_back(*k);
+  kernels::RotaryTableParams params;
+  params.dtype = detail::kernel_dtype(q.scalar_type());
+  params.transpose = transpose;
+  // cos/sin are [B, S, D]-sized: converting their dtype once is cheap next to q and k.
+  const at::Tensor cos_t = cos.to(q.scalar_type());
+  const at::Tensor sin_t = sin.to(q.scalar_type());
+  params.cos = cos_t.data_ptr();
+  params.sin = sin_t.data_ptr();
+  std::vector<at::Tensor> outputs;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const at::Tensor& x = inputs[i];
+    at::Tensor out = at::empty_like(x);
+    const at::Tensor cos_b = cos_t.unsqueeze(unsqueeze_dim).expand(x.sizes());
+    const at::Tensor sin_b = sin_t.unsqueeze(unsqueeze_dim).expand(x.sizes());
+    kernels::RotaryTableOperand& operand = params.operands[i];
+    operand.in = x.data_ptr();
+    operand.out = out.data_ptr();
+    operand.ndim = static_cast<int>(x.dim());
+    for (int64_t d = 0; d < x.dim(); ++d) {
+      operand.sizes[d] = x.size(d);
+      operand.in_strides[d] = x.stride(d);
+      operand.out_strides[d] = out.stride(d);
+      operand.cos_strides[d] = cos_b.stride(d);
+      operand.sin_strides[d] = sin_b.stride(d);
+    }
+    outputs.push_back(out);
+  }
+  params.operand_count = static_cast<int>(inputs.size());
+  kernels::rotary_tables_cpu(params, detail::torch_parallel_for());
+  return outputs;
+}
+
+std::tuple<at::Tensor, double> rope_frequencies_impl(
+    int64_t dim, double base, std::string_view rope_type, double factor,
+    std::optional<int64_t> max_position_embeddings,
+    std::optional<int64_t> original_max_position_embeddings, std::optional<int64_t> seq_len,
+    std::optional<double> attention_factor, double beta_fast, double beta_slow,
+    std::optional<double> mscale, std::optional<double> mscale_all_dim, bool truncate,
+    double low_freq_factor, double high_freq_factor,
+    std::optional<c10::ArrayRef<double>> short_factor,
+    std::optional<c10::ArrayRef<double>> long_factor) {
+  kernels::RopeScaling scaling;
+  scaling.rope_type = std::string(rope_type);
+  scaling.base = base;
+  scaling.factor = factor;
+  scaling.max_position_embeddings = max_position_embeddings.value_or(0);
+  scaling.original_max_position_embeddings = original_max_position_embeddings.value_or(0);
+  scaling.seq_len = seq_len.value_or(0);
+  scaling.has_attention_factor = attention_factor.has_value();
+  scaling.attention_factor = attention_factor.value_or(1.0);
+  scaling.beta_fast = beta_fast;
+  scaling.beta_slow = beta_slow;
+  scaling.mscale = mscale.value_or(0.0);
+  scaling.mscale_all_dim = mscale_all_dim.value_or(0.0);
+  scaling.truncate = truncate;
+  scaling.low_freq_factor = low_freq_factor;
+  scaling.high_freq_factor = high_freq_factor;
+  if (short_factor.has_value()) scaling.short_factor.assign(short_factor->begin(), short_factor->end());
+  if (long_factor.has_value()) scaling.long_factor.assign(long_factor->begin(), long_factor->end());
+  kernels::RopeFrequencies result;
+  const std::string error = kernels::compute_rope_frequencies(dim, scaling, result);
+  TORCH_CHECK_VALUE(error.empty(), "posenc.rope_frequencies: ", error);
+  at::Tensor inv_freq = at::empty({static_cast<int64_t>(result.inv_freq.size())}, at::kFloat);
+  std::copy(result.inv_freq.begin(), result.inv_freq.end(), inv_freq.data_ptr<float>());
+  return {inv_freq, result.attention_factor};
+}
+
 }  // namespace
 
+TORCH_LIBRARY_IMPL(posenc, CompositeExplicitAutograd, m) {
+  m.impl("rope_frequencies", &rope_frequencies_impl);
+}
+
 TORCH_LIBRARY_IMPL(posenc, CPU, m) {
+  m.impl("rotary", &rotary_cpu);
+  m.impl("rotary_tables", &rotary_tables_cpu);
   m.impl("add_positional", &add_positional_cpu);
   m.impl("add_positional_backward", &add_positional_backward_cpu);
   m.impl("add_positional_table_backward", &add_positional_table_backward_cpu);

@@ -108,6 +108,32 @@ at::Tensor embedding_table_backward_meta(const at::Tensor& grad, const at::Tenso
   return at::empty_symint({std::move(table_rows), grad.sym_size(-1)}, grad.options());
 }
 
+// q, k -> [q_out] or [q_out, k_out], like the inputs
+std::vector<at::Tensor> rotary_meta(const at::Tensor& q, const std::optional<at::Tensor>& k,
+                                    const std::optional<at::Tensor>& positions,
+                                    const std::optional<at::Tensor>& offsets,
+                                    const std::optional<at::Tensor>& inv_freq,
+                                    const std::optional<at::Tensor>& cu_seqlens, double base,
+                                    int64_t offset, std::optional<int64_t> rotary_dim,
+                                    bool interleaved, std::string_view layout,
+                                    double attention_factor, bool inverse) {
+  detail::check_rotary("posenc.rotary", q, k, positions, offsets, inv_freq, cu_seqlens, base,
+                       offset, rotary_dim, layout, attention_factor);
+  std::vector<at::Tensor> outputs{at::empty_like(q)};
+  if (k.has_value()) outputs.push_back(at::empty_like(*k));
+  return outputs;
+}
+
+std::vector<at::Tensor> rotary_tables_meta(const at::Tensor& q,
+                                           const std::optional<at::Tensor>& k,
+                                           const at::Tensor& cos, const at::Tensor& sin,
+                                           int64_t unsqueeze_dim, bool transpose) {
+  detail::check_rotary_tables("posenc.apply_rotary_pos_emb", q, k, cos, sin, unsqueeze_dim);
+  std::vector<at::Tensor> outputs{at::empty_like(q)};
+  if (k.has_value()) outputs.push_back(at::empty_like(*k));
+  return outputs;
+}
+
 // positions: any shape -> [*positions.shape, dim]
 at::Tensor positional_encoding_meta(const at::Tensor& positions, int64_t dim,
                                     std::string_view kind, double base,
@@ -130,6 +156,8 @@ TORCH_LIBRARY_IMPL(posenc, Meta, m) {
   m.impl("embedding_backward", &embedding_backward_meta);
   m.impl("embedding_table_backward", &embedding_table_backward_meta);
   m.impl("positional_encoding", &positional_encoding_meta);
+  m.impl("rotary", &rotary_meta);
+  m.impl("rotary_tables", &rotary_tables_meta);
 }
 
 }  // namespace posenc

@@ -44,6 +44,30 @@ TORCH_LIBRARY(posenc, m) {
       "Tensor? seed, SymInt table_rows, *, str combine=\"add\", float? scale=None, int offset=0, "
       "int? padding_idx=None, bool fairseq_positions=False, float dropout=0.0, "
       "bool training=True) -> Tensor");
+  // Rotary position embedding of q (and k) with angles computed in the kernel. q, k: [B, S, H, D]
+  // (layout "bshd"), [B, H, S, D] ("bhsd"), [S, B, H, D] ("sbhd") or [tokens, H, D] ("thd" with
+  // cu_seqlens [sequences + 1]); heads may differ between q and k. positions: [S], [B, S] or
+  // [tokens]; offsets: [B] (or [sequences]); inv_freq: [rotary_dim / 2]. Returns [q] or [q, k].
+  // inverse=True rotates by the negative angle: the backward.
+  m.def(
+      "rotary(Tensor q, Tensor? k=None, Tensor? positions=None, Tensor? offsets=None, "
+      "Tensor? inv_freq=None, Tensor? cu_seqlens=None, *, float base=10000.0, int offset=0, "
+      "int? rotary_dim=None, bool interleaved=False, str layout=\"bshd\", "
+      "float attention_factor=1.0, bool inverse=False) -> Tensor[]");
+  // transformers' apply_rotary_pos_emb with given cos/sin: [B, S, D] (or broadcastable to q
+  // after unsqueeze(unsqueeze_dim)). transpose=True applies the transposed map: the backward.
+  m.def(
+      "rotary_tables(Tensor q, Tensor? k, Tensor cos, Tensor sin, *, int unsqueeze_dim=1, "
+      "bool transpose=False) -> Tensor[]");
+  // (inv_freq [dim / 2] float32, attention_factor) for a Hugging Face rope_scaling type.
+  m.def(
+      "rope_frequencies(int dim, *, float base=10000.0, str rope_type=\"default\", "
+      "float factor=1.0, int? max_position_embeddings=None, "
+      "int? original_max_position_embeddings=None, int? seq_len=None, "
+      "float? attention_factor=None, float beta_fast=32.0, float beta_slow=1.0, "
+      "float? mscale=None, float? mscale_all_dim=None, bool truncate=True, "
+      "float low_freq_factor=1.0, float high_freq_factor=4.0, float[]? short_factor=None, "
+      "float[]? long_factor=None) -> (Tensor, float)");
   // PE(positions): positions: any shape of integers -> [*positions.shape, dim].
   m.def(
       "positional_encoding(Tensor positions, int dim, *, str kind=\"sinusoidal\", "

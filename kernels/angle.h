@@ -102,33 +102,26 @@ POSENC_HOST_DEVICE SinCos<double> sincos_small(double x) {
 }
 
 // sin and cos of 2*pi*turns for turns in [-0.5, 0.5], computed in acc_t after an exact
-// quadrant split in double.
+// quadrant split in double. Branch-free, so loops over channels vectorize: the quadrant
+// q = round(4 * turns) in {-2, ..., 2} picks +-sin or +-cos of the small angle through
+// coefficients that are exactly 0 or +-1 at those five integers:
+//   a(q) = (6 - 7q^2 + q^4) / 6  (1, 0, -1 at q = 0, +-1, +-2),  b(q) = q (4 - q^2) / 3.
+//   sin(x + q pi/2) = a sin x + b cos x,   cos(x + q pi/2) = a cos x - b sin x.
 template <typename acc_t>
 POSENC_HOST_DEVICE SinCos<acc_t> sincos_turns(double turns) {
-  const double quadrant = round_to_integer(4.0 * turns);  // in {-2, ..., 2}
-  const double within = turns - 0.25 * quadrant;           // exact, in [-1/8, 1/8]
+  const double quadrant = round_to_integer(4.0 * turns);
+  const double within = turns - 0.25 * quadrant;  // exact, in [-1/8, 1/8]
   const SinCos<acc_t> small = sincos_small(static_cast<acc_t>(within * (2.0 * M_PI)));
-  const int q = static_cast<int>(quadrant) & 3;
-  // Rotating by q quarter turns: (s, c) -> (c, -s) per quarter.
-  const acc_t s = (q & 1) ? small.cos : small.sin;
-  const acc_t c = (q & 1) ? small.sin : small.cos;
-  return {(q & 2) ? -s : s, ((q + 1) & 2) ? -c : c};
-}
-
-// sin(2*pi*turns) alone, branch-free (the quadrant picks sin or cos of the small angle by
-// arithmetic), so loops over channels vectorize.
-template <typename acc_t>
-POSENC_HOST_DEVICE acc_t sin_turns(double turns) {
-  const double quadrant = round_to_integer(4.0 * turns);  // in {-2, ..., 2}
-  const double within = turns - 0.25 * quadrant;           // exact, in [-1/8, 1/8]
-  const SinCos<acc_t> small = sincos_small(static_cast<acc_t>(within * (2.0 * M_PI)));
-  // q = 0: sin, q = +-1: +-cos, q = +-2: -sin. The coefficients below are exactly 0 or +-1 at
-  // those five integers (polynomials in q, no branches), so the result is exactly +-sin or +-cos.
   const acc_t q = static_cast<acc_t>(quadrant);
   const acc_t q2 = q * q;
-  const acc_t sin_coefficient = (acc_t(6) - acc_t(7) * q2 + q2 * q2) / acc_t(6);
-  const acc_t cos_coefficient = q * (acc_t(4) - q2) / acc_t(3);
-  return sin_coefficient * small.sin + cos_coefficient * small.cos;
+  const acc_t a = (acc_t(6) - acc_t(7) * q2 + q2 * q2) / acc_t(6);
+  const acc_t b = q * (acc_t(4) - q2) / acc_t(3);
+  return {a * small.sin + b * small.cos, a * small.cos - b * small.sin};
+}
+
+template <typename acc_t>
+POSENC_HOST_DEVICE acc_t sin_turns(double turns) {
+  return sincos_turns<acc_t>(turns).sin;
 }
 
 }  // namespace kernels

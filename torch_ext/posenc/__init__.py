@@ -10,7 +10,16 @@ import torch
 
 from . import _C  # noqa: F401  (loads libposenc, which registers torch.ops.posenc)
 from ._ops import add_positional, embedding, positional_encoding
+from ._rotary import apply_rotary_pos_emb, rope_frequencies, rotary
 from . import nn
 
-__all__ = ["add_positional", "embedding", "positional_encoding", "nn"]
+__all__ = [
+    "add_positional",
+    "apply_rotary_pos_emb",
+    "embedding",
+    "nn",
+    "positional_encoding",
+    "rope_frequencies",
+    "rotary",
+]
 __version__ = "0.1.0"

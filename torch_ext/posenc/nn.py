@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from ._ops import add_positional, embedding
+from ._rotary import rope_frequencies, rotary
 
-__all__ = ["PositionalEncoding", "PositionalEmbedding"]
+__all__ = ["PositionalEncoding", "PositionalEmbedding", "RotaryEmbedding"]
 
 
 class PositionalEncoding(nn.Module):
@@ -224,3 +225,46 @@ class PositionalEmbedding(nn.Module):
             f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, "
             f"kind={self.kind!r}, combine={self.combine!r}, dropout={self.p}"
         )
+
+
+class RotaryEmbedding(nn.Module):
+    r"""Rotary position embedding of queries and keys, angles computed in the kernel.
+
+    ``inv_freq`` (``(rotary_dim / 2,)``, from ``base`` and ``scaling``) is a non-persistent
+    buffer; no cos/sin cache is stored.
+
+    Args:
+        dim: head dimension ``D``.
+        base, interleaved, rotary_dim, scaling, max_position_embeddings: as in
+            :func:`posenc.rotary`.
+
+    Shape:
+        ``forward(q, k=None, *, positions=None, offset=0, layout="bshd", cu_seqlens=None)``
+        returns the rotated ``q`` or ``(q, k)`` in the layout of the inputs.
+    """
+
+    def __init__(self, dim: int, *, base: float = 10000.0, interleaved: bool = False,
+                 rotary_dim: Optional[int] = None, scaling: Optional[dict] = None,
+                 max_position_embeddings: Optional[int] = None) -> None:
+        super().__init__()
+        self.dim = dim
+        self.base = float(base)
+        self.interleaved = interleaved
+        self.rotary_dim = dim if rotary_dim is None else rotary_dim
+        self.scaling = scaling
+        inv_freq, attention_factor = rope_frequencies(
+            self.rotary_dim, base=base, scaling=scaling,
+            max_position_embeddings=max_position_embeddings)
+        self.attention_factor = float(attention_factor)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, q: Tensor, k: Optional[Tensor] = None, *,
+                positions: Optional[Tensor] = None, offset: Union[int, Tensor] = 0,
+                layout: str = "bshd", cu_seqlens: Optional[Tensor] = None):
+        return rotary(q, k, positions=positions, offset=offset, inv_freq=self.inv_freq,
+                      rotary_dim=self.rotary_dim, interleaved=self.interleaved, layout=layout,
+                      cu_seqlens=cu_seqlens, attention_factor=self.attention_factor)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
+                f"interleaved={self.interleaved}, scaling={self.scaling}")

@@ -8,6 +8,7 @@
 
 #include <optional>
 #include <string_view>
+#include <vector>
 
 namespace posenc {
 namespace ops {
@@ -68,6 +69,21 @@ at::Tensor embedding_table_backward(const at::Tensor& grad, const at::Tensor& id
                                     std::optional<double> scale, int64_t offset,
                                     std::optional<int64_t> padding_idx, bool fairseq_positions,
                                     double dropout, bool training);
+
+// q, k: [B, S, H, D] in `layout` ("bshd", "bhsd", "sbhd") or [tokens, H, D] ("thd")
+// -> [q_out] or [q_out, k_out]
+std::vector<at::Tensor> rotary(const at::Tensor& q, const std::optional<at::Tensor>& k,
+                               const std::optional<at::Tensor>& positions,
+                               const std::optional<at::Tensor>& offsets,
+                               const std::optional<at::Tensor>& inv_freq,
+                               const std::optional<at::Tensor>& cu_seqlens, double base,
+                               int64_t offset, std::optional<int64_t> rotary_dim, bool interleaved,
+                               std::string_view layout, double attention_factor, bool inverse);
+
+// q, k: [..., D]; cos, sin: broadcastable after unsqueeze(unsqueeze_dim) -> [q_out(, k_out)]
+std::vector<at::Tensor> rotary_tables(const at::Tensor& q, const std::optional<at::Tensor>& k,
+                                      const at::Tensor& cos, const at::Tensor& sin,
+                                      int64_t unsqueeze_dim, bool transpose);
 
 // positions: any shape -> [*positions.shape, dim]
 at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim, std::string_view kind,

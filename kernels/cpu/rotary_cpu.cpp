@@ -1,0 +1,190 @@
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/row_kernels.h"
+#include "rotary.h"
+
+namespace posenc {
+namespace kernels {
+
+std::vector<double> default_inv_freq(int64_t rotary_dim, double base) {
+  std::vector<double> inv_freq(static_cast<size_t>(rotary_dim / 2));
+  for (int64_t i = 0; i < rotary_dim / 2; ++i) {
+    inv_freq[i] = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim));
+  }
+  return inv_freq;
+}
+
+std::vector<TurnFrequency> rotary_turn_frequencies(const std::vector<double>& inv_freq) {
+  std::vector<TurnFrequency> frequencies(inv_freq.size());
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    frequencies[i] = turn_frequency_from_radians(inv_freq[i]);
+  }
+  return frequencies;
+}
+
+namespace {
+
+int64_t token_position(const RotaryParams& p, int64_t b, int64_t s) {
+  if (p.positions != nullptr) {
+    return load_index(p.positions, p.positions_type,
+                      b * p.positions_strides[0] + s * p.positions_strides[1]);
+  }
+  int64_t sequence = b;
+  int64_t local = s;
+  if (p.cu_seqlens != nullptr) {
+    // The sequence j with cu_seqlens[j] <= s < cu_seqlens[j + 1].
+    int64_t low = 0, high = p.sequences;
+    while (high - low > 1) {
+      const int64_t mid = (low + high) / 2;
+      if (load_index(p.cu_seqlens, p.cu_seqlens_type, mid) <= s) {
+        low = mid;
+      } else {
+        high = mid;
+      }
+    }
+    sequence = low;
+    local = s - load_index(p.cu_seqlens, p.cu_seqlens_type, low);
+  }
+  int64_t start = p.offset;
+  if (p.offsets != nullptr) start += load_index(p.offsets, p.offsets_type, sequence);
+  return start + local;
+}
+
+// Rotates one row of head_dim channels: pairs (i, i + half) or (2i, 2i + 1) for i < half, by
+// (cos_lo[i], sin_lo[i]) for the first member and (cos_hi[i], sin_hi[i]) for the second:
+//   y_first = x_first cos_lo - x_second sin_lo,  y_second = x_second cos_hi + x_first sin_hi.
+// Channels from 2 * half on are copied.
+template <typename scalar_t, typename acc>
+void rotate_row(const scalar_t* in, int64_t in_stride, scalar_t* out, int64_t out_stride,
+                const acc* cos_lo, const acc* sin_lo, const acc* cos_hi, const acc* sin_hi,
+                int64_t half, bool interleaved, int64_t head_dim) {
+  const int64_t first_step = interleaved ? 2 : 1;
+  const int64_t second_offset = interleaved ? 1 : half;
+  if (in_stride == 1 && out_stride == 1 && !interleaved) {
+    for (int64_t i = 0; i < half; ++i) {
+      const acc x1 = load_as_acc(in + i);
+      const acc x2 = load_as_acc(in + i + half);
+      store_from_acc(out + i, x1 * cos_lo[i] - x2 * sin_lo[i]);
+      store_from_acc(out + i + half, x2 * cos_hi[i] + x1 * sin_hi[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < half; ++i) {
+      const int64_t first = i * first_step;
+      const int64_t second = first + second_offset;
+      const acc x1 = load_as_acc(in + first * in_stride);
+      const acc x2 = load_as_acc(in + second * in_stride);
+      store_from_acc(out + first * out_stride, x1 * cos_lo[i] - x2 * sin_lo[i]);
+      store_from_acc(out + second * out_stride, x2 * cos_hi[i] + x1 * sin_hi[i]);
+    }
+  }
+  for (int64_t d = 2 * half; d < head_dim; ++d) out[d * out_stride] = in[d * in_stride];
+}
+
+}  // namespace
+
+void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
+  const int64_t tokens = params.batch * params.seq_len;
+  if (tokens == 0 || params.head_dim == 0) return;
+  const int64_t half = params.rotary_dim / 2;
+  int64_t heads = 0;
+  for (int k = 0; k < params.operand_count; ++k) heads += params.operands[k].heads;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, heads * params.head_dim));
+
+  cpu::dispatch_dtype(params.dtype, [&](auto scalar_tag) {
+    using scalar_t = decltype(scalar_tag);
+    using acc = acc_t<scalar_t>;
+    const acc factor = static_cast<acc>(params.attention_factor);
+    const acc sin_sign = params.inverse ? acc(-1) : acc(1);
+    parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
+      std::vector<acc> cos_values(static_cast<size_t>(half)), sin_values(static_cast<size_t>(half));
+      acc* __restrict cosines = cos_values.data();
+      acc* __restrict sines = sin_values.data();
+      int64_t cached_position = -1;
+      for (int64_t token = begin; token < end; ++token) {
+        const int64_t b = token / params.seq_len;
+        const int64_t s = token % params.seq_len;
+        const int64_t position = token_position(params, b, s);
+        if (position != cached_position) {
+          const double p = static_cast<double>(position);
+          const TurnFrequency* f = params.frequencies;
+          for (int64_t i = 0; i < half; ++i) {
+            const SinCos<acc> sc =
+                sincos_turns<acc>(reduced_turns(p, f[i].high, f[i].middle, f[i].low, 0.0));
+            cosines[i] = factor * sc.cos;
+            sines[i] = sin_sign * factor * sc.sin;
+          }
+          cached_position = position;
+        }
+        for (int k = 0; k < params.operand_count; ++k) {
+          const RotaryOperand& op = params.operands[k];
+          const scalar_t* in = static_cast<const scalar_t*>(op.in) + b * op.in_strides[0] +
+                               s * op.in_strides[1];
+          scalar_t* out = static_cast<scalar_t*>(op.out) + b * op.out_strides[0] +
+                          s * op.out_strides[1];
+          for (int64_t h = 0; h < op.heads; ++h) {
+            rotate_row(in + h * op.in_strides[2], op.in_strides[3], out + h * op.out_strides[2],
+                       op.out_strides[3], cosines, sines, cosines, sines, half,
+                       params.interleaved, params.head_dim);
+          }
+        }
+      }
+    });
+  });
+}
+
+void rotary_tables_cpu(const RotaryTableParams& params, const ParallelFor& parallel_for) {
+  cpu::dispatch_dtype(params.dtype, [&](auto scalar_tag) {
+    using scalar_t = decltype(scalar_tag);
+    using acc = acc_t<scalar_t>;
+    for (int k = 0; k < params.operand_count; ++k) {
+      const RotaryTableOperand& op = params.operands[k];
+      const int rows_ndim = op.ndim - 1;
+      const int64_t dim = op.sizes[rows_ndim];
+      const int64_t half = dim / 2;
+      int64_t rows = 1;
+      for (int i = 0; i < rows_ndim; ++i) rows *= op.sizes[i];
+      if (rows == 0 || dim == 0) continue;
+      const int64_t grain = std::max<int64_t>(1, 16384 / dim);
+      parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+        std::vector<acc> table(static_cast<size_t>(4 * half));
+        acc* cos_lo = table.data();
+        acc* cos_hi = cos_lo + half;
+        acc* sin_lo = cos_hi + half;
+        acc* sin_hi = sin_lo + half;
+        for (int64_t row = begin; row < end; ++row) {
+          int64_t in_offset = 0, out_offset = 0, cos_offset = 0, sin_offset = 0;
+          int64_t rest = row;
+          for (int i = rows_ndim - 1; i >= 0; --i) {
+            const int64_t index = rest % op.sizes[i];
+            rest /= op.sizes[i];
+            in_offset += index * op.in_strides[i];
+            out_offset += index * op.out_strides[i];
+            cos_offset += index * op.cos_strides[i];
+            sin_offset += index * op.sin_strides[i];
+          }
+          const scalar_t* cos_row = static_cast<const scalar_t*>(params.cos) + cos_offset;
+          const scalar_t* sin_row = static_cast<const scalar_t*>(params.sin) + sin_offset;
+          const int64_t cs = op.cos_strides[rows_ndim];
+          const int64_t ss = op.sin_strides[rows_ndim];
+          for (int64_t i = 0; i < half; ++i) {
+            cos_lo[i] = load_as_acc(cos_row + i * cs);
+            cos_hi[i] = load_as_acc(cos_row + (i + half) * cs);
+            const acc s_lo = load_as_acc(sin_row + i * ss);
+            const acc s_hi = load_as_acc(sin_row + (i + half) * ss);
+            // The transpose maps (sin_lo, sin_hi) to (-sin_hi, -sin_lo).
+            sin_lo[i] = params.transpose ? -s_hi : s_lo;
+            sin_hi[i] = params.transpose ? -s_lo : s_hi;
+          }
+          rotate_row(static_cast<const scalar_t*>(op.in) + in_offset, op.in_strides[rows_ndim],
+                     static_cast<scalar_t*>(op.out) + out_offset, op.out_strides[rows_ndim],
+                     cos_lo, sin_lo, cos_hi, sin_hi, half, false, dim);
+        }
+      });
+    }
+  });
+}
+
+}  // namespace kernels
+}  // namespace posenc

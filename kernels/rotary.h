@@ -1,0 +1,88 @@
+// Rotary position embedding (RoPE). Pairs of channels (i, i + r/2) (half-split, GPT-NeoX/Llama)
+// or (2i, 2i+1) (interleaved, GPT-J) rotate by the angle pos * inv_freq_i:
+//   y1 = x1 * cos - x2 * sin,   y2 = x2 * cos + x1 * sin,
+// with cos and sin multiplied by an attention factor. Channels past rotary_dim pass through.
+// The backward is the rotation by the negative angle (the transpose), the same kernel.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "angle.h"
+#include "common.h"
+
+namespace posenc {
+namespace kernels {
+
+// One rotated operand (q or k) viewed as [batch, seq, heads, head_dim] with element strides;
+// every layout (bshd, bhsd, sbhd, thd as batch 1) is a permutation of strides.
+struct RotaryOperand {
+  const void* in = nullptr;
+  void* out = nullptr;
+  int64_t heads = 0;
+  int64_t in_strides[4] = {};   // batch, seq, head, dim
+  int64_t out_strides[4] = {};
+};
+
+struct RotaryParams {
+  DType dtype = DType::kFloat32;
+  int64_t batch = 0;
+  int64_t seq_len = 0;
+  int64_t head_dim = 0;
+  int64_t rotary_dim = 0;          // even, <= head_dim
+  bool interleaved = false;
+  bool inverse = false;            // rotate by -angle (the backward)
+  double attention_factor = 1.0;
+  const TurnFrequency* frequencies = nullptr;  // [rotary_dim / 2], inv_freq / (2 pi) split
+  // Position of token (b, s): positions[b, s] if given; else offset (+ offsets[b]) + s, with s
+  // counted from the start of its sequence when cu_seqlens packs several (thd).
+  const void* positions = nullptr;
+  IndexType positions_type = IndexType::kInt64;
+  int64_t positions_strides[2] = {};  // batch, seq (0 where broadcast)
+  int64_t offset = 0;
+  const void* offsets = nullptr;      // [batch], or [sequences] with cu_seqlens
+  IndexType offsets_type = IndexType::kInt64;
+  const void* cu_seqlens = nullptr;   // [sequences + 1], validated increasing from 0 to seq_len
+  IndexType cu_seqlens_type = IndexType::kInt64;
+  int64_t sequences = 0;
+  RotaryOperand operands[2];
+  int operand_count = 0;
+};
+
+// The default frequencies base^(-2i/r), i < r/2, in double; host only.
+std::vector<double> default_inv_freq(int64_t rotary_dim, double base);
+
+// Splits inv_freq (radians per position) for the kernel; host only.
+std::vector<TurnFrequency> rotary_turn_frequencies(const std::vector<double>& inv_freq);
+
+void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for);
+
+// apply_rotary_pos_emb with given cos/sin tables (half-split pairing over the whole last dim):
+//   y[i] = x[i] cos[i] - x[i+h] sin[i],  y[i+h] = x[i+h] cos[i+h] + x[i] sin[i+h],  h = D/2.
+// Operands and tables are [rows..., D] with per-dimension strides (tables broadcast with stride
+// 0). transpose: apply the transposed map (the backward).
+constexpr int kMaxTableDims = 6;
+struct RotaryTableOperand {
+  const void* in = nullptr;
+  void* out = nullptr;
+  int64_t in_strides[kMaxTableDims + 1] = {};
+  int64_t out_strides[kMaxTableDims + 1] = {};
+  int64_t cos_strides[kMaxTableDims + 1] = {};
+  int64_t sin_strides[kMaxTableDims + 1] = {};
+  int ndim = 0;  // including the last (D) dimension
+  int64_t sizes[kMaxTableDims + 1] = {};
+};
+
+struct RotaryTableParams {
+  DType dtype = DType::kFloat32;  // of operands, cos and sin
+  const void* cos = nullptr;
+  const void* sin = nullptr;
+  bool transpose = false;
+  RotaryTableOperand operands[2];
+  int operand_count = 0;
+};
+
+void rotary_tables_cpu(const RotaryTableParams& params, const ParallelFor& parallel_for);
+
+}  // namespace kernels
+}  // namespace posenc
