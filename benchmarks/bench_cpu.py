@@ -123,7 +123,50 @@ def bench_embedding(repeat: int) -> None:
           f"eager {eager_bytes / 2**20:.2f} MiB, ratio {ours_bytes / max(eager_bytes, 1):.3f}")
 
 
-BENCHMARKS = {"add_positional": bench_add_positional, "embedding": bench_embedding}
+def bench_rotary(repeat: int) -> None:
+    B, S, Hq, Hk, D = 4, 2048, 32, 8, 128
+    base = 10000.0
+    inv_freq = 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+    position_ids = torch.arange(S)[None].expand(B, S)
+
+    def rotate_half(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((-x[..., D // 2:], x[..., : D // 2]), dim=-1)
+
+    def hf(q: torch.Tensor, k: torch.Tensor):
+        # LlamaRotaryEmbedding.forward then apply_rotary_pos_emb (unsqueeze_dim=2 for bshd).
+        freqs = (inv_freq[None, :, None].float() @ position_ids[:, None, :].float()).transpose(1, 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(q.dtype)[:, :, None], emb.sin().to(q.dtype)[:, :, None]
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+    compiled = torch.compile(hf)
+    for dtype in (torch.float32, torch.bfloat16):
+        for backward in (False, True):
+            q = torch.randn(B, S, Hq, D, dtype=dtype, requires_grad=backward)
+            k = torch.randn(B, S, Hk, D, dtype=dtype, requires_grad=backward)
+            gq, gk = torch.randn_like(q), torch.randn_like(k)
+
+            def run(fn):
+                def step():
+                    out = fn(q, k)
+                    if backward:
+                        torch.autograd.backward(out, (gq, gk))
+                return step
+
+            rows = {
+                "posenc.rotary": timeit(run(lambda q, k: posenc.rotary(q, k)), repeat),
+                "eager HF (cos/sin + apply)": timeit(run(hf), repeat),
+                "torch.compile(eager HF)": timeit(run(compiled), repeat),
+                "q.clone(); k.clone()": timeit(lambda: (q.detach().clone(), k.detach().clone()),
+                                                repeat),
+            }
+            report(f"rotary {'forward+backward' if backward else 'forward'}, q=({B}, {S}, {Hq}, "
+                   f"{D}), k=({B}, {S}, {Hk}, {D}), {dtype}", rows, "posenc.rotary",
+                   "q.clone(); k.clone()")
+
+
+BENCHMARKS = {"add_positional": bench_add_positional, "embedding": bench_embedding,
+              "rotary": bench_rotary}
 
 
 def main(argv: List[str] | None = None) -> None:
