@@ -13,6 +13,8 @@
 #include "philox.h"
 #include "position_code.h"
 #include "positional.h"
+#include "rope_scaling.h"
+#include "rotary.h"
 
 namespace pk = posenc::kernels;
 
@@ -372,4 +374,143 @@ TEST(AddPositionalKernel, TableBackwardMatchesReference) {
     }
     for (size_t k = 0; k < got.size(); ++k) ASSERT_NEAR(got[k], want[k], 1e-12) << k;
   }
+}
+
+// ---- rotary -------------------------------------------------------------------------------------
+
+TEST(RotaryKernel, MatchesReferenceForwardAndInverse) {
+  // q: [B=2, S=5, H=3, D=10] stored as bhsd (strided), rotary_dim 6, offsets per batch.
+  const int64_t B = 2, S = 5, H = 3, D = 10, r = 6;
+  for (bool interleaved : {false, true}) {
+    std::vector<double> q(B * H * S * D), out(B * S * H * D, kNaN), back(B * S * H * D, kNaN);
+    std::mt19937 rng(5);
+    std::normal_distribution<double> normal;
+    for (auto& v : q) v = normal(rng);
+    const std::vector<int64_t> offsets = {3, 1000};
+    const auto inv_freq = pk::default_inv_freq(r, 10000.0);
+    const auto frequencies = pk::rotary_turn_frequencies(inv_freq);
+    pk::RotaryParams params;
+    params.dtype = pk::DType::kFloat64;
+    params.batch = B;
+    params.seq_len = S;
+    params.head_dim = D;
+    params.rotary_dim = r;
+    params.interleaved = interleaved;
+    params.attention_factor = 1.25;
+    params.frequencies = frequencies.data();
+    params.offsets = offsets.data();
+    params.operand_count = 1;
+    pk::RotaryOperand& op = params.operands[0];
+    op.in = q.data();
+    op.out = out.data();
+    op.heads = H;
+    const int64_t in_strides[4] = {H * S * D, D, S * D, 1};  // bhsd memory, bshd logical
+    const int64_t out_strides[4] = {S * H * D, H * D, D, 1};
+    for (int i = 0; i < 4; ++i) {
+      op.in_strides[i] = in_strides[i];
+      op.out_strides[i] = out_strides[i];
+    }
+    pk::rotary_cpu(params, four_threads);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t s = 0; s < S; ++s) {
+        for (int64_t h = 0; h < H; ++h) {
+          const double* x = q.data() + b * in_strides[0] + s * in_strides[1] + h * in_strides[2];
+          const double* y = out.data() + b * out_strides[0] + s * out_strides[1] + h * D;
+          for (int64_t i = 0; i < r / 2; ++i) {
+            const int64_t first = interleaved ? 2 * i : i;
+            const int64_t second = interleaved ? 2 * i + 1 : i + r / 2;
+            const double angle = static_cast<double>(offsets[b] + s) * inv_freq[i];
+            const double c = 1.25 * std::cos(angle), sn = 1.25 * std::sin(angle);
+            ASSERT_NEAR(y[first], x[first] * c - x[second] * sn, 1e-12);
+            ASSERT_NEAR(y[second], x[second] * c + x[first] * sn, 1e-12);
+          }
+          for (int64_t d = r; d < D; ++d) ASSERT_EQ(y[d], x[d]);
+        }
+      }
+    }
+    // The inverse rotation with factor 1/1.25 undoes the forward.
+    pk::RotaryParams inverse = params;
+    inverse.inverse = true;
+    inverse.attention_factor = 1.0 / 1.25;
+    inverse.operands[0].in = out.data();
+    inverse.operands[0].out = back.data();
+    for (int i = 0; i < 4; ++i) inverse.operands[0].in_strides[i] = out_strides[i];
+    for (int i = 0; i < 4; ++i) inverse.operands[0].out_strides[i] = in_strides[i];
+    pk::rotary_cpu(inverse, pk::serial_for);
+    for (size_t i = 0; i < q.size(); ++i) ASSERT_NEAR(back[i], q[i], 1e-12);
+  }
+}
+
+TEST(RopeScaling, LinearAndErrors) {
+  pk::RopeScaling scaling;
+  scaling.rope_type = "linear";
+  scaling.factor = 4.0;
+  pk::RopeFrequencies result;
+  ASSERT_EQ(pk::compute_rope_frequencies(8, scaling, result), "");
+  ASSERT_EQ(result.inv_freq.size(), 4u);
+  EXPECT_FLOAT_EQ(result.inv_freq[0], 0.25f);
+  EXPECT_FLOAT_EQ(result.inv_freq[2], 1.0f / std::pow(10000.0f, 0.5f) / 4.0f);
+  scaling.rope_type = "nope";
+  EXPECT_NE(pk::compute_rope_frequencies(8, scaling, result).find("unknown rope_type"),
+            std::string::npos);
+  EXPECT_NE(pk::compute_rope_frequencies(7, pk::RopeScaling{}, result), "");
+}
+
+// ---- embedding gather ---------------------------------------------------------------------------
+
+TEST(EmbeddingKernel, GatherPaddingFairseqAndWeightGradient) {
+  const int64_t B = 2, T = 6, V = 7, D = 5, pad = 1;
+  std::vector<int64_t> ids = {1, 1, 4, 5, 6, 2, 3, 1, 0, 2, 1, 6};
+  std::vector<float> weight(V * D), out(B * T * D, std::nanf(""));
+  std::mt19937 rng(2);
+  std::normal_distribution<float> normal;
+  for (auto& v : weight) v = normal(rng);
+  const auto codes = pk::make_channel_codes(pk::PositionCodeOptions{}, D);
+  pk::AddPositionalParams params;
+  params.shape.batch_ndim = 1;
+  params.shape.batch_sizes[0] = B;
+  params.shape.seq_len = T;
+  params.shape.dim = D;
+  params.out.data = out.data();
+  params.out.batch_strides[0] = T * D;
+  params.out.seq_stride = D;
+  params.gather.weight = weight.data();
+  params.gather.vocab = V;
+  params.gather.row_stride = D;
+  params.gather.ids.data = ids.data();
+  params.gather.ids.batch_strides[0] = T;
+  params.gather.ids.seq_stride = 1;
+  params.gather.padding_idx = pad;
+  params.gather.fairseq_positions = true;
+  params.scale = 2.0;
+  params.source.channels = codes.data();
+  pk::add_positional_cpu(params, serial_chunks_of_one);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t count = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t id = ids[b * T + t];
+      const bool is_pad = id == pad;
+      if (!is_pad) ++count;
+      for (int64_t d = 0; d < D; ++d) {
+        double want = 2.0 * weight[id * D + d];
+        if (!is_pad) {
+          want += reference_code(pk::PositionKind::kSinusoidal, pk::Convention::kVaswani,
+                                 pk::Layout::kInterleaved, 10000.0, D, pad + count, d);
+        }
+        ASSERT_NEAR(out[(b * T + t) * D + d], want, 2e-6) << b << "," << t << "," << d;
+      }
+    }
+  }
+  // Weight gradient (add mode): scale * grad summed per id, nothing for the padding row.
+  std::vector<float> grad(B * T * D), grad_weight(V * D, 0.0f), want(V * D, 0.0f);
+  for (auto& v : grad) v = normal(rng);
+  params.x.data = grad.data();
+  params.x.batch_strides[0] = T * D;
+  params.x.seq_stride = D;
+  pk::embedding_weight_backward_cpu(params, grad_weight.data(), four_threads);
+  for (int64_t i = 0; i < B * T; ++i) {
+    if (ids[i] == pad) continue;
+    for (int64_t d = 0; d < D; ++d) want[ids[i] * D + d] += 2.0f * grad[i * D + d];
+  }
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(grad_weight[i], want[i], 1e-5) << i;
 }
