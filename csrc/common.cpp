@@ -221,6 +221,7 @@ void prepare_call(KernelCall& call, const at::Tensor& out,
   params.scale = options.scale;
   params.dropout = kernels::make_dropout(options.dropout, options.training, seed);
   params.source.kind = options.code.kind;
+  params.source.code = options.code;
   if (options.code.kind == kernels::PositionKind::kLearned) {
     if (table.has_value()) {
       params.source.table = table->data_ptr();

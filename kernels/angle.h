@@ -20,32 +20,32 @@ struct TurnFrequency {
   double low;
 };
 
-// Keeps the leading `bits` significant bits of `value` (round to nearest); host only.
-inline long double leading_bits(long double value, int bits) {
-  if (value == 0.0L || !std::isfinite(value)) return value;
+// Keeps the leading `bits` significant bits of `value` (round to nearest). Exact scaling by
+// powers of two, so host and device give the same bits.
+POSENC_HOST_DEVICE double leading_bits(double value, int bits) {
+  if (value == 0.0 || !(value - value == 0.0)) return value;  // zero, inf or nan
   int exponent = 0;
-  std::frexp(value, &exponent);  // value = m * 2^exponent, 0.5 <= |m| < 1
-  const long double scale = std::ldexp(1.0L, bits - exponent);
-  return std::nearbyint(value * scale) / scale;
+  ::frexp(value, &exponent);  // value = m * 2^exponent, 0.5 <= |m| < 1
+  const double scale = ::ldexp(1.0, bits - exponent);
+  return ::rint(value * scale) / scale;
 }
 
-// Splits a frequency in turns per position exactly into three 21-bit pieces; host only. The
-// long double input (64-bit mantissa on x86) keeps w / (2*pi) below double rounding.
-inline TurnFrequency split_turn_frequency(long double turns) {
+// Splits w / (2 pi), for w in radians per position, into three pieces of at most 21
+// significant bits. The quotient is formed in double-double (an fma gives the exact remainder),
+// so the pieces carry about 63 bits of w / (2 pi), not 53. Host and device give the same bits.
+POSENC_HOST_DEVICE TurnFrequency turn_frequency_from_radians(double radians_per_position) {
+  const double two_pi_high = 6.283185307179586;        // nearest double to 2 pi
+  const double two_pi_low = 2.4492935982947064e-16;    // 2 pi - two_pi_high
+  const double w = radians_per_position;
+  const double quotient = w / two_pi_high;
+  const double remainder = ::fma(-quotient, two_pi_high, w);  // exact
+  const double correction = (remainder - quotient * two_pi_low) / two_pi_high;
   TurnFrequency f;
-  const long double high = leading_bits(turns, 21);
-  const long double rest = turns - high;  // exact: the dropped low bits
-  const long double middle = leading_bits(rest, 21);
-  f.high = static_cast<double>(high);
-  f.middle = static_cast<double>(middle);
-  f.low = static_cast<double>(rest - middle);
+  f.high = leading_bits(quotient, 21);
+  const double rest = (quotient - f.high) + correction;  // quotient - high is exact
+  f.middle = leading_bits(rest, 21);
+  f.low = rest - f.middle;  // exact
   return f;
-}
-
-// radians_per_position: the angular frequency w as the caller computed it (in double).
-inline TurnFrequency turn_frequency_from_radians(double radians_per_position) {
-  const long double two_pi = 6.283185307179586476925286766559005768L;
-  return split_turn_frequency(static_cast<long double>(radians_per_position) / two_pi);
 }
 
 // Round to nearest integer for |v| < 2^51 without libm, so the loop vectorizes on the CPU.

@@ -30,6 +30,59 @@ struct PositionCodeOptions {
   Layout layout = Layout::kInterleaved;
 };
 
+// Angular frequency (radians per position) of sinusoidal pair `pair`.
+POSENC_HOST_DEVICE double sinusoidal_frequency(const PositionCodeOptions& options, int64_t dim,
+                                               int64_t pair) {
+  const int64_t half = dim / 2;
+  if (options.convention == Convention::kVaswani) {
+    return ::pow(options.base, -2.0 * static_cast<double>(pair) / static_cast<double>(dim));
+  }
+  // tensor2tensor's get_timing_signal_1d: log-spaced timescales over half - 1 steps.
+  const double steps = static_cast<double>(half - 1 > 1 ? half - 1 : 1);
+  return ::pow(options.base, -static_cast<double>(pair) / steps);
+}
+
+// The code of channel `channel` of a `dim`-wide computed kind; host and device.
+POSENC_HOST_DEVICE ChannelCode channel_code(const PositionCodeOptions& options, int64_t dim,
+                                            int64_t channel) {
+  const int64_t half = dim / 2;
+  const int64_t pair = channel / 2;
+  const bool odd_channel = (channel & 1) != 0;
+  double radians = 0.0, amplitude = 0.0;
+  bool is_cos = false;
+  switch (options.kind) {
+    case PositionKind::kSinusoidal:
+      if (channel >= 2 * half) break;  // the last channel of an odd width stays 0
+      amplitude = 1.0;
+      if (options.layout == Layout::kInterleaved) {
+        radians = sinusoidal_frequency(options, dim, pair);
+        is_cos = odd_channel;
+      } else {
+        is_cos = channel >= half;
+        radians = sinusoidal_frequency(options, dim, is_cos ? channel - half : channel);
+      }
+      break;
+    case PositionKind::kLinear:  // PE[2i] = b^-i cos(pos pi/b), PE[2i+1] = b^-i sin(pos pi/b)
+      radians = M_PI / options.base;
+      is_cos = !odd_channel;
+      amplitude = ::pow(options.base, -static_cast<double>(pair));
+      break;
+    case PositionKind::kDamped:  // PE[2i] = cos(pos/b) / sqrt(2^(i+1)), PE[2i+1] = sin(...)
+      radians = 1.0 / options.base;
+      is_cos = !odd_channel;
+      amplitude = ::pow(2.0, -0.5 * static_cast<double>(pair + 1));
+      break;
+    case PositionKind::kCosine:  // PE[j] = cos(pos b^(-2j/D))
+      radians = ::pow(options.base, -2.0 * static_cast<double>(channel) / static_cast<double>(dim));
+      is_cos = true;
+      amplitude = 1.0;
+      break;
+    case PositionKind::kLearned:
+      break;
+  }
+  return ChannelCode{turn_frequency_from_radians(radians), is_cos ? 0.25 : 0.0, amplitude};
+}
+
 // Per-channel codes for a computed kind; host only, `dim` entries.
 std::vector<ChannelCode> make_channel_codes(const PositionCodeOptions& options, int64_t dim);
 

@@ -28,7 +28,7 @@ struct RowShape {
   int64_t seq_len = 0;
   int64_t dim = 0;
 
-  int64_t batch_count() const {
+  POSENC_HOST_DEVICE int64_t batch_count() const {
     int64_t count = 1;
     for (int i = 0; i < batch_ndim; ++i) count *= batch_sizes[i];
     return count;
@@ -55,6 +55,7 @@ struct StridedIndex {
 // Where PE(pos) comes from: per-channel codes for computed kinds, a [rows, D] table for learned.
 struct PositionSource {
   PositionKind kind = PositionKind::kSinusoidal;
+  PositionCodeOptions code;               // computed kinds (the CUDA kernels evaluate from it)
   const ChannelCode* channels = nullptr;  // [D], computed kinds
   const void* table = nullptr;            // [table_rows, D], learned
   int64_t table_rows = 0;

@@ -49,6 +49,38 @@ struct RotaryParams {
   int operand_count = 0;
 };
 
+// inv_freq_i = base^(-2i/r), the default rotary frequency of pair i.
+POSENC_HOST_DEVICE double default_rotary_frequency(int64_t pair, int64_t rotary_dim, double base) {
+  return ::pow(base, -2.0 * static_cast<double>(pair) / static_cast<double>(rotary_dim));
+}
+
+// Position of token (b, s) (see RotaryParams).
+POSENC_HOST_DEVICE int64_t rotary_token_position(const RotaryParams& p, int64_t b, int64_t s) {
+  if (p.positions != nullptr) {
+    return load_index(p.positions, p.positions_type,
+                      b * p.positions_strides[0] + s * p.positions_strides[1]);
+  }
+  int64_t sequence = b;
+  int64_t local = s;
+  if (p.cu_seqlens != nullptr) {
+    // The sequence j with cu_seqlens[j] <= s < cu_seqlens[j + 1].
+    int64_t low = 0, high = p.sequences;
+    while (high - low > 1) {
+      const int64_t mid = (low + high) / 2;
+      if (load_index(p.cu_seqlens, p.cu_seqlens_type, mid) <= s) {
+        low = mid;
+      } else {
+        high = mid;
+      }
+    }
+    sequence = low;
+    local = s - load_index(p.cu_seqlens, p.cu_seqlens_type, low);
+  }
+  int64_t start = p.offset;
+  if (p.offsets != nullptr) start += load_index(p.offsets, p.offsets_type, sequence);
+  return start + local;
+}
+
 // The default frequencies base^(-2i/r), i < r/2, in double; host only.
 std::vector<double> default_inv_freq(int64_t rotary_dim, double base);
 

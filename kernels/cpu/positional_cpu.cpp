@@ -14,41 +14,19 @@ class RowPositions {
   explicit RowPositions(const AddPositionalParams& params)
       : shape_(params.shape), index_(params.positions), offset_(params.offset) {
     if (!params.gather.fairseq_positions) return;
-    const EmbeddingGather& gather = params.gather;
     const int64_t batch = shape_.batch_count();
-    const int64_t seq_len = shape_.seq_len;
-    storage_.resize(static_cast<size_t>(batch * seq_len));
+    storage_.resize(static_cast<size_t>(batch * shape_.seq_len));
     for (int64_t b = 0; b < batch; ++b) {
-      int64_t count = 0;
-      for (int64_t t = 0; t < seq_len; ++t) {
-        const bool pad = cpu::index_at(shape_, gather.ids, b, t) == gather.padding_idx;
-        count += pad ? 0 : 1;
-        storage_[b * seq_len + t] = pad ? gather.padding_idx : gather.padding_idx + count;
-      }
+      fairseq_positions_row(shape_, params.gather, b, storage_.data() + b * shape_.seq_len);
     }
-    // Describe the [batch..., T] buffer with contiguous strides.
-    index_ = StridedIndex{};
-    index_.data = storage_.data();
-    index_.type = IndexType::kInt64;
-    index_.seq_stride = 1;
-    int64_t stride = seq_len;
-    for (int i = shape_.batch_ndim - 1; i >= 0; --i) {
-      index_.batch_strides[i] = stride;
-      stride *= shape_.batch_sizes[i];
-    }
+    index_ = dense_index(shape_, storage_.data());
   }
 
   int64_t at(int64_t b, int64_t t) const {
     return cpu::position_at(shape_, index_, offset_, b, t);
   }
 
-  bool shared_across_batch() const {
-    if (index_.data == nullptr) return true;
-    for (int i = 0; i < shape_.batch_ndim; ++i) {
-      if (index_.batch_strides[i] != 0 && shape_.batch_sizes[i] != 1) return false;
-    }
-    return true;
-  }
+  bool shared_across_batch() const { return kernels::shared_across_batch(shape_, index_); }
 
  private:
   const RowShape& shape_;
@@ -56,28 +34,6 @@ class RowPositions {
   int64_t offset_;
   std::vector<int64_t> storage_;
 };
-
-template <typename scalar_t>
-struct InputRow {
-  const scalar_t* data;  // nullptr for kPositionOnly
-  int64_t stride;
-  bool padding;          // a padding token: no position code
-};
-
-// The input row of (b, t): a row of `x`, or weight[ids[b, t]] for the embedding gather.
-template <typename scalar_t>
-InputRow<scalar_t> input_row(const AddPositionalParams& params, const StridedRows& x, int64_t b,
-                             int64_t t) {
-  const EmbeddingGather& gather = params.gather;
-  if (gather.weight != nullptr) {
-    const int64_t id = cpu::index_at(params.shape, gather.ids, b, t);
-    return {static_cast<const scalar_t*>(gather.weight) + id * gather.row_stride,
-            gather.dim_stride, id == gather.padding_idx};
-  }
-  const scalar_t* data = static_cast<const scalar_t*>(x.data);
-  if (data != nullptr) data += cpu::batch_offset(params.shape, x.batch_strides, b) + t * x.seq_stride;
-  return {data, x.dim_stride, false};
-}
 
 }  // namespace
 

@@ -11,7 +11,7 @@ namespace kernels {
 std::vector<double> default_inv_freq(int64_t rotary_dim, double base) {
   std::vector<double> inv_freq(static_cast<size_t>(rotary_dim / 2));
   for (int64_t i = 0; i < rotary_dim / 2; ++i) {
-    inv_freq[i] = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim));
+    inv_freq[i] = default_rotary_frequency(i, rotary_dim, base);
   }
   return inv_freq;
 }
@@ -25,32 +25,6 @@ std::vector<TurnFrequency> rotary_turn_frequencies(const std::vector<double>& in
 }
 
 namespace {
-
-int64_t token_position(const RotaryParams& p, int64_t b, int64_t s) {
-  if (p.positions != nullptr) {
-    return load_index(p.positions, p.positions_type,
-                      b * p.positions_strides[0] + s * p.positions_strides[1]);
-  }
-  int64_t sequence = b;
-  int64_t local = s;
-  if (p.cu_seqlens != nullptr) {
-    // The sequence j with cu_seqlens[j] <= s < cu_seqlens[j + 1].
-    int64_t low = 0, high = p.sequences;
-    while (high - low > 1) {
-      const int64_t mid = (low + high) / 2;
-      if (load_index(p.cu_seqlens, p.cu_seqlens_type, mid) <= s) {
-        low = mid;
-      } else {
-        high = mid;
-      }
-    }
-    sequence = low;
-    local = s - load_index(p.cu_seqlens, p.cu_seqlens_type, low);
-  }
-  int64_t start = p.offset;
-  if (p.offsets != nullptr) start += load_index(p.offsets, p.offsets_type, sequence);
-  return start + local;
-}
 
 // Rotates one row of head_dim channels: pairs (i, i + half) or (2i, 2i + 1) for i < half, by
 // (cos_lo[i], sin_lo[i]) for the first member and (cos_hi[i], sin_hi[i]) for the second:
@@ -105,7 +79,7 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
       for (int64_t token = begin; token < end; ++token) {
         const int64_t b = token / params.seq_len;
         const int64_t s = token % params.seq_len;
-        const int64_t position = token_position(params, b, s);
+        const int64_t position = rotary_token_position(params, b, s);
         if (position != cached_position) {
           const double p = static_cast<double>(position);
           const TurnFrequency* f = params.frequencies;

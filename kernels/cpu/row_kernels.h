@@ -9,33 +9,15 @@
 #include "common.h"
 #include "philox.h"
 #include "positional.h"
+#include "rows.h"
 
 namespace posenc {
 namespace kernels {
 namespace cpu {
 
-// Offset (in elements) of flattened batch index `batch` under per-dimension strides.
-inline int64_t batch_offset(const RowShape& shape, const int64_t* strides, int64_t batch) {
-  int64_t offset = 0;
-  for (int i = shape.batch_ndim - 1; i >= 0; --i) {
-    const int64_t size = shape.batch_sizes[i];
-    offset += (batch % size) * strides[i];
-    batch /= size;
-  }
-  return offset;
-}
-
-inline int64_t index_at(const RowShape& shape, const StridedIndex& index, int64_t batch,
-                        int64_t t) {
-  return load_index(index.data, index.type,
-                    batch_offset(shape, index.batch_strides, batch) + t * index.seq_stride);
-}
-
-inline int64_t position_at(const RowShape& shape, const StridedIndex& positions, int64_t offset,
-                           int64_t batch, int64_t t) {
-  if (positions.data == nullptr) return offset + t;
-  return index_at(shape, positions, batch, t);
-}
+using kernels::batch_offset;
+using kernels::index_at;
+using kernels::position_at;
 
 // Evaluates PE(pos) rows. Computed kinds keep their channel codes as separate arrays so the
 // loop over channels vectorizes; learned reads the table row. Built once per call; evaluate()

@@ -1,0 +1,431 @@
+// CUDA kernels of every posenc operator. No torch headers: the binding (csrc/ops_cuda.cpp)
+// validates, allocates and calls the launchers declared in cuda_launch.h on its current stream.
+// The math (exact angle reduction, channel codes, Philox dropout, indexing) is the CPU kernels'
+// shared host/device code, so both backends compute the same values and the same masks.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "angle.h"
+#include "common.h"
+#include "cuda_launch.h"
+#include "philox.h"
+#include "position_code.h"
+#include "positional.h"
+#include "rotary.h"
+#include "rows.h"
+
+namespace posenc {
+namespace kernels {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kElementsPerThread = 8;  // one Philox counter covers 8 dropout draws
+constexpr int kMaxBatchBlocks = 64;
+
+template <typename Fn>
+int dispatch_dtype(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return fn(float{});
+    case DType::kFloat64:
+      return fn(double{});
+    case DType::kBFloat16:
+      return fn(BFloat16{});
+    case DType::kFloat16:
+      return fn(Float16{});
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+int launch_status() { return static_cast<int>(cudaGetLastError()); }
+
+__device__ Dropout device_dropout(const Dropout& dropout, const int64_t* seed) {
+  Dropout d = dropout;
+  if (d.active) d.seed = static_cast<uint64_t>(*seed);
+  return d;
+}
+
+__device__ StridedIndex resolved_positions(const AddPositionalParams& p,
+                                           const int64_t* fairseq_positions) {
+  return p.gather.fairseq_positions ? dense_index(p.shape, fairseq_positions) : p.positions;
+}
+
+// PE(position)[d] for a computed kind (code precomputed) or the learned table.
+template <typename scalar_t>
+__device__ acc_t<scalar_t> code_value(const PositionSource& source, const ChannelCode& code,
+                                      int64_t position, int64_t d) {
+  using acc = acc_t<scalar_t>;
+  if (source.kind == PositionKind::kLearned) {
+    return load_as_acc(static_cast<const scalar_t*>(source.table) +
+                       position * source.table_row_stride + d * source.table_dim_stride);
+  }
+  return evaluate_channel<acc>(code, position);
+}
+
+template <typename acc>
+__device__ acc combine_value(Combine combine, acc scale, acc x, acc pe) {
+  switch (combine) {
+    case Combine::kAdd:
+      return scale * x + pe;
+    case Combine::kMul:
+      return (scale * x) * pe;
+    case Combine::kScaleOnly:
+      return scale * x;
+    case Combine::kPositionOnly:
+      return pe;
+  }
+  return x;
+}
+
+// ---- add_positional / embedding forward ---------------------------------------------------------
+// grid: (T, channel blocks, batch blocks). Each thread owns 8 consecutive channels of one step t:
+// it evaluates their codes once and reuses them for every batch row when positions do not depend
+// on the batch index, and draws their dropout masks with at most two Philox calls.
+template <typename scalar_t>
+__global__ void add_positional_kernel(AddPositionalParams p, const int64_t* seed,
+                                      const int64_t* fairseq) {
+  using acc = acc_t<scalar_t>;
+  const int64_t seq_len = p.shape.seq_len;
+  const int64_t dim = p.shape.dim;
+  const int64_t batch = p.shape.batch_count();
+  const int64_t t = blockIdx.x;
+  const int64_t d0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) *
+                     kElementsPerThread;
+  if (d0 >= dim) return;
+  const int count = static_cast<int>(dim - d0 < kElementsPerThread ? dim - d0 : kElementsPerThread);
+  const bool needs_code = p.combine != Combine::kScaleOnly;
+  const StridedIndex positions = resolved_positions(p, fairseq);
+  const bool shared = shared_across_batch(p.shape, positions);
+  const Dropout dropout = device_dropout(p.dropout, seed);
+  const acc scale = static_cast<acc>(p.scale);
+
+  ChannelCode codes[kElementsPerThread];
+  if (needs_code && p.source.kind != PositionKind::kLearned) {
+    for (int k = 0; k < count; ++k) codes[k] = channel_code(p.source.code, dim, d0 + k);
+  }
+  acc pe[kElementsPerThread];
+  int64_t pe_position = -1;
+  for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
+    const InputRow<scalar_t> in = input_row<scalar_t>(p, p.x, b, t);
+    const bool with_code = needs_code && !in.padding;
+    if (with_code) {
+      const int64_t position = shared ? position_at(p.shape, positions, p.offset, 0, t)
+                                      : position_at(p.shape, positions, p.offset, b, t);
+      if (position != pe_position) {
+        for (int k = 0; k < count; ++k) {
+          pe[k] = code_value<scalar_t>(p.source, codes[k], position, d0 + k);
+        }
+        pe_position = position;
+      }
+    }
+    const uint64_t first = static_cast<uint64_t>((b * seq_len + t) * dim + d0);
+    Philox4 draws_low, draws_high;
+    if (dropout.active) {
+      draws_low = philox4x32_10(first / kDropoutElementsPerCounter, dropout.seed);
+      draws_high = philox4x32_10((first + count - 1) / kDropoutElementsPerCounter, dropout.seed);
+    }
+    scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(p.out.data)) +
+                    batch_offset(p.shape, p.out.batch_strides, b) + t * p.out.seq_stride;
+    const Combine combine = with_code ? p.combine : Combine::kScaleOnly;
+    for (int k = 0; k < count; ++k) {
+      const int64_t d = d0 + k;
+      const acc x = in.data != nullptr ? load_as_acc(in.data + d * in.stride) : acc(0);
+      acc y = combine_value(combine, scale, x, with_code ? pe[k] : acc(0));
+      if (dropout.active) {
+        const uint64_t index = first + k;
+        const bool low = index / kDropoutElementsPerCounter == first / kDropoutElementsPerCounter;
+        const uint32_t draw = dropout_draw(low ? draws_low : draws_high,
+                                           static_cast<int>(index % kDropoutElementsPerCounter));
+        y = draw < dropout.keep_threshold ? y * static_cast<acc>(dropout.keep_scale) : acc(0);
+      }
+      store_from_acc(out + d * p.out.dim_stride, y);
+    }
+  }
+}
+
+__global__ void fairseq_positions_kernel(AddPositionalParams p, int64_t* out) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= p.shape.batch_count()) return;
+  fairseq_positions_row(p.shape, p.gather, b, out + b * p.shape.seq_len);
+}
+
+// ---- backward scatter ---------------------------------------------------------------------------
+// The contribution of grad[b, t, d] to its target row, or false when it contributes nothing.
+template <typename scalar_t>
+__device__ bool contribution(const AddPositionalParams& p, const StridedRows& input,
+                             ScatterTarget target, const Dropout& dropout,
+                             const StridedIndex& positions, int64_t b, int64_t t, int64_t d,
+                             int64_t* target_row, acc_t<scalar_t>* value) {
+  using acc = acc_t<scalar_t>;
+  const bool multiply = p.combine == Combine::kMul;
+  const acc scale = static_cast<acc>(p.scale);
+  const scalar_t* grad = static_cast<const scalar_t*>(p.x.data) +
+                         batch_offset(p.shape, p.x.batch_strides, b) + t * p.x.seq_stride;
+  acc g = load_as_acc(grad + d * p.x.dim_stride);
+  const uint64_t index = static_cast<uint64_t>((b * p.shape.seq_len + t) * p.shape.dim + d);
+  g *= dropout_multiplier<acc>(dropout, index);
+  const int64_t position = position_at(p.shape, positions, p.offset, b, t);
+  if (target == ScatterTarget::kTable) {
+    const InputRow<scalar_t> in = input_row<scalar_t>(p, input, b, t);
+    if (in.padding) return false;  // padding tokens get no position code
+    if (multiply) g *= scale * load_as_acc(in.data + d * in.stride);
+    *target_row = position;
+  } else {
+    const int64_t id = index_at(p.shape, p.gather.ids, b, t);
+    if (id == p.gather.padding_idx) return false;  // as nn.Embedding
+    g *= scale;
+    if (multiply) {
+      g *= code_value<scalar_t>(p.source, channel_code(p.source.code, p.shape.dim, d), position, d);
+    }
+    *target_row = id;
+  }
+  *value = g;
+  return true;
+}
+
+__device__ void atomic_add(float* address, float value) { atomicAdd(address, value); }
+__device__ void atomic_add(double* address, double value) { atomicAdd(address, value); }
+
+// grid: (rows = batch * T, channel blocks)
+template <typename scalar_t>
+__global__ void scatter_atomic_kernel(AddPositionalParams p, StridedRows input,
+                                      ScatterTarget target, const int64_t* seed,
+                                      const int64_t* fairseq, acc_t<scalar_t>* grad) {
+  using acc = acc_t<scalar_t>;
+  const int64_t row = blockIdx.x;
+  const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (d >= p.shape.dim) return;
+  const int64_t b = row / p.shape.seq_len;
+  const int64_t t = row % p.shape.seq_len;
+  int64_t target_row;
+  acc value;
+  if (contribution<scalar_t>(p, input, target, device_dropout(p.dropout, seed),
+                             resolved_positions(p, fairseq), b, t, d, &target_row, &value)) {
+    atomic_add(grad + target_row * p.shape.dim + d, value);
+  }
+}
+
+// grid: (segments, channel blocks); one thread sums one (target row, channel) in sorted order.
+template <typename scalar_t>
+__global__ void scatter_deterministic_kernel(AddPositionalParams p, StridedRows input,
+                                             ScatterTarget target, const int64_t* seed,
+                                             const int64_t* fairseq, const int64_t* sorted_rows,
+                                             const int64_t* segment_starts,
+                                             const int64_t* segment_targets,
+                                             acc_t<scalar_t>* grad) {
+  using acc = acc_t<scalar_t>;
+  const int64_t segment = blockIdx.x;
+  const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (d >= p.shape.dim) return;
+  const Dropout dropout = device_dropout(p.dropout, seed);
+  const StridedIndex positions = resolved_positions(p, fairseq);
+  acc sum = 0;
+  for (int64_t i = segment_starts[segment]; i < segment_starts[segment + 1]; ++i) {
+    const int64_t row = sorted_rows[i];
+    int64_t target_row;
+    acc value;
+    if (contribution<scalar_t>(p, input, target, dropout, positions, row / p.shape.seq_len,
+                               row % p.shape.seq_len, d, &target_row, &value)) {
+      sum += value;
+    }
+  }
+  grad[segment_targets[segment] * p.shape.dim + d] += sum;
+}
+
+// ---- rotary -------------------------------------------------------------------------------------
+// grid: tokens. The block evaluates cos/sin of the token's r/2 angles once into shared memory,
+// then rotates every head of every operand.
+template <typename scalar_t>
+__global__ void rotary_kernel(RotaryParams p, const double* inv_freq, double base) {
+  using acc = acc_t<scalar_t>;
+  extern __shared__ unsigned char shared_bytes[];
+  acc* cosines = reinterpret_cast<acc*>(shared_bytes);
+  const int64_t half = p.rotary_dim / 2;
+  acc* sines = cosines + half;
+  const int64_t token = blockIdx.x;
+  const int64_t b = token / p.seq_len;
+  const int64_t s = token % p.seq_len;
+  const double position = static_cast<double>(rotary_token_position(p, b, s));
+  const acc factor = static_cast<acc>(p.attention_factor);
+  const acc sign = p.inverse ? acc(-1) : acc(1);
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    const double w = inv_freq != nullptr ? inv_freq[i] : default_rotary_frequency(i, p.rotary_dim, base);
+    const TurnFrequency f = turn_frequency_from_radians(w);
+    const SinCos<acc> sc = sincos_turns<acc>(reduced_turns(position, f.high, f.middle, f.low, 0.0));
+    cosines[i] = factor * sc.cos;
+    sines[i] = sign * factor * sc.sin;
+  }
+  __syncthreads();
+  const int64_t pass = p.head_dim - p.rotary_dim;
+  for (int k = 0; k < p.operand_count; ++k) {
+    const RotaryOperand& op = p.operands[k];
+    const scalar_t* in = static_cast<const scalar_t*>(op.in) + b * op.in_strides[0] +
+                         s * op.in_strides[1];
+    scalar_t* out = static_cast<scalar_t*>(op.out) + b * op.out_strides[0] + s * op.out_strides[1];
+    const int64_t per_head = half + pass;
+    for (int64_t item = threadIdx.x; item < op.heads * per_head; item += blockDim.x) {
+      const int64_t h = item / per_head;
+      const int64_t j = item % per_head;
+      const scalar_t* x = in + h * op.in_strides[2];
+      scalar_t* y = out + h * op.out_strides[2];
+      if (j < half) {
+        const int64_t first = p.interleaved ? 2 * j : j;
+        const int64_t second = p.interleaved ? 2 * j + 1 : j + half;
+        const acc x1 = load_as_acc(x + first * op.in_strides[3]);
+        const acc x2 = load_as_acc(x + second * op.in_strides[3]);
+        store_from_acc(y + first * op.out_strides[3], x1 * cosines[j] - x2 * sines[j]);
+        store_from_acc(y + second * op.out_strides[3], x2 * cosines[j] + x1 * sines[j]);
+      } else {
+        const int64_t d = p.rotary_dim + (j - half);
+        y[d * op.out_strides[3]] = x[d * op.in_strides[3]];
+      }
+    }
+  }
+}
+
+// grid-stride over (row, pair) of one operand with given cos/sin tables.
+template <typename scalar_t>
+__global__ void rotary_tables_kernel(RotaryTableParams p, int operand_index, int64_t rows) {
+  using acc = acc_t<scalar_t>;
+  const RotaryTableOperand& op = p.operands[operand_index];
+  const int last = op.ndim - 1;
+  const int64_t dim = op.sizes[last];
+  const int64_t half = dim / 2;
+  const int64_t total = rows * half;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < total;
+       item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t row = item / half;
+    const int64_t i = item % half;
+    int64_t in_offset = 0, out_offset = 0, cos_offset = 0, sin_offset = 0;
+    for (int axis = last - 1; axis >= 0; --axis) {
+      const int64_t index = row % op.sizes[axis];
+      row /= op.sizes[axis];
+      in_offset += index * op.in_strides[axis];
+      out_offset += index * op.out_strides[axis];
+      cos_offset += index * op.cos_strides[axis];
+      sin_offset += index * op.sin_strides[axis];
+    }
+    const scalar_t* cos_row = static_cast<const scalar_t*>(p.cos) + cos_offset;
+    const scalar_t* sin_row = static_cast<const scalar_t*>(p.sin) + sin_offset;
+    const acc cos_lo = load_as_acc(cos_row + i * op.cos_strides[last]);
+    const acc cos_hi = load_as_acc(cos_row + (i + half) * op.cos_strides[last]);
+    const acc s_lo = load_as_acc(sin_row + i * op.sin_strides[last]);
+    const acc s_hi = load_as_acc(sin_row + (i + half) * op.sin_strides[last]);
+    // The transpose maps (sin_lo, sin_hi) to (-sin_hi, -sin_lo), as on the CPU.
+    const acc sin_lo = p.transpose ? -s_hi : s_lo;
+    const acc sin_hi = p.transpose ? -s_lo : s_hi;
+    const scalar_t* x = static_cast<const scalar_t*>(op.in) + in_offset;
+    scalar_t* y = static_cast<scalar_t*>(op.out) + out_offset;
+    const acc x1 = load_as_acc(x + i * op.in_strides[last]);
+    const acc x2 = load_as_acc(x + (i + half) * op.in_strides[last]);
+    store_from_acc(y + i * op.out_strides[last], x1 * cos_lo - x2 * sin_lo);
+    store_from_acc(y + (i + half) * op.out_strides[last], x2 * cos_hi + x1 * sin_hi);
+  }
+}
+
+unsigned int blocks_for(int64_t work, int threads) {
+  const int64_t blocks = (work + threads - 1) / threads;
+  return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
+}
+
+}  // namespace
+
+int add_positional(const AddPositionalParams& params, const int64_t* seed,
+                   int64_t* fairseq_workspace, void* stream) {
+  const int64_t batch = params.shape.batch_count();
+  if (batch == 0 || params.shape.seq_len == 0 || params.shape.dim == 0) return 0;
+  auto cuda_stream = static_cast<cudaStream_t>(stream);
+  if (params.gather.fairseq_positions) {
+    const int status = fairseq_positions(params, fairseq_workspace, stream);
+    if (status != 0) return status;
+  }
+  const int64_t channel_blocks =
+      (params.shape.dim + kThreads * kElementsPerThread - 1) / (kThreads * kElementsPerThread);
+  const dim3 grid(static_cast<unsigned int>(params.shape.seq_len),
+                  static_cast<unsigned int>(channel_blocks),
+                  static_cast<unsigned int>(batch < kMaxBatchBlocks ? batch : kMaxBatchBlocks));
+  return dispatch_dtype(params.dtype, [&](auto tag) {
+    add_positional_kernel<decltype(tag)><<<grid, kThreads, 0, cuda_stream>>>(params, seed,
+                                                                             fairseq_workspace);
+    return launch_status();
+  });
+}
+
+int fairseq_positions(const AddPositionalParams& params, int64_t* fairseq_workspace,
+                      void* stream) {
+  const int64_t batch = params.shape.batch_count();
+  if (batch == 0) return 0;
+  fairseq_positions_kernel<<<blocks_for(batch, kThreads), kThreads, 0,
+                             static_cast<cudaStream_t>(stream)>>>(params, fairseq_workspace);
+  return launch_status();
+}
+
+int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows& input,
+                            ScatterTarget target, const int64_t* seed,
+                            const int64_t* fairseq_positions, void* grad, void* stream) {
+  const int64_t rows = params.shape.batch_count() * params.shape.seq_len;
+  if (rows == 0 || params.shape.dim == 0) return 0;
+  const dim3 grid(static_cast<unsigned int>(rows),
+                  static_cast<unsigned int>((params.shape.dim + kThreads - 1) / kThreads));
+  return dispatch_dtype(params.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    scatter_atomic_kernel<scalar_t><<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        params, input, target, seed, fairseq_positions, static_cast<acc_t<scalar_t>*>(grad));
+    return launch_status();
+  });
+}
+
+int scatter_backward_deterministic(const AddPositionalParams& params, const StridedRows& input,
+                                   ScatterTarget target, const int64_t* seed,
+                                   const int64_t* fairseq_positions, const int64_t* sorted_rows,
+                                   const int64_t* segment_starts, const int64_t* segment_targets,
+                                   int64_t segments, void* grad, void* stream) {
+  if (segments == 0 || params.shape.dim == 0) return 0;
+  const dim3 grid(static_cast<unsigned int>(segments),
+                  static_cast<unsigned int>((params.shape.dim + kThreads - 1) / kThreads));
+  return dispatch_dtype(params.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    scatter_deterministic_kernel<scalar_t>
+        <<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+            params, input, target, seed, fairseq_positions, sorted_rows, segment_starts,
+            segment_targets, static_cast<acc_t<scalar_t>*>(grad));
+    return launch_status();
+  });
+}
+
+int rotary(const RotaryParams& params, const double* inv_freq, double base, void* stream) {
+  const int64_t tokens = params.batch * params.seq_len;
+  if (tokens == 0 || params.head_dim == 0) return 0;
+  return dispatch_dtype(params.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const size_t shared_bytes = sizeof(acc_t<scalar_t>) * static_cast<size_t>(params.rotary_dim);
+    rotary_kernel<scalar_t><<<static_cast<unsigned int>(tokens), 128, shared_bytes,
+                              static_cast<cudaStream_t>(stream)>>>(params, inv_freq, base);
+    return launch_status();
+  });
+}
+
+int rotary_tables(const RotaryTableParams& params, void* stream) {
+  for (int k = 0; k < params.operand_count; ++k) {
+    const RotaryTableOperand& op = params.operands[k];
+    int64_t rows = 1;
+    for (int axis = 0; axis + 1 < op.ndim; ++axis) rows *= op.sizes[axis];
+    const int64_t work = rows * (op.sizes[op.ndim - 1] / 2);
+    if (work == 0) continue;
+    const int status = dispatch_dtype(params.dtype, [&](auto tag) {
+      rotary_tables_kernel<decltype(tag)><<<blocks_for(work, kThreads), kThreads, 0,
+                                            static_cast<cudaStream_t>(stream)>>>(params, k, rows);
+      return launch_status();
+    });
+    if (status != 0) return status;
+  }
+  return 0;
+}
+
+const char* error_string(int error) { return cudaGetErrorString(static_cast<cudaError_t>(error)); }
+
+}  // namespace cuda
+}  // namespace kernels
+}  // namespace posenc

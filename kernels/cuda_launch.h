@@ -1,0 +1,59 @@
+// Launchers of the CUDA kernels (kernels/cuda/*.cu). Plain C++ declarations: no torch and no
+// CUDA headers, so the binding includes this header without nvcc. Every launcher enqueues on
+// `stream` (a cudaStream_t) and returns the cudaError_t of the launch as an int (0: success).
+// Device pointers only; the parameter structs are the CPU kernels' structs.
+#pragma once
+
+#include <cstdint>
+
+#include "positional.h"
+#include "rotary.h"
+
+namespace posenc {
+namespace kernels {
+namespace cuda {
+
+// The seed of an active dropout is read on the device from `seed` (an int64 scalar), so CUDA
+// graph replays that redraw it get fresh masks. params.dropout.seed is ignored.
+
+// add_positional / embedding forward and the input-gradient (see add_positional_cpu).
+// fairseq_workspace: [batch * T] int64 when params.gather.fairseq_positions, else unused.
+int add_positional(const AddPositionalParams& params, const int64_t* seed,
+                   int64_t* fairseq_workspace, void* stream);
+
+// Fills fairseq_workspace ([batch * T] int64) with fairseq's positions of params.gather.ids.
+int fairseq_positions(const AddPositionalParams& params, int64_t* fairseq_workspace,
+                      void* stream);
+
+enum class ScatterTarget : int {
+  kTable,   // grad_table[position(b, t)]: learned-table gradient (input rows in `input` or gather)
+  kWeight,  // grad_weight[ids(b, t)]: embedding weight gradient
+};
+
+// Scatter-add of the backward contributions (params.x holds grad) into `grad` ([rows, D] in the
+// compute type, zero on entry) with atomics: fast, order not deterministic.
+int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows& input,
+                            ScatterTarget target, const int64_t* seed,
+                            const int64_t* fairseq_positions, void* grad, void* stream);
+
+// The same sums in a fixed order: rows sorted by target (`sorted_rows`, [rows] flat row indices
+// b * T + t, stable order), grouped in `segments` runs starting at segment_starts[i] ([segments
+// + 1]) that all target row segment_targets[i]. Bit-identical from run to run.
+int scatter_backward_deterministic(const AddPositionalParams& params, const StridedRows& input,
+                                   ScatterTarget target, const int64_t* seed,
+                                   const int64_t* fairseq_positions, const int64_t* sorted_rows,
+                                   const int64_t* segment_starts, const int64_t* segment_targets,
+                                   int64_t segments, void* grad, void* stream);
+
+// Rotary with angles computed on the device. inv_freq: [rotary_dim / 2] float64 on the device,
+// or nullptr for base^(-2i/r). params.frequencies is ignored. offsets / cu_seqlens / positions
+// are device pointers.
+int rotary(const RotaryParams& params, const double* inv_freq, double base, void* stream);
+
+int rotary_tables(const RotaryTableParams& params, void* stream);
+
+const char* error_string(int error);
+
+}  // namespace cuda
+}  // namespace kernels
+}  // namespace posenc
