@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(abspath $(VENV))/bin:/usr/local/cuda/bin:$(PATH)
 RUN_PY := PYTHONPATH=$(abspath torch_ext) $(PY)
 
-.PHONY: all deps gtest build test test-cpp test-python demo bench format clean
+.PHONY: all deps gtest build test test-cpp test-python demo bench gpu-deps clean
 
 all: build
 
@@ -45,6 +45,11 @@ demo: build
 
 bench: build
 	$(RUN_PY) benchmarks/bench_cpu.py $(BENCH_ARGS)
+
+# GoogleTest as Debian packages for scripts/gpu_check.sh on a GPU machine without network
+# (carry third_party_cache there).
+gpu-deps:
+	mkdir -p third_party_cache && cd third_party_cache && apt-get download libgtest-dev googletest
 
 clean:
 	rm -rf $(BUILD_DIR) torch_ext/posenc/*.so

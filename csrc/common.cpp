@@ -446,6 +446,8 @@ RotaryOptions check_rotary(const char* op, const at::Tensor& q, const std::optio
   if (inv_freq.has_value()) {
     TORCH_CHECK_TYPE(is_supported_float(inv_freq->scalar_type()), op,
                      ": inv_freq must be a floating tensor, got ", inv_freq->scalar_type());
+    TORCH_CHECK(inv_freq->device() == q.device(), op, ": inv_freq must be on q's device (",
+                q.device(), "), got ", inv_freq->device());
     TORCH_CHECK_VALUE(inv_freq->dim() == 1 && inv_freq->sym_size(0) == options.rotary_dim / 2,
                       op, ": inv_freq must have shape (rotary_dim / 2,) = (",
                       options.rotary_dim / 2, ",), got ", inv_freq->sym_sizes());

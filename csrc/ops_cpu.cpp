@@ -35,7 +35,7 @@ struct CpuBackend {
   }
 
   static void rotary(kernels::RotaryParams& params, const std::optional<at::Tensor>& inv_freq,
-                     double base) {
+                     double base, const at::Tensor& /*like*/) {
     std::vector<double> radians;
     if (inv_freq.has_value()) {
       const at::Tensor host = inv_freq->to(at::kDouble).contiguous();
@@ -48,7 +48,8 @@ struct CpuBackend {
     kernels::rotary_cpu(params, detail::torch_parallel_for());
   }
 
-  static void rotary_tables(const kernels::RotaryTableParams& params) {
+  static void rotary_tables(const kernels::RotaryTableParams& params,
+                            const at::Tensor& /*like*/) {
     kernels::rotary_tables_cpu(params, detail::torch_parallel_for());
   }
 };

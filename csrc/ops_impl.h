@@ -4,7 +4,7 @@
 //   host_seed(seed)                    the seed for params.dropout.seed (CPU reads it)
 //   run_rows(params, seed, out)        add_positional / embedding rows
 //   scatter(params, input, target, seed, grad, indices)   table / weight gradients
-//   rotary(params, inv_freq, base)     rotary_tables(params)
+//   rotary(params, inv_freq, base, q)  rotary_tables(params, q)
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -282,7 +282,7 @@ inline void check_rotary_values(const std::optional<at::Tensor>& positions,
     TORCH_CHECK_INDEX(lowest >= 0, kRotary, ": offsets must be >= 0, got ", lowest);
   }
   if (cu_seqlens.has_value()) {
-    const at::Tensor cu = cu_seqlens->to(at::kLong).contiguous();
+    const at::Tensor cu = cu_seqlens->to(at::kCPU, at::kLong).contiguous();
     const int64_t* values = cu.data_ptr<int64_t>();
     const int64_t n = cu.numel();
     TORCH_CHECK_VALUE(values[0] == 0, kRotary, ": cu_seqlens must start at 0, got ", values[0]);
@@ -364,7 +364,7 @@ std::vector<at::Tensor> rotary_impl(const at::Tensor& q, const std::optional<at:
                                         detail::rotary_bshd(outputs[1], layout));
     params.operand_count = 2;
   }
-  Backend::rotary(params, inv_freq, base);
+  Backend::rotary(params, inv_freq, base, q);
   return outputs;
 }
 
@@ -404,7 +404,7 @@ std::vector<at::Tensor> rotary_tables_impl(const at::Tensor& q, const std::optio
     outputs.push_back(out);
   }
   params.operand_count = static_cast<int>(inputs.size());
-  Backend::rotary_tables(params);
+  Backend::rotary_tables(params, q);
   return outputs;
 }
 

@@ -1,0 +1,142 @@
+// CUDA backend: the operators of ops_impl.h with the kernels of kernels/cuda, launched on the
+// current stream of the input's device, every launch checked.
+#include <ATen/Context.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/unique_consecutive.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common.h"
+#include "cuda_launch.h"
+#include "ops_impl.h"
+
+namespace posenc {
+namespace {
+
+namespace kc = kernels::cuda;
+
+void check_launch(int status, const char* what) {
+  TORCH_CHECK(status == 0, "posenc: CUDA launch of ", what, " failed: ", kc::error_string(status));
+}
+
+void* current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// The seed as an int64 scalar on `device` (the wrapper draws it there; a CPU seed is copied).
+at::Tensor device_seed(const std::optional<at::Tensor>& seed, const at::Device& device) {
+  if (!seed.has_value()) return at::Tensor();
+  return seed->to(device).reshape({});
+}
+
+const int64_t* seed_pointer(const at::Tensor& seed) {
+  return seed.defined() ? seed.data_ptr<int64_t>() : nullptr;
+}
+
+struct CudaBackend {
+  static uint64_t host_seed(const std::optional<at::Tensor>& /*seed*/) { return 0; }
+
+  static void run_rows(const kernels::AddPositionalParams& params,
+                       const std::optional<at::Tensor>& seed, const at::Tensor& out) {
+    const c10::cuda::CUDAGuard guard(out.device());
+    const at::Tensor seed_on_device = device_seed(seed, out.device());
+    at::Tensor workspace;
+    if (params.gather.fairseq_positions) {
+      workspace = at::empty({params.shape.batch_count() * params.shape.seq_len},
+                            out.options().dtype(at::kLong));
+    }
+    check_launch(kc::add_positional(params, seed_pointer(seed_on_device),
+                                    workspace.defined() ? workspace.data_ptr<int64_t>() : nullptr,
+                                    current_stream()),
+                 "add_positional");
+  }
+
+  // Atomics by default; under torch.use_deterministic_algorithms(True), rows sorted by target
+  // and summed per target in that order, bit-identical from run to run.
+  static void scatter(const kernels::AddPositionalParams& params, const kernels::StridedRows& input,
+                      impl::ScatterTarget target, const std::optional<at::Tensor>& seed,
+                      const at::Tensor& grad, const impl::ScatterIndices& indices) {
+    const c10::cuda::CUDAGuard guard(grad.device());
+    const at::Tensor seed_on_device = device_seed(seed, grad.device());
+    const kc::ScatterTarget kernel_target = target == impl::ScatterTarget::kTable
+                                                ? kc::ScatterTarget::kTable
+                                                : kc::ScatterTarget::kWeight;
+    const int64_t batch = params.shape.batch_count();
+    const int64_t seq_len = params.shape.seq_len;
+    at::Tensor fairseq;
+    if (params.gather.fairseq_positions) {
+      fairseq = at::empty({batch * seq_len}, grad.options().dtype(at::kLong));
+      check_launch(kc::fairseq_positions(params, fairseq.data_ptr<int64_t>(), current_stream()),
+                   "fairseq_positions");
+    }
+    const int64_t* fairseq_ptr = fairseq.defined() ? fairseq.data_ptr<int64_t>() : nullptr;
+    if (!at::globalContext().deterministicAlgorithms()) {
+      check_launch(kc::scatter_backward_atomic(params, input, kernel_target,
+                                               seed_pointer(seed_on_device), fairseq_ptr,
+                                               grad.data_ptr(), current_stream()),
+                   "scatter_backward_atomic");
+      return;
+    }
+    // Each row's target: its id (weight) or its position (table), in row order b * T + t.
+    at::Tensor targets;
+    if (target == impl::ScatterTarget::kWeight) {
+      targets = indices.ids->reshape({-1}).to(at::kLong);
+    } else if (fairseq.defined()) {
+      targets = fairseq;
+    } else if (indices.positions.has_value()) {
+      targets = indices.positions->reshape({-1}).to(at::kLong);
+    } else {
+      targets = at::arange(indices.offset, indices.offset + seq_len,
+                           grad.options().dtype(at::kLong))
+                    .expand({batch, seq_len})
+                    .reshape({-1});
+    }
+    const auto [sorted_targets, sorted_rows] = at::sort(targets, /*stable=*/true, 0, false);
+    const auto [segment_targets, inverse, counts] =
+        at::unique_consecutive(sorted_targets, false, true);
+    const at::Tensor starts = at::cat({at::zeros({1}, counts.options()), at::cumsum(counts, 0)});
+    check_launch(kc::scatter_backward_deterministic(
+                     params, input, kernel_target, seed_pointer(seed_on_device), fairseq_ptr,
+                     sorted_rows.contiguous().data_ptr<int64_t>(),
+                     starts.contiguous().data_ptr<int64_t>(),
+                     segment_targets.contiguous().data_ptr<int64_t>(), segment_targets.numel(),
+                     grad.data_ptr(), current_stream()),
+                 "scatter_backward_deterministic");
+  }
+
+  static void rotary(kernels::RotaryParams& params, const std::optional<at::Tensor>& inv_freq,
+                     double base, const at::Tensor& like) {
+    const c10::cuda::CUDAGuard guard(like.device());
+    at::Tensor frequencies;
+    if (inv_freq.has_value()) frequencies = inv_freq->to(at::kDouble).contiguous();
+    check_launch(kc::rotary(params,
+                            frequencies.defined() ? frequencies.data_ptr<double>() : nullptr,
+                            base, current_stream()),
+                 "rotary");
+  }
+
+  static void rotary_tables(const kernels::RotaryTableParams& params, const at::Tensor& like) {
+    const c10::cuda::CUDAGuard guard(like.device());
+    check_launch(kc::rotary_tables(params, current_stream()), "rotary_tables");
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
+  m.impl("add_positional", &impl::add_positional_impl<CudaBackend>);
+  m.impl("add_positional_backward", &impl::add_positional_backward_impl<CudaBackend>);
+  m.impl("add_positional_table_backward", &impl::add_positional_table_backward_impl<CudaBackend>);
+  m.impl("embedding", &impl::embedding_impl<CudaBackend>);
+  m.impl("embedding_backward", &impl::embedding_backward_impl<CudaBackend>);
+  m.impl("embedding_table_backward", &impl::embedding_table_backward_impl<CudaBackend>);
+  m.impl("positional_encoding", &impl::positional_encoding_impl<CudaBackend>);
+  m.impl("rotary", &impl::rotary_impl<CudaBackend>);
+  m.impl("rotary_tables", &impl::rotary_tables_impl<CudaBackend>);
+}
+
+}  // namespace posenc

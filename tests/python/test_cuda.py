@@ -1,0 +1,189 @@
+"""CUDA against CPU for every operator; skipped where no GPU is present."""
+
+import pytest
+import torch
+from torch.testing._internal.optests import opcheck
+
+import posenc
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+TOL = {torch.float32: (2e-6, 1e-5), torch.float64: (1e-12, 1e-12), torch.bfloat16: (2e-2, 2e-2),
+       torch.float16: (2e-3, 2e-3)}
+
+
+def close(cuda_out, cpu_out, dtype):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(cuda_out.cpu().double(), cpu_out.double(), atol=atol * 8, rtol=rtol)
+
+
+def seed(value=1234):
+    return torch.tensor(value, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("options", [
+    dict(kind="sinusoidal"), dict(kind="sinusoidal", convention="tensor2tensor", layout="concat"),
+    dict(kind="linear", combine="mul"), dict(kind="damped"), dict(kind="cosine", combine="mul"),
+])
+def test_add_positional_parity(dtype, options):
+    x = torch.randn(3, 40, 24).to(dtype).transpose(0, 1)[:, :, 1:22]  # strided, odd width
+    op = torch.ops.posenc.add_positional
+    for kwargs in [dict(offset=7), dict(dropout=0.3)]:
+        positions = torch.randint(0, 5000, (40, 3))
+        cpu = op(x, positions, None, seed(), scale=1.5, **options, **kwargs)
+        cuda = op(x.cuda(), positions.cuda(), None, seed().cuda(), scale=1.5, **options, **kwargs)
+        close(cuda, cpu, dtype)
+        # Same seed, same mask on both devices.
+        assert torch.equal(cuda.cpu() == 0, cpu == 0)
+
+
+def test_learned_table_and_gradients_parity():
+    x = torch.randn(4, 9, 16, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(20, 16, dtype=torch.float64, requires_grad=True)
+    positions = torch.randint(0, 20, (4, 9))
+    for combine in ["add", "mul"]:
+        outs, grads = [], []
+        for device in ["cpu", "cuda"]:
+            xd = x.detach().to(device).requires_grad_()
+            td = table.detach().to(device).requires_grad_()
+            y = torch.ops.posenc.add_positional(xd, positions.to(device), td, seed().to(device),
+                                                kind="learned", combine=combine, dropout=0.2)
+            y.backward(torch.ones_like(y))
+            outs.append(y.detach().cpu())
+            grads.append((xd.grad.cpu(), td.grad.cpu()))
+        torch.testing.assert_close(outs[1], outs[0])
+        torch.testing.assert_close(grads[1][0], grads[0][0])
+        torch.testing.assert_close(grads[1][1], grads[0][1])
+
+
+def test_gradcheck_cuda():
+    x = torch.randn(2, 5, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    table = torch.randn(8, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    s = seed().cuda()
+    assert torch.autograd.gradcheck(
+        lambda x, t: torch.ops.posenc.add_positional(x, None, t, s, kind="learned", combine="mul",
+                                                     dropout=0.3), (x, table))
+    ids = torch.tensor([[1, 3, 0, 3], [2, 1, 1, 4]], device="cuda")
+    weight = torch.randn(5, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda w: torch.ops.posenc.embedding(ids, w, None, None, s, combine="mul", dropout=0.2),
+        (weight,), nondet_tol=1e-12)  # atomics: the summation order may vary
+    q = torch.randn(2, 3, 2, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q: torch.ops.posenc.rotary(q, None, None, None, None, None, rotary_dim=4)[0], (q,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_embedding_parity_padding_fairseq(dtype):
+    ids = torch.randint(0, 50, (4, 33))
+    ids[:, :3] = 1
+    weight = torch.randn(50, 20).to(dtype)
+    table = torch.randn(100, 20).to(dtype)
+    for kwargs in [dict(), dict(padding_idx=1, fairseq_positions=True, dropout=0.1),
+                   dict(kind="learned", padding_idx=1, fairseq_positions=True, combine="mul")]:
+        t = table if kwargs.get("kind") == "learned" else None
+        cpu = torch.ops.posenc.embedding(ids, weight, None, t, seed(), **kwargs)
+        cuda = torch.ops.posenc.embedding(ids.cuda(), weight.cuda(), None,
+                                          None if t is None else t.cuda(), seed().cuda(), **kwargs)
+        close(cuda, cpu, dtype)
+
+
+def test_embedding_backward_deterministic_and_parity():
+    ids = torch.randint(0, 30, (8, 128))
+    weight = torch.randn(30, 64, requires_grad=True)
+    grad = torch.randn(8, 128, 64)
+    y = torch.ops.posenc.embedding(ids, weight, None, None, seed(), combine="mul", dropout=0.1)
+    (cpu_grad,) = torch.autograd.grad(y, weight, grad)
+    results = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            wc = weight.detach().cuda().requires_grad_()
+            y = torch.ops.posenc.embedding(ids.cuda(), wc, None, None, seed().cuda(),
+                                           combine="mul", dropout=0.1)
+            (g,) = torch.autograd.grad(y, wc, grad.cuda())
+            results.append(g)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(results[0], results[1])
+    torch.testing.assert_close(results[0].cpu(), cpu_grad, atol=1e-4, rtol=1e-5)
+    wc = weight.detach().cuda().requires_grad_()
+    y = torch.ops.posenc.embedding(ids.cuda(), wc, None, None, seed().cuda(), combine="mul",
+                                   dropout=0.1)
+    (atomic,) = torch.autograd.grad(y, wc, grad.cuda())
+    torch.testing.assert_close(atomic.cpu(), cpu_grad, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["bshd", "bhsd", "sbhd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_parity(layout, dtype):
+    shape = {"bshd": (2, 17, 4, 16), "bhsd": (2, 4, 17, 16), "sbhd": (17, 2, 4, 16)}[layout]
+    q = torch.randn(shape).to(dtype)
+    k = torch.randn(shape).to(dtype)[..., :1, :] if layout != "bhsd" else torch.randn(shape).to(dtype)[:, :1]
+    for kwargs in [dict(), dict(interleaved=True, rotary_dim=8, offset=1000),
+                   dict(attention_factor=1.3, base=500.0)]:
+        cpu = posenc.rotary(q, k, layout=layout, **kwargs)
+        cuda = posenc.rotary(q.cuda(), k.cuda(), layout=layout, **kwargs)
+        for a, b in zip(cuda, cpu):
+            close(a, b, dtype)
+
+
+def test_rotary_varlen_and_tables_parity():
+    cu = torch.tensor([0, 5, 12, 20])
+    q = torch.randn(20, 4, 8)
+    k = torch.randn(20, 1, 8)
+    offsets = torch.tensor([3, 0, 9])
+    cpu = posenc.rotary(q, k, layout="thd", cu_seqlens=cu, offset=offsets)
+    cuda = posenc.rotary(q.cuda(), k.cuda(), layout="thd", cu_seqlens=cu.cuda(),
+                         offset=offsets.cuda())
+    for a, b in zip(cuda, cpu):
+        close(a, b, torch.float32)
+    cos, sin = torch.randn(2, 7, 8), torch.randn(2, 7, 8)
+    qh, kh = torch.randn(2, 3, 7, 8), torch.randn(2, 1, 7, 8)
+    cpu = posenc.apply_rotary_pos_emb(qh, kh, cos, sin)
+    cuda = posenc.apply_rotary_pos_emb(qh.cuda(), kh.cuda(), cos.cuda(), sin.cuda())
+    for a, b in zip(cuda, cpu):
+        close(a, b, torch.float32)
+
+
+def test_positional_encoding_parity():
+    positions = torch.randint(0, 2**24, (64,))
+    close(posenc.positional_encoding(positions.cuda(), 32), posenc.positional_encoding(positions, 32),
+          torch.float32)
+
+
+def test_opcheck_cuda():
+    opcheck(torch.ops.posenc.add_positional.default,
+            (torch.randn(2, 5, 8, device="cuda", requires_grad=True), None, None,
+             seed().cuda()), dict(dropout=0.2))
+    opcheck(torch.ops.posenc.embedding.default,
+            (torch.randint(0, 10, (2, 5), device="cuda"),
+             torch.randn(10, 8, device="cuda", requires_grad=True), None, None, None), {})
+    opcheck(torch.ops.posenc.rotary.default,
+            (torch.randn(2, 5, 3, 8, device="cuda", requires_grad=True), None, None, None, None,
+             None), {})
+
+
+def test_cuda_graph_replay_draws_fresh_masks():
+    x = torch.rand(4, 64, 32, device="cuda") + 3.0
+    static_out = torch.empty_like(x)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):  # warm up outside capture
+            static_out.copy_(posenc.add_positional(x, dropout=0.5))
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out.copy_(posenc.add_positional(x, dropout=0.5))
+    graph.replay()
+    first = static_out.clone()
+    graph.replay()
+    second = static_out.clone()
+    assert not torch.equal(first == 0, second == 0)
+    reference = posenc.add_positional(x, training=False)
+    for out in (first, second):
+        kept = out != 0
+        torch.testing.assert_close(out[kept], reference[kept] * 2.0)
+        assert 0.4 < (~kept).float().mean().item() < 0.6
