@@ -1,6 +1,11 @@
 #include "posenc/ops.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/randint.h>
+
+#include <limits>
+
+#include "posenc/posenc.h"
 
 namespace posenc {
 namespace ops {
@@ -116,4 +121,61 @@ at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim, std::st
 }
 
 }  // namespace ops
+}  // namespace posenc
+
+// ---- the public C++ API (posenc/posenc.h): options structs onto the calls above --------------
+
+namespace posenc {
+
+std::optional<at::Tensor> draw_seed(const at::Device& device, double dropout, bool training,
+                                    const std::optional<at::Generator>& generator) {
+  if (!training || dropout == 0.0) return std::nullopt;
+  return at::randint(std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
+                     {}, generator, at::TensorOptions().dtype(at::kLong).device(device));
+}
+
+at::Tensor add_positional(const at::Tensor& x, const AddPositionalOptions& o) {
+  return ops::add_positional(x, o.positions(), o.table(),
+                             draw_seed(x.device(), o.dropout(), o.training(), o.generator()),
+                             o.kind(), o.combine(), o.scale(), o.offset(), o.base(),
+                             o.convention(), o.layout(), o.dropout(), o.training());
+}
+
+at::Tensor embedding(const at::Tensor& ids, const at::Tensor& weight, const EmbeddingOptions& o) {
+  return ops::embedding(ids, weight, o.positions(), o.table(),
+                        draw_seed(weight.device(), o.dropout(), o.training(), o.generator()),
+                        o.kind(), o.combine(), o.scale(), o.offset(), o.padding_idx(),
+                        o.fairseq_positions(), o.base(), o.convention(), o.layout(), o.dropout(),
+                        o.training());
+}
+
+std::vector<at::Tensor> rotary(const at::Tensor& q, const std::optional<at::Tensor>& k,
+                               const RotaryOptions& o) {
+  return ops::rotary(q, k, o.positions(), o.offsets(), o.inv_freq(), o.cu_seqlens(), o.base(),
+                     o.offset(), o.rotary_dim(), o.interleaved(), o.layout(),
+                     o.attention_factor(), /*inverse=*/false);
+}
+
+at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim,
+                               const PositionCodeOptions& o) {
+  return ops::positional_encoding(positions, dim, o.kind(), o.base(), o.convention(), o.layout(),
+                                  o.dtype());
+}
+
+std::tuple<at::Tensor, double> rope_frequencies(int64_t dim, double base,
+                                                const std::string& rope_type, double factor,
+                                                std::optional<int64_t> max_position_embeddings) {
+  using Signature = std::tuple<at::Tensor, double>(
+      int64_t, double, std::string_view, double, std::optional<int64_t>, std::optional<int64_t>,
+      std::optional<int64_t>, std::optional<double>, double, double, std::optional<double>,
+      std::optional<double>, bool, double, double, std::optional<c10::ArrayRef<double>>,
+      std::optional<c10::ArrayRef<double>>);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("posenc::rope_frequencies", "")
+                             .typed<Signature>();
+  return op.call(dim, base, rope_type, factor, max_position_embeddings, std::nullopt, std::nullopt,
+                 std::nullopt, 32.0, 1.0, std::nullopt, std::nullopt, true, 1.0, 4.0, std::nullopt,
+                 std::nullopt);
+}
+
 }  // namespace posenc

@@ -81,3 +81,96 @@ TEST(Ops, ErrorsNameTheArgument) {
                                            true),
                c10::ValueError);
 }
+
+// ---- the public C++ API and modules --------------------------------------------------------------
+
+#include "posenc/nn.h"
+#include "posenc/posenc.h"
+
+TEST(Api, DefaultsMatchTheOperator) {
+  torch::manual_seed(1);
+  auto x = torch::randn({2, 6, 8});
+  auto via_api = posenc::add_positional(x);
+  auto via_op = posenc::ops::add_positional(x, std::nullopt, std::nullopt, std::nullopt,
+                                            "sinusoidal", "add", 1.0, 0, 10000.0, "vaswani",
+                                            "interleaved", 0.0, true);
+  EXPECT_TRUE(torch::equal(via_api, via_op));
+  auto pe = posenc::positional_encoding(torch::arange(6), 8);
+  EXPECT_TRUE(torch::allclose(via_api - x, pe.unsqueeze(0).expand_as(x), 1e-6, 1e-6));
+}
+
+TEST(Api, EveryOptionReachesTheKernel) {
+  torch::manual_seed(2);
+  auto x = torch::randn({2, 5, 8});
+  auto opts = posenc::AddPositionalOptions().kind("cosine").combine("mul").scale(2.0).offset(3);
+  auto y = posenc::add_positional(x, opts);
+  auto pe = posenc::positional_encoding(torch::arange(3, 8), 8,
+                                        posenc::PositionCodeOptions().kind("cosine"));
+  EXPECT_TRUE(torch::allclose(y, 2.0 * x * pe, 1e-5, 1e-6));
+  // Dropout from a generator: reproducible, and training=false is the identity mask.
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  auto a = posenc::add_positional(x, posenc::AddPositionalOptions().dropout(0.5).generator(gen));
+  gen.set_current_seed(7);
+  auto b = posenc::add_positional(x, posenc::AddPositionalOptions().dropout(0.5).generator(gen));
+  EXPECT_TRUE(torch::equal(a, b));
+  EXPECT_GT((a == 0).sum().item<int64_t>(), 0);
+  auto eval = posenc::add_positional(x, posenc::AddPositionalOptions().dropout(0.5).training(false));
+  EXPECT_TRUE(torch::equal(eval, posenc::add_positional(x)));
+  // Embedding with fairseq positions; rotary with offsets.
+  auto ids = torch::tensor({{1, 1, 3, 4}, {5, 6, 1, 2}});
+  auto weight = torch::randn({8, 6});
+  auto e = posenc::embedding(ids, weight,
+                             posenc::EmbeddingOptions().padding_idx(1).fairseq_positions(true));
+  EXPECT_TRUE(torch::allclose(e[0][0], std::sqrt(6.0) * weight[1]));
+  auto q = torch::randn({2, 4, 3, 8});
+  auto rotated = posenc::rotary(q, std::nullopt,
+                                posenc::RotaryOptions().offsets(torch::tensor({0, 10})));
+  EXPECT_EQ(rotated.size(), 1u);
+  EXPECT_TRUE(torch::allclose(rotated[0][1][0], posenc::rotary(q[1].unsqueeze(0), std::nullopt,
+                                                               posenc::RotaryOptions().offset(10))[0][0][0],
+                              1e-6, 1e-6));
+}
+
+TEST(Api, ErrorsNameTheArgument) {
+  auto x = torch::randn({2, 5, 8});
+  try {
+    posenc::add_positional(x, posenc::AddPositionalOptions().dropout(1.5));
+    FAIL() << "expected a ValueError";
+  } catch (const c10::ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("dropout must be in [0, 1)"), std::string::npos);
+  }
+  EXPECT_THROW(posenc::embedding(torch::tensor({{0, 9}}), torch::randn({5, 4})), c10::IndexError);
+  EXPECT_THROW(posenc::rotary(torch::randn({1, 2, 1, 5})), c10::ValueError);
+}
+
+TEST(Modules, InitialisationParametersAndBackward) {
+  torch::manual_seed(3);
+  posenc::nn::PositionalEmbedding emb(
+      posenc::nn::PositionalEmbeddingOptions(20, 8).padding_idx(0).kind("learned").max_positions(16));
+  auto params = emb->named_parameters();
+  EXPECT_TRUE(params.contains("weight"));
+  EXPECT_TRUE(params.contains("table"));
+  EXPECT_EQ(emb->weight[0].abs().sum().item<float>(), 0.0f);
+  auto ids = torch::randint(0, 20, {3, 7});
+  auto y = emb(ids);
+  EXPECT_EQ(y.sizes(), torch::IntArrayRef({3, 7, 8}));
+  y.sum().backward();
+  EXPECT_TRUE(emb->weight.grad().defined());
+  EXPECT_EQ(emb->weight.grad()[0].abs().sum().item<float>(), 0.0f);
+  EXPECT_GT(emb->table.grad().abs().sum().item<float>(), 0.0f);
+
+  posenc::nn::PositionalEncoding enc(posenc::nn::PositionalEncodingOptions(8).dropout(0.0));
+  auto x = torch::randn({7, 2, 8});  // (T, B, D)
+  auto pe = posenc::positional_encoding(torch::arange(7), 8).unsqueeze(1);
+  EXPECT_TRUE(torch::allclose(enc(x), x + pe, 1e-6, 1e-6));
+  EXPECT_TRUE(enc->named_parameters().is_empty());
+
+  posenc::nn::RotaryEmbedding rope(posenc::nn::RotaryEmbeddingOptions(8).base(500.0));
+  auto q = torch::randn({2, 5, 3, 8}, torch::requires_grad());
+  auto out = rope(q);
+  auto direct = posenc::rotary(q.detach(), std::nullopt, posenc::RotaryOptions().base(500.0));
+  EXPECT_TRUE(torch::allclose(out[0], direct[0], 1e-6, 1e-6));
+  out[0].pow(2).sum().backward();
+  // A rotation keeps norms: d/dq sum(rot(q)^2) = 2 q.
+  EXPECT_TRUE(torch::allclose(q.grad(), 2 * q.detach(), 1e-5, 1e-5));
+}

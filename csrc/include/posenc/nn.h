@@ -1,0 +1,105 @@
+// C++ modules, the counterparts of posenc.nn in Python (same parameters, buffers and
+// initialisation):
+//   posenc::nn::PositionalEncoding enc(posenc::nn::PositionalEncodingOptions(512).dropout(0.1));
+//   posenc::nn::PositionalEmbedding emb(posenc::nn::PositionalEmbeddingOptions(32000, 512));
+//   posenc::nn::RotaryEmbedding rope(posenc::nn::RotaryEmbeddingOptions(128));
+#pragma once
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+
+#include "posenc/posenc.h"
+
+namespace posenc {
+namespace nn {
+
+struct PositionalEncodingOptions {
+  explicit PositionalEncodingOptions(int64_t d_model) : d_model_(d_model) {}
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(double, dropout) = 0.1;
+  TORCH_ARG(int64_t, max_len) = 5000;      // rows of the learned table
+  TORCH_ARG(bool, batch_first) = false;    // x: (B, T, D) if true, else (T, B, D)
+  TORCH_ARG(std::string, kind) = "sinusoidal";
+  TORCH_ARG(std::string, combine) = "add";
+  TORCH_ARG(double, scale) = 1.0;
+  TORCH_ARG(double, base) = 10000.0;
+  TORCH_ARG(std::string, convention) = "vaswani";
+  TORCH_ARG(std::string, layout) = "interleaved";
+};
+
+// dropout(x + PE[:T]) like the PyTorch tutorial's class; "learned" holds a table Parameter.
+class PositionalEncodingImpl : public torch::nn::Cloneable<PositionalEncodingImpl> {
+ public:
+  explicit PositionalEncodingImpl(PositionalEncodingOptions options);
+  void reset() override;
+  // x: (T, B, D) or (B, T, D) -> like x
+  at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& positions = std::nullopt,
+                     int64_t offset = 0);
+
+  PositionalEncodingOptions options;
+  at::Tensor table;  // [max_len, d_model] for kind "learned", else undefined
+};
+TORCH_MODULE(PositionalEncoding);
+
+struct PositionalEmbeddingOptions {
+  PositionalEmbeddingOptions(int64_t num_embeddings, int64_t embedding_dim)
+      : num_embeddings_(num_embeddings), embedding_dim_(embedding_dim) {}
+  TORCH_ARG(int64_t, num_embeddings);
+  TORCH_ARG(int64_t, embedding_dim);
+  TORCH_ARG(std::optional<int64_t>, padding_idx) = std::nullopt;
+  TORCH_ARG(std::optional<int64_t>, max_positions) = std::nullopt;  // learned table rows
+  TORCH_ARG(bool, fairseq_positions) = false;
+  TORCH_ARG(std::string, kind) = "sinusoidal";
+  TORCH_ARG(std::string, combine) = "add";
+  TORCH_ARG(std::optional<double>, scale) = std::nullopt;  // none: sqrt(D)
+  TORCH_ARG(double, dropout) = 0.0;
+  TORCH_ARG(double, base) = 10000.0;
+  TORCH_ARG(std::string, convention) = "vaswani";
+  TORCH_ARG(std::string, layout) = "interleaved";
+};
+
+// nn.Embedding fused with a position code; `weight` initialised like torch::nn::Embedding.
+class PositionalEmbeddingImpl : public torch::nn::Cloneable<PositionalEmbeddingImpl> {
+ public:
+  explicit PositionalEmbeddingImpl(PositionalEmbeddingOptions options);
+  void reset() override;
+  // ids: (..., T) -> (..., T, D)
+  at::Tensor forward(const at::Tensor& ids, const std::optional<at::Tensor>& positions = std::nullopt,
+                     int64_t offset = 0);
+
+  PositionalEmbeddingOptions options;
+  at::Tensor weight;  // [num_embeddings, embedding_dim]
+  at::Tensor table;   // [max_positions, embedding_dim] for kind "learned"
+};
+TORCH_MODULE(PositionalEmbedding);
+
+struct RotaryEmbeddingOptions {
+  explicit RotaryEmbeddingOptions(int64_t dim) : dim_(dim) {}
+  TORCH_ARG(int64_t, dim);
+  TORCH_ARG(double, base) = 10000.0;
+  TORCH_ARG(bool, interleaved) = false;
+  TORCH_ARG(std::optional<int64_t>, rotary_dim) = std::nullopt;
+  TORCH_ARG(std::string, rope_type) = "default";  // default, linear, dynamic, yarn (with factor)
+  TORCH_ARG(double, factor) = 1.0;
+  TORCH_ARG(std::optional<int64_t>, max_position_embeddings) = std::nullopt;
+};
+
+// Rotary embedding of q (and k); inv_freq is a buffer, no cos/sin cache.
+class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
+ public:
+  explicit RotaryEmbeddingImpl(RotaryEmbeddingOptions options);
+  void reset() override;
+  // q, k: layout of RotaryOptions -> {q_out} or {q_out, k_out}
+  std::vector<at::Tensor> forward(const at::Tensor& q,
+                                  const std::optional<at::Tensor>& k = std::nullopt,
+                                  RotaryOptions rotary = {});
+
+  RotaryEmbeddingOptions options;
+  at::Tensor inv_freq;  // [rotary_dim / 2]
+  double attention_factor = 1.0;
+};
+TORCH_MODULE(RotaryEmbedding);
+
+}  // namespace nn
+}  // namespace posenc
