@@ -9,7 +9,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(abspath $(VENV))/bin:/usr/local/cuda/bin:$(PATH)
 RUN_PY := PYTHONPATH=$(abspath torch_ext) $(PY)
 
-.PHONY: all deps gtest build test test-cpp test-python demo bench gpu-deps clean
+.PHONY: all deps gtest build install test test-cpp test-python test-examples demo bench gpu-deps \
+	clean
 
 all: build
 
@@ -38,7 +39,21 @@ test-cpp: build
 test-python: build
 	$(RUN_PY) -m pytest tests/python -q
 
-test: test-cpp test-python
+# libposenc, its headers and posencConfig.cmake under build/install (find_package(posenc)).
+install: build
+	cmake --install $(BUILD_DIR) --prefix $(abspath $(BUILD_DIR))/install
+
+# The C++ examples against the installed library: a training loop with the C++ modules, and C++
+# inference (AOTInductor and TorchScript) of a model exported from Python.
+test-examples: install
+	cmake -S examples/cpp -B $(BUILD_DIR)/examples -G Ninja \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)');$(abspath $(BUILD_DIR))/install"
+	cmake --build $(BUILD_DIR)/examples
+	$(BUILD_DIR)/examples/train_cpp
+	$(RUN_PY) examples/cpp/export_model.py $(BUILD_DIR)/examples_data
+	$(BUILD_DIR)/examples/infer_cpp $(BUILD_DIR)/examples_data
+
+test: test-cpp test-python test-examples
 
 demo: build
 	$(RUN_PY) examples/demo.py $(DEMO_ARGS)

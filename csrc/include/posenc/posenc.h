@@ -19,6 +19,11 @@
 
 #include "posenc/ops.h"
 
+// The library's ABI version. A program that uses the operators only through the dispatcher
+// (a TorchScript or AOTInductor model) calls it once, so that the linker keeps libposenc, whose
+// loading registers the operators.
+extern "C" int posenc_library_abi_version();
+
 namespace posenc {
 
 // Options of add_positional: y = dropout_p(combine(scale * x, PE(pos))).
