@@ -41,6 +41,80 @@ CASES = [
     ("pe float positions", lambda: posenc.positional_encoding(torch.zeros(3), 8), TypeError, "positions must be an int64"),
     ("pe int dtype", lambda: posenc.positional_encoding(3, 8, dtype=torch.int32), TypeError, "dtype must be"),
     ("module dropout", lambda: posenc.nn.PositionalEncoding(8, dropout=1.5), ValueError, "dropout must be"),
+
+    # embedding
+
+    ("float ids", lambda: posenc.embedding(torch.zeros(2, 3), torch.randn(5, 4)), TypeError, "ids must be an int64"),
+    ("weight 1-d", lambda: posenc.embedding(torch.zeros(2, 3, dtype=torch.long), torch.randn(5)), ValueError, "weight must have shape"),
+    ("weight int", lambda: posenc.embedding(torch.zeros(2, 3, dtype=torch.long), torch.ones(5, 4, dtype=torch.long)), TypeError, "weight must be a floating"),
+    ("id too large", lambda: posenc.embedding(torch.tensor([[0, 5]]), torch.randn(5, 4)), IndexError, "ids must be in"),
+    ("id negative", lambda: posenc.embedding(torch.tensor([[0, -1]]), torch.randn(5, 4)), IndexError, "ids must be in"),
+    ("padding_idx range", lambda: posenc.embedding(torch.tensor([[0, 1]]), torch.randn(5, 4), padding_idx=5), ValueError, "padding_idx must be within"),
+    ("fairseq without padding", lambda: posenc.embedding(torch.tensor([[0, 1]]), torch.randn(5, 4), positions="fairseq"), ValueError, "needs padding_idx"),
+    ("positions string", lambda: posenc.embedding(torch.tensor([[0, 1]]), torch.randn(5, 4), positions="bert"), ValueError, "positions must be None, a Tensor or 'fairseq'"),
+    ("beyond learned table", lambda: posenc.embedding(torch.tensor([[0, 1, 2]]), torch.randn(5, 4), kind="learned", table=torch.randn(2, 4)), IndexError, "outside the table"),
+    ("fairseq beyond table", lambda: posenc.embedding(torch.tensor([[0, 1, 2]]), torch.randn(5, 4), kind="learned", table=torch.randn(4, 4), padding_idx=1, positions="fairseq"), IndexError, "positions='fairseq' reach"),
+    ("table width", lambda: posenc.embedding(torch.tensor([[0, 1]]), torch.randn(5, 4), kind="learned", table=torch.randn(9, 3)), ValueError, "weight.size\\(1\\)"),
+    ("positions shape", lambda: posenc.embedding(torch.tensor([[0, 1]]), torch.randn(5, 4), positions=torch.arange(3)), ValueError, "broadcastable to ids.shape"),
+    ("module learned without max", lambda: posenc.nn.PositionalEmbedding(5, 4, kind="learned"), ValueError, "needs max_positions"),
+    ("module padding", lambda: posenc.nn.PositionalEmbedding(5, 4, padding_idx=9), ValueError, "padding_idx must be within"),
+    # rotary and apply_rotary_pos_emb
+
+    ("odd head dim", lambda: posenc.rotary(torch.randn(1, 2, 1, 5)), ValueError, "rotary_dim must be even"),
+    ("rotary_dim too large", lambda: posenc.rotary(torch.randn(1, 2, 1, 4), rotary_dim=6), ValueError, "rotary_dim must be even"),
+    ("rotary_dim odd", lambda: posenc.rotary(torch.randn(1, 2, 1, 8), rotary_dim=3), ValueError, "rotary_dim must be even"),
+    ("q k batch", lambda: posenc.rotary(torch.randn(1, 2, 1, 4), torch.randn(2, 2, 1, 4)), ValueError, "agree on batch and sequence"),
+    ("q k seq", lambda: posenc.rotary(torch.randn(1, 2, 1, 4), torch.randn(1, 3, 1, 4)), ValueError, "agree on batch and sequence"),
+    ("cu not from 0", lambda: posenc.rotary(torch.randn(4, 1, 4), layout="thd", cu_seqlens=torch.tensor([1, 4])), ValueError, "must start at 0"),
+    ("cu decreasing", lambda: posenc.rotary(torch.randn(4, 1, 4), layout="thd", cu_seqlens=torch.tensor([0, 3, 2, 4])), ValueError, "non-decreasing"),
+    ("cu wrong end", lambda: posenc.rotary(torch.randn(4, 1, 4), layout="thd", cu_seqlens=torch.tensor([0, 3])), ValueError, "end at the token count"),
+    ("negative positions", lambda: posenc.rotary(torch.randn(1, 2, 1, 4), positions=torch.tensor([0, -1])), IndexError, "positions must be >= 0"),
+    ("int q", lambda: posenc.rotary(torch.ones(1, 2, 1, 4, dtype=torch.long)), TypeError, "q must be a floating"),
+    ("unknown rope_type", lambda: posenc.rotary(torch.randn(1, 2, 1, 4), scaling={"rope_type": "ntk"}), ValueError, "unknown rope_type"),
+    ("missing key", lambda: posenc.rope_frequencies(8, scaling={"rope_type": "llama3", "factor": 8.0}), ValueError, "missing"),
+    ("bad layout", lambda: posenc.rotary(torch.randn(1, 2, 1, 4), layout="bsd"), ValueError, "layout must be"),
+    ("positions shape", lambda: posenc.rotary(torch.randn(1, 2, 1, 4), positions=torch.arange(3)), ValueError, "positions must have shape"),
+    ("cos requires grad", lambda: posenc.apply_rotary_pos_emb(torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4), torch.randn(1, 2, 4, requires_grad=True), torch.randn(1, 2, 4)), RuntimeError, "cos and sin"),
+    # more entry points: torch.ops with raw arguments, backward ops, modules
+    ("op kind typo", lambda: torch.ops.posenc.add_positional(X, kind="sinusoid"), ValueError, "kind must be one of"),
+    ("op x int", lambda: torch.ops.posenc.add_positional(torch.ones(2, 3, dtype=torch.int32)), TypeError, "x must be a floating"),
+    ("op table without learned ok but wrong dtype", lambda: torch.ops.posenc.add_positional(X, None, torch.randn(9, 8, dtype=torch.float64), kind="learned"), TypeError, "table must have the dtype"),
+    ("op too many dims", lambda: torch.ops.posenc.add_positional(torch.randn([1] * 11 + [2, 3])), ValueError, "dimensions"),
+    ("op seed wrong shape", lambda: torch.ops.posenc.add_positional(X, None, None, torch.tensor([1, 2]), dropout=0.1), TypeError, "seed must be an int64 tensor with one element"),
+    ("backward grad int", lambda: torch.ops.posenc.add_positional_backward(torch.ones(2, 3, dtype=torch.long)), TypeError, "x must be a floating"),
+    ("table backward negative rows", lambda: torch.ops.posenc.add_positional_table_backward(X, None, None, None, -1), ValueError, "table_rows must be >= 0"),
+    ("table backward mul without x", lambda: torch.ops.posenc.add_positional_table_backward(X, None, None, None, 10, combine="mul"), ValueError, "needs x"),
+    ("table backward positions outside", lambda: torch.ops.posenc.add_positional_table_backward(X, None, torch.tensor([0, 1, 2, 3, 9]), None, 5), IndexError, "positions must be <"),
+    ("embedding backward grad shape", lambda: torch.ops.posenc.embedding_backward(torch.randn(2, 4, 8), torch.zeros(2, 3, dtype=torch.long), torch.randn(5, 8), None, None, None), ValueError, "grad must have shape"),
+    ("embedding backward grad dtype", lambda: torch.ops.posenc.embedding_backward(torch.randn(2, 3, 8, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.long), torch.randn(5, 8), None, None, None), TypeError, "grad must have weight's dtype"),
+    ("embedding ids 0-d", lambda: posenc.embedding(torch.tensor(1), torch.randn(5, 4)), ValueError, "ids must have shape"),
+    ("embedding weight not tensor", lambda: posenc.embedding(torch.tensor([[1]]), [[1.0]]), TypeError, "weight must be a Tensor"),
+    ("embedding scale str", lambda: posenc.embedding(torch.tensor([[1]]), torch.randn(5, 4), scale="big"), TypeError, "scale must be a float"),
+    ("embedding padding float", lambda: posenc.embedding(torch.tensor([[1]]), torch.randn(5, 4), padding_idx=1.0), TypeError, "padding_idx must be an int"),
+    ("embedding fairseq with positions", lambda: torch.ops.posenc.embedding(torch.tensor([[1, 2]]), torch.randn(5, 4), torch.tensor([0, 1]), padding_idx=0, fairseq_positions=True), ValueError, "do not pass a positions tensor"),
+    ("rotary offsets shape", lambda: posenc.rotary(torch.randn(2, 3, 1, 4), offset=torch.tensor([1, 2, 3])), ValueError, "offsets must have shape"),
+    ("rotary positions and offsets", lambda: torch.ops.posenc.rotary(torch.randn(2, 3, 1, 4), None, torch.arange(3), torch.tensor([0, 1])), ValueError, "positions or offsets, not both"),
+    ("rotary cu_seqlens without thd", lambda: posenc.rotary(torch.randn(1, 4, 1, 4), cu_seqlens=torch.tensor([0, 4])), ValueError, "cu_seqlens is for layout 'thd'"),
+    ("rotary k dtype", lambda: posenc.rotary(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4, dtype=torch.float64)), TypeError, "k must have q's dtype"),
+    ("rotary k head_dim", lambda: posenc.rotary(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 6)), ValueError, "same head_dim"),
+    ("rotary inv_freq length", lambda: posenc.rotary(torch.randn(1, 2, 1, 8), inv_freq=torch.ones(3)), ValueError, "inv_freq must have shape"),
+    ("rotary inv_freq and scaling", lambda: posenc.rotary(torch.randn(1, 2, 1, 8), inv_freq=torch.ones(4), scaling={"rope_type": "linear", "factor": 2.0}), ValueError, "inv_freq or scaling"),
+    ("rotary negative offset", lambda: posenc.rotary(torch.randn(1, 2, 1, 8), offset=-3), ValueError, "offset must be >= 0"),
+    ("rotary negative offsets", lambda: posenc.rotary(torch.randn(1, 2, 1, 8), offset=torch.tensor([-1])), IndexError, "offsets must be >= 0"),
+    ("rotary q 3-d for bshd", lambda: posenc.rotary(torch.randn(2, 3, 4)), ValueError, "q must have 4 dimensions"),
+    ("rotary scaling not dict", lambda: posenc.rotary(torch.randn(1, 2, 1, 8), scaling="yarn"), TypeError, "scaling must be a dict"),
+    ("rope dynamic without max", lambda: posenc.rope_frequencies(8, scaling={"rope_type": "dynamic", "factor": 2.0}), ValueError, "needs max_position_embeddings"),
+    ("rope longrope short length", lambda: posenc.rope_frequencies(8, scaling={"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}, max_position_embeddings=64), ValueError, "dim / 2 entries"),
+    ("rope odd dim", lambda: posenc.rope_frequencies(7), ValueError, "positive even"),
+    ("tables odd last dim", lambda: posenc.apply_rotary_pos_emb(torch.randn(1, 1, 2, 5), torch.randn(1, 1, 2, 5), torch.randn(1, 2, 5), torch.randn(1, 2, 5)), ValueError, "must be even"),
+    ("tables cos sin shapes", lambda: posenc.apply_rotary_pos_emb(torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4), torch.randn(1, 2, 4), torch.randn(1, 3, 4)), ValueError, "same shape"),
+    ("tables broadcast", lambda: posenc.apply_rotary_pos_emb(torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4), torch.randn(1, 3, 4), torch.randn(1, 3, 4)), ValueError, "must broadcast"),
+    ("tables unsqueeze_dim", lambda: posenc.apply_rotary_pos_emb(torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4), torch.randn(1, 2, 4), torch.randn(1, 2, 4), unsqueeze_dim=7), ValueError, "unsqueeze_dim must be within"),
+    ("module rotary odd dim", lambda: posenc.nn.RotaryEmbedding(7), ValueError, "positive even"),
+    ("module embedding positions mode", lambda: posenc.nn.PositionalEmbedding(5, 4, positions="bert"), ValueError, "positions must be None or 'fairseq'"),
+    ("module embedding _weight shape", lambda: posenc.nn.PositionalEmbedding(5, 4, _weight=torch.randn(4, 4)), ValueError, "_weight must have shape"),
+    ("module from_pretrained 1-d", lambda: posenc.nn.PositionalEmbedding.from_pretrained(torch.randn(5)), ValueError, "must be 2-D"),
+    ("module encoding bad kind at call", lambda: posenc.nn.PositionalEncoding(8, kind="rope")(torch.randn(3, 2, 8)), ValueError, "kind must be one of"),
 ]
 
 
@@ -61,3 +135,29 @@ def test_device_mismatch_is_reported():
     else:
         with pytest.raises(RuntimeError, match="same device"):
             posenc.add_positional(X, positions=torch.arange(5, device="cuda"))
+
+
+def test_corpus_in_a_separate_interpreter():
+    """Every case again in a child interpreter: a crash (segfault, abort) in any of them would
+    kill the child instead of reporting, so the child's exit code and its count show it."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = (
+        "import sys, test_bad_inputs as t\n"
+        "ok = 0\n"
+        "for name, fn, exc, fragment in t.CASES:\n"
+        "    try:\n"
+        "        fn()\n"
+        "    except exc:\n"
+        "        ok += 1\n"
+        "print('survived', ok, len(t.CASES))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here] + sys.path))
+    result = subprocess.run([sys.executable, "-c", script], cwd=here, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"survived {len(CASES)} {len(CASES)}" in result.stdout, result.stdout[-2000:]
+    assert len(CASES) >= 60
