@@ -9,8 +9,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(abspath $(VENV))/bin:/usr/local/cuda/bin:$(PATH)
 RUN_PY := PYTHONPATH=$(abspath torch_ext) $(PY)
 
-.PHONY: all deps gtest build install test test-cpp test-python test-examples demo bench gpu-deps \
-	clean
+.PHONY: all deps gtest build install test test-cpp test-python test-examples test-large sanitize \
+	tsan demo bench gpu-deps clean
 
 all: build
 
@@ -37,7 +37,11 @@ test-cpp: build
 	cd $(BUILD_DIR) && ctest --output-on-failure
 
 test-python: build
-	$(RUN_PY) -m pytest tests/python -q
+	$(RUN_PY) -m pytest tests/python -q -m "not slow"
+
+# Tensors of more than 2^31 elements (several GB of memory; minutes).
+test-large: build
+	$(RUN_PY) -m pytest tests/python -q -m slow
 
 # libposenc, its headers and posencConfig.cmake under build/install (find_package(posenc)).
 install: build
@@ -60,6 +64,25 @@ demo: build
 
 bench: build
 	$(RUN_PY) benchmarks/bench_cpu.py $(BENCH_ARGS)
+
+TORCH_PREFIX = $$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
+
+# The GoogleTest harness (kernels alone, and the operators through LibTorch) built with
+# AddressSanitizer and UndefinedBehaviorSanitizer; any finding fails.
+sanitize: $(DEPS_STAMP) | gtest
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DPOSENC_SANITIZE=address,undefined -DPOSENC_BUILD_PYTHON=OFF -DPOSENC_CUDA=OFF \
+	  -DPOSENC_PYTHON_PACKAGE_DIR=$(abspath build-asan)/lib -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)"
+	cmake --build build-asan
+	cd build-asan && ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --output-on-failure
+
+# The CPU kernels' tests (which run the kernels on 4 threads) under ThreadSanitizer.
+tsan: | gtest
+	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPOSENC_SANITIZE=thread \
+	  -DPOSENC_BUILD_TORCH=OFF
+	cmake --build build-tsan
+	TSAN_OPTIONS=halt_on_error=1 ./build-tsan/posenc_kernel_tests
 
 # GoogleTest as Debian packages for scripts/gpu_check.sh on a GPU machine without network
 # (carry third_party_cache there).
