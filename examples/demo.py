@@ -27,7 +27,7 @@ from torch import Tensor, nn
 import posenc
 
 ALL_CODES = ["none", "sinusoidal", "sinusoidal-mul", "learned", "linear", "damped", "cosine",
-             "eager-sinusoidal"]
+             "rotary", "eager-sinusoidal"]
 
 
 class TutorialPositionalEncoding(nn.Module):
@@ -57,7 +57,7 @@ class InputLayer(nn.Module):
         if code == "eager-sinusoidal":
             self.embed = nn.Embedding(vocab, d_model)
             self.positions = TutorialPositionalEncoding(d_model, dropout, max_len)
-        elif code == "none":
+        elif code in ("none", "rotary"):  # rotary acts inside attention, not on the input
             self.embed = nn.Embedding(vocab, d_model)
             self.drop = nn.Dropout(dropout)
         else:
@@ -74,9 +74,36 @@ class InputLayer(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         if self.code == "eager-sinusoidal":
             return self.positions(self.embed(ids) * self.scale)
-        if self.code == "none":
+        if self.code in ("none", "rotary"):
             return self.drop(self.embed(ids) * self.scale)
         return self.embed(ids)
+
+
+class EncoderLayer(nn.Module):
+    """A post-norm Transformer encoder layer (as nn.TransformerEncoderLayer's defaults), with
+    rotary queries and keys when `rotary` is set."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float, rotary: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Dropout(dropout),
+                                nn.Linear(2 * d_model, d_model))
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+        self.rope = posenc.nn.RotaryEmbedding(d_model // heads) if rotary else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # (B, T, H, Dh)
+        if self.rope is not None:
+            q, k = self.rope(q, k)
+        attended = nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            dropout_p=self.dropout if self.training else 0.0)
+        x = self.norm1(x + self.drop(self.proj(attended.transpose(1, 2).flatten(2))))
+        return self.norm2(x + self.drop(self.ff(x)))
 
 
 class Reverser(nn.Module):
@@ -84,12 +111,15 @@ class Reverser(nn.Module):
                  dropout: float, max_len: int) -> None:
         super().__init__()
         self.inputs = InputLayer(code, vocab, d_model, dropout, max_len)
-        layer = nn.TransformerEncoderLayer(d_model, heads, 2 * d_model, dropout, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, heads, dropout, rotary=code == "rotary") for _ in range(layers))
         self.head = nn.Linear(d_model, vocab)
 
     def forward(self, ids: Tensor) -> Tensor:
-        return self.head(self.encoder(self.inputs(ids)))
+        x = self.inputs(ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
 
 
 def make_batch(batch: int, length: int, vocab: int, generator: torch.Generator):
