@@ -116,6 +116,22 @@ POSENC_HOST_DEVICE int64_t load_index(const void* data, IndexType type, int64_t 
                                    : static_cast<int64_t>(static_cast<const int32_t*>(data)[offset]);
 }
 
+// Calls fn(value) with a value of the storage type of `dtype` and returns fn's result.
+template <typename Fn>
+auto dispatch_dtype(DType dtype, Fn&& fn) -> decltype(fn(float{})) {
+  switch (dtype) {
+    case DType::kFloat64:
+      return fn(double{});
+    case DType::kBFloat16:
+      return fn(BFloat16{});
+    case DType::kFloat16:
+      return fn(Float16{});
+    case DType::kFloat32:
+      break;
+  }
+  return fn(float{});
+}
+
 // Calls body(begin, end) over [begin, end) in chunks of at least `grain`, possibly on several
 // threads. The torch binding passes at::parallel_for; tests may pass a serial loop. Kernels
 // must give the same bits whichever split is used.

@@ -114,6 +114,25 @@ struct RotaryTableParams {
   int operand_count = 0;
 };
 
+// Element offsets of row `row` (row-major over all but the last dimension) of an operand, its
+// output and its cos/sin tables.
+struct RotaryTableRow {
+  int64_t in = 0, out = 0, cos = 0, sin = 0;
+};
+
+POSENC_HOST_DEVICE RotaryTableRow rotary_table_row(const RotaryTableOperand& op, int64_t row) {
+  RotaryTableRow offsets;
+  for (int axis = op.ndim - 2; axis >= 0; --axis) {
+    const int64_t index = row % op.sizes[axis];
+    row /= op.sizes[axis];
+    offsets.in += index * op.in_strides[axis];
+    offsets.out += index * op.out_strides[axis];
+    offsets.cos += index * op.cos_strides[axis];
+    offsets.sin += index * op.sin_strides[axis];
+  }
+  return offsets;
+}
+
 void rotary_tables_cpu(const RotaryTableParams& params, const ParallelFor& parallel_for);
 
 }  // namespace kernels

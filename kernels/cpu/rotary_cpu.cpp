@@ -128,18 +128,9 @@ void rotary_tables_cpu(const RotaryTableParams& params, const ParallelFor& paral
         acc* sin_lo = cos_hi + half;
         acc* sin_hi = sin_lo + half;
         for (int64_t row = begin; row < end; ++row) {
-          int64_t in_offset = 0, out_offset = 0, cos_offset = 0, sin_offset = 0;
-          int64_t rest = row;
-          for (int i = rows_ndim - 1; i >= 0; --i) {
-            const int64_t index = rest % op.sizes[i];
-            rest /= op.sizes[i];
-            in_offset += index * op.in_strides[i];
-            out_offset += index * op.out_strides[i];
-            cos_offset += index * op.cos_strides[i];
-            sin_offset += index * op.sin_strides[i];
-          }
-          const scalar_t* cos_row = static_cast<const scalar_t*>(params.cos) + cos_offset;
-          const scalar_t* sin_row = static_cast<const scalar_t*>(params.sin) + sin_offset;
+          const RotaryTableRow offsets = rotary_table_row(op, row);
+          const scalar_t* cos_row = static_cast<const scalar_t*>(params.cos) + offsets.cos;
+          const scalar_t* sin_row = static_cast<const scalar_t*>(params.sin) + offsets.sin;
           const int64_t cs = op.cos_strides[rows_ndim];
           const int64_t ss = op.sin_strides[rows_ndim];
           for (int64_t i = 0; i < half; ++i) {
@@ -151,8 +142,8 @@ void rotary_tables_cpu(const RotaryTableParams& params, const ParallelFor& paral
             sin_lo[i] = params.transpose ? -s_hi : s_lo;
             sin_hi[i] = params.transpose ? -s_lo : s_hi;
           }
-          rotate_row(static_cast<const scalar_t*>(op.in) + in_offset, op.in_strides[rows_ndim],
-                     static_cast<scalar_t*>(op.out) + out_offset, op.out_strides[rows_ndim],
+          rotate_row(static_cast<const scalar_t*>(op.in) + offsets.in, op.in_strides[rows_ndim],
+                     static_cast<scalar_t*>(op.out) + offsets.out, op.out_strides[rows_ndim],
                      cos_lo, sin_lo, cos_hi, sin_hi, half, false, dim);
         }
       });

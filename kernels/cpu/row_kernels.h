@@ -149,20 +149,7 @@ void combine_row(Combine combine, const scalar_t* in, int64_t in_stride, const a
   }
 }
 
-// Calls fn(tag) with tag's ::type the storage type of `dtype`.
-template <typename Fn>
-void dispatch_dtype(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat64:
-      return fn(double{});
-    case DType::kBFloat16:
-      return fn(BFloat16{});
-    case DType::kFloat16:
-      return fn(Float16{});
-  }
-}
+using kernels::dispatch_dtype;
 
 // Rows per parallel chunk so that each chunk moves at least ~32k elements.
 inline int64_t row_grain(int64_t dim) { return dim >= 32768 ? 1 : 32768 / (dim > 0 ? dim : 1); }

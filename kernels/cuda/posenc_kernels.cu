@@ -24,21 +24,6 @@ constexpr int kThreads = 256;
 constexpr int kElementsPerThread = 8;  // one Philox counter covers 8 dropout draws
 constexpr int kMaxBatchBlocks = 64;
 
-template <typename Fn>
-int dispatch_dtype(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat64:
-      return fn(double{});
-    case DType::kBFloat16:
-      return fn(BFloat16{});
-    case DType::kFloat16:
-      return fn(Float16{});
-  }
-  return static_cast<int>(cudaErrorInvalidValue);
-}
-
 int launch_status() { return static_cast<int>(cudaGetLastError()); }
 
 __device__ Dropout device_dropout(const Dropout& dropout, const int64_t* seed) {
@@ -296,19 +281,10 @@ __global__ void rotary_tables_kernel(RotaryTableParams p, int operand_index, int
   const int64_t total = rows * half;
   for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < total;
        item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t row = item / half;
     const int64_t i = item % half;
-    int64_t in_offset = 0, out_offset = 0, cos_offset = 0, sin_offset = 0;
-    for (int axis = last - 1; axis >= 0; --axis) {
-      const int64_t index = row % op.sizes[axis];
-      row /= op.sizes[axis];
-      in_offset += index * op.in_strides[axis];
-      out_offset += index * op.out_strides[axis];
-      cos_offset += index * op.cos_strides[axis];
-      sin_offset += index * op.sin_strides[axis];
-    }
-    const scalar_t* cos_row = static_cast<const scalar_t*>(p.cos) + cos_offset;
-    const scalar_t* sin_row = static_cast<const scalar_t*>(p.sin) + sin_offset;
+    const RotaryTableRow offsets = rotary_table_row(op, item / half);
+    const scalar_t* cos_row = static_cast<const scalar_t*>(p.cos) + offsets.cos;
+    const scalar_t* sin_row = static_cast<const scalar_t*>(p.sin) + offsets.sin;
     const acc cos_lo = load_as_acc(cos_row + i * op.cos_strides[last]);
     const acc cos_hi = load_as_acc(cos_row + (i + half) * op.cos_strides[last]);
     const acc s_lo = load_as_acc(sin_row + i * op.sin_strides[last]);
@@ -316,8 +292,8 @@ __global__ void rotary_tables_kernel(RotaryTableParams p, int operand_index, int
     // The transpose maps (sin_lo, sin_hi) to (-sin_hi, -sin_lo), as on the CPU.
     const acc sin_lo = p.transpose ? -s_hi : s_lo;
     const acc sin_hi = p.transpose ? -s_lo : s_hi;
-    const scalar_t* x = static_cast<const scalar_t*>(op.in) + in_offset;
-    scalar_t* y = static_cast<scalar_t*>(op.out) + out_offset;
+    const scalar_t* x = static_cast<const scalar_t*>(op.in) + offsets.in;
+    scalar_t* y = static_cast<scalar_t*>(op.out) + offsets.out;
     const acc x1 = load_as_acc(x + i * op.in_strides[last]);
     const acc x2 = load_as_acc(x + (i + half) * op.in_strides[last]);
     store_from_acc(y + i * op.out_strides[last], x1 * cos_lo - x2 * sin_lo);
