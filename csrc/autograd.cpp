@@ -17,6 +17,38 @@ std::optional<at::Tensor> optional_of(const at::Tensor& tensor) {
   return tensor.defined() ? std::optional<at::Tensor>(tensor) : std::nullopt;
 }
 
+// The string and scalar arguments that add_positional and embedding share, kept in the
+// context for the backward. `scale` is an IValue: a double, or None (embedding: sqrt(D)).
+struct CodeArguments {
+  std::string kind, combine, convention, layout;
+  c10::IValue scale;
+  int64_t offset;
+  double base, dropout;
+  bool training;
+
+  void save(AutogradContext* ctx) const {
+    auto& data = ctx->saved_data;
+    data["kind"] = kind;
+    data["combine"] = combine;
+    data["convention"] = convention;
+    data["layout"] = layout;
+    data["scale"] = scale;
+    data["offset"] = offset;
+    data["base"] = base;
+    data["dropout"] = dropout;
+    data["training"] = training;
+  }
+
+  static CodeArguments load(AutogradContext* ctx) {
+    auto& data = ctx->saved_data;
+    return {data["kind"].toStringRef(),    data["combine"].toStringRef(),
+            data["convention"].toStringRef(), data["layout"].toStringRef(),
+            data["scale"],                 data["offset"].toInt(),
+            data["base"].toDouble(),       data["dropout"].toDouble(),
+            data["training"].toBool()};
+  }
+};
+
 class AddPositionalFunction : public torch::autograd::Function<AddPositionalFunction> {
  public:
   // x: [..., T, D], positions: broadcastable to [..., T], table: [P, D] -> [..., T, D]
@@ -32,15 +64,9 @@ class AddPositionalFunction : public torch::autograd::Function<AddPositionalFunc
         combine == "mul" && table.has_value() && table->requires_grad() && kind == "learned";
     ctx->save_for_backward({positions.value_or(at::Tensor()), table.value_or(at::Tensor()),
                             seed.value_or(at::Tensor()), table_needs_x ? x : at::Tensor()});
-    ctx->saved_data["kind"] = std::string(kind);
-    ctx->saved_data["combine"] = std::string(combine);
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["offset"] = offset;
-    ctx->saved_data["base"] = base;
-    ctx->saved_data["convention"] = std::string(convention);
-    ctx->saved_data["layout"] = std::string(layout);
-    ctx->saved_data["dropout"] = dropout;
-    ctx->saved_data["training"] = training;
+    CodeArguments{std::string(kind), std::string(combine), std::string(convention),
+                  std::string(layout), scale, offset, base, dropout, training}
+        .save(ctx);
     if (table.has_value()) {
       ctx->saved_data["table_rows"] = table->sym_size(0);
       // Autograd edges exist only for the tensors present: x, [positions], table, ...
@@ -56,26 +82,20 @@ class AddPositionalFunction : public torch::autograd::Function<AddPositionalFunc
     const auto table = optional_of(saved[1]);
     const auto seed = optional_of(saved[2]);
     const auto x = optional_of(saved[3]);
-    const std::string kind = ctx->saved_data["kind"].toStringRef();
-    const std::string combine = ctx->saved_data["combine"].toStringRef();
-    const double scale = ctx->saved_data["scale"].toDouble();
-    const int64_t offset = ctx->saved_data["offset"].toInt();
-    const double base = ctx->saved_data["base"].toDouble();
-    const std::string convention = ctx->saved_data["convention"].toStringRef();
-    const std::string layout = ctx->saved_data["layout"].toStringRef();
-    const double dropout = ctx->saved_data["dropout"].toDouble();
-    const bool training = ctx->saved_data["training"].toBool();
+    const CodeArguments a = CodeArguments::load(ctx);
+    const double scale = a.scale.toDouble();
     const at::Tensor& grad = grad_outputs[0];
 
     at::Tensor grad_x, grad_table;
     if (ctx->needs_input_grad(0)) {
-      grad_x = ops::add_positional_backward(grad, positions, table, seed, kind, combine, scale,
-                                            offset, base, convention, layout, dropout, training);
+      grad_x = ops::add_positional_backward(grad, positions, table, seed, a.kind, a.combine,
+                                            scale, a.offset, a.base, a.convention, a.layout,
+                                            a.dropout, a.training);
     }
     if (table.has_value() && ctx->needs_input_grad(ctx->saved_data["table_edge"].toInt())) {
       grad_table = ops::add_positional_table_backward(
-          grad, x, positions, seed, ctx->saved_data["table_rows"].toSymInt(), combine, scale,
-          offset, dropout, training);
+          grad, x, positions, seed, ctx->saved_data["table_rows"].toSymInt(), a.combine, scale,
+          a.offset, a.dropout, a.training);
     }
     variable_list grads(13);  // one per forward input after ctx
     grads[0] = grad_x;
@@ -99,17 +119,11 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({ids, weight, positions.value_or(at::Tensor()),
                             table.value_or(at::Tensor()), seed.value_or(at::Tensor())});
-    ctx->saved_data["kind"] = std::string(kind);
-    ctx->saved_data["combine"] = std::string(combine);
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["offset"] = offset;
+    CodeArguments{std::string(kind), std::string(combine), std::string(convention),
+                  std::string(layout), scale, offset, base, dropout, training}
+        .save(ctx);
     ctx->saved_data["padding_idx"] = padding_idx;
     ctx->saved_data["fairseq_positions"] = fairseq_positions;
-    ctx->saved_data["base"] = base;
-    ctx->saved_data["convention"] = std::string(convention);
-    ctx->saved_data["layout"] = std::string(layout);
-    ctx->saved_data["dropout"] = dropout;
-    ctx->saved_data["training"] = training;
     if (table.has_value()) {
       ctx->saved_data["table_rows"] = table->sym_size(0);
       // Edges: ids, weight, [positions], table, ...
@@ -128,28 +142,24 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
     const auto table = optional_of(saved[3]);
     const auto seed = optional_of(saved[4]);
     auto& data = ctx->saved_data;
-    const std::string kind = data["kind"].toStringRef();
-    const std::string combine = data["combine"].toStringRef();
-    const auto scale = data["scale"].toOptional<double>();
-    const int64_t offset = data["offset"].toInt();
+    const CodeArguments a = CodeArguments::load(ctx);
+    const auto scale = a.scale.toOptional<double>();
     const auto padding_idx = data["padding_idx"].toOptional<int64_t>();
     const bool fairseq_positions = data["fairseq_positions"].toBool();
-    const double dropout = data["dropout"].toDouble();
-    const bool training = data["training"].toBool();
     const at::Tensor& grad = grad_outputs[0];
 
     at::Tensor grad_weight, grad_table;
     if (ctx->needs_input_grad(1)) {
-      grad_weight = ops::embedding_backward(
-          grad, ids, weight, positions, table, seed, kind, combine, scale, offset, padding_idx,
-          fairseq_positions, data["base"].toDouble(), data["convention"].toStringRef(),
-          data["layout"].toStringRef(), dropout, training);
+      grad_weight = ops::embedding_backward(grad, ids, weight, positions, table, seed, a.kind,
+                                            a.combine, scale, a.offset, padding_idx,
+                                            fairseq_positions, a.base, a.convention, a.layout,
+                                            a.dropout, a.training);
     }
     if (table.has_value() && ctx->needs_input_grad(data["table_edge"].toInt())) {
       grad_table = ops::embedding_table_backward(grad, ids, weight, positions, seed,
-                                                 data["table_rows"].toSymInt(), combine, scale,
-                                                 offset, padding_idx, fairseq_positions, dropout,
-                                                 training);
+                                                 data["table_rows"].toSymInt(), a.combine, scale,
+                                                 a.offset, padding_idx, fairseq_positions,
+                                                 a.dropout, a.training);
     }
     variable_list grads(16);  // one per forward input after ctx
     grads[1] = grad_weight;
