@@ -2,7 +2,8 @@
 # The GPU proof, in one command on a machine with a CUDA GPU (the device tool's H200: torch 2.11,
 # Python 3.12, CMake, ninja, nvcc and compute-sanitizer there; no network):
 #   1. builds posenc for the local GPU's architecture only,
-#   2. runs the CUDA tests: pytest tests/python/test_cuda.py and the GoogleTest harness,
+#   2. runs the CUDA tests (pytest tests/python/test_cuda.py), the GoogleTest harness, and the
+#      rest of the Python suite under that machine's torch and Python,
 #   3. runs compute-sanitizer memcheck on a short case,
 #   4. runs the GPU benchmarks,
 # and prints a short table last. Writes its logs and the table under $OUT (or /tmp/posenc_gpu).
@@ -13,7 +14,8 @@ cd "$(dirname "$0")/.."
 OUT_DIR=${OUT:-/tmp/posenc_gpu}
 mkdir -p "$OUT_DIR"
 PY=${PYTHON:-python3}
-status_build=FAIL status_pytest=FAIL status_ctest=SKIP status_sanitizer=SKIP status_bench=FAIL
+status_build=FAIL status_pytest=FAIL status_suite=FAIL status_ctest=SKIP status_sanitizer=SKIP
+status_bench=FAIL
 
 arch=$($PY -c "import torch; p = torch.cuda.get_device_properties(0); print(f'{p.major}.{p.minor}')")
 echo "GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null); arch $arch"
@@ -44,6 +46,11 @@ if [ "$status_build" = ok ]; then
     status_pytest=ok
   fi
   tail -15 "$OUT_DIR/pytest.log"
+  if timeout 240 $PY -m pytest tests/python -q -x -m "not slow" -p no:cacheprovider \
+       --ignore=tests/python/test_cuda.py >"$OUT_DIR/suite.log" 2>&1; then
+    status_suite=ok
+  fi
+  tail -5 "$OUT_DIR/suite.log"
   if [ -f build-gpu/CTestTestfile.cmake ]; then
     (cd build-gpu && ctest --output-on-failure >"$OUT_DIR/ctest.log" 2>&1) && status_ctest=ok || status_ctest=FAIL
     tail -5 "$OUT_DIR/ctest.log"
@@ -83,6 +90,7 @@ echo "| step | result |"
 echo "|---|---|"
 echo "| build (sm_${arch/./}) | $status_build |"
 echo "| pytest tests/python/test_cuda.py | $status_pytest ($(grep -Eo '[0-9]+ (passed|failed)[^=]*' "$OUT_DIR/pytest.log" 2>/dev/null | tail -1)) |"
+echo "| rest of the Python suite | $status_suite ($(grep -Eo '[0-9]+ (passed|failed)[^=]*' "$OUT_DIR/suite.log" 2>/dev/null | tail -1)) |"
 echo "| GoogleTest | $status_ctest |"
 echo "| compute-sanitizer memcheck | $status_sanitizer |"
 echo "| benchmarks | $status_bench |"
