@@ -85,11 +85,11 @@ kernels::IndexType kernel_index_type(at::ScalarType type) {
   return type == at::kLong ? kernels::IndexType::kInt64 : kernels::IndexType::kInt32;
 }
 
-namespace {
-
 bool is_supported_float(at::ScalarType type) {
   return type == at::kFloat || type == at::kDouble || type == at::kBFloat16 || type == at::kHalf;
 }
+
+namespace {
 
 void check_same_device(const char* op, const at::Tensor& x, const at::Tensor& other,
                        const char* name) {
@@ -261,11 +261,9 @@ std::optional<at::Tensor> check_embedding(const char* op, const at::Tensor& ids,
   TORCH_CHECK_VALUE(ids.dim() >= 1 && ids.dim() <= kernels::kMaxBatchDims + 1, op,
                     ": ids must have shape (..., T) with 1 to ", kernels::kMaxBatchDims + 1,
                     " dimensions, got ", ids.dim(), " dimension(s)");
-  TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble ||
-                       weight.scalar_type() == at::kBFloat16 ||
-                       weight.scalar_type() == at::kHalf,
-                   op, ": weight must be a floating tensor (float32, float64, bfloat16 or ",
-                   "float16), got ", weight.scalar_type());
+  TORCH_CHECK_TYPE(is_supported_float(weight.scalar_type()), op,
+                   ": weight must be a floating tensor (float32, float64, bfloat16 or float16), "
+                   "got ", weight.scalar_type());
   TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must have shape (V, D), got ",
                     weight.sym_sizes());
   TORCH_CHECK(ids.device() == weight.device(), op,

@@ -35,6 +35,8 @@ PositionalOptions parse_positional_options(std::string_view kind, std::string_vi
                                            std::string_view convention, std::string_view layout,
                                            double dropout, bool training);
 
+// float32, float64, bfloat16 or float16: the dtypes the kernels compute.
+bool is_supported_float(at::ScalarType type);
 kernels::DType kernel_dtype(at::ScalarType type);
 kernels::IndexType kernel_index_type(at::ScalarType type);
 

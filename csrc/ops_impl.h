@@ -250,9 +250,7 @@ at::Tensor positional_encoding_impl(const at::Tensor& positions, int64_t dim,
                     ": kind='learned' has no computed code; index the table instead");
   TORCH_CHECK_VALUE(dim >= 0, op, ": dim must be >= 0, got ", dim);
   const at::ScalarType out_type = dtype.value_or(at::kFloat);
-  TORCH_CHECK_TYPE(out_type == at::kFloat || out_type == at::kDouble ||
-                       out_type == at::kBFloat16 || out_type == at::kHalf,
-                   op, ": dtype must be float32, float64, bfloat16 or float16, got ", out_type);
+  TORCH_CHECK_TYPE(detail::is_supported_float(out_type), op, ": dtype must be float32, float64, bfloat16 or float16, got ", out_type);
   TORCH_CHECK_TYPE(positions.scalar_type() == at::kLong || positions.scalar_type() == at::kInt,
                    op, ": positions must be an int64 or int32 tensor, got ",
                    positions.scalar_type());

@@ -45,7 +45,7 @@ POSENC_HOST_DEVICE Philox4 philox4x32_10(uint64_t counter, uint64_t seed) {
 // of word (e % 8) / 2 of Philox(counter = e / 8). It is kept when its draw is below
 // keep_threshold = round((1 - p) * 2^16), so the drop probability is p rounded to a multiple of
 // 2^-16, and kept values are scaled by 2^16 / keep_threshold, which keeps E[y] = x exactly.
-// (16-bit draws halve the generator's cost against 32-bit ones; flash-attn uses 8-bit.)
+// (16-bit draws halve the generator's cost against 32-bit ones.)
 struct Dropout {
   bool active = false;        // false: identity (eval mode or p == 0)
   uint64_t seed = 0;

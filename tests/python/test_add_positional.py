@@ -96,8 +96,6 @@ def test_published_conventions():
                                          dtype=torch.float64)
         torch.testing.assert_close(got, tensor2tensor_timing_signal(T, channels)[0], atol=1e-12,
                                    rtol=0)
-        got = posenc.positional_encoding(T, channels, convention="tensor2tensor", layout="concat",
-                                         dtype=torch.float64)
         torch.testing.assert_close(got, fairseq_sinusoidal_table(T, channels), atol=1e-12, rtol=0)
 
 
