@@ -1,11 +1,17 @@
 // Autograd for the posenc operators, in C++ so that gradients work from LibTorch as well as
-// Python. Each forward calls the operator below the Autograd key; each backward calls the
-// matching backward operator, which regenerates the dropout mask from the saved seed.
+// Python. One boxed autograd kernel serves every differentiable operator: it runs the operator
+// below the Autograd key and saves the call (its tensor arguments through save_for_backward,
+// the others as one list). The backward calls each backward operator through the dispatcher
+// with arguments taken by name from the saved call, so no argument list is spelled out here.
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-#include "posenc/ops.h"
+#include <array>
+#include <cstring>
+#include <mutex>
+
+#include "call.h"
 
 namespace posenc {
 namespace {
@@ -13,294 +19,249 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-std::optional<at::Tensor> optional_of(const at::Tensor& tensor) {
-  return tensor.defined() ? std::optional<at::Tensor>(tensor) : std::nullopt;
-}
-
-// The string and scalar arguments that add_positional and embedding share, kept in the
-// context for the backward. `scale` is an IValue: a double, or None (embedding: sqrt(D)).
-struct CodeArguments {
-  std::string kind, combine, convention, layout;
-  c10::IValue scale;
-  int64_t offset;
-  double base, dropout;
-  bool training;
-
-  void save(AutogradContext* ctx) const {
-    auto& data = ctx->saved_data;
-    data["kind"] = kind;
-    data["combine"] = combine;
-    data["convention"] = convention;
-    data["layout"] = layout;
-    data["scale"] = scale;
-    data["offset"] = offset;
-    data["base"] = base;
-    data["dropout"] = dropout;
-    data["training"] = training;
-  }
-
-  static CodeArguments load(AutogradContext* ctx) {
-    auto& data = ctx->saved_data;
-    return {data["kind"].toStringRef(),    data["combine"].toStringRef(),
-            data["convention"].toStringRef(), data["layout"].toStringRef(),
-            data["scale"],                 data["offset"].toInt(),
-            data["base"].toDouble(),       data["dropout"].toDouble(),
-            data["training"].toBool()};
-  }
+// One backward operator: which differentiable inputs it gives the gradient of. When it is the
+// forward operator itself (rotary), those inputs take the incoming gradients and `flip` names
+// the bool argument that turns the map into its transpose.
+struct BackwardCall {
+  const char* op;
+  std::array<const char*, 2> computes;
+  const char* flip;
 };
 
-class AddPositionalFunction : public torch::autograd::Function<AddPositionalFunction> {
+// The differentiable inputs of a forward operator (at most two) and the backward calls.
+struct Derivative {
+  const char* forward;
+  std::array<const char*, 2> inputs;
+  std::array<BackwardCall, 2> calls;
+};
+
+constexpr Derivative kDerivatives[] = {
+    {"posenc::add_positional",
+     {"x", "table"},
+     {{{"posenc::add_positional_backward", {"x", nullptr}, nullptr},
+       {"posenc::add_positional_table_backward", {"table", nullptr}, nullptr}}}},
+    {"posenc::embedding",
+     {"weight", "table"},
+     {{{"posenc::embedding_backward", {"weight", nullptr}, nullptr},
+       {"posenc::embedding_table_backward", {"table", nullptr}, nullptr}}}},
+    {"posenc::rotary", {"q", "k"}, {{{"posenc::rotary", {"q", "k"}, "inverse"}, {}}}},
+    {"posenc::rotary_tables",
+     {"q", "k"},
+     {{{"posenc::rotary_tables", {"q", "k"}, "transpose"}, {}}}},
+};
+
+const Derivative& derivative_of(const c10::OperatorHandle& op) {
+  for (const Derivative& d : kDerivatives) {
+    if (op.schema().name() == d.forward) return d;
+  }
+  TORCH_INTERNAL_ASSERT(false, "posenc: no derivative for ", op.schema().name());
+}
+
+const c10::OperatorHandle& find_op(const char* name) {
+  static std::mutex mutex;
+  static std::vector<std::pair<std::string, c10::OperatorHandle>> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& [known, handle] : cache) {
+    if (known == name) return handle;
+  }
+  cache.emplace_back(name, c10::Dispatcher::singleton().findSchemaOrThrow(name, ""));
+  return cache.back().second;
+}
+
+int argument_index(const c10::FunctionSchema& schema, std::string_view name) {
+  const auto& arguments = schema.arguments();
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    if (arguments[i].name() == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+int slot_of(const std::array<const char*, 2>& names, std::string_view name) {
+  for (int i = 0; i < 2; ++i) {
+    if (names[i] != nullptr && name == names[i]) return i;
+  }
+  return -1;
+}
+
+// The forward call that apply() receives besides the differentiable tensors.
+struct ForwardCall {
+  const c10::OperatorHandle* op;
+  torch::jit::Stack* stack;
+  const Derivative* derivative;
+};
+
+class PosencFunction : public torch::autograd::Function<PosencFunction> {
  public:
-  // x: [..., T, D], positions: broadcastable to [..., T], table: [P, D] -> [..., T, D]
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
-                            const std::optional<at::Tensor>& positions,
-                            const std::optional<at::Tensor>& table,
-                            const std::optional<at::Tensor>& seed, std::string_view kind,
-                            std::string_view combine, double scale, int64_t offset, double base,
-                            std::string_view convention, std::string_view layout, double dropout,
-                            bool training) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    const bool table_needs_x =
-        combine == "mul" && table.has_value() && table->requires_grad() && kind == "learned";
-    ctx->save_for_backward({positions.value_or(at::Tensor()), table.value_or(at::Tensor()),
-                            seed.value_or(at::Tensor()), table_needs_x ? x : at::Tensor()});
-    CodeArguments{std::string(kind), std::string(combine), std::string(convention),
-                  std::string(layout), scale, offset, base, dropout, training}
-        .save(ctx);
-    if (table.has_value()) {
-      ctx->saved_data["table_rows"] = table->sym_size(0);
-      // Autograd edges exist only for the tensors present: x, [positions], table, ...
-      ctx->saved_data["table_edge"] = static_cast<int64_t>(positions.has_value() ? 2 : 1);
+  // first, second: the derivative's inputs (second may be absent).
+  static variable_list forward(AutogradContext* ctx, const ForwardCall& call,
+                               const std::optional<at::Tensor>& first,
+                               const std::optional<at::Tensor>& second) {
+    const c10::FunctionSchema& schema = call.op->schema();
+    const detail::Arguments args(*call.op, *call.stack);
+    const Derivative& derivative = *call.derivative;
+    const std::array<bool, 2> present{first.has_value(), second.has_value()};
+    // Which backward calls may run, and so which saved arguments they read.
+    std::array<bool, 2> may_run{};
+    for (int c = 0; c < 2; ++c) {
+      const BackwardCall& backward = derivative.calls[c];
+      if (backward.op == nullptr) continue;
+      for (const char* input : backward.computes) {
+        const int slot = input ? slot_of(derivative.inputs, input) : -1;
+        if (slot >= 0 && present[slot]) {
+          const at::Tensor& t = slot == 0 ? *first : *second;
+          may_run[c] = may_run[c] || t.requires_grad();
+        }
+      }
     }
-    return ops::add_positional(x, positions, table, seed, kind, combine, scale, offset, base,
-                               convention, layout, dropout, training);
+    // Tensors go through save_for_backward (saved-tensor hooks see them); tensor_slots[i] is
+    // argument i's index among them, or -1 for the values kept in `others`.
+    std::vector<at::Tensor> saved;
+    std::vector<int64_t> tensor_slots;
+    c10::impl::GenericList others(c10::AnyType::get());
+    for (const c10::Argument& argument : schema.arguments()) {
+      const c10::IValue& value = args[argument.name()];
+      const bool is_tensor = argument.type()->kind() == c10::TypeKind::TensorType ||
+                             (argument.type()->kind() == c10::TypeKind::OptionalType &&
+                              argument.type()->containedType(0)->kind() ==
+                                  c10::TypeKind::TensorType);
+      if (!is_tensor) {
+        tensor_slots.push_back(-1);
+        others.push_back(value);
+        continue;
+      }
+      tensor_slots.push_back(static_cast<int64_t>(saved.size()));
+      others.push_back(c10::IValue());
+      const at::Tensor tensor = value.isNone() ? at::Tensor() : value.toTensor();
+      const bool differentiable = slot_of(derivative.inputs, argument.name()) >= 0;
+      TORCH_CHECK(differentiable || !tensor.defined() || !tensor.requires_grad(), args.op_name(),
+                  ": gradients with respect to ", argument.name(),
+                  " are not supported; pass it without requires_grad (detach it)");
+      bool needed = false;
+      for (int c = 0; c < 2; ++c) {
+        if (!may_run[c]) continue;
+        const BackwardCall& backward = derivative.calls[c];
+        const bool is_self = schema.name() == backward.op;
+        if (is_self && slot_of(backward.computes, argument.name()) >= 0) continue;  // a grad
+        needed = needed || argument_index(find_op(backward.op).schema(), argument.name()) >= 0;
+      }
+      // The table gradient reads x only for combine="mul" (the scaled input multiplies it).
+      if (needed && argument.name() == "x" && args.has("combine")) {
+        needed = args.string("combine") == "mul";
+      }
+      saved.push_back(needed ? tensor : at::Tensor());
+    }
+    ctx->save_for_backward(saved);
+    ctx->saved_data["arguments"] = others;
+    ctx->saved_data["tensor_slots"] = tensor_slots;
+    ctx->saved_data["op"] = schema.name();
+    ctx->saved_data["second_given"] = second.has_value();
+    if (args.has("table") && args.optional_tensor("table").has_value()) {
+      ctx->saved_data["table_rows"] = args.tensor("table").sym_size(0);
+    }
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      call.op->callBoxed(call.stack);
+    }
+    const c10::IValue& result = call.stack->back();
+    if (result.isTensorList()) return result.toTensorVector();
+    return {result.toTensor()};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const auto positions = optional_of(saved[0]);
-    const auto table = optional_of(saved[1]);
-    const auto seed = optional_of(saved[2]);
-    const auto x = optional_of(saved[3]);
-    const CodeArguments a = CodeArguments::load(ctx);
-    const double scale = a.scale.toDouble();
-    const at::Tensor& grad = grad_outputs[0];
-
-    at::Tensor grad_x, grad_table;
-    if (ctx->needs_input_grad(0)) {
-      grad_x = ops::add_positional_backward(grad, positions, table, seed, a.kind, a.combine,
-                                            scale, a.offset, a.base, a.convention, a.layout,
-                                            a.dropout, a.training);
+    const c10::OperatorHandle& forward_op = find_op(ctx->saved_data["op"].toStringRef().c_str());
+    const c10::FunctionSchema& forward_schema = forward_op.schema();
+    const Derivative& derivative = derivative_of(forward_op);
+    const variable_list saved = ctx->get_saved_variables();
+    const c10::impl::GenericList others = ctx->saved_data["arguments"].toList();
+    const std::vector<int64_t> tensor_slots = ctx->saved_data["tensor_slots"].toIntVector();
+    // The forward's argument `name`: a saved tensor (None if absent), or the saved value.
+    auto forward_argument = [&](std::string_view name) -> c10::IValue {
+      const int index = argument_index(forward_schema, name);
+      TORCH_INTERNAL_ASSERT(index >= 0, "posenc: ", forward_schema.name(), " has no ", name);
+      const int64_t slot = tensor_slots[index];
+      if (slot < 0) return others.get(index);
+      const at::Tensor& tensor = saved[slot];
+      return tensor.defined() ? c10::IValue(tensor) : c10::IValue();
+    };
+    variable_list grads(3);  // the ForwardCall, first, second
+    for (const BackwardCall& backward : derivative.calls) {
+      if (backward.op == nullptr) continue;
+      bool wanted = false;
+      for (const char* input : backward.computes) {
+        const int slot = input ? slot_of(derivative.inputs, input) : -1;
+        // Autograd edges exist only for the inputs given: first, then second.
+        const bool given = slot == 0 || ctx->saved_data["second_given"].toBool();
+        if (slot >= 0 && given && ctx->needs_input_grad(slot)) wanted = true;
+      }
+      if (!wanted) continue;
+      const c10::OperatorHandle& op = find_op(backward.op);
+      const bool is_self = op.schema().name() == forward_schema.name();
+      torch::jit::Stack stack;
+      for (const c10::Argument& argument : op.schema().arguments()) {
+        const std::string& name = argument.name();
+        const int grad_slot = is_self ? slot_of(backward.computes, name) : -1;
+        if (name == "grad") {
+          stack.emplace_back(grad_outputs[0]);
+        } else if (grad_slot >= 0) {
+          // One output (and so one incoming gradient) per operand given to the forward.
+          const bool given = grad_slot < static_cast<int>(grad_outputs.size());
+          stack.emplace_back(given ? c10::IValue(grad_outputs[grad_slot]) : c10::IValue());
+        } else if (backward.flip != nullptr && name == backward.flip) {
+          stack.emplace_back(!forward_argument(name).toBool());
+        } else if (name == "table_rows") {
+          stack.emplace_back(ctx->saved_data["table_rows"]);
+        } else {
+          stack.emplace_back(forward_argument(name));
+        }
+      }
+      op.callBoxed(stack);
+      const c10::IValue& result = stack.back();
+      const variable_list results =
+          result.isTensorList() ? result.toTensorVector() : variable_list{result.toTensor()};
+      for (size_t i = 0; i < results.size(); ++i) {
+        const int slot = slot_of(derivative.inputs, backward.computes[i]);
+        grads[1 + slot] = results[i];
+      }
     }
-    if (table.has_value() && ctx->needs_input_grad(ctx->saved_data["table_edge"].toInt())) {
-      grad_table = ops::add_positional_table_backward(
-          grad, x, positions, seed, ctx->saved_data["table_rows"].toSymInt(), a.combine, scale,
-          a.offset, a.dropout, a.training);
-    }
-    variable_list grads(13);  // one per forward input after ctx
-    grads[0] = grad_x;
-    grads[2] = grad_table;
     return grads;
   }
 };
 
-class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
- public:
-  // ids: [..., T], weight: [V, D], positions: broadcastable to [..., T], table: [P, D]
-  // -> [..., T, D]
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& ids, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& positions,
-                            const std::optional<at::Tensor>& table,
-                            const std::optional<at::Tensor>& seed, std::string_view kind,
-                            std::string_view combine, std::optional<double> scale,
-                            int64_t offset, std::optional<int64_t> padding_idx,
-                            bool fairseq_positions, double base, std::string_view convention,
-                            std::string_view layout, double dropout, bool training) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({ids, weight, positions.value_or(at::Tensor()),
-                            table.value_or(at::Tensor()), seed.value_or(at::Tensor())});
-    CodeArguments{std::string(kind), std::string(combine), std::string(convention),
-                  std::string(layout), scale, offset, base, dropout, training}
-        .save(ctx);
-    ctx->saved_data["padding_idx"] = padding_idx;
-    ctx->saved_data["fairseq_positions"] = fairseq_positions;
-    if (table.has_value()) {
-      ctx->saved_data["table_rows"] = table->sym_size(0);
-      // Edges: ids, weight, [positions], table, ...
-      ctx->saved_data["table_edge"] = static_cast<int64_t>(positions.has_value() ? 3 : 2);
-    }
-    return ops::embedding(ids, weight, positions, table, seed, kind, combine, scale, offset,
-                          padding_idx, fairseq_positions, base, convention, layout, dropout,
-                          training);
+void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys*/,
+                     torch::jit::Stack* stack) {
+  const Derivative& derivative = derivative_of(op);
+  const detail::Arguments args(op, *stack);
+  const std::optional<at::Tensor> first = args.optional_tensor(derivative.inputs[0]);
+  const std::optional<at::Tensor> second = args.optional_tensor(derivative.inputs[1]);
+  const c10::FunctionSchema& schema = op.schema();
+  const size_t argument_count = schema.arguments().size();
+  // The forward runs on a copy of the arguments; the results replace them on `stack`.
+  torch::jit::Stack call_stack(stack->end() - argument_count, stack->end());
+  variable_list outputs =
+      PosencFunction::apply(ForwardCall{&op, &call_stack, &derivative}, first, second);
+  torch::jit::drop(*stack, argument_count);
+  if (schema.returns()[0].type()->kind() == c10::TypeKind::ListType) {
+    stack->emplace_back(std::move(outputs));
+  } else {
+    stack->emplace_back(std::move(outputs[0]));
   }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& ids = saved[0];
-    const at::Tensor& weight = saved[1];
-    const auto positions = optional_of(saved[2]);
-    const auto table = optional_of(saved[3]);
-    const auto seed = optional_of(saved[4]);
-    auto& data = ctx->saved_data;
-    const CodeArguments a = CodeArguments::load(ctx);
-    const auto scale = a.scale.toOptional<double>();
-    const auto padding_idx = data["padding_idx"].toOptional<int64_t>();
-    const bool fairseq_positions = data["fairseq_positions"].toBool();
-    const at::Tensor& grad = grad_outputs[0];
-
-    at::Tensor grad_weight, grad_table;
-    if (ctx->needs_input_grad(1)) {
-      grad_weight = ops::embedding_backward(grad, ids, weight, positions, table, seed, a.kind,
-                                            a.combine, scale, a.offset, padding_idx,
-                                            fairseq_positions, a.base, a.convention, a.layout,
-                                            a.dropout, a.training);
-    }
-    if (table.has_value() && ctx->needs_input_grad(data["table_edge"].toInt())) {
-      grad_table = ops::embedding_table_backward(grad, ids, weight, positions, seed,
-                                                 data["table_rows"].toSymInt(), a.combine, scale,
-                                                 a.offset, padding_idx, fairseq_positions,
-                                                 a.dropout, a.training);
-    }
-    variable_list grads(16);  // one per forward input after ctx
-    grads[1] = grad_weight;
-    grads[3] = grad_table;
-    return grads;
-  }
-};
-
-at::Tensor embedding_autograd(const at::Tensor& ids, const at::Tensor& weight,
-                              const std::optional<at::Tensor>& positions,
-                              const std::optional<at::Tensor>& table,
-                              const std::optional<at::Tensor>& seed, std::string_view kind,
-                              std::string_view combine, std::optional<double> scale,
-                              int64_t offset, std::optional<int64_t> padding_idx,
-                              bool fairseq_positions, double base, std::string_view convention,
-                              std::string_view layout, double dropout, bool training) {
-  return EmbeddingFunction::apply(ids, weight, positions, table, seed, kind, combine, scale,
-                                  offset, padding_idx, fairseq_positions, base, convention,
-                                  layout, dropout, training);
-}
-
-// The backward of a rotation is the rotation by the negative angle: rotary with inverse
-// flipped, itself differentiable, so double backward works too.
-class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& q,
-                               const std::optional<at::Tensor>& k,
-                               const std::optional<at::Tensor>& positions,
-                               const std::optional<at::Tensor>& offsets,
-                               const std::optional<at::Tensor>& inv_freq,
-                               const std::optional<at::Tensor>& cu_seqlens, double base,
-                               int64_t offset, std::optional<int64_t> rotary_dim,
-                               bool interleaved, std::string_view layout,
-                               double attention_factor, bool inverse) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({positions.value_or(at::Tensor()), offsets.value_or(at::Tensor()),
-                            inv_freq.value_or(at::Tensor()), cu_seqlens.value_or(at::Tensor())});
-    ctx->saved_data["has_k"] = k.has_value();
-    ctx->saved_data["base"] = base;
-    ctx->saved_data["offset"] = offset;
-    ctx->saved_data["rotary_dim"] = rotary_dim;
-    ctx->saved_data["interleaved"] = interleaved;
-    ctx->saved_data["layout"] = std::string(layout);
-    ctx->saved_data["attention_factor"] = attention_factor;
-    ctx->saved_data["inverse"] = inverse;
-    return ops::rotary(q, k, positions, offsets, inv_freq, cu_seqlens, base, offset, rotary_dim,
-                       interleaved, layout, attention_factor, inverse);
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    auto& data = ctx->saved_data;
-    const bool has_k = data["has_k"].toBool();
-    const auto grads = ops::rotary(
-        grad_outputs[0], has_k ? std::optional<at::Tensor>(grad_outputs[1]) : std::nullopt,
-        optional_of(saved[0]), optional_of(saved[1]), optional_of(saved[2]),
-        optional_of(saved[3]), data["base"].toDouble(), data["offset"].toInt(),
-        data["rotary_dim"].toOptional<int64_t>(), data["interleaved"].toBool(),
-        data["layout"].toStringRef(), data["attention_factor"].toDouble(),
-        !data["inverse"].toBool());
-    variable_list result(13);  // one per forward input after ctx
-    result[0] = grads[0];
-    if (has_k) result[1] = grads[1];
-    return result;
-  }
-};
-
-std::vector<at::Tensor> rotary_autograd(const at::Tensor& q, const std::optional<at::Tensor>& k,
-                                        const std::optional<at::Tensor>& positions,
-                                        const std::optional<at::Tensor>& offsets,
-                                        const std::optional<at::Tensor>& inv_freq,
-                                        const std::optional<at::Tensor>& cu_seqlens, double base,
-                                        int64_t offset, std::optional<int64_t> rotary_dim,
-                                        bool interleaved, std::string_view layout,
-                                        double attention_factor, bool inverse) {
-  return RotaryFunction::apply(q, k, positions, offsets, inv_freq, cu_seqlens, base, offset,
-                               rotary_dim, interleaved, layout, attention_factor, inverse);
-}
-
-// apply_rotary_pos_emb with given cos/sin: the backward is the transposed map.
-class RotaryTablesFunction : public torch::autograd::Function<RotaryTablesFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& q,
-                               const std::optional<at::Tensor>& k, const at::Tensor& cos,
-                               const at::Tensor& sin, int64_t unsqueeze_dim, bool transpose) {
-    TORCH_CHECK(!cos.requires_grad() && !sin.requires_grad(),
-                "posenc.apply_rotary_pos_emb: gradients with respect to cos and sin are not "
-                "supported; build them without grad (transformers does, under torch.no_grad)");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({cos, sin});
-    ctx->saved_data["has_k"] = k.has_value();
-    ctx->saved_data["unsqueeze_dim"] = unsqueeze_dim;
-    ctx->saved_data["transpose"] = transpose;
-    return ops::rotary_tables(q, k, cos, sin, unsqueeze_dim, transpose);
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    auto& data = ctx->saved_data;
-    const bool has_k = data["has_k"].toBool();
-    const auto grads = ops::rotary_tables(
-        grad_outputs[0], has_k ? std::optional<at::Tensor>(grad_outputs[1]) : std::nullopt,
-        saved[0], saved[1], data["unsqueeze_dim"].toInt(), !data["transpose"].toBool());
-    variable_list result(6);
-    result[0] = grads[0];
-    if (has_k) result[1] = grads[1];
-    return result;
-  }
-};
-
-std::vector<at::Tensor> rotary_tables_autograd(const at::Tensor& q,
-                                               const std::optional<at::Tensor>& k,
-                                               const at::Tensor& cos, const at::Tensor& sin,
-                                               int64_t unsqueeze_dim, bool transpose) {
-  return RotaryTablesFunction::apply(q, k, cos, sin, unsqueeze_dim, transpose);
-}
-
-at::Tensor add_positional_autograd(const at::Tensor& x,
-                                   const std::optional<at::Tensor>& positions,
-                                   const std::optional<at::Tensor>& table,
-                                   const std::optional<at::Tensor>& seed, std::string_view kind,
-                                   std::string_view combine, double scale, int64_t offset,
-                                   double base, std::string_view convention,
-                                   std::string_view layout, double dropout, bool training) {
-  return AddPositionalFunction::apply(x, positions, table, seed, kind, combine, scale, offset,
-                                      base, convention, layout, dropout, training);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
-  m.impl("add_positional", &add_positional_autograd);
+  for (const Derivative& derivative : kDerivatives) {
+    const std::string name = std::string(derivative.forward).substr(std::strlen("posenc::"));
+    m.impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>());
+  }
   // Backward operators are not differentiable again: a clear error if double backward reaches
-  // them, instead of silently wrong second derivatives.
-  m.impl("add_positional_backward", torch::autograd::autogradNotImplementedFallback());
-  m.impl("add_positional_table_backward", torch::autograd::autogradNotImplementedFallback());
-  m.impl("embedding", &embedding_autograd);
-  m.impl("rotary", &rotary_autograd);
-  m.impl("rotary_tables", &rotary_tables_autograd);
-  m.impl("embedding_backward", torch::autograd::autogradNotImplementedFallback());
-  m.impl("embedding_table_backward", torch::autograd::autogradNotImplementedFallback());
+  // them, instead of silently wrong second derivatives. positional_encoding has no
+  // differentiable input.
+  for (const char* name : {"add_positional_backward", "add_positional_table_backward",
+                           "embedding_backward", "embedding_table_backward",
+                           "positional_encoding"}) {
+    m.impl(name, torch::autograd::autogradNotImplementedFallback());
+  }
 }
 
 }  // namespace posenc

@@ -13,17 +13,31 @@ PositionalEncodingImpl::PositionalEncodingImpl(PositionalEncodingOptions options
 }
 
 void PositionalEncodingImpl::reset() {
-  TORCH_CHECK_VALUE(options.dropout() >= 0.0 && options.dropout() < 1.0,
-                    "PositionalEncoding: dropout must be in [0, 1), got ", options.dropout());
   if (options.kind() == "learned") {
     table = register_parameter("table", torch::empty({options.max_len(), options.d_model()}));
     torch::nn::init::normal_(table, 0.0, 1.0 / std::sqrt(static_cast<double>(options.d_model())));
   }
+  // The operator checks the options (one place for every check); on Meta tensors, so that bad
+  // options fail here rather than at the first forward.
+  const auto meta = torch::TensorOptions().device(torch::kMeta);
+  forward_with(torch::empty({1, 1, options.d_model()}, meta), std::nullopt, 0,
+               table.defined() ? std::optional<at::Tensor>(table.to(torch::kMeta)) : std::nullopt,
+               /*training=*/false);
 }
 
 at::Tensor PositionalEncodingImpl::forward(const at::Tensor& x,
                                            const std::optional<at::Tensor>& positions,
                                            int64_t offset) {
+  return forward_with(x, positions, offset,
+                      table.defined() ? std::optional<at::Tensor>(table) : std::nullopt,
+                      is_training());
+}
+
+at::Tensor PositionalEncodingImpl::forward_with(const at::Tensor& x,
+                                                const std::optional<at::Tensor>& positions,
+                                                int64_t offset,
+                                                const std::optional<at::Tensor>& table_,
+                                                bool training) {
   at::Tensor input = options.batch_first() ? x : x.movedim(0, -2);
   std::optional<at::Tensor> rows = positions;
   if (!options.batch_first() && positions.has_value() && positions->dim() >= 2) {
@@ -39,8 +53,8 @@ at::Tensor PositionalEncodingImpl::forward(const at::Tensor& x,
                   .convention(options.convention())
                   .layout(options.layout())
                   .dropout(options.dropout())
-                  .training(is_training());
-  if (table.defined()) call.table(table);
+                  .training(training)
+                  .table(table_);
   at::Tensor y = add_positional(input, call);
   return options.batch_first() ? y : y.movedim(-2, 0);
 }
@@ -101,11 +115,31 @@ RotaryEmbeddingImpl::RotaryEmbeddingImpl(RotaryEmbeddingOptions options_)
 
 void RotaryEmbeddingImpl::reset() {
   const int64_t rotary_dim = options.rotary_dim().value_or(options.dim());
-  auto [frequencies, factor] = rope_frequencies(rotary_dim, options.base(), options.rope_type(),
-                                                options.factor(),
-                                                options.max_position_embeddings());
-  inv_freq = register_buffer("inv_freq", frequencies);
+  auto [frequencies, factor] =
+      rope_frequencies(rotary_dim, RopeFrequenciesOptions(options.scaling()).base(options.base()));
+  frequencies_ = frequencies;
+  inv_freq = register_buffer("inv_freq", frequencies.clone());
   attention_factor = factor;
+}
+
+void RotaryEmbeddingImpl::restore_frequencies() {
+  // Casting to the module's dtype would round the frequencies: recompute the buffer from them.
+  inv_freq.set_data(frequencies_.to(inv_freq.device()));
+}
+
+void RotaryEmbeddingImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(device, dtype, non_blocking);
+  restore_frequencies();
+}
+
+void RotaryEmbeddingImpl::to(torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(dtype, non_blocking);
+  restore_frequencies();
+}
+
+void RotaryEmbeddingImpl::load(torch::serialize::InputArchive& archive) {
+  torch::nn::Module::load(archive);  // archives of older versions hold float32 frequencies
+  restore_frequencies();
 }
 
 std::vector<at::Tensor> RotaryEmbeddingImpl::forward(const at::Tensor& q,
@@ -114,7 +148,8 @@ std::vector<at::Tensor> RotaryEmbeddingImpl::forward(const at::Tensor& q,
   rotary_options.inv_freq(inv_freq)
       .rotary_dim(options.rotary_dim().value_or(options.dim()))
       .interleaved(options.interleaved())
-      .attention_factor(attention_factor);
+      .attention_factor(attention_factor)
+      .precision(options.scaling().precision());
   return rotary(q, k, rotary_options);
 }
 

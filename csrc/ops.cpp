@@ -1,131 +1,132 @@
-#include "posenc/ops.h"
-
+// The public C++ API (posenc/posenc.h): each options struct is turned into the operator's
+// arguments by name once, and every function calls its operator boxed through the dispatcher.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/randint.h>
 
 #include <limits>
+#include <utility>
 
 #include "posenc/posenc.h"
 
 namespace posenc {
-namespace ops {
 namespace {
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+using NamedArguments = std::vector<std::pair<const char*, c10::IValue>>;
+
+// Calls posenc::<op> with `arguments` by schema name; arguments the schema does not have are
+// ignored (an options struct serves a forward and its backward ops), absent ones take their
+// schema defaults. Returns the results.
+torch::jit::Stack call_operator(const char* op, const NamedArguments& arguments) {
+  const c10::OperatorHandle handle =
+      c10::Dispatcher::singleton().findSchemaOrThrow((std::string("posenc::") + op).c_str(), "");
+  torch::jit::Stack stack;
+  for (const c10::Argument& argument : handle.schema().arguments()) {
+    const auto given = std::find_if(arguments.begin(), arguments.end(),
+                                    [&](const auto& entry) { return argument.name() == entry.first; });
+    if (given != arguments.end()) {
+      stack.push_back(given->second);
+    } else {
+      TORCH_INTERNAL_ASSERT(argument.default_value().has_value(), "posenc::", op,
+                            ": no value for ", argument.name());
+      stack.push_back(*argument.default_value());
+    }
+  }
+  handle.callBoxed(stack);
+  return stack;
+}
+
+c10::IValue optional_value(const std::optional<at::Tensor>& tensor) {
+  return tensor.has_value() ? c10::IValue(*tensor) : c10::IValue();
+}
+
+NamedArguments named(const AddPositionalOptions& o) {
+  return {{"positions", optional_value(o.positions())},
+          {"table", optional_value(o.table())},
+          {"seed", optional_value(o.seed())},
+          {"kind", o.kind()},
+          {"combine", o.combine()},
+          {"scale", o.scale()},
+          {"offset", o.offset()},
+          {"base", o.base()},
+          {"convention", o.convention()},
+          {"layout", o.layout()},
+          {"dropout", o.dropout()},
+          {"training", o.training()}};
+}
+
+NamedArguments named(const EmbeddingOptions& o) {
+  return {{"positions", optional_value(o.positions())},
+          {"table", optional_value(o.table())},
+          {"seed", optional_value(o.seed())},
+          {"kind", o.kind()},
+          {"combine", o.combine()},
+          {"scale", o.scale()},
+          {"offset", o.offset()},
+          {"padding_idx", o.padding_idx()},
+          {"fairseq_positions", o.fairseq_positions()},
+          {"base", o.base()},
+          {"convention", o.convention()},
+          {"layout", o.layout()},
+          {"dropout", o.dropout()},
+          {"training", o.training()}};
+}
+
+NamedArguments named(const RotaryOptions& o) {
+  return {{"positions", optional_value(o.positions())},
+          {"offsets", optional_value(o.offsets())},
+          {"inv_freq", optional_value(o.inv_freq())},
+          {"cu_seqlens", optional_value(o.cu_seqlens())},
+          {"base", o.base()},
+          {"offset", o.offset()},
+          {"rotary_dim", o.rotary_dim()},
+          {"interleaved", o.interleaved()},
+          {"layout", o.layout()},
+          {"attention_factor", o.attention_factor()},
+          {"inverse", o.inverse()},
+          {"precision", o.precision()}};
+}
+
+NamedArguments named(const RopeFrequenciesOptions& o) {
+  return {{"base", o.base()},
+          {"rope_type", o.rope_type()},
+          {"factor", o.factor()},
+          {"max_position_embeddings", o.max_position_embeddings()},
+          {"original_max_position_embeddings", o.original_max_position_embeddings()},
+          {"seq_len", o.seq_len()},
+          {"attention_factor", o.attention_factor()},
+          {"beta_fast", o.beta_fast()},
+          {"beta_slow", o.beta_slow()},
+          {"mscale", o.mscale()},
+          {"mscale_all_dim", o.mscale_all_dim()},
+          {"truncate", o.truncate()},
+          {"low_freq_factor", o.low_freq_factor()},
+          {"high_freq_factor", o.high_freq_factor()},
+          {"short_factor", o.short_factor()},
+          {"long_factor", o.long_factor()},
+          {"precision", o.precision()}};
+}
+
+// `arguments` with the given tensors (and the forward's drawn seed) in front.
+NamedArguments with(NamedArguments arguments, NamedArguments tensors) {
+  tensors.insert(tensors.end(), std::make_move_iterator(arguments.begin()),
+                 std::make_move_iterator(arguments.end()));
+  return tensors;
+}
+
+template <typename Options>
+NamedArguments forward_arguments(const Options& o, const at::Device& device) {
+  NamedArguments arguments = named(o);
+  if (!o.seed().has_value()) {
+    arguments.emplace_back("seed",
+                           optional_value(draw_seed(device, o.dropout(), o.training(),
+                                                    o.generator())));
+    // The entry named first wins; move the drawn seed ahead of the unset one.
+    std::rotate(arguments.begin(), arguments.end() - 1, arguments.end());
+  }
+  return arguments;
 }
 
 }  // namespace
-
-at::Tensor add_positional(const at::Tensor& x, const std::optional<at::Tensor>& positions,
-                          const std::optional<at::Tensor>& table,
-                          const std::optional<at::Tensor>& seed, std::string_view kind,
-                          std::string_view combine, double scale, int64_t offset, double base,
-                          std::string_view convention, std::string_view layout, double dropout,
-                          bool training) {
-  static const auto op = find_op<decltype(add_positional)>("posenc::add_positional");
-  return op.call(x, positions, table, seed, kind, combine, scale, offset, base, convention, layout,
-                 dropout, training);
-}
-
-at::Tensor add_positional_backward(const at::Tensor& grad,
-                                   const std::optional<at::Tensor>& positions,
-                                   const std::optional<at::Tensor>& table,
-                                   const std::optional<at::Tensor>& seed, std::string_view kind,
-                                   std::string_view combine, double scale, int64_t offset,
-                                   double base, std::string_view convention,
-                                   std::string_view layout, double dropout, bool training) {
-  static const auto op =
-      find_op<decltype(add_positional_backward)>("posenc::add_positional_backward");
-  return op.call(grad, positions, table, seed, kind, combine, scale, offset, base, convention,
-                 layout, dropout, training);
-}
-
-at::Tensor add_positional_table_backward(const at::Tensor& grad,
-                                         const std::optional<at::Tensor>& x,
-                                         const std::optional<at::Tensor>& positions,
-                                         const std::optional<at::Tensor>& seed,
-                                         c10::SymInt table_rows, std::string_view combine,
-                                         double scale, int64_t offset, double dropout,
-                                         bool training) {
-  static const auto op = find_op<decltype(add_positional_table_backward)>(
-      "posenc::add_positional_table_backward");
-  return op.call(grad, x, positions, seed, std::move(table_rows), combine, scale, offset, dropout,
-                 training);
-}
-
-at::Tensor embedding(const at::Tensor& ids, const at::Tensor& weight,
-                     const std::optional<at::Tensor>& positions,
-                     const std::optional<at::Tensor>& table, const std::optional<at::Tensor>& seed,
-                     std::string_view kind, std::string_view combine, std::optional<double> scale,
-                     int64_t offset, std::optional<int64_t> padding_idx, bool fairseq_positions,
-                     double base, std::string_view convention, std::string_view layout,
-                     double dropout, bool training) {
-  static const auto op = find_op<decltype(embedding)>("posenc::embedding");
-  return op.call(ids, weight, positions, table, seed, kind, combine, scale, offset, padding_idx,
-                 fairseq_positions, base, convention, layout, dropout, training);
-}
-
-at::Tensor embedding_backward(const at::Tensor& grad, const at::Tensor& ids,
-                              const at::Tensor& weight, const std::optional<at::Tensor>& positions,
-                              const std::optional<at::Tensor>& table,
-                              const std::optional<at::Tensor>& seed, std::string_view kind,
-                              std::string_view combine, std::optional<double> scale,
-                              int64_t offset, std::optional<int64_t> padding_idx,
-                              bool fairseq_positions, double base, std::string_view convention,
-                              std::string_view layout, double dropout, bool training) {
-  static const auto op = find_op<decltype(embedding_backward)>("posenc::embedding_backward");
-  return op.call(grad, ids, weight, positions, table, seed, kind, combine, scale, offset,
-                 padding_idx, fairseq_positions, base, convention, layout, dropout, training);
-}
-
-at::Tensor embedding_table_backward(const at::Tensor& grad, const at::Tensor& ids,
-                                    const at::Tensor& weight,
-                                    const std::optional<at::Tensor>& positions,
-                                    const std::optional<at::Tensor>& seed,
-                                    c10::SymInt table_rows, std::string_view combine,
-                                    std::optional<double> scale, int64_t offset,
-                                    std::optional<int64_t> padding_idx, bool fairseq_positions,
-                                    double dropout, bool training) {
-  static const auto op =
-      find_op<decltype(embedding_table_backward)>("posenc::embedding_table_backward");
-  return op.call(grad, ids, weight, positions, seed, std::move(table_rows), combine, scale, offset,
-                 padding_idx, fairseq_positions, dropout, training);
-}
-
-std::vector<at::Tensor> rotary(const at::Tensor& q, const std::optional<at::Tensor>& k,
-                               const std::optional<at::Tensor>& positions,
-                               const std::optional<at::Tensor>& offsets,
-                               const std::optional<at::Tensor>& inv_freq,
-                               const std::optional<at::Tensor>& cu_seqlens, double base,
-                               int64_t offset, std::optional<int64_t> rotary_dim, bool interleaved,
-                               std::string_view layout, double attention_factor, bool inverse) {
-  static const auto op = find_op<decltype(rotary)>("posenc::rotary");
-  return op.call(q, k, positions, offsets, inv_freq, cu_seqlens, base, offset, rotary_dim,
-                 interleaved, layout, attention_factor, inverse);
-}
-
-std::vector<at::Tensor> rotary_tables(const at::Tensor& q, const std::optional<at::Tensor>& k,
-                                      const at::Tensor& cos, const at::Tensor& sin,
-                                      int64_t unsqueeze_dim, bool transpose) {
-  static const auto op = find_op<decltype(rotary_tables)>("posenc::rotary_tables");
-  return op.call(q, k, cos, sin, unsqueeze_dim, transpose);
-}
-
-at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim, std::string_view kind,
-                               double base, std::string_view convention, std::string_view layout,
-                               std::optional<at::ScalarType> dtype) {
-  static const auto op = find_op<decltype(positional_encoding)>("posenc::positional_encoding");
-  return op.call(positions, dim, kind, base, convention, layout, dtype);
-}
-
-}  // namespace ops
-}  // namespace posenc
-
-// ---- the public C++ API (posenc/posenc.h): options structs onto the calls above --------------
-
-namespace posenc {
 
 std::optional<at::Tensor> draw_seed(const at::Device& device, double dropout, bool training,
                                     const std::optional<at::Generator>& generator) {
@@ -135,47 +136,82 @@ std::optional<at::Tensor> draw_seed(const at::Device& device, double dropout, bo
 }
 
 at::Tensor add_positional(const at::Tensor& x, const AddPositionalOptions& o) {
-  return ops::add_positional(x, o.positions(), o.table(),
-                             draw_seed(x.device(), o.dropout(), o.training(), o.generator()),
-                             o.kind(), o.combine(), o.scale(), o.offset(), o.base(),
-                             o.convention(), o.layout(), o.dropout(), o.training());
+  return call_operator("add_positional", with(forward_arguments(o, x.device()), {{"x", x}}))[0]
+      .toTensor();
+}
+
+at::Tensor add_positional_backward(const at::Tensor& grad, const AddPositionalOptions& o) {
+  return call_operator("add_positional_backward", with(named(o), {{"grad", grad}}))[0].toTensor();
+}
+
+at::Tensor add_positional_table_backward(const at::Tensor& grad,
+                                         const std::optional<at::Tensor>& x,
+                                         c10::SymInt table_rows, const AddPositionalOptions& o) {
+  return call_operator("add_positional_table_backward",
+                       with(named(o), {{"grad", grad},
+                                       {"x", optional_value(x)},
+                                       {"table_rows", std::move(table_rows)}}))[0]
+      .toTensor();
 }
 
 at::Tensor embedding(const at::Tensor& ids, const at::Tensor& weight, const EmbeddingOptions& o) {
-  return ops::embedding(ids, weight, o.positions(), o.table(),
-                        draw_seed(weight.device(), o.dropout(), o.training(), o.generator()),
-                        o.kind(), o.combine(), o.scale(), o.offset(), o.padding_idx(),
-                        o.fairseq_positions(), o.base(), o.convention(), o.layout(), o.dropout(),
-                        o.training());
+  return call_operator("embedding",
+                       with(forward_arguments(o, weight.device()),
+                            {{"ids", ids}, {"weight", weight}}))[0]
+      .toTensor();
+}
+
+at::Tensor embedding_backward(const at::Tensor& grad, const at::Tensor& ids,
+                              const at::Tensor& weight, const EmbeddingOptions& o) {
+  return call_operator("embedding_backward",
+                       with(named(o), {{"grad", grad}, {"ids", ids}, {"weight", weight}}))[0]
+      .toTensor();
+}
+
+at::Tensor embedding_table_backward(const at::Tensor& grad, const at::Tensor& ids,
+                                    const at::Tensor& weight, c10::SymInt table_rows,
+                                    const EmbeddingOptions& o) {
+  return call_operator("embedding_table_backward",
+                       with(named(o), {{"grad", grad},
+                                       {"ids", ids},
+                                       {"weight", weight},
+                                       {"table_rows", std::move(table_rows)}}))[0]
+      .toTensor();
 }
 
 std::vector<at::Tensor> rotary(const at::Tensor& q, const std::optional<at::Tensor>& k,
                                const RotaryOptions& o) {
-  return ops::rotary(q, k, o.positions(), o.offsets(), o.inv_freq(), o.cu_seqlens(), o.base(),
-                     o.offset(), o.rotary_dim(), o.interleaved(), o.layout(),
-                     o.attention_factor(), /*inverse=*/false);
+  return call_operator("rotary", with(named(o), {{"q", q}, {"k", optional_value(k)}}))[0]
+      .toTensorVector();
+}
+
+std::vector<at::Tensor> rotary_tables(const at::Tensor& q, const std::optional<at::Tensor>& k,
+                                      const at::Tensor& cos, const at::Tensor& sin,
+                                      int64_t unsqueeze_dim, bool transpose) {
+  return call_operator("rotary_tables", {{"q", q},
+                                         {"k", optional_value(k)},
+                                         {"cos", cos},
+                                         {"sin", sin},
+                                         {"unsqueeze_dim", unsqueeze_dim},
+                                         {"transpose", transpose}})[0]
+      .toTensorVector();
 }
 
 at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim,
                                const PositionCodeOptions& o) {
-  return ops::positional_encoding(positions, dim, o.kind(), o.base(), o.convention(), o.layout(),
-                                  o.dtype());
+  return call_operator("positional_encoding", {{"positions", positions},
+                                               {"dim", dim},
+                                               {"kind", o.kind()},
+                                               {"base", o.base()},
+                                               {"convention", o.convention()},
+                                               {"layout", o.layout()},
+                                               {"dtype", o.dtype()}})[0]
+      .toTensor();
 }
 
-std::tuple<at::Tensor, double> rope_frequencies(int64_t dim, double base,
-                                                const std::string& rope_type, double factor,
-                                                std::optional<int64_t> max_position_embeddings) {
-  using Signature = std::tuple<at::Tensor, double>(
-      int64_t, double, std::string_view, double, std::optional<int64_t>, std::optional<int64_t>,
-      std::optional<int64_t>, std::optional<double>, double, double, std::optional<double>,
-      std::optional<double>, bool, double, double, std::optional<c10::ArrayRef<double>>,
-      std::optional<c10::ArrayRef<double>>);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("posenc::rope_frequencies", "")
-                             .typed<Signature>();
-  return op.call(dim, base, rope_type, factor, max_position_embeddings, std::nullopt, std::nullopt,
-                 std::nullopt, 32.0, 1.0, std::nullopt, std::nullopt, true, 1.0, 4.0, std::nullopt,
-                 std::nullopt);
+std::tuple<at::Tensor, double> rope_frequencies(int64_t dim, const RopeFrequenciesOptions& o) {
+  const torch::jit::Stack results = call_operator("rope_frequencies", with(named(o), {{"dim", dim}}));
+  return {results[0].toTensor(), results[1].toDouble()};
 }
 
 }  // namespace posenc

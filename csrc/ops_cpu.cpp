@@ -2,7 +2,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "common.h"
+#include "call.h"
 #include "ops_impl.h"
 #include "positional.h"
 #include "rope_scaling.h"
@@ -12,6 +12,8 @@ namespace posenc {
 namespace {
 
 struct CpuBackend {
+  static constexpr bool kRunsKernels = true;
+
   static uint64_t host_seed(const std::optional<at::Tensor>& seed) {
     return detail::read_seed(seed);
   }
@@ -25,7 +27,7 @@ struct CpuBackend {
   // a fixed order.
   static void scatter(const kernels::AddPositionalParams& params, const kernels::StridedRows& input,
                       impl::ScatterTarget target, const std::optional<at::Tensor>& /*seed*/,
-                      const at::Tensor& grad, const impl::ScatterIndices& /*indices*/) {
+                      const at::Tensor& grad, const detail::RowCall& /*call*/) {
     if (target == impl::ScatterTarget::kTable) {
       kernels::add_positional_table_backward_cpu(params, input, grad.data_ptr(),
                                                  detail::torch_parallel_for());
@@ -34,17 +36,29 @@ struct CpuBackend {
     }
   }
 
-  static void rotary(kernels::RotaryParams& params, const std::optional<at::Tensor>& inv_freq,
-                     double base, const at::Tensor& /*like*/) {
+  static void rotary(kernels::RotaryParams& params, const detail::RotaryCall& call) {
+    const bool float32_angles = call.precision == detail::Precision::kTransformers;
     std::vector<double> radians;
-    if (inv_freq.has_value()) {
-      const at::Tensor host = inv_freq->to(at::kDouble).contiguous();
+    if (call.inv_freq.has_value()) {
+      const at::Tensor host = call.inv_freq->to(at::kCPU, at::kDouble).contiguous();
       radians.assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
     } else {
-      radians = kernels::default_inv_freq(params.rotary_dim, base);
+      kernels::RopeScaling scaling;
+      scaling.base = call.base;
+      scaling.float32_arithmetic = float32_angles;
+      kernels::RopeFrequencies frequencies;
+      const std::string error =
+          kernels::compute_rope_frequencies(params.rotary_dim, scaling, frequencies);
+      TORCH_INTERNAL_ASSERT(error.empty(), error);
+      radians = std::move(frequencies.inv_freq);
     }
     const auto frequencies = kernels::rotary_turn_frequencies(radians);
     params.frequencies = frequencies.data();
+    std::vector<float> float32_frequencies;
+    if (float32_angles) {
+      float32_frequencies.assign(radians.begin(), radians.end());
+      params.float32_frequencies = float32_frequencies.data();
+    }
     kernels::rotary_cpu(params, detail::torch_parallel_for());
   }
 
@@ -54,57 +68,32 @@ struct CpuBackend {
   }
 };
 
-std::tuple<at::Tensor, double> rope_frequencies_impl(
-    int64_t dim, double base, std::string_view rope_type, double factor,
-    std::optional<int64_t> max_position_embeddings,
-    std::optional<int64_t> original_max_position_embeddings, std::optional<int64_t> seq_len,
-    std::optional<double> attention_factor, double beta_fast, double beta_slow,
-    std::optional<double> mscale, std::optional<double> mscale_all_dim, bool truncate,
-    double low_freq_factor, double high_freq_factor,
-    std::optional<c10::ArrayRef<double>> short_factor,
-    std::optional<c10::ArrayRef<double>> long_factor) {
-  kernels::RopeScaling scaling;
-  scaling.rope_type = std::string(rope_type);
-  scaling.base = base;
-  scaling.factor = factor;
-  scaling.max_position_embeddings = max_position_embeddings.value_or(0);
-  scaling.original_max_position_embeddings = original_max_position_embeddings.value_or(0);
-  scaling.seq_len = seq_len.value_or(0);
-  scaling.has_attention_factor = attention_factor.has_value();
-  scaling.attention_factor = attention_factor.value_or(1.0);
-  scaling.beta_fast = beta_fast;
-  scaling.beta_slow = beta_slow;
-  scaling.mscale = mscale.value_or(0.0);
-  scaling.mscale_all_dim = mscale_all_dim.value_or(0.0);
-  scaling.truncate = truncate;
-  scaling.low_freq_factor = low_freq_factor;
-  scaling.high_freq_factor = high_freq_factor;
-  if (short_factor.has_value()) scaling.short_factor.assign(short_factor->begin(), short_factor->end());
-  if (long_factor.has_value()) scaling.long_factor.assign(long_factor->begin(), long_factor->end());
+}  // namespace
+
+namespace impl {
+
+std::tuple<at::Tensor, double> run_rope_frequencies_call(const detail::RopeFrequenciesCall& call) {
   kernels::RopeFrequencies result;
-  const std::string error = kernels::compute_rope_frequencies(dim, scaling, result);
+  const std::string error = kernels::compute_rope_frequencies(call.dim, call.scaling, result);
   TORCH_CHECK_VALUE(error.empty(), "posenc.rope_frequencies: ", error);
-  at::Tensor inv_freq = at::empty({static_cast<int64_t>(result.inv_freq.size())}, at::kFloat);
-  std::copy(result.inv_freq.begin(), result.inv_freq.end(), inv_freq.data_ptr<float>());
+  const int64_t count = static_cast<int64_t>(result.inv_freq.size());
+  at::Tensor inv_freq = at::empty({count}, at::kDouble);
+  std::copy(result.inv_freq.begin(), result.inv_freq.end(), inv_freq.data_ptr<double>());
+  if (call.scaling.float32_arithmetic) inv_freq = inv_freq.to(at::kFloat);  // exact: float values
   return {inv_freq, result.attention_factor};
 }
 
-}  // namespace
+}  // namespace impl
 
 TORCH_LIBRARY_IMPL(posenc, CompositeExplicitAutograd, m) {
-  m.impl("rope_frequencies", &rope_frequencies_impl);
+  m.impl("rope_frequencies",
+         torch::CppFunction::makeFromBoxedFunction<&impl::boxed_kernel<CpuBackend>>());
 }
 
 TORCH_LIBRARY_IMPL(posenc, CPU, m) {
-  m.impl("add_positional", &impl::add_positional_impl<CpuBackend>);
-  m.impl("add_positional_backward", &impl::add_positional_backward_impl<CpuBackend>);
-  m.impl("add_positional_table_backward", &impl::add_positional_table_backward_impl<CpuBackend>);
-  m.impl("embedding", &impl::embedding_impl<CpuBackend>);
-  m.impl("embedding_backward", &impl::embedding_backward_impl<CpuBackend>);
-  m.impl("embedding_table_backward", &impl::embedding_table_backward_impl<CpuBackend>);
-  m.impl("positional_encoding", &impl::positional_encoding_impl<CpuBackend>);
-  m.impl("rotary", &impl::rotary_impl<CpuBackend>);
-  m.impl("rotary_tables", &impl::rotary_tables_impl<CpuBackend>);
+  for (const char* name : detail::kTensorOperators) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&impl::boxed_kernel<CpuBackend>>());
+  }
 }
 
 }  // namespace posenc

@@ -5,6 +5,7 @@
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/unique_consecutive.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/zeros.h>
@@ -12,7 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "common.h"
+#include "call.h"
 #include "cuda_launch.h"
 #include "ops_impl.h"
 
@@ -38,6 +39,8 @@ const int64_t* seed_pointer(const at::Tensor& seed) {
 }
 
 struct CudaBackend {
+  static constexpr bool kRunsKernels = true;
+
   static uint64_t host_seed(const std::optional<at::Tensor>& /*seed*/) { return 0; }
 
   static void run_rows(const kernels::AddPositionalParams& params,
@@ -59,7 +62,7 @@ struct CudaBackend {
   // and summed per target in that order, bit-identical from run to run.
   static void scatter(const kernels::AddPositionalParams& params, const kernels::StridedRows& input,
                       impl::ScatterTarget target, const std::optional<at::Tensor>& seed,
-                      const at::Tensor& grad, const impl::ScatterIndices& indices) {
+                      const at::Tensor& grad, const detail::RowCall& call) {
     const c10::cuda::CUDAGuard guard(grad.device());
     const at::Tensor seed_on_device = device_seed(seed, grad.device());
     const kc::ScatterTarget kernel_target = target == impl::ScatterTarget::kTable
@@ -84,13 +87,13 @@ struct CudaBackend {
     // Each row's target: its id (weight) or its position (table), in row order b * T + t.
     at::Tensor targets;
     if (target == impl::ScatterTarget::kWeight) {
-      targets = indices.ids->reshape({-1}).to(at::kLong);
+      targets = call.ids.reshape({-1}).to(at::kLong);
     } else if (fairseq.defined()) {
       targets = fairseq;
-    } else if (indices.positions.has_value()) {
-      targets = indices.positions->reshape({-1}).to(at::kLong);
+    } else if (call.positions.has_value()) {
+      targets = call.positions->reshape({-1}).to(at::kLong);
     } else {
-      targets = at::arange(indices.offset, indices.offset + seq_len,
+      targets = at::arange(call.options.offset, call.options.offset + seq_len,
                            grad.options().dtype(at::kLong))
                     .expand({batch, seq_len})
                     .reshape({-1});
@@ -108,14 +111,29 @@ struct CudaBackend {
                  "scatter_backward_deterministic");
   }
 
-  static void rotary(kernels::RotaryParams& params, const std::optional<at::Tensor>& inv_freq,
-                     double base, const at::Tensor& like) {
-    const c10::cuda::CUDAGuard guard(like.device());
-    at::Tensor frequencies;
-    if (inv_freq.has_value()) frequencies = inv_freq->to(at::kDouble).contiguous();
+  static void rotary(kernels::RotaryParams& params, const detail::RotaryCall& call) {
+    const c10::cuda::CUDAGuard guard(call.q.device());
+    at::Tensor frequencies, float32_frequencies;
+    if (call.inv_freq.has_value()) frequencies = call.inv_freq->to(at::kDouble).contiguous();
+    if (call.precision == detail::Precision::kTransformers) {
+      if (call.inv_freq.has_value()) {
+        float32_frequencies = call.inv_freq->to(at::kFloat).contiguous();
+      } else {
+        kernels::RopeScaling scaling;
+        scaling.base = call.base;
+        scaling.float32_arithmetic = true;
+        kernels::RopeFrequencies host;
+        const std::string error =
+            kernels::compute_rope_frequencies(params.rotary_dim, scaling, host);
+        TORCH_INTERNAL_ASSERT(error.empty(), error);
+        std::vector<float> values(host.inv_freq.begin(), host.inv_freq.end());
+        float32_frequencies = at::tensor(values, call.q.options().dtype(at::kFloat));
+      }
+      params.float32_frequencies = float32_frequencies.data_ptr<float>();
+    }
     check_launch(kc::rotary(params,
                             frequencies.defined() ? frequencies.data_ptr<double>() : nullptr,
-                            base, current_stream()),
+                            call.base, current_stream()),
                  "rotary");
   }
 
@@ -128,15 +146,9 @@ struct CudaBackend {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
-  m.impl("add_positional", &impl::add_positional_impl<CudaBackend>);
-  m.impl("add_positional_backward", &impl::add_positional_backward_impl<CudaBackend>);
-  m.impl("add_positional_table_backward", &impl::add_positional_table_backward_impl<CudaBackend>);
-  m.impl("embedding", &impl::embedding_impl<CudaBackend>);
-  m.impl("embedding_backward", &impl::embedding_backward_impl<CudaBackend>);
-  m.impl("embedding_table_backward", &impl::embedding_table_backward_impl<CudaBackend>);
-  m.impl("positional_encoding", &impl::positional_encoding_impl<CudaBackend>);
-  m.impl("rotary", &impl::rotary_impl<CudaBackend>);
-  m.impl("rotary_tables", &impl::rotary_tables_impl<CudaBackend>);
+  for (const char* name : detail::kTensorOperators) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&impl::boxed_kernel<CudaBackend>>());
+  }
 }
 
 }  // namespace posenc

@@ -1,6 +1,7 @@
-// Every posenc schema, in one place. Backends register implementations in their own files:
-// ops_cpu.cpp (CPU), ops_meta.cpp (Meta, for FakeTensor and torch.compile), autograd.cpp
-// (Autograd), and ops_cuda.cpp when built with CUDA.
+// Every posenc schema, in one place. Backends register one boxed implementation for all of them
+// in their own files: ops_cpu.cpp (CPU), ops_meta.cpp (Meta, for FakeTensor and torch.compile),
+// autograd.cpp (Autograd), and ops_cuda.cpp when built with CUDA. Implementations read the
+// arguments by these names (call.h), so the names here are the one spelling of each argument.
 #include <torch/library.h>
 
 TORCH_LIBRARY(posenc, m) {
@@ -48,18 +49,20 @@ TORCH_LIBRARY(posenc, m) {
   // (layout "bshd"), [B, H, S, D] ("bhsd"), [S, B, H, D] ("sbhd") or [tokens, H, D] ("thd" with
   // cu_seqlens [sequences + 1]); heads may differ between q and k. positions: [S], [B, S] or
   // [tokens]; offsets: [B] (or [sequences]); inv_freq: [rotary_dim / 2]. Returns [q] or [q, k].
-  // inverse=True rotates by the negative angle: the backward.
+  // inverse=True rotates by the negative angle: the backward. precision="transformers" computes
+  // the default frequencies and the angles pos * inv_freq in float32, as transformers does.
   m.def(
       "rotary(Tensor q, Tensor? k=None, Tensor? positions=None, Tensor? offsets=None, "
       "Tensor? inv_freq=None, Tensor? cu_seqlens=None, *, float base=10000.0, int offset=0, "
       "int? rotary_dim=None, bool interleaved=False, str layout=\"bshd\", "
-      "float attention_factor=1.0, bool inverse=False) -> Tensor[]");
+      "float attention_factor=1.0, bool inverse=False, str precision=\"exact\") -> Tensor[]");
   // transformers' apply_rotary_pos_emb with given cos/sin: [B, S, D] (or broadcastable to q
   // after unsqueeze(unsqueeze_dim)). transpose=True applies the transposed map: the backward.
   m.def(
       "rotary_tables(Tensor q, Tensor? k, Tensor cos, Tensor sin, *, int unsqueeze_dim=1, "
       "bool transpose=False) -> Tensor[]");
-  // (inv_freq [dim / 2] float32, attention_factor) for a Hugging Face rope_scaling type.
+  // (inv_freq [dim / 2], attention_factor) for a Hugging Face rope_scaling type: float64 from the
+  // formulas in double (precision="exact"), or float32 from transformers' float32 arithmetic.
   m.def(
       "rope_frequencies(int dim, *, float base=10000.0, str rope_type=\"default\", "
       "float factor=1.0, int? max_position_embeddings=None, "
@@ -67,7 +70,7 @@ TORCH_LIBRARY(posenc, m) {
       "float? attention_factor=None, float beta_fast=32.0, float beta_slow=1.0, "
       "float? mscale=None, float? mscale_all_dim=None, bool truncate=True, "
       "float low_freq_factor=1.0, float high_freq_factor=4.0, float[]? short_factor=None, "
-      "float[]? long_factor=None) -> (Tensor, float)");
+      "float[]? long_factor=None, str precision=\"exact\") -> (Tensor, float)");
   // PE(positions): positions: any shape of integers -> [*positions.shape, dim].
   m.def(
       "positional_encoding(Tensor positions, int dim, *, str kind=\"sinusoidal\", "

@@ -58,9 +58,11 @@ inline Dropout make_dropout(double p, bool training, uint64_t seed) {
   d.active = training && p > 0.0;
   if (!d.active) return d;
   d.seed = seed;
+  // p rounds to a multiple of 2^-16; p = 1 (or within 2^-17 of it) keeps nothing and gives
+  // zeros, as torch.nn.functional.dropout does.
   const double threshold = (1.0 - p) * 65536.0 + 0.5;
-  d.keep_threshold = threshold < 1.0 ? 1u : static_cast<uint32_t>(threshold);
-  d.keep_scale = 65536.0 / static_cast<double>(d.keep_threshold);
+  d.keep_threshold = threshold < 1.0 ? 0u : static_cast<uint32_t>(threshold);
+  d.keep_scale = d.keep_threshold == 0 ? 0.0 : 65536.0 / static_cast<double>(d.keep_threshold);
   return d;
 }
 

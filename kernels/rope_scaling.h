@@ -1,17 +1,30 @@
 // Frequencies of the rotary embedding under Hugging Face's rope_scaling types, following
-// transformers' modeling_rope_utils (4.57): the same formulas, in float32 where it computes in
-// float32, so that posenc.rope_frequencies returns the same inv_freq and attention factor.
+// transformers' modeling_rope_utils (4.57). The same formulas are evaluated either in double
+// (exact frequencies, the default) or in float32 where transformers computes in float32, so that
+// the float32 results equal transformers' inv_freq bit for bit.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace posenc {
 namespace kernels {
 
+enum class RopeType : int { kDefault, kLinear, kDynamic, kYarn, kLongrope, kLlama3 };
+
+constexpr const char* kRopeTypeNames =
+    "'default', 'linear', 'dynamic', 'yarn', 'longrope' or 'llama3'";
+
+std::optional<RopeType> parse_rope_type(const std::string& name);
+
+// Rotary dims above this are refused before anything is allocated.
+constexpr int64_t kMaxRopeDim = int64_t{1} << 20;
+
 struct RopeScaling {
-  std::string rope_type = "default";  // default, linear, dynamic, yarn, longrope, llama3
+  RopeType rope_type = RopeType::kDefault;
+  bool float32_arithmetic = false;  // transformers' float32 formulas, else the same in double
   double base = 10000.0;
   double factor = 1.0;
   int64_t max_position_embeddings = 0;           // 0: unset
@@ -31,11 +44,15 @@ struct RopeScaling {
 };
 
 struct RopeFrequencies {
-  std::vector<float> inv_freq;  // [dim / 2]
+  std::vector<double> inv_freq;  // [dim / 2]; float32 values when float32_arithmetic
   double attention_factor = 1.0;
 };
 
-// Returns an empty string on success, else a message naming the bad argument.
+// Every check of dim and the scaling values: an empty string when valid, else a message that
+// names the bad argument. Nothing is allocated.
+std::string check_rope_scaling(int64_t dim, const RopeScaling& scaling);
+
+// Returns an empty string on success (after check_rope_scaling), else the message.
 std::string compute_rope_frequencies(int64_t dim, const RopeScaling& scaling,
                                      RopeFrequencies& result);
 

@@ -34,6 +34,9 @@ struct RotaryParams {
   bool inverse = false;            // rotate by -angle (the backward)
   double attention_factor = 1.0;
   const TurnFrequency* frequencies = nullptr;  // [rotary_dim / 2], inv_freq / (2 pi) split
+  // [rotary_dim / 2] or nullptr. Given: transformers' float32 angles, float(pos) * inv_freq
+  // rounded to float32 (their cos/sin tables), instead of the exact angles.
+  const float* float32_frequencies = nullptr;
   // Position of token (b, s): positions[b, s] if given; else offset (+ offsets[b]) + s, with s
   // counted from the start of its sequence when cu_seqlens packs several (thd).
   const void* positions = nullptr;
@@ -79,6 +82,21 @@ POSENC_HOST_DEVICE int64_t rotary_token_position(const RotaryParams& p, int64_t 
   int64_t start = p.offset;
   if (p.offsets != nullptr) start += load_index(p.offsets, p.offsets_type, sequence);
   return start + local;
+}
+
+// cos and sin (in acc) of the angle of pair `pair` at `position`: exact, from the split
+// frequency, or transformers' float32 angle when float32_frequencies is given.
+template <typename acc>
+POSENC_HOST_DEVICE SinCos<acc> rotary_sincos(const TurnFrequency& frequency,
+                                             const float* float32_frequencies, int64_t pair,
+                                             int64_t position) {
+  if (float32_frequencies != nullptr) {
+    const float angle = static_cast<float>(position) * float32_frequencies[pair];
+    const TurnFrequency turns = turn_frequency_from_radians(static_cast<double>(angle));
+    return sincos_turns<acc>(reduced_turns(1.0, turns.high, turns.middle, turns.low, 0.0));
+  }
+  return sincos_turns<acc>(reduced_turns(static_cast<double>(position), frequency.high,
+                                         frequency.middle, frequency.low, 0.0));
 }
 
 // The default frequencies base^(-2i/r), i < r/2, in double; host only.

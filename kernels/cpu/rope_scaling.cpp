@@ -1,18 +1,41 @@
+// Rotary frequencies under Hugging Face's rope_scaling types (see rope_scaling.h): each formula is
+// written once, templated on the arithmetic type (float as transformers, or double).
 #include "rope_scaling.h"
 
 #include <algorithm>
 #include <cmath>
 
+#include "rotary.h"
+
 namespace posenc {
 namespace kernels {
+
+std::optional<RopeType> parse_rope_type(const std::string& name) {
+  if (name == "default") return RopeType::kDefault;
+  if (name == "linear") return RopeType::kLinear;
+  if (name == "dynamic") return RopeType::kDynamic;
+  if (name == "yarn") return RopeType::kYarn;
+  if (name == "longrope") return RopeType::kLongrope;
+  if (name == "llama3") return RopeType::kLlama3;
+  return std::nullopt;
+}
+
 namespace {
 
-// inv_freq_i = 1 / base^(float(2i) / dim) in float32, as transformers computes it.
-std::vector<float> default_frequencies(int64_t dim, double base) {
-  std::vector<float> inv_freq(static_cast<size_t>(dim / 2));
+bool finite_positive(double value) { return std::isfinite(value) && value > 0.0; }
+
+// inv_freq_i = 1 / base^(2i / dim): in float32 as transformers computes it; in double the exact
+// default frequencies of the rotary kernel (the same expression, so the same bits).
+template <typename real>
+std::vector<real> default_frequencies(int64_t dim, double base) {
+  std::vector<real> inv_freq(static_cast<size_t>(dim / 2));
   for (int64_t i = 0; i < dim / 2; ++i) {
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(dim);
-    inv_freq[i] = 1.0f / std::pow(static_cast<float>(base), exponent);
+    if constexpr (sizeof(real) == sizeof(float)) {
+      const float exponent = static_cast<float>(2 * i) / static_cast<float>(dim);
+      inv_freq[i] = 1.0f / std::pow(static_cast<float>(base), exponent);
+    } else {
+      inv_freq[i] = default_rotary_frequency(i, dim, base);
+    }
   }
   return inv_freq;
 }
@@ -21,129 +44,196 @@ double yarn_mscale(double scale, double mscale) {
   return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
 }
 
+template <typename real>
+std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& attention) {
+  const real pi = static_cast<real>(M_PI);
+  attention = 1.0;
+  switch (s.rope_type) {
+    case RopeType::kDefault:
+      return default_frequencies<real>(dim, s.base);
+    case RopeType::kLinear: {
+      std::vector<real> inv_freq = default_frequencies<real>(dim, s.base);
+      for (real& f : inv_freq) f /= static_cast<real>(s.factor);
+      return inv_freq;
+    }
+    case RopeType::kDynamic: {
+      const double m = static_cast<double>(s.max_position_embeddings);
+      const double seq_len = std::max(static_cast<double>(s.seq_len), m);
+      const double base = s.base * std::pow((s.factor * seq_len / m) - (s.factor - 1.0),
+                                            static_cast<double>(dim) / (dim - 2));
+      return default_frequencies<real>(dim, base);
+    }
+    case RopeType::kYarn: {
+      const int64_t original = s.original_max_position_embeddings > 0
+                                   ? s.original_max_position_embeddings
+                                   : s.max_position_embeddings;
+      if (s.has_attention_factor) {
+        attention = s.attention_factor;
+      } else if (s.mscale != 0.0 && s.mscale_all_dim != 0.0) {
+        attention = yarn_mscale(s.factor, s.mscale) / yarn_mscale(s.factor, s.mscale_all_dim);
+      } else {
+        attention = yarn_mscale(s.factor, 1.0);
+      }
+      auto correction_dim = [&](double rotations) {
+        return (dim * std::log(static_cast<double>(original) / (rotations * 2.0 * M_PI))) /
+               (2.0 * std::log(s.base));
+      };
+      double low = correction_dim(s.beta_fast);
+      double high = correction_dim(s.beta_slow);
+      if (s.truncate) {
+        low = std::floor(low);
+        high = std::ceil(high);
+      }
+      low = std::max(low, 0.0);
+      high = std::min(high, static_cast<double>(dim - 1));
+      if (low == high) high += 0.001;
+      std::vector<real> inv_freq(static_cast<size_t>(dim / 2));
+      for (int64_t i = 0; i < dim / 2; ++i) {
+        const real ramp = std::clamp(
+            (static_cast<real>(i) - static_cast<real>(low)) / static_cast<real>(high - low),
+            real(0), real(1));
+        const real extrapolation_factor = real(1) - ramp;
+        const real pos_freq = std::pow(static_cast<real>(s.base),
+                                       static_cast<real>(2 * i) / static_cast<real>(dim));
+        const real extrapolation = real(1) / pos_freq;
+        const real interpolation = real(1) / (static_cast<real>(s.factor) * pos_freq);
+        inv_freq[i] = interpolation * (real(1) - extrapolation_factor) +
+                      extrapolation * extrapolation_factor;
+      }
+      return inv_freq;
+    }
+    case RopeType::kLongrope: {
+      double factor = s.factor;
+      int64_t original = s.max_position_embeddings;
+      if (s.original_max_position_embeddings > 0) {
+        original = s.original_max_position_embeddings;
+        factor = static_cast<double>(s.max_position_embeddings) / original;
+      }
+      if (s.has_attention_factor) {
+        attention = s.attention_factor;
+      } else {
+        attention = factor <= 1.0 ? 1.0
+                                  : std::sqrt(1.0 + std::log(factor) /
+                                                        std::log(static_cast<double>(original)));
+      }
+      const std::vector<double>& ext = s.seq_len > original ? s.long_factor : s.short_factor;
+      std::vector<real> inv_freq(static_cast<size_t>(dim / 2));
+      for (int64_t i = 0; i < dim / 2; ++i) {
+        const real shape = static_cast<real>(2 * i) / static_cast<real>(dim);
+        inv_freq[i] =
+            real(1) / (static_cast<real>(ext[i]) * std::pow(static_cast<real>(s.base), shape));
+      }
+      return inv_freq;
+    }
+    case RopeType::kLlama3: {
+      std::vector<real> inv_freq = default_frequencies<real>(dim, s.base);
+      const real old_context = static_cast<real>(s.original_max_position_embeddings);
+      const real low_freq_factor = static_cast<real>(s.low_freq_factor);
+      const real high_freq_factor = static_cast<real>(s.high_freq_factor);
+      const real factor = static_cast<real>(s.factor);
+      const real low_freq_wavelen = old_context / low_freq_factor;
+      const real high_freq_wavelen = old_context / high_freq_factor;
+      for (real& f : inv_freq) {
+        const real wavelen = real(2) * pi / f;
+        const real scaled = wavelen > low_freq_wavelen ? f / factor : f;
+        const real smooth =
+            (old_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+        const real smoothed = (real(1) - smooth) * scaled / factor + smooth * scaled;
+        const bool medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+        f = medium ? smoothed : scaled;
+      }
+      return inv_freq;
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
-std::string compute_rope_frequencies(int64_t dim, const RopeScaling& s, RopeFrequencies& out) {
-  if (dim <= 0 || dim % 2 != 0) return "dim must be a positive even number";
-  if (!(s.base > 0.0)) return "base must be > 0";
-  out.attention_factor = 1.0;
-  const std::string& type = s.rope_type;
-  if (type == "default") {
-    out.inv_freq = default_frequencies(dim, s.base);
-  } else if (type == "linear") {
-    if (!(s.factor > 0.0)) return "scaling['factor'] must be > 0 for rope_type 'linear'";
-    out.inv_freq = default_frequencies(dim, s.base);
-    for (float& f : out.inv_freq) f /= static_cast<float>(s.factor);
-  } else if (type == "dynamic") {
-    if (s.max_position_embeddings <= 0) {
-      return "rope_type 'dynamic' needs max_position_embeddings";
-    }
-    const double m = static_cast<double>(s.max_position_embeddings);
-    const double seq_len = std::max(static_cast<double>(s.seq_len), m);
-    const double base = s.base * std::pow((s.factor * seq_len / m) - (s.factor - 1.0),
-                                          static_cast<double>(dim) / (dim - 2));
-    out.inv_freq = default_frequencies(dim, base);
-  } else if (type == "yarn") {
-    if (!(s.factor > 0.0)) return "scaling['factor'] must be > 0 for rope_type 'yarn'";
-    const int64_t original = s.original_max_position_embeddings > 0
-                                 ? s.original_max_position_embeddings
-                                 : s.max_position_embeddings;
-    if (original <= 0) {
-      return "rope_type 'yarn' needs max_position_embeddings or "
-             "scaling['original_max_position_embeddings']";
-    }
-    if (s.has_attention_factor) {
-      out.attention_factor = s.attention_factor;
-    } else if (s.mscale != 0.0 && s.mscale_all_dim != 0.0) {
-      out.attention_factor =
-          yarn_mscale(s.factor, s.mscale) / yarn_mscale(s.factor, s.mscale_all_dim);
-    } else {
-      out.attention_factor = yarn_mscale(s.factor, 1.0);
-    }
-    auto correction_dim = [&](double rotations) {
-      return (dim * std::log(static_cast<double>(original) / (rotations * 2.0 * M_PI))) /
-             (2.0 * std::log(s.base));
-    };
-    double low = correction_dim(s.beta_fast);
-    double high = correction_dim(s.beta_slow);
-    if (s.truncate) {
-      low = std::floor(low);
-      high = std::ceil(high);
-    }
-    low = std::max(low, 0.0);
-    high = std::min(high, static_cast<double>(dim - 1));
-    if (low == high) high += 0.001;
-    out.inv_freq.resize(static_cast<size_t>(dim / 2));
-    for (int64_t i = 0; i < dim / 2; ++i) {
-      const float ramp = std::clamp(
-          (static_cast<float>(i) - static_cast<float>(low)) / static_cast<float>(high - low),
-          0.0f, 1.0f);
-      const float extrapolation_factor = 1.0f - ramp;
-      const float pos_freq = std::pow(static_cast<float>(s.base),
-                                      static_cast<float>(2 * i) / static_cast<float>(dim));
-      const float extrapolation = 1.0f / pos_freq;
-      const float interpolation = 1.0f / (static_cast<float>(s.factor) * pos_freq);
-      out.inv_freq[i] = interpolation * (1.0f - extrapolation_factor) +
-                        extrapolation * extrapolation_factor;
-    }
-  } else if (type == "longrope") {
-    if (static_cast<int64_t>(s.short_factor.size()) != dim / 2 ||
-        static_cast<int64_t>(s.long_factor.size()) != dim / 2) {
-      return "rope_type 'longrope' needs scaling['short_factor'] and scaling['long_factor'] "
-             "with dim / 2 entries each";
-    }
-    double factor = s.factor;
-    int64_t original = s.max_position_embeddings;
-    if (s.original_max_position_embeddings > 0) {
-      original = s.original_max_position_embeddings;
+std::string check_rope_scaling(int64_t dim, const RopeScaling& s) {
+  if (dim < 0 || dim % 2 != 0 || dim > kMaxRopeDim) {
+    return "dim must be an even number in [0, 2^20], got " + std::to_string(dim);
+  }
+  if (!finite_positive(s.base)) return "base must be a finite number > 0";
+  if (s.has_attention_factor && !std::isfinite(s.attention_factor)) {
+    return "scaling['attention_factor'] must be finite";
+  }
+  if (s.max_position_embeddings < 0 || s.original_max_position_embeddings < 0 || s.seq_len < 0) {
+    return "max_position_embeddings, original_max_position_embeddings and seq_len must be >= 0";
+  }
+  switch (s.rope_type) {
+    case RopeType::kDefault:
+      return "";
+    case RopeType::kLinear:
+      if (!finite_positive(s.factor)) return "scaling['factor'] must be finite and > 0";
+      return "";
+    case RopeType::kDynamic:
+      if (!finite_positive(s.factor)) return "scaling['factor'] must be finite and > 0";
       if (s.max_position_embeddings <= 0) {
+        return "rope_type 'dynamic' needs max_position_embeddings";
+      }
+      if (dim <= 2) return "rope_type 'dynamic' needs dim > 2";
+      return "";
+    case RopeType::kYarn:
+      if (!finite_positive(s.factor)) return "scaling['factor'] must be finite and > 0";
+      if (s.original_max_position_embeddings <= 0 && s.max_position_embeddings <= 0) {
+        return "rope_type 'yarn' needs max_position_embeddings or "
+               "scaling['original_max_position_embeddings']";
+      }
+      if (!finite_positive(s.beta_fast) || !finite_positive(s.beta_slow)) {
+        return "scaling['beta_fast'] and scaling['beta_slow'] must be finite and > 0";
+      }
+      if (!std::isfinite(s.mscale) || !std::isfinite(s.mscale_all_dim)) {
+        return "scaling['mscale'] and scaling['mscale_all_dim'] must be finite";
+      }
+      if (!(s.base > 1.0)) return "rope_type 'yarn' needs base > 1";
+      return "";
+    case RopeType::kLongrope: {
+      if (static_cast<int64_t>(s.short_factor.size()) != dim / 2 ||
+          static_cast<int64_t>(s.long_factor.size()) != dim / 2) {
+        return "rope_type 'longrope' needs scaling['short_factor'] and scaling['long_factor'] "
+               "with dim / 2 entries each";
+      }
+      for (const std::vector<double>* factors : {&s.short_factor, &s.long_factor}) {
+        for (double f : *factors) {
+          if (!finite_positive(f)) {
+            return "scaling['short_factor'] and scaling['long_factor'] entries must be finite "
+                   "and > 0";
+          }
+        }
+      }
+      if (s.original_max_position_embeddings > 0 && s.max_position_embeddings <= 0) {
         return "rope_type 'longrope' with original_max_position_embeddings needs "
                "max_position_embeddings";
       }
-      factor = static_cast<double>(s.max_position_embeddings) / original;
+      if (s.max_position_embeddings <= 0) {
+        return "rope_type 'longrope' needs max_position_embeddings";
+      }
+      if (!std::isfinite(s.factor)) return "scaling['factor'] must be finite";
+      return "";
     }
-    if (original <= 0) return "rope_type 'longrope' needs max_position_embeddings";
-    if (s.has_attention_factor) {
-      out.attention_factor = s.attention_factor;
-    } else {
-      out.attention_factor =
-          factor <= 1.0 ? 1.0
-                        : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(original)));
-    }
-    const std::vector<double>& ext =
-        s.seq_len > original ? s.long_factor : s.short_factor;
-    out.inv_freq.resize(static_cast<size_t>(dim / 2));
-    for (int64_t i = 0; i < dim / 2; ++i) {
-      const float shape = static_cast<float>(2 * i) / static_cast<float>(dim);
-      out.inv_freq[i] =
-          1.0f / (static_cast<float>(ext[i]) * std::pow(static_cast<float>(s.base), shape));
-    }
-  } else if (type == "llama3") {
-    if (s.original_max_position_embeddings <= 0) {
-      return "rope_type 'llama3' needs scaling['original_max_position_embeddings']";
-    }
-    if (!(s.factor > 0.0) || s.high_freq_factor == s.low_freq_factor) {
-      return "rope_type 'llama3' needs factor > 0 and high_freq_factor != low_freq_factor";
-    }
-    out.inv_freq = default_frequencies(dim, s.base);
-    const float old_context = static_cast<float>(s.original_max_position_embeddings);
-    const float low_freq_factor = static_cast<float>(s.low_freq_factor);
-    const float high_freq_factor = static_cast<float>(s.high_freq_factor);
-    const float factor = static_cast<float>(s.factor);
-    const float low_freq_wavelen = old_context / low_freq_factor;
-    const float high_freq_wavelen = old_context / high_freq_factor;
-    for (float& f : out.inv_freq) {
-      const float wavelen = 2.0f * static_cast<float>(M_PI) / f;
-      const float scaled = wavelen > low_freq_wavelen ? f / factor : f;
-      const float smooth =
-          (old_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-      const float smoothed = (1.0f - smooth) * scaled / factor + smooth * scaled;
-      const bool medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
-      f = medium ? smoothed : scaled;
-    }
+    case RopeType::kLlama3:
+      if (s.original_max_position_embeddings <= 0) {
+        return "rope_type 'llama3' needs scaling['original_max_position_embeddings']";
+      }
+      if (!finite_positive(s.factor) || !finite_positive(s.low_freq_factor) ||
+          !finite_positive(s.high_freq_factor) || s.high_freq_factor == s.low_freq_factor) {
+        return "rope_type 'llama3' needs finite factor, low_freq_factor and high_freq_factor > 0 "
+               "with high_freq_factor != low_freq_factor";
+      }
+      return "";
+  }
+  return "unknown rope_type";
+}
+
+std::string compute_rope_frequencies(int64_t dim, const RopeScaling& s, RopeFrequencies& out) {
+  std::string error = check_rope_scaling(dim, s);
+  if (!error.empty()) return error;
+  if (s.float32_arithmetic) {
+    const std::vector<float> inv_freq = scaled_frequencies<float>(dim, s, out.attention_factor);
+    out.inv_freq.assign(inv_freq.begin(), inv_freq.end());
   } else {
-    return "unknown rope_type '" + type +
-           "'; expected default, linear, dynamic, yarn, longrope or llama3";
+    out.inv_freq = scaled_frequencies<double>(dim, s, out.attention_factor);
   }
   return "";
 }

@@ -81,11 +81,10 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
         const int64_t s = token % params.seq_len;
         const int64_t position = rotary_token_position(params, b, s);
         if (position != cached_position) {
-          const double p = static_cast<double>(position);
           const TurnFrequency* f = params.frequencies;
           for (int64_t i = 0; i < half; ++i) {
             const SinCos<acc> sc =
-                sincos_turns<acc>(reduced_turns(p, f[i].high, f[i].middle, f[i].low, 0.0));
+                rotary_sincos<acc>(f[i], params.float32_frequencies, i, position);
             cosines[i] = factor * sc.cos;
             sines[i] = sin_sign * factor * sc.sin;
           }

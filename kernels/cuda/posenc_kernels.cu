@@ -232,13 +232,13 @@ __global__ void rotary_kernel(RotaryParams p, const double* inv_freq, double bas
   const int64_t token = blockIdx.x;
   const int64_t b = token / p.seq_len;
   const int64_t s = token % p.seq_len;
-  const double position = static_cast<double>(rotary_token_position(p, b, s));
+  const int64_t position = rotary_token_position(p, b, s);
   const acc factor = static_cast<acc>(p.attention_factor);
   const acc sign = p.inverse ? acc(-1) : acc(1);
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
     const double w = inv_freq != nullptr ? inv_freq[i] : default_rotary_frequency(i, p.rotary_dim, base);
-    const TurnFrequency f = turn_frequency_from_radians(w);
-    const SinCos<acc> sc = sincos_turns<acc>(reduced_turns(position, f.high, f.middle, f.low, 0.0));
+    const SinCos<acc> sc =
+        rotary_sincos<acc>(turn_frequency_from_radians(w), p.float32_frequencies, i, position);
     cosines[i] = factor * sc.cos;
     sines[i] = sign * factor * sc.sin;
   }

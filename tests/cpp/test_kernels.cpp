@@ -443,17 +443,29 @@ TEST(RotaryKernel, MatchesReferenceForwardAndInverse) {
 
 TEST(RopeScaling, LinearAndErrors) {
   pk::RopeScaling scaling;
-  scaling.rope_type = "linear";
+  scaling.rope_type = pk::RopeType::kLinear;
   scaling.factor = 4.0;
+  scaling.float32_arithmetic = true;
   pk::RopeFrequencies result;
   ASSERT_EQ(pk::compute_rope_frequencies(8, scaling, result), "");
   ASSERT_EQ(result.inv_freq.size(), 4u);
-  EXPECT_FLOAT_EQ(result.inv_freq[0], 0.25f);
-  EXPECT_FLOAT_EQ(result.inv_freq[2], 1.0f / std::pow(10000.0f, 0.5f) / 4.0f);
-  scaling.rope_type = "nope";
-  EXPECT_NE(pk::compute_rope_frequencies(8, scaling, result).find("unknown rope_type"),
-            std::string::npos);
+  EXPECT_EQ(result.inv_freq[0], 0.25);
+  EXPECT_EQ(result.inv_freq[2], 1.0f / std::pow(10000.0f, 0.5f) / 4.0f);
+  // In double: the exact default frequencies divided by the factor.
+  scaling.float32_arithmetic = false;
+  ASSERT_EQ(pk::compute_rope_frequencies(8, scaling, result), "");
+  EXPECT_EQ(result.inv_freq[2], pk::default_rotary_frequency(2, 8, 10000.0) / 4.0);
+  EXPECT_FALSE(pk::parse_rope_type("nope").has_value());
   EXPECT_NE(pk::compute_rope_frequencies(7, pk::RopeScaling{}, result), "");
+  scaling.factor = std::nan("");
+  EXPECT_NE(pk::check_rope_scaling(8, scaling).find("factor"), std::string::npos);
+  scaling.factor = 2.0;
+  scaling.rope_type = pk::RopeType::kYarn;
+  scaling.max_position_embeddings = 64;
+  scaling.beta_fast = std::nan("");
+  EXPECT_NE(pk::check_rope_scaling(8, scaling).find("beta_fast"), std::string::npos);
+  EXPECT_NE(pk::check_rope_scaling(int64_t{1} << 40, pk::RopeScaling{}).find("dim"),
+            std::string::npos);
 }
 
 // ---- embedding gather ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
+#include <torch/serialize/input-archive.h>
 
 #include "posenc/posenc.h"
 
@@ -39,6 +40,11 @@ class PositionalEncodingImpl : public torch::nn::Cloneable<PositionalEncodingImp
 
   PositionalEncodingOptions options;
   at::Tensor table;  // [max_len, d_model] for kind "learned", else undefined
+
+ private:
+  at::Tensor forward_with(const at::Tensor& x, const std::optional<at::Tensor>& positions,
+                          int64_t offset, const std::optional<at::Tensor>& table,
+                          bool training);
 };
 TORCH_MODULE(PositionalEncoding);
 
@@ -80,12 +86,13 @@ struct RotaryEmbeddingOptions {
   TORCH_ARG(double, base) = 10000.0;
   TORCH_ARG(bool, interleaved) = false;
   TORCH_ARG(std::optional<int64_t>, rotary_dim) = std::nullopt;
-  TORCH_ARG(std::string, rope_type) = "default";  // default, linear, dynamic, yarn (with factor)
-  TORCH_ARG(double, factor) = 1.0;
-  TORCH_ARG(std::optional<int64_t>, max_position_embeddings) = std::nullopt;
+  // The scaling (rope_type and its keys) and the precision; base is taken from above.
+  TORCH_ARG(RopeFrequenciesOptions, scaling) = {};
 };
 
-// Rotary embedding of q (and k); inv_freq is a buffer, no cos/sin cache.
+// Rotary embedding of q (and k); inv_freq is a buffer, no cos/sin cache. The frequencies keep
+// their precision (float64 for "exact") whatever dtype the module is moved to, so the module
+// gives the same bits as posenc::rotary with the same arguments.
 class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
  public:
   explicit RotaryEmbeddingImpl(RotaryEmbeddingOptions options);
@@ -94,10 +101,17 @@ class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
   std::vector<at::Tensor> forward(const at::Tensor& q,
                                   const std::optional<at::Tensor>& k = std::nullopt,
                                   RotaryOptions rotary = {});
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void load(torch::serialize::InputArchive& archive) override;
 
   RotaryEmbeddingOptions options;
-  at::Tensor inv_freq;  // [rotary_dim / 2]
+  at::Tensor inv_freq;  // [rotary_dim / 2]: float64 ("exact") or float32 ("transformers")
   double attention_factor = 1.0;
+
+ private:
+  void restore_frequencies();
+  at::Tensor frequencies_;  // the computed inv_freq on the CPU
 };
 TORCH_MODULE(RotaryEmbedding);
 
