@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/pow.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -849,9 +851,18 @@ RopeFrequenciesCall parse_rope_frequencies_call(const Arguments& args) {
     const auto list = value.toDoubleVector();
     (std::string_view(name) == "short_factor" ? s.short_factor : s.long_factor) = list;
   }
+  s.float32_powers = torch_float32_powers();
   const std::string error = kernels::check_rope_scaling(call.dim, s);
   TORCH_CHECK_VALUE(error.empty(), op, ": ", error);
   return call;
+}
+
+kernels::Float32Powers torch_float32_powers() {
+  return [](double base, const float* exponents, float* out, int64_t n) {
+    const at::Tensor e = at::from_blob(const_cast<float*>(exponents), {n}, at::kFloat);
+    const at::Tensor powers = at::pow(at::Scalar(base), e).contiguous();
+    std::copy(powers.data_ptr<float>(), powers.data_ptr<float>() + n, out);
+  };
 }
 
 }  // namespace detail

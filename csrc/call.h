@@ -200,5 +200,9 @@ struct RopeFrequenciesCall {
 
 RopeFrequenciesCall parse_rope_frequencies_call(const Arguments& args);
 
+// base^exponents with torch's float32 pow on a tensor of the same length, as transformers forms
+// its frequencies, so that precision="transformers" matches them to the last bit.
+kernels::Float32Powers torch_float32_powers();
+
 }  // namespace detail
 }  // namespace posenc

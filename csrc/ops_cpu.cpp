@@ -46,6 +46,7 @@ struct CpuBackend {
       kernels::RopeScaling scaling;
       scaling.base = call.base;
       scaling.float32_arithmetic = float32_angles;
+      scaling.float32_powers = detail::torch_float32_powers();
       kernels::RopeFrequencies frequencies;
       const std::string error =
           kernels::compute_rope_frequencies(params.rotary_dim, scaling, frequencies);

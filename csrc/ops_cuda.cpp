@@ -122,6 +122,7 @@ struct CudaBackend {
         kernels::RopeScaling scaling;
         scaling.base = call.base;
         scaling.float32_arithmetic = true;
+        scaling.float32_powers = detail::torch_float32_powers();
         kernels::RopeFrequencies host;
         const std::string error =
             kernels::compute_rope_frequencies(params.rotary_dim, scaling, host);

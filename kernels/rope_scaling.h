@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,9 +23,16 @@ std::optional<RopeType> parse_rope_type(const std::string& name);
 // Rotary dims above this are refused before anything is allocated.
 constexpr int64_t kMaxRopeDim = int64_t{1} << 20;
 
+// out[i] = base^exponents[i] in float32 for i < n. transformers evaluates these powers with
+// torch's vectorised pow, whose last bit can differ from std::pow, so the torch binding passes
+// one built on torch; std::pow is the default.
+using Float32Powers = std::function<void(double base, const float* exponents, float* out,
+                                         int64_t n)>;
+
 struct RopeScaling {
   RopeType rope_type = RopeType::kDefault;
   bool float32_arithmetic = false;  // transformers' float32 formulas, else the same in double
+  Float32Powers float32_powers;     // for float32_arithmetic; empty: std::pow
   double base = 10000.0;
   double factor = 1.0;
   int64_t max_position_embeddings = 0;           // 0: unset

@@ -24,20 +24,49 @@ namespace {
 
 bool finite_positive(double value) { return std::isfinite(value) && value > 0.0; }
 
+// base^(2i / dim) for i < dim / 2 (float32 exponents 2i / dim, as transformers forms them).
+std::vector<float> float32_powers(int64_t dim, double base, const RopeScaling& s) {
+  std::vector<float> exponents(static_cast<size_t>(dim / 2)), powers(exponents.size());
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    exponents[i] = static_cast<float>(2 * i) / static_cast<float>(dim);
+  }
+  if (s.float32_powers) {
+    s.float32_powers(base, exponents.data(), powers.data(), dim / 2);
+  } else {
+    for (int64_t i = 0; i < dim / 2; ++i) {
+      powers[i] = std::pow(static_cast<float>(base), exponents[i]);
+    }
+  }
+  return powers;
+}
+
+// base^(2i / dim): in float32 as transformers computes it, or in double.
+template <typename real>
+std::vector<real> position_powers(int64_t dim, double base, const RopeScaling& s) {
+  if constexpr (sizeof(real) == sizeof(float)) {
+    return float32_powers(dim, base, s);
+  } else {
+    std::vector<double> powers(static_cast<size_t>(dim / 2));
+    for (int64_t i = 0; i < dim / 2; ++i) {
+      powers[i] = std::pow(base, static_cast<double>(2 * i) / static_cast<double>(dim));
+    }
+    return powers;
+  }
+}
+
 // inv_freq_i = 1 / base^(2i / dim): in float32 as transformers computes it; in double the exact
 // default frequencies of the rotary kernel (the same expression, so the same bits).
 template <typename real>
-std::vector<real> default_frequencies(int64_t dim, double base) {
-  std::vector<real> inv_freq(static_cast<size_t>(dim / 2));
-  for (int64_t i = 0; i < dim / 2; ++i) {
-    if constexpr (sizeof(real) == sizeof(float)) {
-      const float exponent = static_cast<float>(2 * i) / static_cast<float>(dim);
-      inv_freq[i] = 1.0f / std::pow(static_cast<float>(base), exponent);
-    } else {
-      inv_freq[i] = default_rotary_frequency(i, dim, base);
-    }
+std::vector<real> default_frequencies(int64_t dim, double base, const RopeScaling& s) {
+  if constexpr (sizeof(real) == sizeof(float)) {
+    std::vector<float> inv_freq = float32_powers(dim, base, s);
+    for (float& f : inv_freq) f = 1.0f / f;
+    return inv_freq;
+  } else {
+    std::vector<double> inv_freq(static_cast<size_t>(dim / 2));
+    for (int64_t i = 0; i < dim / 2; ++i) inv_freq[i] = default_rotary_frequency(i, dim, base);
+    return inv_freq;
   }
-  return inv_freq;
 }
 
 double yarn_mscale(double scale, double mscale) {
@@ -50,9 +79,9 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
   attention = 1.0;
   switch (s.rope_type) {
     case RopeType::kDefault:
-      return default_frequencies<real>(dim, s.base);
+      return default_frequencies<real>(dim, s.base, s);
     case RopeType::kLinear: {
-      std::vector<real> inv_freq = default_frequencies<real>(dim, s.base);
+      std::vector<real> inv_freq = default_frequencies<real>(dim, s.base, s);
       for (real& f : inv_freq) f /= static_cast<real>(s.factor);
       return inv_freq;
     }
@@ -61,7 +90,7 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
       const double seq_len = std::max(static_cast<double>(s.seq_len), m);
       const double base = s.base * std::pow((s.factor * seq_len / m) - (s.factor - 1.0),
                                             static_cast<double>(dim) / (dim - 2));
-      return default_frequencies<real>(dim, base);
+      return default_frequencies<real>(dim, base, s);
     }
     case RopeType::kYarn: {
       const int64_t original = s.original_max_position_embeddings > 0
@@ -87,14 +116,14 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
       low = std::max(low, 0.0);
       high = std::min(high, static_cast<double>(dim - 1));
       if (low == high) high += 0.001;
+      const std::vector<real> pos_freqs = position_powers<real>(dim, s.base, s);
       std::vector<real> inv_freq(static_cast<size_t>(dim / 2));
       for (int64_t i = 0; i < dim / 2; ++i) {
         const real ramp = std::clamp(
             (static_cast<real>(i) - static_cast<real>(low)) / static_cast<real>(high - low),
             real(0), real(1));
         const real extrapolation_factor = real(1) - ramp;
-        const real pos_freq = std::pow(static_cast<real>(s.base),
-                                       static_cast<real>(2 * i) / static_cast<real>(dim));
+        const real pos_freq = pos_freqs[i];
         const real extrapolation = real(1) / pos_freq;
         const real interpolation = real(1) / (static_cast<real>(s.factor) * pos_freq);
         inv_freq[i] = interpolation * (real(1) - extrapolation_factor) +
@@ -117,16 +146,15 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
                                                         std::log(static_cast<double>(original)));
       }
       const std::vector<double>& ext = s.seq_len > original ? s.long_factor : s.short_factor;
+      const std::vector<real> powers = position_powers<real>(dim, s.base, s);
       std::vector<real> inv_freq(static_cast<size_t>(dim / 2));
       for (int64_t i = 0; i < dim / 2; ++i) {
-        const real shape = static_cast<real>(2 * i) / static_cast<real>(dim);
-        inv_freq[i] =
-            real(1) / (static_cast<real>(ext[i]) * std::pow(static_cast<real>(s.base), shape));
+        inv_freq[i] = real(1) / (static_cast<real>(ext[i]) * powers[i]);
       }
       return inv_freq;
     }
     case RopeType::kLlama3: {
-      std::vector<real> inv_freq = default_frequencies<real>(dim, s.base);
+      std::vector<real> inv_freq = default_frequencies<real>(dim, s.base, s);
       const real old_context = static_cast<real>(s.original_max_position_embeddings);
       const real low_freq_factor = static_cast<real>(s.low_freq_factor);
       const real high_freq_factor = static_cast<real>(s.high_freq_factor);

@@ -152,39 +152,57 @@ def test_apply_rotary_pos_emb_parity_and_grad(unsqueeze_dim):
 
 
 # ---- rope_frequencies against the transformers formulas, written here --------------------------
+# precision="transformers" must equal the formulas in float32 bit for bit; precision="exact"
+# must equal the same formulas in float64 (to rounding).
 
-def hf_default(dim, base):
-    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+def check_frequencies(want, dim, **kwargs):
+    """want(dtype) -> the formula's inv_freq in dtype; returns the attention factors."""
+    hf, hf_factor = posenc.rope_frequencies(dim, precision="transformers", **kwargs)
+    assert hf.dtype == torch.float32
+    torch.testing.assert_close(hf, want(torch.float32), rtol=0, atol=0)
+    exact, exact_factor = posenc.rope_frequencies(dim, **kwargs)
+    assert exact.dtype == torch.float64
+    torch.testing.assert_close(exact, want(torch.float64), rtol=1e-14, atol=0)
+    assert hf_factor == exact_factor
+    return exact_factor
+
+
+def hf_default(dim, base, dtype=torch.float32):
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(dtype) / dim))
 
 
 def test_rope_frequencies_default_linear_dynamic():
     dim, base = 64, 10000.0
-    inv, a = posenc.rope_frequencies(dim, base=base)
-    torch.testing.assert_close(inv, hf_default(dim, base))
-    assert a == 1.0
-    inv, _ = posenc.rope_frequencies(dim, base=base, scaling={"rope_type": "linear", "factor": 4.0})
-    torch.testing.assert_close(inv, hf_default(dim, base) / 4.0)
+    assert check_frequencies(lambda t: hf_default(dim, base, t), dim, base=base) == 1.0
+    check_frequencies(lambda t: hf_default(dim, base, t) / 4.0, dim, base=base,
+                      scaling={"rope_type": "linear", "factor": 4.0})
     seq_len, max_pos, factor = 5000, 2048, 2.0
     new_base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
-    inv, _ = posenc.rope_frequencies(dim, base=base, scaling={"type": "dynamic", "factor": factor},
-                                     max_position_embeddings=max_pos, seq_len=seq_len)
-    torch.testing.assert_close(inv, hf_default(dim, new_base))
+    check_frequencies(lambda t: hf_default(dim, new_base, t), dim, base=base,
+                      scaling={"type": "dynamic", "factor": factor},
+                      max_position_embeddings=max_pos, seq_len=seq_len)
+    # The exact default is the rotary kernel's own: the module and the function agree.
+    exact, _ = posenc.rope_frequencies(dim, base=base)
+    torch.testing.assert_close(exact, base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim),
+                               rtol=2e-16, atol=0)
 
 
 def test_rope_frequencies_yarn():
     dim, base, factor, original = 64, 10000.0, 4.0, 4096
     scaling = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original}
-    inv, a = posenc.rope_frequencies(dim, base=base, scaling=scaling, max_position_embeddings=16384)
 
     def corr(rot):
         return (dim * math.log(original / (rot * 2 * math.pi))) / (2 * math.log(base))
 
     low, high = max(math.floor(corr(32)), 0), min(math.ceil(corr(1)), dim - 1)
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
-    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
-    extra = 1 - ramp
-    want = (1.0 / (factor * pos_freqs)) * (1 - extra) + (1.0 / pos_freqs) * extra
-    torch.testing.assert_close(inv, want)
+
+    def want(dtype):
+        ramp = ((torch.arange(dim // 2, dtype=dtype) - low) / (high - low)).clamp(0, 1)
+        pos_freqs = base ** (torch.arange(0, dim, 2).to(dtype) / dim)
+        extra = 1 - ramp
+        return (1.0 / (factor * pos_freqs)) * (1 - extra) + (1.0 / pos_freqs) * extra
+
+    a = check_frequencies(want, dim, base=base, scaling=scaling, max_position_embeddings=16384)
     assert a == pytest.approx(0.1 * math.log(factor) + 1.0)
     _, a2 = posenc.rope_frequencies(dim, base=base, max_position_embeddings=16384,
                                     scaling=dict(scaling, mscale=0.707, mscale_all_dim=0.707))
@@ -196,27 +214,39 @@ def test_rope_frequencies_longrope_and_llama3():
     short, long = [1.0, 1.5, 2.0, 3.0], [2.0, 4.0, 8.0, 16.0]
     scaling = {"rope_type": "longrope", "short_factor": short, "long_factor": long,
                "original_max_position_embeddings": 4096}
-    shape = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
-    inv, a = posenc.rope_frequencies(dim, base=base, scaling=scaling, max_position_embeddings=131072)
-    torch.testing.assert_close(inv, 1.0 / (torch.tensor(short) * base**shape))
+
+    def longrope(factors):
+        return lambda t: 1.0 / (torch.tensor(factors, dtype=t) *
+                                base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(t) / dim))
+
+    a = check_frequencies(longrope(short), dim, base=base, scaling=scaling,
+                          max_position_embeddings=131072)
     assert a == pytest.approx(math.sqrt(1 + math.log(131072 / 4096) / math.log(4096)))
-    inv, _ = posenc.rope_frequencies(dim, base=base, scaling=scaling, max_position_embeddings=131072,
-                                     seq_len=5000)
-    torch.testing.assert_close(inv, 1.0 / (torch.tensor(long) * base**shape))
+    check_frequencies(longrope(long), dim, base=base, scaling=scaling,
+                      max_position_embeddings=131072, seq_len=5000)
 
     dim, base = 128, 500000.0
     s = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
          "original_max_position_embeddings": 8192}
-    inv_freq = hf_default(dim, base)
-    low_wavelen, high_wavelen = 8192 / 1.0, 8192 / 4.0
-    wavelen = 2 * math.pi / inv_freq
-    llama = torch.where(wavelen > low_wavelen, inv_freq / 8.0, inv_freq)
-    smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
-    smoothed = (1 - smooth) * llama / 8.0 + smooth * llama
-    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
-    want = torch.where(medium, smoothed, llama)
-    inv, _ = posenc.rope_frequencies(dim, base=base, scaling=s)
-    torch.testing.assert_close(inv, want)
+
+    def llama3(dtype):
+        inv_freq = hf_default(dim, base, dtype)
+        low_wavelen, high_wavelen = 8192 / 1.0, 8192 / 4.0
+        wavelen = 2 * math.pi / inv_freq
+        llama = torch.where(wavelen > low_wavelen, inv_freq / 8.0, inv_freq)
+        smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
+        smoothed = (1 - smooth) * llama / 8.0 + smooth * llama
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, llama)
+
+    check_frequencies(llama3, dim, base=base, scaling=s)
+
+
+def test_rope_frequencies_warns_on_unknown_keys():
+    with pytest.warns(UserWarning, match="unrecognized keys.*'factr'"):
+        inv, _ = posenc.rope_frequencies(8, scaling={"rope_type": "linear", "factor": 2.0,
+                                                     "factr": 4.0})
+    torch.testing.assert_close(inv, posenc.rope_frequencies(8)[0] / 2.0, rtol=1e-15, atol=0)
 
 
 def test_rotary_with_scaling_uses_frequencies_and_factor():

@@ -1,9 +1,11 @@
-"""Typed wrappers over ``torch.ops.posenc``. They check Python-level argument types, draw the
-dropout seed from the torch generator, and call the operator; all math happens in the kernels."""
+"""Typed wrappers over ``torch.ops.posenc``. Every wrapper and module goes through one argument
+path, :func:`_call`: it checks each argument's Python type against the operator's schema, draws
+the dropout seed from the torch generator, and calls the operator. Values are checked by the
+operator itself (one place, shared with C++); all math happens in the kernels."""
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor
@@ -11,28 +13,75 @@ from torch import Tensor
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
-
-def _check_tensor(name: str, value: object, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, Tensor):
-        expected = "a Tensor or None" if allow_none else "a Tensor"
-        raise TypeError(f"posenc: {name} must be {expected}, got {type(value).__name__}")
-
-
-def _check_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"posenc: {name} must be an int, got {type(value).__name__}")
+# What each schema type accepts, and how a message names it.
+_EXPECTED = {
+    "Tensor": "a Tensor",
+    "str": "a str",
+    "float": "a float",
+    "int": "an int",
+    "SymInt": "an int",
+    "bool": "a bool",
+    "List[float]": "a list of floats",
+}
 
 
-def _check_float(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"posenc: {name} must be a float, got {type(value).__name__}")
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float, torch.SymInt, torch.SymFloat)) and not isinstance(
+        value, bool
+    )
 
 
-def _check_str(name: str, value: object) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"posenc: {name} must be a str, got {type(value).__name__}")
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool)
+
+
+_ACCEPTS = {
+    "Tensor": lambda v: isinstance(v, Tensor),
+    "str": lambda v: isinstance(v, str),
+    "float": _is_real,
+    "int": _is_int,
+    "SymInt": _is_int,
+    "bool": lambda v: isinstance(v, bool),
+    "List[float]": lambda v: isinstance(v, (list, tuple)) and all(_is_real(x) for x in v),
+}
+
+
+def _schema_arguments(op: str) -> tuple:
+    """(name, base type, optional, keyword-only) of each argument of ``torch.ops.posenc.<op>``."""
+    schema = getattr(torch.ops.posenc, op).default._schema
+    result = []
+    for argument in schema.arguments:
+        type_name = str(argument.type)
+        optional = type_name.startswith("Optional[")
+        base = type_name[len("Optional["):-1] if optional else type_name
+        result.append((argument.name, base, optional, argument.kwarg_only))
+    return tuple(result)
+
+
+# Read once at import (the package loads the library first): torch.compile then sees constants.
+_SCHEMAS = {
+    op: _schema_arguments(op)
+    for op in ("add_positional", "embedding", "positional_encoding", "rotary", "rotary_tables",
+               "rope_frequencies")
+}
+
+
+def _check_argument(op: str, name: str, base: str, optional: bool, value: object) -> object:
+    """The value converted for the schema, or a TypeError that names the argument."""
+    if value is None and optional:
+        return None
+    if base == "int" and name == "dtype":  # ScalarType
+        if isinstance(value, torch.dtype):
+            return value
+        raise TypeError(f"posenc.{op}: {name} must be a torch.dtype, got {type(value).__name__}")
+    if base not in _ACCEPTS or not _ACCEPTS[base](value):
+        expected = _EXPECTED.get(base, base) + (" or None" if optional else "")
+        raise TypeError(f"posenc.{op}: {name} must be {expected}, got {type(value).__name__}")
+    if base == "float" and not isinstance(value, torch.SymFloat):
+        return float(value)  # type: ignore[arg-type]
+    if base == "List[float]":
+        return [float(v) for v in value]  # type: ignore[union-attr]
+    return value
 
 
 def draw_seed(
@@ -50,6 +99,32 @@ def draw_seed(
     return torch.randint(
         _INT64_MIN, _INT64_MAX, (), dtype=torch.int64, device=device, generator=generator
     )
+
+
+def _call(op: str, arguments: Dict[str, Any], generator: Optional[torch.Generator] = None) -> Any:
+    """Calls ``torch.ops.posenc.<op>`` with ``arguments`` by schema name; keyword arguments that
+    are absent keep the schema's defaults. Checks each type, and draws the dropout seed when the
+    schema takes one and none is given, on the device of the operator's first tensor."""
+    schema = _SCHEMAS[op]
+    unknown = sorted(set(arguments) - {name for name, _, _, _ in schema})
+    assert not unknown, f"posenc: {op} has no argument(s) {unknown}"
+    positional = []
+    keywords = {}
+    for name, base, optional, kwarg_only in schema:
+        value = arguments.get(name)
+        if name == "seed" and value is None:
+            value = draw_seed(
+                next(v for v in positional if isinstance(v, Tensor)).device,
+                _check_argument(op, "dropout", "float", False, arguments.get("dropout", 0.0)),
+                _check_argument(op, "training", "bool", False, arguments.get("training", True)),
+                generator,
+            )
+        if kwarg_only:
+            if name in arguments:
+                keywords[name] = _check_argument(op, name, base, optional, value)
+        else:
+            positional.append(_check_argument(op, name, base, optional, value))
+    return getattr(torch.ops.posenc, op)(*positional, **keywords)
 
 
 def add_positional(
@@ -87,44 +162,22 @@ def add_positional(
         combine: ``"add"`` or ``"mul"``.
         scale: multiplies ``x`` before combining.
         positions: ``None`` for ``offset + arange(T)``, or an int64/int32 tensor broadcastable
-            to ``x.shape[:-1]`` with values ``>= 0`` (and ``< P`` for ``"learned"``).
+            to ``x.shape[:-1]`` with values ``>= 0`` (and ``< P`` for ``"learned"``). Give
+            ``positions`` or a nonzero ``offset``, not both.
         offset: first position when ``positions`` is None (KV-cache decoding, shards).
-        base: ``b`` above.
-        table: ``(P, D)`` tensor of ``x``'s dtype for ``kind="learned"``; may require grad.
-        dropout: drop probability ``p`` in ``[0, 1)`` (inverted dropout, when ``training``).
+        base: ``b`` above, finite and ``> 0``.
+        table: ``(P, D)`` tensor of ``x``'s dtype for ``kind="learned"`` (only then); may
+            require grad.
+        dropout: drop probability ``p`` in ``[0, 1]`` (inverted dropout, when ``training``);
+            ``p = 1`` gives zeros, as ``torch.nn.functional.dropout``.
         generator: source of the dropout seed; default: the default generator of x's device.
 
     Returns:
         ``(..., T, D)`` tensor like ``x``. Angles are reduced exactly, so the code is within
         2e-6 of a float64 computation for positions below 2^24.
     """
-    _check_tensor("x", x, allow_none=False)
-    _check_tensor("positions", positions)
-    _check_tensor("table", table)
-    _check_str("kind", kind)
-    _check_str("combine", combine)
-    _check_str("convention", convention)
-    _check_str("layout", layout)
-    _check_float("scale", scale)
-    _check_float("base", base)
-    _check_float("dropout", dropout)
-    _check_int("offset", offset)
-    seed = draw_seed(x.device, float(dropout), bool(training), generator)
-    return torch.ops.posenc.add_positional(
-        x,
-        positions,
-        table,
-        seed,
-        kind=kind,
-        combine=combine,
-        scale=float(scale),
-        offset=offset,
-        base=float(base),
-        convention=convention,
-        layout=layout,
-        dropout=float(dropout),
-        training=bool(training),
-    )
+    arguments = dict(locals())
+    return _call("add_positional", arguments, arguments.pop("generator"))
 
 
 def embedding(
@@ -166,47 +219,16 @@ def embedding(
     Returns:
         ``(*ids.shape, D)`` tensor of ``weight``'s dtype.
     """
-    _check_tensor("ids", ids, allow_none=False)
-    _check_tensor("weight", weight, allow_none=False)
-    _check_tensor("table", table)
-    for name, value in (("kind", kind), ("combine", combine), ("convention", convention),
-                        ("layout", layout)):
-        _check_str(name, value)
-    if scale is not None:
-        _check_float("scale", scale)
-    _check_float("base", base)
-    _check_float("dropout", dropout)
-    _check_int("offset", offset)
-    if padding_idx is not None:
-        _check_int("padding_idx", padding_idx)
-    fairseq_positions = False
+    arguments = dict(locals())
+    generator = arguments.pop("generator")
     if isinstance(positions, str):
         if positions != "fairseq":
             raise ValueError(
-                f"posenc: positions must be None, a Tensor or 'fairseq', got {positions!r}"
+                f"posenc.embedding: positions must be None, a Tensor or 'fairseq', got "
+                f"{positions!r}"
             )
-        fairseq_positions, positions = True, None
-    else:
-        _check_tensor("positions", positions)
-    seed = draw_seed(weight.device, float(dropout), bool(training), generator)
-    return torch.ops.posenc.embedding(
-        ids,
-        weight,
-        positions,
-        table,
-        seed,
-        kind=kind,
-        combine=combine,
-        scale=None if scale is None else float(scale),
-        offset=offset,
-        padding_idx=padding_idx,
-        fairseq_positions=fairseq_positions,
-        base=float(base),
-        convention=convention,
-        layout=layout,
-        dropout=float(dropout),
-        training=bool(training),
-    )
+        arguments.update(positions=None, fairseq_positions=True)
+    return _call("embedding", arguments, generator)
 
 
 def positional_encoding(
@@ -227,22 +249,31 @@ def positional_encoding(
         dim: width ``D`` of the code.
         kind, base, convention, layout: as in :func:`add_positional` (not ``"learned"``).
         dtype: float32, float64, bfloat16 or float16.
-        device: where to build ``arange(n)`` when ``positions`` is an int.
+        device: where to build ``arange(n)`` when ``positions`` is an int; for a tensor, its
+            device (``"cuda"`` matches any CUDA device index).
     """
-    _check_int("dim", dim)
+    arguments = dict(locals())
+    del arguments["device"]
     if isinstance(positions, bool) or not isinstance(positions, (int, Tensor)):
         raise TypeError(
-            f"posenc: positions must be an int or a Tensor, got {type(positions).__name__}"
+            f"posenc.positional_encoding: positions must be an int or a Tensor, got "
+            f"{type(positions).__name__}"
         )
     if isinstance(positions, int):
         if positions < 0:
-            raise ValueError(f"posenc: positions must be >= 0 when an int, got {positions}")
+            raise ValueError(
+                f"posenc.positional_encoding: positions must be >= 0 when an int, got {positions}"
+            )
         positions = torch.arange(positions, device=device)
-    elif device is not None and positions.device != torch.device(device):
-        raise ValueError(
-            f"posenc: device={device} differs from positions.device={positions.device}"
+    elif device is not None:
+        wanted = torch.device(device)
+        same = positions.device.type == wanted.type and (
+            wanted.index is None or positions.device.index == wanted.index
         )
-    return torch.ops.posenc.positional_encoding(
-        positions, dim, kind=kind, base=float(base), convention=convention, layout=layout,
-        dtype=dtype,
-    )
+        if not same:
+            raise ValueError(
+                f"posenc.positional_encoding: device={device} differs from positions.device="
+                f"{positions.device}"
+            )
+    arguments["positions"] = positions
+    return _call("positional_encoding", arguments)

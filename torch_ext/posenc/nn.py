@@ -8,7 +8,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ._ops import add_positional, embedding
+from ._ops import add_positional, embedding, positional_encoding
 from ._rotary import rope_frequencies, rotary
 
 __all__ = ["PositionalEncoding", "PositionalEmbedding", "RotaryEmbedding"]
@@ -49,16 +49,14 @@ class PositionalEncoding(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"PositionalEncoding: dropout must be in [0, 1), got {dropout}")
         self.d_model = d_model
-        self.p = float(dropout)
+        self.p = dropout
         self.max_len = max_len
         self.batch_first = batch_first
         self.kind = kind
         self.combine = combine
-        self.scale = float(scale)
-        self.base = float(base)
+        self.scale = scale
+        self.base = base
         self.convention = convention
         self.layout = layout
         if kind == "learned":
@@ -66,6 +64,20 @@ class PositionalEncoding(nn.Module):
             nn.init.normal_(self.table, std=1.0 / math.sqrt(d_model))
         else:
             self.register_parameter("table", None)
+        # The operator checks every option (one place, shared with C++), here on Meta tensors
+        # so that bad options fail at construction rather than at the first forward.
+        _on_meta(self._encode, torch.empty(1, 1, d_model, device="meta"), table=self.table)
+
+    # The keyword arguments of posenc.add_positional that the module holds.
+    _OPTIONS = ("kind", "combine", "scale", "base", "convention", "layout")
+
+    def _encode(self, x: Tensor, positions: Optional[Tensor] = None, offset: int = 0,
+                table: Optional[Tensor] = None, training: Optional[bool] = None) -> Tensor:
+        return add_positional(
+            x, positions=positions, offset=offset, table=table, dropout=self.p,
+            training=self.training if training is None else training,
+            **{name: getattr(self, name) for name in self._OPTIONS},
+        )
 
     def forward(self, x: Tensor, positions: Optional[Tensor] = None, offset: int = 0) -> Tensor:
         if not self.batch_first:
@@ -73,21 +85,14 @@ class PositionalEncoding(nn.Module):
             x = x.movedim(0, -2)
             if positions is not None and positions.dim() >= 2:
                 positions = positions.movedim(0, -1)
-        y = add_positional(
-            x,
-            kind=self.kind,
-            combine=self.combine,
-            scale=self.scale,
-            positions=positions,
-            offset=offset,
-            base=self.base,
-            convention=self.convention,
-            layout=self.layout,
-            table=self.table,
-            dropout=self.p,
-            training=self.training,
-        )
+        y = self._encode(x, positions, offset, self.table)
         return y if self.batch_first else y.movedim(-2, 0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints of the modules this one replaces keep their code as a buffer.
+        _accept_code_buffers(self, state_dict, prefix, ("pe", "weight", "weights", "_float_tensor"),
+                             self.d_model)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (
@@ -144,8 +149,6 @@ class PositionalEmbedding(nn.Module):
                     f"{num_embeddings}), got {padding_idx}"
                 )
             padding_idx = padding_idx % num_embeddings
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"PositionalEmbedding: dropout must be in [0, 1), got {dropout}")
         if positions not in (None, "fairseq"):
             raise ValueError(
                 f"PositionalEmbedding: positions must be None or 'fairseq', got {positions!r}"
@@ -158,8 +161,8 @@ class PositionalEmbedding(nn.Module):
         self.kind = kind
         self.combine = combine
         self.scale = scale
-        self.p = float(dropout)
-        self.base = float(base)
+        self.p = dropout
+        self.base = base
         self.convention = convention
         self.layout = layout
         factory = {"device": device, "dtype": dtype}
@@ -182,6 +185,11 @@ class PositionalEmbedding(nn.Module):
             nn.init.normal_(self.table, std=embedding_dim**-0.5)
         else:
             self.register_parameter("table", None)
+        _on_meta(self._embed, torch.zeros(1, 1, dtype=torch.long, device="meta"),
+                 self.weight, table=self.table)
+
+    # The keyword arguments of posenc.embedding that the module holds.
+    _OPTIONS = ("kind", "combine", "scale", "padding_idx", "base", "convention", "layout")
 
     def _reset_weight(self) -> None:
         nn.init.normal_(self.weight)
@@ -189,24 +197,24 @@ class PositionalEmbedding(nn.Module):
             with torch.no_grad():
                 self.weight[self.padding_idx].fill_(0)
 
+    def _embed(self, ids: Tensor, weight: Tensor, positions: Union[None, str, Tensor] = None,
+               offset: int = 0, table: Optional[Tensor] = None,
+               training: Optional[bool] = None) -> Tensor:
+        return embedding(
+            ids, weight, positions=self.positions if positions is None else positions,
+            offset=offset, table=table, dropout=self.p,
+            training=self.training if training is None else training,
+            **{name: getattr(self, name) for name in self._OPTIONS},
+        )
+
     def forward(self, ids: Tensor, positions: Union[None, str, Tensor] = None,
                 offset: int = 0) -> Tensor:
-        return embedding(
-            ids,
-            self.weight,
-            kind=self.kind,
-            combine=self.combine,
-            scale=self.scale,
-            positions=self.positions if positions is None else positions,
-            offset=offset,
-            padding_idx=self.padding_idx,
-            base=self.base,
-            convention=self.convention,
-            layout=self.layout,
-            table=self.table,
-            dropout=self.p,
-            training=self.training,
-        )
+        return self._embed(ids, self.weight, positions, offset, self.table)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _accept_code_buffers(self, state_dict, prefix, ("pe", "weights", "_float_tensor"),
+                             self.embedding_dim)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, embeddings: Tensor, freeze: bool = True,
@@ -231,12 +239,15 @@ class RotaryEmbedding(nn.Module):
     r"""Rotary position embedding of queries and keys, angles computed in the kernel.
 
     ``inv_freq`` (``(rotary_dim / 2,)``, from ``base`` and ``scaling``) is a non-persistent
-    buffer; no cos/sin cache is stored.
+    buffer; no cos/sin cache is stored. It keeps its precision (float64 for ``"exact"``) when
+    the module is moved to another dtype, so the module gives the same bits as
+    :func:`posenc.rotary` with the same arguments.
 
     Args:
         dim: head dimension ``D``.
-        base, interleaved, rotary_dim, scaling, max_position_embeddings: as in
-            :func:`posenc.rotary`.
+        base, interleaved, rotary_dim, scaling, max_position_embeddings, precision: as in
+            :func:`posenc.rotary`; ``precision="transformers"`` reproduces transformers'
+            float32 frequencies and angles.
 
     Shape:
         ``forward(q, k=None, *, positions=None, offset=0, layout="bshd", cu_seqlens=None)``
@@ -245,26 +256,86 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, dim: int, *, base: float = 10000.0, interleaved: bool = False,
                  rotary_dim: Optional[int] = None, scaling: Optional[dict] = None,
-                 max_position_embeddings: Optional[int] = None) -> None:
+                 max_position_embeddings: Optional[int] = None,
+                 precision: str = "exact") -> None:
         super().__init__()
         self.dim = dim
-        self.base = float(base)
+        self.base = base
         self.interleaved = interleaved
         self.rotary_dim = dim if rotary_dim is None else rotary_dim
         self.scaling = scaling
+        self.precision = precision
         inv_freq, attention_factor = rope_frequencies(
             self.rotary_dim, base=base, scaling=scaling,
-            max_position_embeddings=max_position_embeddings)
-        self.attention_factor = float(attention_factor)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+            max_position_embeddings=max_position_embeddings, precision=precision)
+        self.attention_factor = attention_factor
+        self._frequencies = inv_freq  # on the CPU, in the precision's dtype
+        self.register_buffer("inv_freq", inv_freq.clone(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype) / .half() would round the frequencies: restore them on the new device.
+        super()._apply(fn, recurse)
+        self.inv_freq = self._frequencies.to(self.inv_freq.device)
+        return self
 
     def forward(self, q: Tensor, k: Optional[Tensor] = None, *,
                 positions: Optional[Tensor] = None, offset: Union[int, Tensor] = 0,
                 layout: str = "bshd", cu_seqlens: Optional[Tensor] = None):
         return rotary(q, k, positions=positions, offset=offset, inv_freq=self.inv_freq,
                       rotary_dim=self.rotary_dim, interleaved=self.interleaved, layout=layout,
-                      cu_seqlens=cu_seqlens, attention_factor=self.attention_factor)
+                      cu_seqlens=cu_seqlens, attention_factor=self.attention_factor,
+                      precision=self.precision)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
-                f"interleaved={self.interleaved}, scaling={self.scaling}")
+                f"interleaved={self.interleaved}, scaling={self.scaling}, "
+                f"precision={self.precision!r}")
+
+
+def _on_meta(function, *tensors: Tensor, table: Optional[Tensor]) -> None:
+    """Runs ``function`` on Meta copies of ``tensors`` and ``table``, in eval mode: the
+    operator's checks of the module's options, without data or a dropout seed."""
+    meta = [t.detach().to("meta") for t in tensors]
+    function(*meta, table=None if table is None else table.detach().to("meta"), training=False)
+
+
+def _accept_code_buffers(module: nn.Module, state_dict: dict, prefix: str, names: tuple,
+                         dim: int) -> None:
+    """Takes the position-code buffers that the modules posenc replaces save out of
+    ``state_dict`` (the PyTorch tutorial's ``pe`` of shape ``(max_len, 1, D)``, fairseq's
+    ``weights``/``_float_tensor``, transformers' sinusoidal ``weight``), after checking that a
+    buffer with content equals the code this module computes; raises ValueError if it does not
+    (another base, convention or layout). All-zero rows (fairseq's padding row) are skipped."""
+    for name in names:
+        key = prefix + name
+        if key not in state_dict or (name == "weight" and hasattr(module, "weight")):
+            continue
+        buffer = state_dict[key]
+        if name == "_float_tensor" or buffer.numel() <= 1:
+            del state_dict[key]
+            continue
+        table = buffer.detach().to("cpu", torch.float64)
+        table = table.reshape(-1, table.shape[-1]) if table.dim() >= 2 else table
+        rows = table.shape[0]
+        if getattr(module, "kind", None) == "learned" or table.shape[-1] != dim:
+            raise ValueError(
+                f"{type(module).__name__}: state_dict entry {key!r} of shape "
+                f"{tuple(buffer.shape)} is a fixed ({rows}, {table.shape[-1]}) code; this module "
+                f"has kind={module.kind!r} and width {dim}"
+            )
+        expected = positional_encoding(rows, dim, kind=module.kind, base=module.base,
+                                       convention=module.convention, layout=module.layout,
+                                       dtype=torch.float64)
+        used = table.abs().sum(-1) != 0
+        # Those modules compute pos * w in float32: about pos * 1e-7 rad off, plus rounding.
+        tolerance = 1e-4 + 4e-7 * rows
+        difference = (table - expected)[used].abs().max().item() if used.any() else 0.0
+        if not difference <= tolerance:
+            raise ValueError(
+                f"{type(module).__name__}: state_dict entry {key!r} does not match this "
+                f"module's code (kind={module.kind!r}, base={module.base}, "
+                f"convention={module.convention!r}, layout={module.layout!r}): max |difference| "
+                f"{difference:.3g} > {tolerance:.3g}. Build the module with the options the "
+                f"checkpoint was made with."
+            )
+        del state_dict[key]
