@@ -286,6 +286,8 @@ RowCall parse_row_call(OpId op, const Arguments& args) {
     check_buffer_size(name, "dim", dim_value,
                       count.maybe_as_int().value_or(1));  // numel * dim elements
     call.positions = positions.reshape({-1});
+    call.size_argument = "dim";
+    call.size_value = dim_value;
     call.out_sizes = with_last(positions.sym_sizes(), c10::SymInt(dim_value));
     call.row_sizes = {count, c10::SymInt(dim_value)};
     return call;
@@ -370,6 +372,8 @@ RowCall parse_row_call(OpId op, const Arguments& args) {
                         dim.maybe_as_int().value_or(1));
     }
     call.table_rows = rows;
+    call.size_argument = "table_rows";
+    call.size_value = rows.maybe_as_int().value_or(-1);
     call.out_sizes = {rows, dim};
   } else if (op == OpId::kEmbeddingBackward) {
     const auto sizes = call.weight.sym_sizes();

@@ -109,6 +109,8 @@ struct RowCall {
   at::ScalarType dtype = at::kFloat;    // of the output
   std::vector<c10::SymInt> out_sizes;   // the output's shape
   std::vector<c10::SymInt> row_sizes;   // [..., T, D]: the logical rows of the kernel
+  const char* size_argument = nullptr;  // the argument that sizes the output (table_rows, dim)
+  int64_t size_value = 0;               // and its value
 };
 
 RowCall parse_row_call(OpId op, const Arguments& args);

@@ -55,7 +55,16 @@ inline at::Tensor allocate_row_output(const RowCall& call, bool runs_kernels) {
 
 template <typename Backend>
 at::Tensor run_row_call(const RowCall& call) {
-  at::Tensor out = allocate_row_output(call, Backend::kRunsKernels);
+  at::Tensor out;
+  try {
+    out = allocate_row_output(call, Backend::kRunsKernels);
+  } catch (const c10::Error& error) {
+    // A size argument too large for memory: say which one.
+    if (call.size_argument == nullptr) throw;
+    TORCH_CHECK_VALUE(false, call.name, ": ", call.size_argument, " = ", call.size_value,
+                      " is too large: an output of shape ", c10::SymIntArrayRef(call.out_sizes),
+                      " cannot be allocated (", error.what_without_backtrace(), ")");
+  }
   if constexpr (!Backend::kRunsKernels) {
     return out;
   } else {
