@@ -493,8 +493,9 @@ void check_row_values(const RowCall& call) {
     return;
   }
   const int64_t offset = call.options.offset;
-  TORCH_CHECK_VALUE(offset <= kInt64Max - seq_len, name, ": offset + T = ", offset, " + ",
-                    seq_len, " overflows int64");
+  // The last position, offset + T - 1, must fit in int64.
+  TORCH_CHECK_VALUE(offset <= kInt64Max - (seq_len - 1), name, ": the last position offset + T - 1 = ",
+                    offset, " + ", seq_len - 1, " overflows int64");
   if (table_rows.has_value()) {
     TORCH_CHECK_INDEX(offset + seq_len <= *table_rows, name,
                       ": positions offset + arange(T) up to ", offset + seq_len - 1,
@@ -763,9 +764,24 @@ void check_rotary_values(const RotaryCall& call) {
                       call.offset, " + ", highest, " overflows int64");
     start += highest;
   }
-  TORCH_CHECK_VALUE(start <= kInt64Max - longest, op,
-                    ": the last position, offset + offsets + sequence length = ", start, " + ",
-                    longest, ", overflows int64");
+  TORCH_CHECK_VALUE(start <= kInt64Max - (longest - 1), op,
+                    ": the last position, offset + offsets + sequence length - 1 = ", start,
+                    " + ", longest - 1, ", overflows int64");
+}
+
+std::vector<double> rotary_frequencies(const RotaryCall& call) {
+  if (call.inv_freq.has_value()) {
+    const at::Tensor host = call.inv_freq->to(at::kCPU, at::kDouble).contiguous();
+    return {host.data_ptr<double>(), host.data_ptr<double>() + host.numel()};
+  }
+  kernels::RopeScaling scaling;
+  scaling.base = call.base;
+  scaling.float32_arithmetic = call.precision == Precision::kTransformers;
+  scaling.float32_powers = torch_float32_powers();
+  kernels::RopeFrequencies frequencies;
+  const std::string error = kernels::compute_rope_frequencies(call.rotary_dim, scaling, frequencies);
+  TORCH_INTERNAL_ASSERT(error.empty(), error);
+  return std::move(frequencies.inv_freq);
 }
 
 RotaryTablesCall parse_rotary_tables_call(const Arguments& args) {

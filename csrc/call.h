@@ -173,6 +173,10 @@ struct RotaryCall {
 
 RotaryCall parse_rotary_call(const Arguments& args);
 
+// The call's frequencies (radians per position) on the host: inv_freq, or the default
+// base^(-2i/r) (exact, or transformers' float32 values for precision "transformers").
+std::vector<double> rotary_frequencies(const RotaryCall& call);
+
 // positions and offsets >= 0, offset + offsets + S without overflow, cu_seqlens from 0,
 // non-decreasing, ending at the token count.
 void check_rotary_values(const RotaryCall& call);

@@ -39,7 +39,9 @@ c10::IValue optional_value(const std::optional<at::Tensor>& tensor) {
   return tensor.has_value() ? c10::IValue(*tensor) : c10::IValue();
 }
 
-NamedArguments named(const AddPositionalOptions& o) {
+// The options add_positional and embedding share (the code, the combine, dropout).
+template <typename Options>
+NamedArguments named_row_options(const Options& o) {
   return {{"positions", optional_value(o.positions())},
           {"table", optional_value(o.table())},
           {"seed", optional_value(o.seed())},
@@ -54,21 +56,13 @@ NamedArguments named(const AddPositionalOptions& o) {
           {"training", o.training()}};
 }
 
+NamedArguments named(const AddPositionalOptions& o) { return named_row_options(o); }
+
 NamedArguments named(const EmbeddingOptions& o) {
-  return {{"positions", optional_value(o.positions())},
-          {"table", optional_value(o.table())},
-          {"seed", optional_value(o.seed())},
-          {"kind", o.kind()},
-          {"combine", o.combine()},
-          {"scale", o.scale()},
-          {"offset", o.offset()},
-          {"padding_idx", o.padding_idx()},
-          {"fairseq_positions", o.fairseq_positions()},
-          {"base", o.base()},
-          {"convention", o.convention()},
-          {"layout", o.layout()},
-          {"dropout", o.dropout()},
-          {"training", o.training()}};
+  NamedArguments arguments = named_row_options(o);
+  arguments.emplace_back("padding_idx", o.padding_idx());
+  arguments.emplace_back("fairseq_positions", o.fairseq_positions());
+  return arguments;
 }
 
 NamedArguments named(const RotaryOptions& o) {

@@ -37,26 +37,11 @@ struct CpuBackend {
   }
 
   static void rotary(kernels::RotaryParams& params, const detail::RotaryCall& call) {
-    const bool float32_angles = call.precision == detail::Precision::kTransformers;
-    std::vector<double> radians;
-    if (call.inv_freq.has_value()) {
-      const at::Tensor host = call.inv_freq->to(at::kCPU, at::kDouble).contiguous();
-      radians.assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
-    } else {
-      kernels::RopeScaling scaling;
-      scaling.base = call.base;
-      scaling.float32_arithmetic = float32_angles;
-      scaling.float32_powers = detail::torch_float32_powers();
-      kernels::RopeFrequencies frequencies;
-      const std::string error =
-          kernels::compute_rope_frequencies(params.rotary_dim, scaling, frequencies);
-      TORCH_INTERNAL_ASSERT(error.empty(), error);
-      radians = std::move(frequencies.inv_freq);
-    }
+    const std::vector<double> radians = detail::rotary_frequencies(call);
     const auto frequencies = kernels::rotary_turn_frequencies(radians);
     params.frequencies = frequencies.data();
     std::vector<float> float32_frequencies;
-    if (float32_angles) {
+    if (call.precision == detail::Precision::kTransformers) {
       float32_frequencies.assign(radians.begin(), radians.end());
       params.float32_frequencies = float32_frequencies.data();
     }

@@ -116,20 +116,10 @@ struct CudaBackend {
     at::Tensor frequencies, float32_frequencies;
     if (call.inv_freq.has_value()) frequencies = call.inv_freq->to(at::kDouble).contiguous();
     if (call.precision == detail::Precision::kTransformers) {
-      if (call.inv_freq.has_value()) {
-        float32_frequencies = call.inv_freq->to(at::kFloat).contiguous();
-      } else {
-        kernels::RopeScaling scaling;
-        scaling.base = call.base;
-        scaling.float32_arithmetic = true;
-        scaling.float32_powers = detail::torch_float32_powers();
-        kernels::RopeFrequencies host;
-        const std::string error =
-            kernels::compute_rope_frequencies(params.rotary_dim, scaling, host);
-        TORCH_INTERNAL_ASSERT(error.empty(), error);
-        std::vector<float> values(host.inv_freq.begin(), host.inv_freq.end());
-        float32_frequencies = at::tensor(values, call.q.options().dtype(at::kFloat));
-      }
+      // A compatibility mode: the float32 frequencies are formed on the host and copied.
+      const std::vector<double> radians = detail::rotary_frequencies(call);
+      const std::vector<float> values(radians.begin(), radians.end());
+      float32_frequencies = at::tensor(values, call.q.options().dtype(at::kFloat));
       params.float32_frequencies = float32_frequencies.data_ptr<float>();
     }
     check_launch(kc::rotary(params,

@@ -3,6 +3,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <functional>
+#include <limits>
 
 #include "posenc/posenc.h"
 
@@ -181,4 +183,166 @@ TEST(Modules, InitialisationParametersAndBackward) {
   out[0].pow(2).sum().backward();
   // A rotation keeps norms: d/dq sum(rot(q)^2) = 2 q.
   EXPECT_TRUE(torch::allclose(q.grad(), 2 * q.detach(), 1e-5, 1e-5));
+}
+
+// ---- the C++ API rejects bad input with the operator's own errors, backward functions too ----
+
+TEST(Api, BadInputThrowsNamingTheArgument) {
+  const auto x = torch::randn({2, 5, 8});
+  const auto grad = torch::randn({2, 5, 8});
+  const auto ids = torch::tensor({{0, 3, 4, 9, 2}, {1, 1, 5, 6, 7}});
+  const auto weight = torch::randn({10, 8});
+  const auto table = torch::randn({12, 8});
+  const auto learned = posenc::AddPositionalOptions().kind("learned").table(table);
+  const auto expect_error = [](const std::function<void()>& call, const std::string& fragment) {
+    try {
+      call();
+      ADD_FAILURE() << "expected an error containing '" << fragment << "'";
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+    }
+  };
+  // Forward.
+  expect_error([&] { posenc::add_positional(x, posenc::AddPositionalOptions().dropout(std::nan(""))); },
+               "dropout must be in [0, 1]");
+  expect_error([&] { posenc::add_positional(x, posenc::AddPositionalOptions().base(-1.0)); },
+               "base must be a finite number > 0");
+  expect_error([&] { posenc::add_positional(x, posenc::AddPositionalOptions(learned).offset(8)); },
+               "outside the table");
+  expect_error(
+      [&] {
+        posenc::add_positional(
+            x, posenc::AddPositionalOptions().positions(torch::arange(5)).offset(1));
+      },
+      "give positions or offset, not both");
+  expect_error(
+      [&] {
+        posenc::add_positional(x, posenc::AddPositionalOptions().offset(
+                                      std::numeric_limits<int64_t>::max()));
+      },
+      "overflows int64");
+  expect_error([&] { posenc::embedding(ids, weight, posenc::EmbeddingOptions().padding_idx(10)); },
+               "padding_idx must be within");
+  expect_error(
+      [&] {
+        posenc::embedding(ids, weight,
+                          posenc::EmbeddingOptions().padding_idx(
+                              std::numeric_limits<int64_t>::min()));
+      },
+      "padding_idx must be within");
+  // Backward functions: the same checks as the forward, on grad and on the values.
+  expect_error(
+      [&] {
+        posenc::add_positional_backward(
+            grad, posenc::AddPositionalOptions(learned).combine("mul").positions(
+                      torch::tensor({0, 1, 99, 2, 3})));
+      },
+      "positions must be <");
+  expect_error(
+      [&] { posenc::add_positional_backward(grad, posenc::AddPositionalOptions().dropout(0.5)); },
+      "needs seed");
+  expect_error(
+      [&] {
+        posenc::add_positional_table_backward(grad, std::nullopt, 12,
+                                              posenc::AddPositionalOptions().combine("mul"));
+      },
+      "needs x");
+  expect_error(
+      [&] {
+        posenc::add_positional_table_backward(grad, x, -1, posenc::AddPositionalOptions());
+      },
+      "table_rows must be >= 0");
+  expect_error(
+      [&] {
+        posenc::embedding_backward(grad, torch::tensor({{0, 3, 4, 10, 2}, {1, 1, 5, 6, 7}}),
+                                   weight, posenc::EmbeddingOptions());
+      },
+      "ids must be in [0, V)");
+  expect_error(
+      [&] {
+        posenc::embedding_backward(torch::randn({2, 4, 8}), ids, weight,
+                                   posenc::EmbeddingOptions());
+      },
+      "grad must have shape ids.shape");
+  expect_error(
+      [&] {
+        posenc::embedding_table_backward(grad, ids, weight, 12,
+                                         posenc::EmbeddingOptions().positions(
+                                             torch::tensor({0, 1, -1, 2, 3})));
+      },
+      "positions must be >= 0");
+  // Rotary, including its inverse (the backward), tables and frequencies.
+  const auto q = torch::randn({2, 5, 4, 8});
+  expect_error([&] { posenc::rotary(q, std::nullopt, posenc::RotaryOptions().inverse(true).rotary_dim(3)); },
+               "rotary_dim must be even");
+  expect_error(
+      [&] {
+        posenc::rotary(q, std::nullopt,
+                       posenc::RotaryOptions().offsets(torch::tensor({0, -4})).inverse(true));
+      },
+      "offsets must be >= 0");
+  expect_error(
+      [&] {
+        posenc::rotary(torch::randn({6, 2, 8}), std::nullopt,
+                       posenc::RotaryOptions().layout("thd").cu_seqlens(torch::tensor({0, 4, 3, 6})));
+      },
+      "cu_seqlens must be non-decreasing");
+  expect_error([&] { posenc::rotary(q, std::nullopt, posenc::RotaryOptions().precision("fast")); },
+               "precision must be");
+  expect_error(
+      [&] { posenc::rotary_tables(q, std::nullopt, torch::randn({2, 5, 8}), torch::randn({2, 4, 8})); },
+      "cos and sin must have the same shape");
+  expect_error([&] { posenc::positional_encoding(torch::tensor({0, -1}), 8); },
+               "positions must be >= 0");
+  expect_error([&] { posenc::rope_frequencies(int64_t{1} << 40); }, "dim must be an even number");
+  expect_error(
+      [&] {
+        posenc::rope_frequencies(16, posenc::RopeFrequenciesOptions().rope_type("yarn").factor(2.0)
+                                         .max_position_embeddings(64).beta_fast(std::nan("")));
+      },
+      "beta_fast");
+  // The C++ modules check their options at construction, through the operator.
+  expect_error([&] { posenc::nn::PositionalEncoding(posenc::nn::PositionalEncodingOptions(8).dropout(2.0)); },
+               "dropout must be in [0, 1]");
+  expect_error(
+      [&] { posenc::nn::PositionalEncoding(posenc::nn::PositionalEncodingOptions(8).kind("rope")); },
+      "kind must be one of");
+}
+
+TEST(Api, BackwardFunctionsMatchAutograd) {
+  torch::manual_seed(5);
+  auto x = torch::randn({2, 4, 6}, torch::requires_grad());
+  auto table = torch::randn({9, 6}, torch::requires_grad());
+  const auto seed = torch::tensor(99, torch::kLong);
+  const auto options = posenc::AddPositionalOptions()
+                           .kind("learned")
+                           .combine("mul")
+                           .table(table)
+                           .offset(2)
+                           .dropout(0.3)
+                           .seed(seed);
+  auto y = posenc::add_positional(x, options);
+  auto upstream = torch::randn_like(y);
+  y.backward(upstream);
+  const auto detached = posenc::AddPositionalOptions(options).table(table.detach());
+  EXPECT_TRUE(torch::equal(x.grad(), posenc::add_positional_backward(upstream, detached)));
+  EXPECT_TRUE(torch::equal(table.grad(), posenc::add_positional_table_backward(
+                                             upstream, x.detach(), 9, detached)));
+}
+
+TEST(Modules, RotaryKeepsExactFrequenciesThroughDtypeMoves) {
+  posenc::nn::RotaryEmbedding rope(posenc::nn::RotaryEmbeddingOptions(16).base(500000.0));
+  EXPECT_EQ(rope->inv_freq.scalar_type(), torch::kFloat64);
+  auto q = torch::randn({1, 4, 2, 16}).to(torch::kBFloat16);
+  auto positions = torch::tensor({0, 1000, 1000000, (1 << 24) - 1});
+  auto want = posenc::rotary(q, std::nullopt,
+                             posenc::RotaryOptions().base(500000.0).positions(positions));
+  rope->to(torch::kBFloat16);
+  EXPECT_EQ(rope->inv_freq.scalar_type(), torch::kFloat64);
+  auto got = rope(q, std::nullopt, posenc::RotaryOptions().positions(positions));
+  EXPECT_TRUE(torch::equal(got[0], want[0]));
+  // transformers' float32 rounding is an explicit option of the module.
+  posenc::nn::RotaryEmbedding hf(posenc::nn::RotaryEmbeddingOptions(16).scaling(
+      posenc::RopeFrequenciesOptions().precision("transformers")));
+  EXPECT_EQ(hf->inv_freq.scalar_type(), torch::kFloat32);
 }
