@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(abspath $(VENV))/bin:/usr/local/cuda/bin:$(PATH)
 RUN_PY := PYTHONPATH=$(abspath torch_ext) $(PY)
 
-.PHONY: all deps gtest build install test test-cpp test-python test-examples test-large sanitize \
+.PHONY: all deps gtest lib build install test test-cpp test-python test-examples test-large sanitize \
 	tsan demo bench gpu-deps clean
 
 all: build
@@ -25,22 +25,30 @@ gtest:
 	@test -f /usr/include/gtest/gtest.h || { $(SUDO) apt-get update && \
 	  $(SUDO) apt-get install -y libgtest-dev; }
 
-$(BUILD_DIR)/build.ninja: $(DEPS_STAMP) CMakeLists.txt | gtest
-	cmake -S . -B $(BUILD_DIR) -G Ninja \
+# Configured without the GoogleTest harness: `make demo` needs neither GoogleTest nor apt.
+$(BUILD_DIR)/build.ninja: $(DEPS_STAMP) CMakeLists.txt
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DPOSENC_BUILD_TESTS=OFF \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
 	  -DPython3_EXECUTABLE=$(PY)
 
-build: $(BUILD_DIR)/build.ninja
+# What the demo and the benchmarks use: libposenc and the Python module.
+lib: $(BUILD_DIR)/build.ninja
+	cmake --build $(BUILD_DIR) --target posenc_python
+
+# Everything, the GoogleTest harness included.
+build: $(BUILD_DIR)/build.ninja | gtest
+	grep -q 'POSENC_BUILD_TESTS:BOOL=ON' $(BUILD_DIR)/CMakeCache.txt || \
+	  cmake -S . -B $(BUILD_DIR) -DPOSENC_BUILD_TESTS=ON
 	cmake --build $(BUILD_DIR)
 
 test-cpp: build
 	cd $(BUILD_DIR) && ctest --output-on-failure
 
-test-python: build
+test-python: lib
 	$(RUN_PY) -m pytest tests/python -q -m "not slow"
 
 # Tensors of more than 2^31 elements (several GB of memory; minutes).
-test-large: build
+test-large: lib
 	$(RUN_PY) -m pytest tests/python -q -m slow
 
 # libposenc, its headers and posencConfig.cmake under build/install (find_package(posenc)).
@@ -59,10 +67,10 @@ test-examples: install
 
 test: test-cpp test-python test-examples
 
-demo: build
+demo: lib
 	$(RUN_PY) examples/demo.py $(DEMO_ARGS)
 
-bench: build
+bench: lib
 	$(RUN_PY) benchmarks/bench_cpu.py $(BENCH_ARGS)
 
 TORCH_PREFIX = $$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')

@@ -45,7 +45,8 @@ setup(
     package_dir={"": "torch_ext"},
     ext_modules=[Extension("posenc._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=["torch>=2.4"],
+    # The oldest torch the binding is built and tested against (its headers need C++20).
+    install_requires=["torch>=2.14"],
     python_requires=">=3.9",
     zip_safe=False,
 )
