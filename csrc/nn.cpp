@@ -86,11 +86,26 @@ void PositionalEmbeddingImpl::reset() {
     torch::nn::init::normal_(table, 0.0,
                              1.0 / std::sqrt(static_cast<double>(options.embedding_dim())));
   }
+  // The operator checks the options, on Meta tensors (see PositionalEncodingImpl::reset).
+  forward_with(torch::zeros({1, 1}, torch::TensorOptions().dtype(torch::kLong).device(torch::kMeta)),
+               weight.to(torch::kMeta), std::nullopt, 0,
+               table.defined() ? std::optional<at::Tensor>(table.to(torch::kMeta)) : std::nullopt,
+               /*training=*/false);
 }
 
 at::Tensor PositionalEmbeddingImpl::forward(const at::Tensor& ids,
                                             const std::optional<at::Tensor>& positions,
                                             int64_t offset) {
+  return forward_with(ids, weight, positions, offset,
+                      table.defined() ? std::optional<at::Tensor>(table) : std::nullopt,
+                      is_training());
+}
+
+at::Tensor PositionalEmbeddingImpl::forward_with(const at::Tensor& ids, const at::Tensor& weight_,
+                                                 const std::optional<at::Tensor>& positions,
+                                                 int64_t offset,
+                                                 const std::optional<at::Tensor>& table_,
+                                                 bool training) {
   auto call = EmbeddingOptions()
                   .kind(options.kind())
                   .combine(options.combine())
@@ -103,9 +118,9 @@ at::Tensor PositionalEmbeddingImpl::forward(const at::Tensor& ids,
                   .convention(options.convention())
                   .layout(options.layout())
                   .dropout(options.dropout())
-                  .training(is_training());
-  if (table.defined()) call.table(table);
-  return embedding(ids, weight, call);
+                  .training(training)
+                  .table(table_);
+  return embedding(ids, weight_, call);
 }
 
 RotaryEmbeddingImpl::RotaryEmbeddingImpl(RotaryEmbeddingOptions options_)
@@ -138,7 +153,13 @@ void RotaryEmbeddingImpl::to(torch::Dtype dtype, bool non_blocking) {
 }
 
 void RotaryEmbeddingImpl::load(torch::serialize::InputArchive& archive) {
-  torch::nn::Module::load(archive);  // archives of older versions hold float32 frequencies
+  // Archives of older versions hold float32 frequencies: match the stored dtype so that the
+  // base class can read into the buffer, then restore the computed frequencies.
+  at::Tensor stored;
+  if (archive.try_read("inv_freq", stored, /*is_buffer=*/true)) {
+    inv_freq.set_data(inv_freq.to(stored.scalar_type()));
+  }
+  torch::nn::Module::load(archive);
   restore_frequencies();
 }
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <functional>
+#include <sstream>
 #include <limits>
 
 #include "posenc/posenc.h"
@@ -307,6 +308,18 @@ TEST(Api, BadInputThrowsNamingTheArgument) {
   expect_error(
       [&] { posenc::nn::PositionalEncoding(posenc::nn::PositionalEncodingOptions(8).kind("rope")); },
       "kind must be one of");
+  expect_error(
+      [&] {
+        posenc::nn::PositionalEmbedding(
+            posenc::nn::PositionalEmbeddingOptions(10, 8).layout("halves"));
+      },
+      "layout must be");
+  expect_error(
+      [&] {
+        posenc::nn::PositionalEmbedding(
+            posenc::nn::PositionalEmbeddingOptions(10, 8).fairseq_positions(true));
+      },
+      "needs padding_idx");
 }
 
 TEST(Api, BackwardFunctionsMatchAutograd) {
@@ -341,6 +354,16 @@ TEST(Modules, RotaryKeepsExactFrequenciesThroughDtypeMoves) {
   EXPECT_EQ(rope->inv_freq.scalar_type(), torch::kFloat64);
   auto got = rope(q, std::nullopt, posenc::RotaryOptions().positions(positions));
   EXPECT_TRUE(torch::equal(got[0], want[0]));
+  // An archive of an older version holds float32 frequencies: loading restores the exact ones.
+  posenc::nn::RotaryEmbedding old(posenc::nn::RotaryEmbeddingOptions(16).base(500000.0));
+  old->inv_freq.set_data(old->inv_freq.to(torch::kFloat32));
+  std::stringstream archive;
+  torch::save(old, archive);
+  posenc::nn::RotaryEmbedding loaded(posenc::nn::RotaryEmbeddingOptions(16).base(500000.0));
+  torch::load(loaded, archive);
+  EXPECT_EQ(loaded->inv_freq.scalar_type(), torch::kFloat64);
+  EXPECT_TRUE(torch::equal(loaded(q, std::nullopt, posenc::RotaryOptions().positions(positions))[0],
+                           want[0]));
   // transformers' float32 rounding is an explicit option of the module.
   posenc::nn::RotaryEmbedding hf(posenc::nn::RotaryEmbeddingOptions(16).scaling(
       posenc::RopeFrequenciesOptions().precision("transformers")));

@@ -77,6 +77,12 @@ class PositionalEmbeddingImpl : public torch::nn::Cloneable<PositionalEmbeddingI
   PositionalEmbeddingOptions options;
   at::Tensor weight;  // [num_embeddings, embedding_dim]
   at::Tensor table;   // [max_positions, embedding_dim] for kind "learned"
+
+ private:
+  // ids: (..., T), weight: [V, D] -> (..., T, D)
+  at::Tensor forward_with(const at::Tensor& ids, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& positions, int64_t offset,
+                          const std::optional<at::Tensor>& table, bool training);
 };
 TORCH_MODULE(PositionalEmbedding);
 
