@@ -9,7 +9,6 @@
 
 #include <array>
 #include <cstring>
-#include <mutex>
 
 #include "call.h"
 
@@ -57,15 +56,8 @@ const Derivative& derivative_of(const c10::OperatorHandle& op) {
   TORCH_INTERNAL_ASSERT(false, "posenc: no derivative for ", op.schema().name());
 }
 
-const c10::OperatorHandle& find_op(const char* name) {
-  static std::mutex mutex;
-  static std::vector<std::pair<std::string, c10::OperatorHandle>> cache;
-  const std::lock_guard<std::mutex> lock(mutex);
-  for (const auto& [known, handle] : cache) {
-    if (known == name) return handle;
-  }
-  cache.emplace_back(name, c10::Dispatcher::singleton().findSchemaOrThrow(name, ""));
-  return cache.back().second;
+c10::OperatorHandle find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
 }
 
 int argument_index(const c10::FunctionSchema& schema, std::string_view name) {
@@ -168,7 +160,7 @@ class PosencFunction : public torch::autograd::Function<PosencFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const c10::OperatorHandle& forward_op = find_op(ctx->saved_data["op"].toStringRef().c_str());
+    const c10::OperatorHandle forward_op = find_op(ctx->saved_data["op"].toStringRef().c_str());
     const c10::FunctionSchema& forward_schema = forward_op.schema();
     const Derivative& derivative = derivative_of(forward_op);
     const variable_list saved = ctx->get_saved_variables();
@@ -194,7 +186,7 @@ class PosencFunction : public torch::autograd::Function<PosencFunction> {
         if (slot >= 0 && given && ctx->needs_input_grad(slot)) wanted = true;
       }
       if (!wanted) continue;
-      const c10::OperatorHandle& op = find_op(backward.op);
+      const c10::OperatorHandle op = find_op(backward.op);
       const bool is_self = op.schema().name() == forward_schema.name();
       torch::jit::Stack stack;
       for (const c10::Argument& argument : op.schema().arguments()) {
