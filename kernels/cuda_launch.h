@@ -9,9 +9,15 @@
 #include "positional.h"
 #include "rotary.h"
 
+// The launchers live in namespace posenc::kernels::cuda; the host-emulated build of the same
+// source (kernels/cuda/emulated.cpp) puts them in posenc::kernels::cuda_emulated.
+#ifndef POSENC_CUDA_NAMESPACE
+#define POSENC_CUDA_NAMESPACE cuda
+#endif
+
 namespace posenc {
 namespace kernels {
-namespace cuda {
+namespace POSENC_CUDA_NAMESPACE {
 
 // The seed of an active dropout is read on the device from `seed` (an int64 scalar), so CUDA
 // graph replays that redraw it get fresh masks. params.dropout.seed is ignored.
@@ -54,6 +60,6 @@ int rotary_tables(const RotaryTableParams& params, void* stream);
 
 const char* error_string(int error);
 
-}  // namespace cuda
+}  // namespace POSENC_CUDA_NAMESPACE
 }  // namespace kernels
 }  // namespace posenc

@@ -2,7 +2,15 @@
 // validates, allocates and calls the launchers declared in cuda_launch.h on its current stream.
 // The math (exact angle reduction, channel codes, Philox dropout, indexing) is the CPU kernels'
 // shared host/device code, so both backends compute the same values and the same masks.
-#include <cuda_runtime.h>
+//
+// The same source also compiles as host C++ and runs under the CUDA emulation of
+// cuda/emulation.h (kernels/cuda/emulated.cpp; the CudaEmulated* GoogleTests). So the kernels
+// keep to this subset: blockIdx/threadIdx/blockDim/gridDim; dynamic shared memory through
+// POSENC_DYNAMIC_SHARED (no static __shared__ arrays); __syncthreads reached by every thread
+// that has not returned, in kernels launched with POSENC_LAUNCH_SYNC; atomicAdd on float and double; launches through POSENC_LAUNCH; grids
+// planned with max_grid_x()/max_grid_yz() and walked with grid-stride loops; device-only
+// intrinsics behind __CUDA_ARCH__ with a host twin. No warp intrinsics, no cooperative groups.
+#include "cuda/cuda_compat.h"
 
 #include <cstdint>
 
@@ -17,7 +25,7 @@
 
 namespace posenc {
 namespace kernels {
-namespace cuda {
+namespace POSENC_CUDA_NAMESPACE {
 namespace {
 
 constexpr int kThreads = 256;
@@ -75,21 +83,21 @@ __global__ void add_positional_kernel(AddPositionalParams p, const int64_t* seed
   const int64_t seq_len = p.shape.seq_len;
   const int64_t dim = p.shape.dim;
   const int64_t batch = p.shape.batch_count();
-  const int64_t t = blockIdx.x;
-  const int64_t d0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) *
-                     kElementsPerThread;
-  if (d0 >= dim) return;
-  const int count = static_cast<int>(dim - d0 < kElementsPerThread ? dim - d0 : kElementsPerThread);
   const bool needs_code = p.combine != Combine::kScaleOnly;
   const StridedIndex positions = resolved_positions(p, fairseq);
   const bool shared = shared_across_batch(p.shape, positions);
   const Dropout dropout = device_dropout(p.dropout, seed);
   const acc scale = static_cast<acc>(p.scale);
-
+  const int64_t channel_step = static_cast<int64_t>(gridDim.y) * blockDim.x * kElementsPerThread;
+  for (int64_t d0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) *
+                    kElementsPerThread;
+       d0 < dim; d0 += channel_step) {
+  const int count = static_cast<int>(dim - d0 < kElementsPerThread ? dim - d0 : kElementsPerThread);
   ChannelCode codes[kElementsPerThread];
   if (needs_code && p.source.kind != PositionKind::kLearned) {
     for (int k = 0; k < count; ++k) codes[k] = channel_code(p.source.code, dim, d0 + k);
   }
+  for (int64_t t = blockIdx.x; t < seq_len; t += gridDim.x) {
   acc pe[kElementsPerThread];
   int64_t pe_position = -1;
   for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
@@ -128,12 +136,16 @@ __global__ void add_positional_kernel(AddPositionalParams p, const int64_t* seed
       store_from_acc(out + d * p.out.dim_stride, y);
     }
   }
+  }  // t
+  }  // d0
 }
 
 __global__ void fairseq_positions_kernel(AddPositionalParams p, int64_t* out) {
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= p.shape.batch_count()) return;
-  fairseq_positions_row(p.shape, p.gather, b, out + b * p.shape.seq_len);
+  const int64_t batch = p.shape.batch_count();
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < batch;
+       b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    fairseq_positions_row(p.shape, p.gather, b, out + b * p.shape.seq_len);
+  }
 }
 
 // ---- backward scatter ---------------------------------------------------------------------------
@@ -179,16 +191,21 @@ __global__ void scatter_atomic_kernel(AddPositionalParams p, StridedRows input,
                                       ScatterTarget target, const int64_t* seed,
                                       const int64_t* fairseq, acc_t<scalar_t>* grad) {
   using acc = acc_t<scalar_t>;
-  const int64_t row = blockIdx.x;
-  const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-  if (d >= p.shape.dim) return;
-  const int64_t b = row / p.shape.seq_len;
-  const int64_t t = row % p.shape.seq_len;
-  int64_t target_row;
-  acc value;
-  if (contribution<scalar_t>(p, input, target, device_dropout(p.dropout, seed),
-                             resolved_positions(p, fairseq), b, t, d, &target_row, &value)) {
-    atomic_add(grad + target_row * p.shape.dim + d, value);
+  const int64_t rows = p.shape.batch_count() * p.shape.seq_len;
+  const Dropout dropout = device_dropout(p.dropout, seed);
+  const StridedIndex positions = resolved_positions(p, fairseq);
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t b = row / p.shape.seq_len;
+    const int64_t t = row % p.shape.seq_len;
+    for (int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+         d < p.shape.dim; d += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+      int64_t target_row;
+      acc value;
+      if (contribution<scalar_t>(p, input, target, dropout, positions, b, t, d, &target_row,
+                                 &value)) {
+        atomic_add(grad + target_row * p.shape.dim + d, value);
+      }
+    }
   }
 }
 
@@ -198,25 +215,27 @@ __global__ void scatter_deterministic_kernel(AddPositionalParams p, StridedRows 
                                              ScatterTarget target, const int64_t* seed,
                                              const int64_t* fairseq, const int64_t* sorted_rows,
                                              const int64_t* segment_starts,
-                                             const int64_t* segment_targets,
+                                             const int64_t* segment_targets, int64_t segments,
                                              acc_t<scalar_t>* grad) {
   using acc = acc_t<scalar_t>;
-  const int64_t segment = blockIdx.x;
-  const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-  if (d >= p.shape.dim) return;
   const Dropout dropout = device_dropout(p.dropout, seed);
   const StridedIndex positions = resolved_positions(p, fairseq);
-  acc sum = 0;
-  for (int64_t i = segment_starts[segment]; i < segment_starts[segment + 1]; ++i) {
-    const int64_t row = sorted_rows[i];
-    int64_t target_row;
-    acc value;
-    if (contribution<scalar_t>(p, input, target, dropout, positions, row / p.shape.seq_len,
-                               row % p.shape.seq_len, d, &target_row, &value)) {
-      sum += value;
+  for (int64_t segment = blockIdx.x; segment < segments; segment += gridDim.x) {
+    for (int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+         d < p.shape.dim; d += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+      acc sum = 0;
+      for (int64_t i = segment_starts[segment]; i < segment_starts[segment + 1]; ++i) {
+        const int64_t row = sorted_rows[i];
+        int64_t target_row;
+        acc value;
+        if (contribution<scalar_t>(p, input, target, dropout, positions, row / p.shape.seq_len,
+                                   row % p.shape.seq_len, d, &target_row, &value)) {
+          sum += value;
+        }
+      }
+      grad[segment_targets[segment] * p.shape.dim + d] += sum;
     }
   }
-  grad[segment_targets[segment] * p.shape.dim + d] += sum;
 }
 
 // ---- rotary -------------------------------------------------------------------------------------
@@ -225,48 +244,52 @@ __global__ void scatter_deterministic_kernel(AddPositionalParams p, StridedRows 
 template <typename scalar_t>
 __global__ void rotary_kernel(RotaryParams p, const double* inv_freq, double base) {
   using acc = acc_t<scalar_t>;
-  extern __shared__ unsigned char shared_bytes[];
-  acc* cosines = reinterpret_cast<acc*>(shared_bytes);
+  POSENC_DYNAMIC_SHARED(acc, cosines);
   const int64_t half = p.rotary_dim / 2;
   acc* sines = cosines + half;
-  const int64_t token = blockIdx.x;
-  const int64_t b = token / p.seq_len;
-  const int64_t s = token % p.seq_len;
-  const int64_t position = rotary_token_position(p, b, s);
   const acc factor = static_cast<acc>(p.attention_factor);
   const acc sign = p.inverse ? acc(-1) : acc(1);
-  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    const double w = inv_freq != nullptr ? inv_freq[i] : default_rotary_frequency(i, p.rotary_dim, base);
-    const SinCos<acc> sc =
-        rotary_sincos<acc>(turn_frequency_from_radians(w), p.float32_frequencies, i, position);
-    cosines[i] = factor * sc.cos;
-    sines[i] = sign * factor * sc.sin;
-  }
-  __syncthreads();
   const int64_t pass = p.head_dim - p.rotary_dim;
-  for (int k = 0; k < p.operand_count; ++k) {
-    const RotaryOperand& op = p.operands[k];
-    const scalar_t* in = static_cast<const scalar_t*>(op.in) + b * op.in_strides[0] +
-                         s * op.in_strides[1];
-    scalar_t* out = static_cast<scalar_t*>(op.out) + b * op.out_strides[0] + s * op.out_strides[1];
-    const int64_t per_head = half + pass;
-    for (int64_t item = threadIdx.x; item < op.heads * per_head; item += blockDim.x) {
-      const int64_t h = item / per_head;
-      const int64_t j = item % per_head;
-      const scalar_t* x = in + h * op.in_strides[2];
-      scalar_t* y = out + h * op.out_strides[2];
-      if (j < half) {
-        const int64_t first = p.interleaved ? 2 * j : j;
-        const int64_t second = p.interleaved ? 2 * j + 1 : j + half;
-        const acc x1 = load_as_acc(x + first * op.in_strides[3]);
-        const acc x2 = load_as_acc(x + second * op.in_strides[3]);
-        store_from_acc(y + first * op.out_strides[3], x1 * cosines[j] - x2 * sines[j]);
-        store_from_acc(y + second * op.out_strides[3], x2 * cosines[j] + x1 * sines[j]);
-      } else {
-        const int64_t d = p.rotary_dim + (j - half);
-        y[d * op.out_strides[3]] = x[d * op.in_strides[3]];
+  const int64_t tokens = p.batch * p.seq_len;
+  for (int64_t token = blockIdx.x; token < tokens; token += gridDim.x) {
+    const int64_t b = token / p.seq_len;
+    const int64_t s = token % p.seq_len;
+    const int64_t position = rotary_token_position(p, b, s);
+    for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+      const double w =
+          inv_freq != nullptr ? inv_freq[i] : default_rotary_frequency(i, p.rotary_dim, base);
+      const SinCos<acc> sc =
+          rotary_sincos<acc>(turn_frequency_from_radians(w), p.float32_frequencies, i, position);
+      cosines[i] = factor * sc.cos;
+      sines[i] = sign * factor * sc.sin;
+    }
+    __syncthreads();
+    for (int k = 0; k < p.operand_count; ++k) {
+      const RotaryOperand& op = p.operands[k];
+      const scalar_t* in = static_cast<const scalar_t*>(op.in) + b * op.in_strides[0] +
+                           s * op.in_strides[1];
+      scalar_t* out =
+          static_cast<scalar_t*>(op.out) + b * op.out_strides[0] + s * op.out_strides[1];
+      const int64_t per_head = half + pass;
+      for (int64_t item = threadIdx.x; item < op.heads * per_head; item += blockDim.x) {
+        const int64_t h = item / per_head;
+        const int64_t j = item % per_head;
+        const scalar_t* x = in + h * op.in_strides[2];
+        scalar_t* y = out + h * op.out_strides[2];
+        if (j < half) {
+          const int64_t first = p.interleaved ? 2 * j : j;
+          const int64_t second = p.interleaved ? 2 * j + 1 : j + half;
+          const acc x1 = load_as_acc(x + first * op.in_strides[3]);
+          const acc x2 = load_as_acc(x + second * op.in_strides[3]);
+          store_from_acc(y + first * op.out_strides[3], x1 * cosines[j] - x2 * sines[j]);
+          store_from_acc(y + second * op.out_strides[3], x2 * cosines[j] + x1 * sines[j]);
+        } else {
+          const int64_t d = p.rotary_dim + (j - half);
+          y[d * op.out_strides[3]] = x[d * op.in_strides[3]];
+        }
       }
     }
+    __syncthreads();  // the next token overwrites cosines and sines
   }
 }
 
@@ -301,9 +324,11 @@ __global__ void rotary_tables_kernel(RotaryTableParams p, int operand_index, int
   }
 }
 
-unsigned int blocks_for(int64_t work, int threads) {
-  const int64_t blocks = (work + threads - 1) / threads;
-  return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
+// Blocks for `work` items (or `threads` items a block), at most `limit`: kernels walk the rest
+// with grid-stride loops.
+unsigned int blocks_for(int64_t work, int64_t per_block, unsigned int limit) {
+  const int64_t blocks = (work + per_block - 1) / per_block;
+  return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > limit ? limit : blocks));
 }
 
 }  // namespace
@@ -312,19 +337,17 @@ int add_positional(const AddPositionalParams& params, const int64_t* seed,
                    int64_t* fairseq_workspace, void* stream) {
   const int64_t batch = params.shape.batch_count();
   if (batch == 0 || params.shape.seq_len == 0 || params.shape.dim == 0) return 0;
-  auto cuda_stream = static_cast<cudaStream_t>(stream);
   if (params.gather.fairseq_positions) {
     const int status = fairseq_positions(params, fairseq_workspace, stream);
     if (status != 0) return status;
   }
-  const int64_t channel_blocks =
-      (params.shape.dim + kThreads * kElementsPerThread - 1) / (kThreads * kElementsPerThread);
-  const dim3 grid(static_cast<unsigned int>(params.shape.seq_len),
-                  static_cast<unsigned int>(channel_blocks),
-                  static_cast<unsigned int>(batch < kMaxBatchBlocks ? batch : kMaxBatchBlocks));
+  const unsigned int batch_blocks = blocks_for(batch, 1, kMaxBatchBlocks);
+  const dim3 grid(blocks_for(params.shape.seq_len, 1, max_grid_x()),
+                  blocks_for(params.shape.dim, kThreads * kElementsPerThread, max_grid_yz()),
+                  batch_blocks < max_grid_yz() ? batch_blocks : max_grid_yz());
   return dispatch_dtype(params.dtype, [&](auto tag) {
-    add_positional_kernel<decltype(tag)><<<grid, kThreads, 0, cuda_stream>>>(params, seed,
-                                                                             fairseq_workspace);
+    POSENC_LAUNCH(add_positional_kernel<decltype(tag)>, grid, kThreads, 0, stream, params, seed,
+                  fairseq_workspace);
     return launch_status();
   });
 }
@@ -333,8 +356,8 @@ int fairseq_positions(const AddPositionalParams& params, int64_t* fairseq_worksp
                       void* stream) {
   const int64_t batch = params.shape.batch_count();
   if (batch == 0) return 0;
-  fairseq_positions_kernel<<<blocks_for(batch, kThreads), kThreads, 0,
-                             static_cast<cudaStream_t>(stream)>>>(params, fairseq_workspace);
+  POSENC_LAUNCH(fairseq_positions_kernel, blocks_for(batch, kThreads, max_grid_x()), kThreads, 0,
+                stream, params, fairseq_workspace);
   return launch_status();
 }
 
@@ -343,12 +366,12 @@ int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows
                             const int64_t* fairseq_positions, void* grad, void* stream) {
   const int64_t rows = params.shape.batch_count() * params.shape.seq_len;
   if (rows == 0 || params.shape.dim == 0) return 0;
-  const dim3 grid(static_cast<unsigned int>(rows),
-                  static_cast<unsigned int>((params.shape.dim + kThreads - 1) / kThreads));
+  const dim3 grid(blocks_for(rows, 1, max_grid_x()),
+                  blocks_for(params.shape.dim, kThreads, max_grid_yz()));
   return dispatch_dtype(params.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    scatter_atomic_kernel<scalar_t><<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        params, input, target, seed, fairseq_positions, static_cast<acc_t<scalar_t>*>(grad));
+    POSENC_LAUNCH(scatter_atomic_kernel<scalar_t>, grid, kThreads, 0, stream, params, input,
+                  target, seed, fairseq_positions, static_cast<acc_t<scalar_t>*>(grad));
     return launch_status();
   });
 }
@@ -359,14 +382,13 @@ int scatter_backward_deterministic(const AddPositionalParams& params, const Stri
                                    const int64_t* segment_starts, const int64_t* segment_targets,
                                    int64_t segments, void* grad, void* stream) {
   if (segments == 0 || params.shape.dim == 0) return 0;
-  const dim3 grid(static_cast<unsigned int>(segments),
-                  static_cast<unsigned int>((params.shape.dim + kThreads - 1) / kThreads));
+  const dim3 grid(blocks_for(segments, 1, max_grid_x()),
+                  blocks_for(params.shape.dim, kThreads, max_grid_yz()));
   return dispatch_dtype(params.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    scatter_deterministic_kernel<scalar_t>
-        <<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-            params, input, target, seed, fairseq_positions, sorted_rows, segment_starts,
-            segment_targets, static_cast<acc_t<scalar_t>*>(grad));
+    POSENC_LAUNCH(scatter_deterministic_kernel<scalar_t>, grid, kThreads, 0, stream, params,
+                  input, target, seed, fairseq_positions, sorted_rows, segment_starts,
+                  segment_targets, segments, static_cast<acc_t<scalar_t>*>(grad));
     return launch_status();
   });
 }
@@ -377,8 +399,8 @@ int rotary(const RotaryParams& params, const double* inv_freq, double base, void
   return dispatch_dtype(params.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
     const size_t shared_bytes = sizeof(acc_t<scalar_t>) * static_cast<size_t>(params.rotary_dim);
-    rotary_kernel<scalar_t><<<static_cast<unsigned int>(tokens), 128, shared_bytes,
-                              static_cast<cudaStream_t>(stream)>>>(params, inv_freq, base);
+    POSENC_LAUNCH_SYNC(rotary_kernel<scalar_t>, blocks_for(tokens, 1, max_grid_x()), 128,
+                  shared_bytes, stream, params, inv_freq, base);
     return launch_status();
   });
 }
@@ -391,8 +413,8 @@ int rotary_tables(const RotaryTableParams& params, void* stream) {
     const int64_t work = rows * (op.sizes[op.ndim - 1] / 2);
     if (work == 0) continue;
     const int status = dispatch_dtype(params.dtype, [&](auto tag) {
-      rotary_tables_kernel<decltype(tag)><<<blocks_for(work, kThreads), kThreads, 0,
-                                            static_cast<cudaStream_t>(stream)>>>(params, k, rows);
+      POSENC_LAUNCH(rotary_tables_kernel<decltype(tag)>, blocks_for(work, kThreads, max_grid_x()),
+                    kThreads, 0, stream, params, k, rows);
       return launch_status();
     });
     if (status != 0) return status;
@@ -402,6 +424,6 @@ int rotary_tables(const RotaryTableParams& params, void* stream) {
 
 const char* error_string(int error) { return cudaGetErrorString(static_cast<cudaError_t>(error)); }
 
-}  // namespace cuda
+}  // namespace POSENC_CUDA_NAMESPACE
 }  // namespace kernels
 }  // namespace posenc

@@ -1,0 +1,52 @@
+// What the CUDA kernels need from CUDA, for nvcc or for the host emulation (emulation.h): the
+// launch and dynamic shared memory macros, and the grid limits the launchers plan with.
+#pragma once
+
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+
+// kernel<<<grid, block, shared_bytes, stream>>>(arguments...). Kernels that call __syncthreads
+// launch with POSENC_LAUNCH_SYNC (the emulation then runs a block's threads concurrently).
+#define POSENC_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  kernel<<<grid, block, shared_bytes, static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)
+#define POSENC_LAUNCH_SYNC POSENC_LAUNCH
+// The block's dynamic shared memory as `type* name`.
+#define POSENC_DYNAMIC_SHARED(type, name) \
+  extern __shared__ unsigned char posenc_shared_bytes[]; \
+  type* name = reinterpret_cast<type*>(posenc_shared_bytes)
+
+namespace posenc {
+namespace kernels {
+inline unsigned int max_grid_x() { return 2147483647u; }
+inline unsigned int max_grid_yz() { return 65535u; }
+}  // namespace kernels
+}  // namespace posenc
+
+#else
+#include "cuda/emulation.h"
+
+using posenc::cuda_emulation::__syncthreads;
+using posenc::cuda_emulation::atomicAdd;
+using posenc::cuda_emulation::cudaError_t;
+using posenc::cuda_emulation::cudaGetErrorString;
+using posenc::cuda_emulation::cudaGetLastError;
+using posenc::cuda_emulation::cudaStream_t;
+using posenc::cuda_emulation::dim3;
+
+#define POSENC_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                       \
+  ::posenc::cuda_emulation::launch(grid, block, shared_bytes, [&] { kernel(__VA_ARGS__); }); \
+  static_cast<void>(stream)
+#define POSENC_LAUNCH_SYNC(kernel, grid, block, shared_bytes, stream, ...)                   \
+  ::posenc::cuda_emulation::launch(                                                          \
+      grid, block, shared_bytes, [&] { kernel(__VA_ARGS__); }, /*barriers=*/true);           \
+  static_cast<void>(stream)
+#define POSENC_DYNAMIC_SHARED(type, name) \
+  type* name = reinterpret_cast<type*>(::posenc::cuda_emulation::dynamic_shared())
+
+namespace posenc {
+namespace kernels {
+inline unsigned int max_grid_x() { return cuda_emulation::limits().max_grid_x; }
+inline unsigned int max_grid_yz() { return cuda_emulation::limits().max_grid_yz; }
+}  // namespace kernels
+}  // namespace posenc
+#endif

@@ -1,0 +1,257 @@
+// A host emulation of the subset of CUDA that kernels/cuda/*.cu use, so that the same kernel
+// source runs on the CPU in `make test` (and under the sanitizers): grid, block and thread
+// indices; dynamic shared memory; __syncthreads; atomicAdd; launches checked as a GPU checks
+// them (block size, grid dimensions, shared memory). Each thread of a block is a std::thread;
+// blocks run one after another. Included instead of <cuda_runtime.h> when not compiling with
+// nvcc (see cuda_compat.h). Host only.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+
+namespace posenc {
+namespace cuda_emulation {
+
+struct dim3 {
+  unsigned int x, y, z;
+  dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+using cudaStream_t = void*;
+enum cudaError_t : int {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+};
+
+// What a launch may ask for: a GPU's limits by default. Tests lower them to reach the code paths
+// for grids larger than a dimension allows without large tensors.
+struct Limits {
+  unsigned int max_grid_x = 2147483647u;
+  unsigned int max_grid_yz = 65535u;
+  unsigned int max_threads_per_block = 1024u;
+  unsigned int max_block_z = 64u;
+  size_t max_shared_bytes = 48 * 1024;  // the default dynamic shared memory per block
+};
+
+inline Limits& limits() {
+  static Limits value;
+  return value;
+}
+
+// Restores the default limits when it goes out of scope.
+struct ScopedLimits {
+  Limits saved = limits();
+  ~ScopedLimits() { limits() = saved; }
+};
+
+// __syncthreads for the threads of one block. A thread that leaves the kernel stops counting,
+// as on a GPU, where exited threads no longer take part in the block's barrier.
+class BlockBarrier {
+ public:
+  explicit BlockBarrier(int threads) : expected_(threads) {}
+
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const uint64_t generation = generation_;
+    if (++arrived_ == expected_) {
+      open(lock);
+      return;
+    }
+    condition_.wait(lock, [&] { return generation_ != generation; });
+  }
+
+  void arrive_and_drop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    --expected_;
+    if (arrived_ == expected_ && arrived_ > 0) open(lock);
+  }
+
+  void reset(int threads) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    expected_ = threads;
+    arrived_ = 0;
+  }
+
+ private:
+  void open(std::unique_lock<std::mutex>&) {
+    arrived_ = 0;
+    ++generation_;
+    condition_.notify_all();
+  }
+
+  std::mutex mutex_;
+  std::condition_variable condition_;
+  int expected_;
+  int arrived_ = 0;
+  uint64_t generation_ = 0;
+};
+
+// The per-thread view of the launch that the kernel reads.
+struct ThreadState {
+  dim3 block_idx, thread_idx, block_dim, grid_dim;
+  unsigned char* shared = nullptr;
+  BlockBarrier* barrier = nullptr;
+};
+
+inline ThreadState& state() {
+  static thread_local ThreadState value;
+  return value;
+}
+
+inline cudaError_t& last_error() {
+  static thread_local cudaError_t value = cudaSuccess;
+  return value;
+}
+
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t error = last_error();
+  last_error() = cudaSuccess;
+  return error;
+}
+
+inline const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument (emulated launch)";
+    default:
+      return "invalid argument (emulated launch)";
+  }
+}
+
+inline void __syncthreads() {
+  if (state().barrier == nullptr) {
+    std::fprintf(stderr,
+                 "posenc CUDA emulation: __syncthreads in a kernel launched with POSENC_LAUNCH; "
+                 "launch kernels that synchronise with POSENC_LAUNCH_SYNC\n");
+    std::abort();
+  }
+  state().barrier->arrive_and_wait();
+}
+
+inline unsigned char* dynamic_shared() { return state().shared; }
+
+template <typename T, typename Bits>
+inline T atomic_add_bits(T* address, T value) {
+  static_assert(sizeof(T) == sizeof(Bits), "bit width");
+  Bits* bits = reinterpret_cast<Bits*>(address);
+  Bits expected = __atomic_load_n(bits, __ATOMIC_RELAXED);
+  while (true) {
+    T old;
+    std::memcpy(&old, &expected, sizeof(T));
+    const T sum = old + value;
+    Bits desired;
+    std::memcpy(&desired, &sum, sizeof(T));
+    if (__atomic_compare_exchange_n(bits, &expected, desired, false, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED)) {
+      return old;
+    }
+  }
+}
+
+inline float atomicAdd(float* address, float value) {
+  return atomic_add_bits<float, uint32_t>(address, value);
+}
+inline double atomicAdd(double* address, double value) {
+  return atomic_add_bits<double, uint64_t>(address, value);
+}
+
+// Runs `kernel` (a callable reading state()) over grid x block, as <<<grid, block, shared>>>.
+// Without `barriers`, one host thread runs every thread of every block in turn (a valid CUDA
+// schedule for a kernel without __syncthreads, and fast); with them, each thread of a block is
+// a std::thread meeting the others at __syncthreads.
+inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel,
+                   bool barriers = false) {
+  const Limits& limit = limits();
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  const bool valid = threads >= 1 && threads <= limit.max_threads_per_block &&
+                     block.z <= limit.max_block_z && grid.x >= 1 && grid.y >= 1 && grid.z >= 1 &&
+                     grid.x <= limit.max_grid_x && grid.y <= limit.max_grid_yz &&
+                     grid.z <= limit.max_grid_yz && shared_bytes <= limit.max_shared_bytes;
+  if (!valid) {
+    last_error() = cudaErrorInvalidConfiguration;
+    return;
+  }
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  // Poisoned, as uninitialised shared memory would be on a GPU.
+  std::vector<unsigned char> shared(shared_bytes > 0 ? shared_bytes : 1, 0xA5);
+  if (!barriers) {
+    ThreadState& s = state();
+    const ThreadState saved = s;
+    s.block_dim = block;
+    s.grid_dim = grid;
+    s.shared = shared.data();
+    s.barrier = nullptr;
+    for (uint64_t index = 0; index < blocks; ++index) {
+      s.block_idx = dim3(static_cast<unsigned int>(index % grid.x),
+                         static_cast<unsigned int>(index / grid.x % grid.y),
+                         static_cast<unsigned int>(index / (uint64_t{grid.x} * grid.y)));
+      std::memset(shared.data(), 0xA5, shared.size());
+      for (uint64_t thread = 0; thread < threads; ++thread) {
+        s.thread_idx = dim3(static_cast<unsigned int>(thread % block.x),
+                            static_cast<unsigned int>(thread / block.x % block.y),
+                            static_cast<unsigned int>(thread / (uint64_t{block.x} * block.y)));
+        kernel();
+      }
+    }
+    s = saved;
+    return;
+  }
+  BlockBarrier kernel_barrier(static_cast<int>(threads));
+  BlockBarrier block_end(static_cast<int>(threads));
+  std::vector<std::thread> workers;
+  workers.reserve(threads);
+  for (uint64_t thread = 0; thread < threads; ++thread) {
+    workers.emplace_back([&, thread] {
+      ThreadState& s = state();
+      s.block_dim = block;
+      s.grid_dim = grid;
+      s.shared = shared.data();
+      s.barrier = &kernel_barrier;
+      s.thread_idx = dim3(static_cast<unsigned int>(thread % block.x),
+                          static_cast<unsigned int>(thread / block.x % block.y),
+                          static_cast<unsigned int>(thread / (uint64_t{block.x} * block.y)));
+      for (uint64_t index = 0; index < blocks; ++index) {
+        s.block_idx = dim3(static_cast<unsigned int>(index % grid.x),
+                           static_cast<unsigned int>(index / grid.x % grid.y),
+                           static_cast<unsigned int>(index / (uint64_t{grid.x} * grid.y)));
+        kernel();
+        kernel_barrier.arrive_and_drop();
+        // Every thread has left this block: reset the barrier and start the next one.
+        if (thread == 0) {
+          block_end.arrive_and_wait();
+          kernel_barrier.reset(static_cast<int>(threads));
+          std::memset(shared.data(), 0xA5, shared.size());
+          block_end.arrive_and_wait();
+        } else {
+          block_end.arrive_and_wait();
+          block_end.arrive_and_wait();
+        }
+      }
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
+}
+
+}  // namespace cuda_emulation
+}  // namespace posenc
+
+#define blockIdx (::posenc::cuda_emulation::state().block_idx)
+#define threadIdx (::posenc::cuda_emulation::state().thread_idx)
+#define blockDim (::posenc::cuda_emulation::state().block_dim)
+#define gridDim (::posenc::cuda_emulation::state().grid_dim)

@@ -1,0 +1,521 @@
+// The CUDA kernels (kernels/cuda/posenc_kernels.cu, built as host C++ by emulated.cpp) run under
+// the CUDA emulation and compared with the CPU kernels: forward, input/table/weight gradients
+// (atomic and deterministic), fairseq positions, rotary and rotary_tables, in every dtype, with
+// dropout on and off, odd and large widths, batches past the grid's batch blocks, strided
+// operands, and grids larger than a (lowered) grid limit. Outputs are poisoned first, so an
+// element a kernel leaves unwritten shows.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <string>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "common.h"
+#include "cuda/emulation.h"
+#define POSENC_CUDA_NAMESPACE cuda_emulated  // the launchers of kernels/cuda/emulated.cpp
+#include "cuda_launch.h"
+#include "positional.h"
+#include "rotary.h"
+#include "rows.h"
+
+namespace pk = posenc::kernels;
+namespace emu = posenc::kernels::cuda_emulated;
+namespace ce = posenc::cuda_emulation;
+
+namespace {
+
+// A dense buffer of one kernel dtype, read and written through doubles.
+struct Buffer {
+  pk::DType dtype;
+  std::vector<unsigned char> bytes;
+
+  Buffer(pk::DType type, size_t count) : dtype(type), bytes(count * element_size(type)) {}
+
+  static size_t element_size(pk::DType type) {
+    return type == pk::DType::kFloat64 ? 8 : (type == pk::DType::kFloat32 ? 4 : 2);
+  }
+  size_t size() const { return bytes.size() / element_size(dtype); }
+  void* data() { return bytes.data(); }
+
+  double get(size_t i) const {
+    return pk::dispatch_dtype(dtype, [&](auto tag) -> double {
+      using T = decltype(tag);
+      return static_cast<double>(pk::load_as_acc(reinterpret_cast<const T*>(bytes.data()) + i));
+    });
+  }
+  void set(size_t i, double value) {
+    pk::dispatch_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      pk::store_from_acc(reinterpret_cast<T*>(bytes.data()) + i,
+                         static_cast<pk::acc_t<T>>(value));
+      return 0;
+    });
+  }
+  void fill_random(std::mt19937_64& rng) {
+    std::normal_distribution<double> normal;
+    for (size_t i = 0; i < size(); ++i) set(i, normal(rng));
+  }
+  void poison() { std::fill(bytes.begin(), bytes.end(), 0x7f); }  // NaN/huge in every dtype
+};
+
+double tolerance(pk::DType dtype) {
+  switch (dtype) {
+    case pk::DType::kFloat64:
+      return 1e-12;
+    case pk::DType::kFloat32:
+      return 2e-6;
+    default:
+      return 1e-2;  // 16-bit storage: one rounding step of the output
+  }
+}
+
+void expect_same(const Buffer& cpu, const Buffer& emulated, double atol, const char* what) {
+  ASSERT_EQ(cpu.size(), emulated.size());
+  int64_t reported = 0;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const double a = cpu.get(i), b = emulated.get(i);
+    const bool same = (std::isnan(a) && std::isnan(b)) ||
+                      std::abs(a - b) <= atol * std::max(1.0, std::abs(a));
+    if (!same && reported++ < 5) {
+      ADD_FAILURE() << what << ": element " << i << " cpu " << a << " emulated cuda " << b;
+    }
+  }
+}
+
+const pk::DType kDTypes[] = {pk::DType::kFloat32, pk::DType::kFloat64, pk::DType::kBFloat16,
+                             pk::DType::kFloat16};
+
+struct RowsCase {
+  int64_t batch, seq_len, dim;
+  pk::PositionKind kind;
+  pk::Combine combine;
+  double dropout;
+  bool explicit_positions;
+  bool embedding;  // rows gathered from a weight by ids (with padding)
+  bool fairseq;
+  bool strided;    // x and out with padded rows (non-contiguous)
+  bool lowered_limits;
+};
+
+std::string name_of(const RowsCase& c) {
+  return "B" + std::to_string(c.batch) + "_T" + std::to_string(c.seq_len) + "_D" +
+         std::to_string(c.dim);
+}
+
+class CudaEmulatedRows : public ::testing::TestWithParam<RowsCase> {};
+
+// The forward (and the input-gradient, which is the same kernel) on both backends.
+TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
+  const RowsCase c = GetParam();
+  for (pk::DType dtype : kDTypes) {
+    SCOPED_TRACE(static_cast<int>(dtype));
+    std::mt19937_64 rng(static_cast<uint64_t>(c.batch * 1000 + c.dim));
+    const int64_t row_stride = c.strided ? c.dim + 3 : c.dim;
+    const int64_t rows = c.batch * c.seq_len;
+    const int64_t vocab = 11, padding = 2, table_rows = c.seq_len + 40;
+    Buffer x(dtype, static_cast<size_t>(rows * row_stride));
+    x.fill_random(rng);
+    Buffer weight(dtype, static_cast<size_t>(vocab * c.dim));
+    weight.fill_random(rng);
+    Buffer table(dtype, static_cast<size_t>(table_rows * c.dim));
+    table.fill_random(rng);
+    std::vector<int64_t> ids(static_cast<size_t>(rows)), positions(static_cast<size_t>(rows));
+    for (auto& id : ids) id = static_cast<int64_t>(rng() % vocab);
+    for (auto& p : positions) p = static_cast<int64_t>(rng() % (table_rows - 1));
+
+    pk::AddPositionalParams params;
+    params.dtype = dtype;
+    params.shape.batch_ndim = 1;
+    params.shape.batch_sizes[0] = c.batch;
+    params.shape.seq_len = c.seq_len;
+    params.shape.dim = c.dim;
+    params.x = {x.data(), {c.seq_len * row_stride}, row_stride, 1};
+    params.out = {nullptr, {c.seq_len * row_stride}, row_stride, 1};
+    params.offset = c.explicit_positions || c.fairseq ? 0 : 5;
+    params.combine = c.combine;
+    params.scale = 1.5;
+    params.dropout = pk::make_dropout(c.dropout, true, 1234567);
+    if (c.explicit_positions) {
+      params.positions = {positions.data(), pk::IndexType::kInt64, {c.seq_len}, 1};
+    }
+    std::vector<pk::ChannelCode> channels;
+    params.source.kind = c.kind;
+    params.source.code.kind = c.kind;
+    params.source.code.base = 100.0;
+    if (c.kind == pk::PositionKind::kLearned) {
+      params.source.table = table.data();
+      params.source.table_rows = table_rows;
+      params.source.table_row_stride = c.dim;
+    } else {
+      channels = pk::make_channel_codes(params.source.code, c.dim);
+      params.source.channels = channels.data();
+    }
+    if (c.embedding) {
+      params.gather.weight = weight.data();
+      params.gather.vocab = vocab;
+      params.gather.row_stride = c.dim;
+      params.gather.ids = {ids.data(), pk::IndexType::kInt64, {c.seq_len}, 1};
+      params.gather.padding_idx = padding;
+      params.gather.fairseq_positions = c.fairseq;
+    }
+    Buffer cpu_out(dtype, static_cast<size_t>(rows * row_stride));
+    Buffer emulated_out(dtype, static_cast<size_t>(rows * row_stride));
+    cpu_out.poison();
+    emulated_out.poison();
+    params.out.data = cpu_out.data();
+    pk::add_positional_cpu(params, pk::serial_for);
+    params.out.data = emulated_out.data();
+    const int64_t seed = 1234567;
+    std::vector<int64_t> fairseq(static_cast<size_t>(rows));
+    {
+      ce::ScopedLimits restore;
+      if (c.lowered_limits) {
+        ce::limits().max_grid_x = 3;
+        ce::limits().max_grid_yz = 2;
+      }
+      ASSERT_EQ(emu::add_positional(params, &seed, fairseq.data(), nullptr), 0);
+    }
+    expect_same(cpu_out, emulated_out, tolerance(dtype), "add_positional");
+  }
+}
+
+// Table and weight gradients, atomic and deterministic, against the CPU's fixed-order sums.
+TEST_P(CudaEmulatedRows, ScatterMatchesCpu) {
+  const RowsCase c = GetParam();
+  if (c.combine == pk::Combine::kPositionOnly || c.combine == pk::Combine::kScaleOnly) return;
+  for (pk::DType dtype : {pk::DType::kFloat32, pk::DType::kFloat64, pk::DType::kBFloat16}) {
+    SCOPED_TRACE(static_cast<int>(dtype));
+    std::mt19937_64 rng(static_cast<uint64_t>(c.batch * 7 + c.dim));
+    const int64_t rows = c.batch * c.seq_len;
+    const int64_t vocab = 11, padding = 2, table_rows = c.seq_len + 40;
+    const pk::DType accumulate = dtype == pk::DType::kFloat64 ? pk::DType::kFloat64
+                                                              : pk::DType::kFloat32;
+    Buffer grad(dtype, static_cast<size_t>(rows * c.dim)), input(dtype, grad.size());
+    grad.fill_random(rng);
+    input.fill_random(rng);
+    Buffer weight(dtype, static_cast<size_t>(vocab * c.dim));
+    weight.fill_random(rng);
+    std::vector<int64_t> ids(static_cast<size_t>(rows)), positions(static_cast<size_t>(rows));
+    for (auto& id : ids) id = static_cast<int64_t>(rng() % vocab);
+    for (auto& p : positions) p = static_cast<int64_t>(rng() % 7);  // many rows per target
+
+    pk::AddPositionalParams params;
+    params.dtype = dtype;
+    params.shape.batch_ndim = 1;
+    params.shape.batch_sizes[0] = c.batch;
+    params.shape.seq_len = c.seq_len;
+    params.shape.dim = c.dim;
+    params.x = {grad.data(), {c.seq_len * c.dim}, c.dim, 1};
+    params.combine = c.combine;
+    params.scale = 0.75;
+    params.dropout = pk::make_dropout(c.dropout, true, 99);
+    params.positions = {positions.data(), pk::IndexType::kInt64, {c.seq_len}, 1};
+    std::vector<pk::ChannelCode> channels = pk::make_channel_codes(params.source.code, c.dim);
+    params.source.channels = channels.data();
+    params.source.kind = pk::PositionKind::kSinusoidal;
+    const int64_t seed = 99;
+    for (const bool weight_target : {false, true}) {
+      SCOPED_TRACE(weight_target ? "weight" : "table");
+      pk::StridedRows input_rows;
+      if (weight_target || c.embedding) {
+        params.gather.weight = weight.data();
+        params.gather.vocab = vocab;
+        params.gather.row_stride = c.dim;
+        params.gather.ids = {ids.data(), pk::IndexType::kInt64, {c.seq_len}, 1};
+        params.gather.padding_idx = padding;
+      } else {
+        params.gather = pk::EmbeddingGather{};
+        input_rows = {input.data(), {c.seq_len * c.dim}, c.dim, 1};
+      }
+      const int64_t targets = weight_target ? vocab : 7;
+      if (!weight_target) {
+        params.source.kind = pk::PositionKind::kLearned;
+        params.source.table_rows = targets;
+      } else {
+        params.source.kind = pk::PositionKind::kSinusoidal;
+      }
+      Buffer cpu(accumulate, static_cast<size_t>(targets * c.dim));
+      for (size_t i = 0; i < cpu.size(); ++i) cpu.set(i, 0.0);
+      if (weight_target) {
+        pk::embedding_weight_backward_cpu(params, cpu.data(), pk::serial_for);
+      } else {
+        pk::add_positional_table_backward_cpu(params, input_rows, cpu.data(), pk::serial_for);
+      }
+      // Rows sorted by target (stable), as the binding sorts them for the deterministic sum.
+      std::vector<int64_t> row_target(static_cast<size_t>(rows));
+      for (int64_t r = 0; r < rows; ++r) {
+        row_target[r] = weight_target ? ids[r] : positions[r];
+      }
+      std::vector<int64_t> sorted(static_cast<size_t>(rows));
+      std::iota(sorted.begin(), sorted.end(), 0);
+      std::stable_sort(sorted.begin(), sorted.end(),
+                       [&](int64_t a, int64_t b) { return row_target[a] < row_target[b]; });
+      std::vector<int64_t> starts{0}, segment_targets;
+      for (int64_t i = 0; i < rows; ++i) {
+        if (i > 0 && row_target[sorted[i]] != row_target[sorted[i - 1]]) starts.push_back(i);
+        if (i == 0 || row_target[sorted[i]] != row_target[sorted[i - 1]]) {
+          segment_targets.push_back(row_target[sorted[i]]);
+        }
+      }
+      starts.push_back(rows);
+      const pk::cuda_emulated::ScatterTarget target =
+          weight_target ? emu::ScatterTarget::kWeight : emu::ScatterTarget::kTable;
+      ce::ScopedLimits restore;
+      if (c.lowered_limits) {
+        ce::limits().max_grid_x = 3;
+        ce::limits().max_grid_yz = 2;
+      }
+      for (const bool deterministic : {false, true}) {
+        Buffer emulated(accumulate, cpu.size());
+        for (size_t i = 0; i < emulated.size(); ++i) emulated.set(i, 0.0);
+        const int status =
+            deterministic
+                ? emu::scatter_backward_deterministic(
+                      params, input_rows, target, &seed, nullptr, sorted.data(), starts.data(),
+                      segment_targets.data(), static_cast<int64_t>(segment_targets.size()),
+                      emulated.data(), nullptr)
+                : emu::scatter_backward_atomic(params, input_rows, target, &seed, nullptr,
+                                               emulated.data(), nullptr);
+        ASSERT_EQ(status, 0);
+        // Sums in another order: float rounding, relative to the number of terms.
+        expect_same(cpu, emulated, accumulate == pk::DType::kFloat64 ? 1e-11 : 1e-5,
+                    deterministic ? "deterministic scatter" : "atomic scatter");
+      }
+    }
+  }
+}
+
+const RowsCase kRowsCases[] = {
+    // batch, T, D, kind, combine, dropout, explicit, embedding, fairseq, strided, lowered
+    {3, 5, 6, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.0, false, false, false, false, false},
+    {2, 4, 5, pk::PositionKind::kCosine, pk::Combine::kMul, 0.3, true, false, false, true, false},
+    {70, 2, 6, pk::PositionKind::kDamped, pk::Combine::kAdd, 0.2, false, false, false, false, false},
+    {2, 3, 70, pk::PositionKind::kLinear, pk::Combine::kScaleOnly, 0.5, false, false, false, false, false},
+    {1, 2, 2050, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, true, false},
+    {2, 6, 7, pk::PositionKind::kLearned, pk::Combine::kMul, 0.25, true, false, false, false, false},
+    {3, 7, 6, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, true, true, false, false},
+    {2, 5, 8, pk::PositionKind::kLearned, pk::Combine::kAdd, 0.0, true, true, false, false, false},
+    {4, 9, 2100, pk::PositionKind::kCosine, pk::Combine::kMul, 0.4, false, true, false, false, true},
+    {5, 8, 6, pk::PositionKind::kSinusoidal, pk::Combine::kPositionOnly, 0.0, true, false, false, false, true},
+};
+
+INSTANTIATE_TEST_SUITE_P(CudaEmulated, CudaEmulatedRows, ::testing::ValuesIn(kRowsCases),
+                         [](const auto& info) {
+                           return name_of(info.param) + "_" + std::to_string(info.index);
+                         });
+
+TEST(CudaEmulatedFairseq, PositionsMatchCpu) {
+  const int64_t batch = 5, seq_len = 9, padding = 1;
+  std::mt19937_64 rng(3);
+  std::vector<int64_t> ids(batch * seq_len);
+  for (auto& id : ids) id = static_cast<int64_t>(rng() % 3);  // many padding tokens
+  pk::AddPositionalParams params;
+  params.shape.batch_ndim = 1;
+  params.shape.batch_sizes[0] = batch;
+  params.shape.seq_len = seq_len;
+  params.shape.dim = 4;
+  params.gather.ids = {ids.data(), pk::IndexType::kInt64, {seq_len}, 1};
+  params.gather.padding_idx = padding;
+  params.gather.fairseq_positions = true;
+  std::vector<int64_t> emulated(ids.size(), -7), cpu(ids.size(), -7);
+  ce::ScopedLimits restore;
+  ce::limits().max_grid_x = 1;  // one block walks every row
+  ASSERT_EQ(emu::fairseq_positions(params, emulated.data(), nullptr), 0);
+  for (int64_t b = 0; b < batch; ++b) {
+    pk::fairseq_positions_row(params.shape, params.gather, b, cpu.data() + b * seq_len);
+  }
+  EXPECT_EQ(emulated, cpu);
+}
+
+// Rotary on [B, S, H, D] views with strides of every layout, partial and interleaved pairs,
+// offsets, positions and packed sequences.
+struct RotaryCase {
+  int layout;  // 0 bshd, 1 bhsd, 2 sbhd, 3 thd (batch 1 with cu_seqlens)
+  int64_t rotary_dim;
+  bool interleaved, inverse, with_positions, with_offsets, float32_frequencies, lowered;
+};
+
+class CudaEmulatedRotary : public ::testing::TestWithParam<RotaryCase> {};
+
+TEST_P(CudaEmulatedRotary, MatchesCpu) {
+  const RotaryCase c = GetParam();
+  const int64_t batch = c.layout == 3 ? 1 : 3, seq_len = c.layout == 3 ? 9 : 5;
+  const int64_t heads[2] = {4, 2}, head_dim = 10;
+  std::vector<int64_t> cu{0, 4, 4, 9}, offsets{7, 0, 1000000}, positions(batch * seq_len);
+  std::mt19937_64 rng(11);
+  for (auto& p : positions) p = static_cast<int64_t>(rng() % (1 << 24));
+  for (pk::DType dtype : kDTypes) {
+    SCOPED_TRACE(static_cast<int>(dtype));
+    pk::RotaryParams params;
+    params.dtype = dtype;
+    params.batch = batch;
+    params.seq_len = seq_len;
+    params.head_dim = head_dim;
+    params.rotary_dim = c.rotary_dim;
+    params.interleaved = c.interleaved;
+    params.inverse = c.inverse;
+    params.attention_factor = 0.9;
+    params.offset = 3;
+    if (c.with_positions) {
+      params.offset = 0;
+      params.positions = positions.data();
+      params.positions_strides[0] = seq_len;
+      params.positions_strides[1] = 1;
+    } else if (c.with_offsets) {
+      params.offsets = offsets.data();
+    }
+    if (c.layout == 3) {
+      params.cu_seqlens = cu.data();
+      params.sequences = 3;
+    }
+    std::vector<Buffer> inputs, cpu_out, emulated_out;
+    for (int k = 0; k < 2; ++k) {
+      const size_t count = static_cast<size_t>(batch * seq_len * heads[k] * head_dim);
+      inputs.emplace_back(dtype, count);
+      inputs.back().fill_random(rng);
+      cpu_out.emplace_back(dtype, count);
+      emulated_out.emplace_back(dtype, count);
+      cpu_out.back().poison();
+      emulated_out.back().poison();
+    }
+    // Strides (batch, seq, head, dim) of the layout's memory order.
+    auto strides = [&](int64_t h) -> std::array<int64_t, 4> {
+      switch (c.layout) {
+        case 1:  // [B, H, S, D]
+          return {h * seq_len * head_dim, head_dim, seq_len * head_dim, 1};
+        case 2:  // [S, B, H, D]
+          return {h * head_dim, batch * h * head_dim, head_dim, 1};
+        default:  // [B, S, H, D] (thd: B = 1)
+          return {seq_len * h * head_dim, h * head_dim, head_dim, 1};
+      }
+    };
+    params.operand_count = 2;
+    for (int k = 0; k < 2; ++k) {
+      const auto s = strides(heads[k]);
+      params.operands[k].heads = heads[k];
+      params.operands[k].in = inputs[k].data();
+      for (int i = 0; i < 4; ++i) {
+        params.operands[k].in_strides[i] = s[i];
+        params.operands[k].out_strides[i] = s[i];
+      }
+    }
+    const std::vector<double> inv_freq = pk::default_inv_freq(c.rotary_dim, 10000.0);
+    const auto turn = pk::rotary_turn_frequencies(inv_freq);
+    std::vector<float> float32(inv_freq.begin(), inv_freq.end());
+    params.frequencies = turn.data();
+    if (c.float32_frequencies) params.float32_frequencies = float32.data();
+    for (int k = 0; k < 2; ++k) params.operands[k].out = cpu_out[k].data();
+    pk::rotary_cpu(params, pk::serial_for);
+    for (int k = 0; k < 2; ++k) params.operands[k].out = emulated_out[k].data();
+    {
+      ce::ScopedLimits restore;
+      if (c.lowered) ce::limits().max_grid_x = 2;
+      ASSERT_EQ(emu::rotary(params, c.with_positions ? inv_freq.data() : nullptr, 10000.0,
+                            nullptr),
+                0);
+    }
+    for (int k = 0; k < 2; ++k) {
+      expect_same(cpu_out[k], emulated_out[k], tolerance(dtype), k == 0 ? "q" : "k");
+    }
+  }
+}
+
+const RotaryCase kRotaryCases[] = {
+    {0, 10, false, false, false, false, false, false},
+    {1, 8, true, true, false, true, false, false},
+    {2, 6, false, false, true, false, false, true},
+    {3, 10, true, false, false, true, false, false},
+    {3, 4, false, true, false, false, true, true},
+    {0, 0, false, false, false, false, false, false},
+};
+
+INSTANTIATE_TEST_SUITE_P(CudaEmulated, CudaEmulatedRotary, ::testing::ValuesIn(kRotaryCases));
+
+TEST(CudaEmulatedRotaryTables, MatchesCpuForwardAndTranspose) {
+  const int64_t batch = 2, heads = 3, seq_len = 5, dim = 8;
+  std::mt19937_64 rng(5);
+  for (pk::DType dtype : kDTypes) {
+    for (const bool transpose : {false, true}) {
+      Buffer q(dtype, batch * heads * seq_len * dim), cos(dtype, batch * seq_len * dim),
+          sin(dtype, batch * seq_len * dim);
+      q.fill_random(rng);
+      cos.fill_random(rng);
+      sin.fill_random(rng);
+      Buffer cpu(dtype, q.size()), emulated(dtype, q.size());
+      cpu.poison();
+      emulated.poison();
+      pk::RotaryTableParams params;
+      params.dtype = dtype;
+      params.cos = cos.data();
+      params.sin = sin.data();
+      params.transpose = transpose;
+      params.operand_count = 1;
+      pk::RotaryTableOperand& op = params.operands[0];
+      op.ndim = 4;
+      const int64_t sizes[4] = {batch, heads, seq_len, dim};
+      const int64_t strides[4] = {heads * seq_len * dim, seq_len * dim, dim, 1};
+      const int64_t table_strides[4] = {seq_len * dim, 0, dim, 1};  // broadcast over heads
+      for (int d = 0; d < 4; ++d) {
+        op.sizes[d] = sizes[d];
+        op.in_strides[d] = op.out_strides[d] = strides[d];
+        op.cos_strides[d] = op.sin_strides[d] = table_strides[d];
+      }
+      op.in = q.data();
+      op.out = cpu.data();
+      pk::rotary_tables_cpu(params, pk::serial_for);
+      op.out = emulated.data();
+      ce::ScopedLimits restore;
+      ce::limits().max_grid_x = 2;
+      ASSERT_EQ(emu::rotary_tables(params, nullptr), 0);
+      expect_same(cpu, emulated, tolerance(dtype), "rotary_tables");
+    }
+  }
+}
+
+// The emulator refuses what a GPU refuses.
+TEST(CudaEmulatedLaunch, RejectsWhatAGpuRejects) {
+  int runs = 0;
+  const auto count = [&] { __atomic_add_fetch(&runs, 1, __ATOMIC_RELAXED); };
+  ce::launch(ce::dim3(1), ce::dim3(1025), 0, count);
+  EXPECT_EQ(ce::cudaGetLastError(), ce::cudaErrorInvalidConfiguration);
+  ce::launch(ce::dim3(1, 65536), ce::dim3(32), 0, count);
+  EXPECT_EQ(ce::cudaGetLastError(), ce::cudaErrorInvalidConfiguration);
+  ce::launch(ce::dim3(1, 1, 65536), ce::dim3(32), 0, count);
+  EXPECT_EQ(ce::cudaGetLastError(), ce::cudaErrorInvalidConfiguration);
+  ce::launch(ce::dim3(1), ce::dim3(32), 48 * 1024 + 1, count);
+  EXPECT_EQ(ce::cudaGetLastError(), ce::cudaErrorInvalidConfiguration);
+  EXPECT_EQ(runs, 0);
+  ce::launch(ce::dim3(2, 3), ce::dim3(4, 2), 48 * 1024, count);
+  EXPECT_EQ(ce::cudaGetLastError(), ce::cudaSuccess);
+  EXPECT_EQ(runs, 2 * 3 * 4 * 2);
+  ce::launch(ce::dim3(2, 3), ce::dim3(4, 2), 48 * 1024, count, /*barriers=*/true);
+  EXPECT_EQ(ce::cudaGetLastError(), ce::cudaSuccess);
+  EXPECT_EQ(runs, 2 * 2 * 3 * 4 * 2);
+  // A kernel whose fp64 shared memory is too large for the default limit fails its launch.
+  pk::RotaryParams params;
+  params.dtype = pk::DType::kFloat64;
+  params.batch = params.seq_len = 1;
+  params.head_dim = params.rotary_dim = 8192;  // 8192 * 8 bytes of cos/sin
+  EXPECT_NE(emu::rotary(params, nullptr, 10000.0, nullptr), 0);
+}
+
+// __syncthreads orders shared-memory writes before reads, across the threads of a block.
+TEST(CudaEmulatedLaunch, SyncthreadsAndSharedMemory) {
+  std::vector<int> out(64, -1);
+  ce::launch(ce::dim3(2), ce::dim3(32), 32 * sizeof(int), [&] {
+    int* shared = reinterpret_cast<int*>(ce::dynamic_shared());
+    const unsigned t = ce::state().thread_idx.x, b = ce::state().block_idx.x;
+    shared[t] = static_cast<int>(100 * b + t);
+    ce::__syncthreads();
+    out[b * 32 + t] = shared[31 - t];
+  }, /*barriers=*/true);
+  for (int b = 0; b < 2; ++b) {
+    for (int t = 0; t < 32; ++t) EXPECT_EQ(out[b * 32 + t], 100 * b + 31 - t);
+  }
+}
+
+}  // namespace
