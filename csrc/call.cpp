@@ -454,7 +454,7 @@ std::pair<int64_t, int64_t> value_range(const at::Tensor& t) {
 
 }  // namespace
 
-void check_row_values(const RowCall& call) {
+void check_row_values(const RowCall& call, bool read_data) {
   const char* name = call.name;
   const int64_t seq_len = call.row_sizes.size() >= 2
                               ? call.row_sizes[call.row_sizes.size() - 2].expect_int()
@@ -463,7 +463,7 @@ void check_row_values(const RowCall& call) {
   for (size_t i = 0; i + 1 < call.row_sizes.size(); ++i) {
     rows_count *= call.row_sizes[i].expect_int();
   }
-  if (call.ids.defined() && call.ids.numel() > 0) {
+  if (read_data && call.ids.defined() && call.ids.numel() > 0) {
     const int64_t vocab = call.weight.size(0);
     const auto [lowest, highest] = value_range(call.ids);
     TORCH_CHECK_INDEX(lowest >= 0 && highest < vocab, name, ": ids must be in [0, V) = [0, ",
@@ -484,6 +484,7 @@ void check_row_values(const RowCall& call) {
     return;
   }
   if (call.positions.has_value()) {
+    if (!read_data) return;
     const auto [lowest, highest] = value_range(*call.positions);
     TORCH_CHECK_INDEX(lowest >= 0, name, ": positions must be >= 0, got ", lowest);
     if (table_rows.has_value()) {
@@ -732,9 +733,19 @@ RotaryCall parse_rotary_call(const Arguments& args) {
   return call;
 }
 
-void check_rotary_values(const RotaryCall& call) {
+void check_rotary_values(const RotaryCall& call, bool read_data) {
   const char* op = call.name;
   const int64_t tokens = call.q4.size(1);
+  if (!read_data) {
+    // Without offsets or cu_seqlens, the last position offset + S - 1 is a host value.
+    if (!call.positions.has_value() && !call.offsets.has_value() &&
+        !call.cu_seqlens.has_value() && tokens > 0) {
+      TORCH_CHECK_VALUE(call.offset <= kInt64Max - (tokens - 1), op,
+                        ": the last position, offset + sequence length - 1 = ", call.offset,
+                        " + ", tokens - 1, ", overflows int64");
+    }
+    return;
+  }
   if (call.positions.has_value() && call.positions->numel() > 0) {
     const int64_t lowest = value_range(*call.positions).first;
     TORCH_CHECK_INDEX(lowest >= 0, op, ": positions must be >= 0, got ", lowest);

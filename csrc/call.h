@@ -115,8 +115,10 @@ struct RowCall {
 
 RowCall parse_row_call(OpId op, const Arguments& args);
 
-// ids in [0, V), positions >= 0 and inside the table, offset + T without int64 overflow.
-void check_row_values(const RowCall& call);
+// offset + T without int64 overflow and inside the table (host values), and, when read_data,
+// ids in [0, V) and positions >= 0 and inside the table. The CUDA backend checks the data on
+// the device instead (reading it here would synchronise).
+void check_row_values(const RowCall& call, bool read_data);
 
 // Kernel parameters plus the per-channel codes they point into. Not copyable: params points
 // into channels.
@@ -179,7 +181,8 @@ std::vector<double> rotary_frequencies(const RotaryCall& call);
 
 // positions and offsets >= 0, offset + offsets + S without overflow, cu_seqlens from 0,
 // non-decreasing, ending at the token count.
-void check_rotary_values(const RotaryCall& call);
+// (read_data: as for check_row_values.)
+void check_rotary_values(const RotaryCall& call, bool read_data);
 
 // t as the logical [B, S, H, D] view of `layout` (a permutation; "thd" adds B = 1).
 at::Tensor rotary_bshd(const at::Tensor& t, RotaryLayout layout);

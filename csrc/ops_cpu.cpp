@@ -13,6 +13,7 @@ namespace {
 
 struct CpuBackend {
   static constexpr bool kRunsKernels = true;
+  static constexpr bool kChecksValuesOnDevice = false;
 
   static uint64_t host_seed(const std::optional<at::Tensor>& seed) {
     return detail::read_seed(seed);

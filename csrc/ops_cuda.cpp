@@ -2,13 +2,10 @@
 // current stream of the input's device, every launch checked.
 #include <ATen/Context.h>
 #include <ATen/ops/arange.h>
-#include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/pow.h>
+#include <ATen/ops/reciprocal.h>
 #include <ATen/ops/sort.h>
-#include <ATen/ops/tensor.h>
-#include <ATen/ops/unique_consecutive.h>
-#include <ATen/ops/cat.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -40,6 +37,7 @@ const int64_t* seed_pointer(const at::Tensor& seed) {
 
 struct CudaBackend {
   static constexpr bool kRunsKernels = true;
+  static constexpr bool kChecksValuesOnDevice = true;
 
   static uint64_t host_seed(const std::optional<at::Tensor>& /*seed*/) { return 0; }
 
@@ -59,7 +57,7 @@ struct CudaBackend {
   }
 
   // Atomics by default; under torch.use_deterministic_algorithms(True), rows sorted by target
-  // and summed per target in that order, bit-identical from run to run.
+  // and summed in chunks joined in a fixed order, bit-identical from run to run.
   static void scatter(const kernels::AddPositionalParams& params, const kernels::StridedRows& input,
                       impl::ScatterTarget target, const std::optional<at::Tensor>& seed,
                       const at::Tensor& grad, const detail::RowCall& call) {
@@ -98,15 +96,16 @@ struct CudaBackend {
                     .expand({batch, seq_len})
                     .reshape({-1});
     }
+    // Sorting and the chunked sums need no host synchronisation (unlike unique_consecutive).
     const auto [sorted_targets, sorted_rows] = at::sort(targets, /*stable=*/true, 0, false);
-    const auto [segment_targets, inverse, counts] =
-        at::unique_consecutive(sorted_targets, false, true);
-    const at::Tensor starts = at::cat({at::zeros({1}, counts.options()), at::cumsum(counts, 0)});
+    const at::Tensor sorted_targets_dense = sorted_targets.contiguous();
+    const at::Tensor sorted_rows_dense = sorted_rows.contiguous();
+    const at::Tensor workspace =
+        at::empty({kc::deterministic_workspace_elements(params)}, grad.options());
     check_launch(kc::scatter_backward_deterministic(
                      params, input, kernel_target, seed_pointer(seed_on_device), fairseq_ptr,
-                     sorted_rows.contiguous().data_ptr<int64_t>(),
-                     starts.contiguous().data_ptr<int64_t>(),
-                     segment_targets.contiguous().data_ptr<int64_t>(), segment_targets.numel(),
+                     sorted_rows_dense.data_ptr<int64_t>(),
+                     sorted_targets_dense.data_ptr<int64_t>(), workspace.data_ptr(),
                      grad.data_ptr(), current_stream()),
                  "scatter_backward_deterministic");
   }
@@ -116,10 +115,15 @@ struct CudaBackend {
     at::Tensor frequencies, float32_frequencies;
     if (call.inv_freq.has_value()) frequencies = call.inv_freq->to(at::kDouble).contiguous();
     if (call.precision == detail::Precision::kTransformers) {
-      // A compatibility mode: the float32 frequencies are formed on the host and copied.
-      const std::vector<double> radians = detail::rotary_frequencies(call);
-      const std::vector<float> values(radians.begin(), radians.end());
-      float32_frequencies = at::tensor(values, call.q.options().dtype(at::kFloat));
+      // transformers' float32 frequencies, formed on the device as transformers forms them
+      // there (no host copy, so no synchronisation).
+      float32_frequencies =
+          call.inv_freq.has_value()
+              ? call.inv_freq->to(at::kFloat).contiguous()
+              : at::reciprocal(at::pow(call.base, at::arange(0, call.rotary_dim, 2,
+                                                             call.q.options().dtype(at::kLong))
+                                                      .to(at::kFloat)
+                                                      .div(static_cast<double>(call.rotary_dim))));
       params.float32_frequencies = float32_frequencies.data_ptr<float>();
     }
     check_launch(kc::rotary(params,

@@ -3,6 +3,8 @@
 // description of the tensors. A Backend (CpuBackend in ops_cpu.cpp, CudaBackend in ops_cuda.cpp,
 // MetaBackend in ops_meta.cpp) supplies:
 //   kRunsKernels                        false for Meta: shapes only
+//   kChecksValuesOnDevice               ids/positions/offsets/cu_seqlens checked by the kernels
+//                                       (device-side asserts), not read on the host
 //   host_seed(seed)                     the seed for params.dropout.seed (CPU reads it)
 //   run_rows(params, seed, out)         add_positional / embedding / positional_encoding rows
 //   scatter(params, input, target, seed, grad, call)   table / weight gradients
@@ -68,7 +70,7 @@ at::Tensor run_row_call(const RowCall& call) {
   if constexpr (!Backend::kRunsKernels) {
     return out;
   } else {
-    detail::check_row_values(call);
+    detail::check_row_values(call, !Backend::kChecksValuesOnDevice);
     const uint64_t seed = Backend::host_seed(call.seed);
     detail::KernelCall kernel;
     switch (call.op) {
@@ -131,7 +133,7 @@ std::vector<at::Tensor> run_rotary_call(const detail::RotaryCall& call) {
   std::vector<at::Tensor> outputs{at::empty_like(call.q)};
   if (call.k.has_value()) outputs.push_back(at::empty_like(*call.k));
   if constexpr (Backend::kRunsKernels) {
-    detail::check_rotary_values(call);
+    detail::check_rotary_values(call, !Backend::kChecksValuesOnDevice);
     kernels::RotaryParams params;
     params.dtype = detail::kernel_dtype(call.q.scalar_type());
     params.batch = call.q4.size(0);

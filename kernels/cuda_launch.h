@@ -42,14 +42,16 @@ int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows
                             ScatterTarget target, const int64_t* seed,
                             const int64_t* fairseq_positions, void* grad, void* stream);
 
-// The same sums in a fixed order: rows sorted by target (`sorted_rows`, [rows] flat row indices
-// b * T + t, stable order), grouped in `segments` runs starting at segment_starts[i] ([segments
-// + 1]) that all target row segment_targets[i]. Bit-identical from run to run.
+// The same sums in a fixed order, bit-identical from run to run and without atomics: rows sorted
+// by target (`sorted_rows`: flat row indices b * T + t, stable order; `sorted_targets`: their
+// targets), summed in chunks of sorted rows and joined in chunk order. `workspace` holds
+// deterministic_workspace_elements(params) elements of the compute type.
+int64_t deterministic_workspace_elements(const AddPositionalParams& params);
 int scatter_backward_deterministic(const AddPositionalParams& params, const StridedRows& input,
                                    ScatterTarget target, const int64_t* seed,
                                    const int64_t* fairseq_positions, const int64_t* sorted_rows,
-                                   const int64_t* segment_starts, const int64_t* segment_targets,
-                                   int64_t segments, void* grad, void* stream);
+                                   const int64_t* sorted_targets, void* workspace, void* grad,
+                                   void* stream);
 
 // Rotary with angles computed on the device. inv_freq: [rotary_dim / 2] float64 on the device,
 // or nullptr for base^(-2i/r). params.frequencies is ignored. offsets / cu_seqlens / positions

@@ -15,6 +15,18 @@
   extern __shared__ unsigned char posenc_shared_bytes[]; \
   type* name = reinterpret_cast<type*>(posenc_shared_bytes)
 
+// A device-side check with PyTorch's convention (CUDA_KERNEL_ASSERT): the kernel stops, the
+// message is printed, and the next CUDA call reports "device-side assert triggered". Never a
+// host synchronisation.
+#if defined(__CUDA_ARCH__)
+#define POSENC_DEVICE_CHECK(condition, message)                 \
+  do {                                                          \
+    if (!(condition)) __assert_fail(message, __FILE__, __LINE__, __func__); \
+  } while (0)
+#else
+#define POSENC_DEVICE_CHECK(condition, message) static_cast<void>(0)
+#endif
+
 namespace posenc {
 namespace kernels {
 inline unsigned int max_grid_x() { return 2147483647u; }
@@ -42,6 +54,10 @@ using posenc::cuda_emulation::dim3;
   static_cast<void>(stream)
 #define POSENC_DYNAMIC_SHARED(type, name) \
   type* name = reinterpret_cast<type*>(::posenc::cuda_emulation::dynamic_shared())
+#define POSENC_DEVICE_CHECK(condition, message) \
+  do {                                          \
+    if (!(condition)) ::posenc::cuda_emulation::device_assert_fail(message); \
+  } while (0)
 
 namespace posenc {
 namespace kernels {

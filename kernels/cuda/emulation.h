@@ -35,7 +35,22 @@ enum cudaError_t : int {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
   cudaErrorInvalidConfiguration = 9,
+  cudaErrorAssert = 710,
 };
+
+// A failed POSENC_DEVICE_CHECK: the thread stops, and the launch reports cudaErrorAssert, as a
+// device-side assert does on a GPU.
+struct DeviceAssert {
+  const char* message;
+};
+
+[[noreturn]] inline void device_assert_fail(const char* message) { throw DeviceAssert{message}; }
+
+// The message of the last failed device check (for tests).
+inline const char*& last_assert_message() {
+  static thread_local const char* value = "";
+  return value;
+}
 
 // What a launch may ask for: a GPU's limits by default. Tests lower them to reach the code paths
 // for grids larger than a dimension allows without large tensors.
@@ -129,6 +144,8 @@ inline const char* cudaGetErrorString(cudaError_t error) {
       return "no error";
     case cudaErrorInvalidConfiguration:
       return "invalid configuration argument (emulated launch)";
+    case cudaErrorAssert:
+      return "device-side assert triggered (emulated launch)";
     default:
       return "invalid argument (emulated launch)";
   }
@@ -206,12 +223,22 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
         s.thread_idx = dim3(static_cast<unsigned int>(thread % block.x),
                             static_cast<unsigned int>(thread / block.x % block.y),
                             static_cast<unsigned int>(thread / (uint64_t{block.x} * block.y)));
-        kernel();
+        try {
+          kernel();
+        } catch (const DeviceAssert& failure) {
+          // A GPU stops the whole kernel and poisons the context; here the launch stops.
+          s = saved;
+          last_error() = cudaErrorAssert;
+          last_assert_message() = failure.message;
+          return;
+        }
       }
     }
     s = saved;
     return;
   }
+  const char* failed_message = nullptr;
+  std::mutex failure_mutex;
   BlockBarrier kernel_barrier(static_cast<int>(threads));
   BlockBarrier block_end(static_cast<int>(threads));
   std::vector<std::thread> workers;
@@ -230,7 +257,12 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
         s.block_idx = dim3(static_cast<unsigned int>(index % grid.x),
                            static_cast<unsigned int>(index / grid.x % grid.y),
                            static_cast<unsigned int>(index / (uint64_t{grid.x} * grid.y)));
-        kernel();
+        try {
+          kernel();
+        } catch (const DeviceAssert& failure) {
+          const std::lock_guard<std::mutex> lock(failure_mutex);
+          if (failed_message == nullptr) failed_message = failure.message;
+        }
         kernel_barrier.arrive_and_drop();
         // Every thread has left this block: reset the barrier and start the next one.
         if (thread == 0) {
@@ -246,6 +278,10 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
     });
   }
   for (std::thread& worker : workers) worker.join();
+  if (failed_message != nullptr) {
+    last_error() = cudaErrorAssert;
+    last_assert_message() = failed_message;
+  }
 }
 
 }  // namespace cuda_emulation

@@ -31,6 +31,8 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kElementsPerThread = 8;  // one Philox counter covers 8 dropout draws
 constexpr int kMaxBatchBlocks = 64;
+constexpr int64_t kScatterChunk = 64;
+constexpr int kScanThreads = 128;  // steps of T a block scans at a time (fairseq positions)  // sorted rows a thread sums in the deterministic scatter
 
 int launch_status() { return static_cast<int>(cudaGetLastError()); }
 
@@ -55,6 +57,30 @@ __device__ acc_t<scalar_t> code_value(const PositionSource& source, const Channe
                        position * source.table_row_stride + d * source.table_dim_stride);
   }
   return evaluate_channel<acc>(code, position);
+}
+
+// Device-side checks of the values the kernels index with (the binding checks shapes and host
+// values; reading ids or positions on the host would synchronise).
+
+// The input row of (b, t), with a gathered id checked against the vocabulary.
+template <typename scalar_t>
+__device__ InputRow<scalar_t> checked_input_row(const AddPositionalParams& p, const StridedRows& x,
+                                                int64_t b, int64_t t) {
+  if (p.gather.weight != nullptr) {
+    const int64_t id = index_at(p.shape, p.gather.ids, b, t);
+    POSENC_DEVICE_CHECK(id >= 0 && id < p.gather.vocab, "posenc: ids must be in [0, V)");
+  }
+  return input_row<scalar_t>(p, x, b, t);
+}
+
+// The position of (b, t), checked: >= 0, and inside the table for kind "learned".
+__device__ int64_t checked_position(const AddPositionalParams& p, const StridedIndex& positions,
+                                    int64_t b, int64_t t) {
+  const int64_t position = position_at(p.shape, positions, p.offset, b, t);
+  POSENC_DEVICE_CHECK(position >= 0, "posenc: positions must be >= 0");
+  POSENC_DEVICE_CHECK(p.source.kind != PositionKind::kLearned || position < p.source.table_rows,
+                      "posenc: positions must be < the table's rows");
+  return position;
 }
 
 template <typename acc>
@@ -101,11 +127,10 @@ __global__ void add_positional_kernel(AddPositionalParams p, const int64_t* seed
   acc pe[kElementsPerThread];
   int64_t pe_position = -1;
   for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
-    const InputRow<scalar_t> in = input_row<scalar_t>(p, p.x, b, t);
+    const InputRow<scalar_t> in = checked_input_row<scalar_t>(p, p.x, b, t);
     const bool with_code = needs_code && !in.padding;
     if (with_code) {
-      const int64_t position = shared ? position_at(p.shape, positions, p.offset, 0, t)
-                                      : position_at(p.shape, positions, p.offset, b, t);
+      const int64_t position = checked_position(p, positions, shared ? 0 : b, t);
       if (position != pe_position) {
         for (int k = 0; k < count; ++k) {
           pe[k] = code_value<scalar_t>(p.source, codes[k], position, d0 + k);
@@ -140,11 +165,35 @@ __global__ void add_positional_kernel(AddPositionalParams p, const int64_t* seed
   }  // d0
 }
 
+// fairseq's make_positions (see fairseq_positions_row) as a parallel scan: a block per batch row
+// counts the non-pad tokens of blockDim steps at a time with a scan in shared memory
+// (blockDim int64 counts), carrying the running total from tile to tile.
 __global__ void fairseq_positions_kernel(AddPositionalParams p, int64_t* out) {
+  POSENC_DYNAMIC_SHARED(int64_t, counts);
   const int64_t batch = p.shape.batch_count();
-  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < batch;
-       b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    fairseq_positions_row(p.shape, p.gather, b, out + b * p.shape.seq_len);
+  const int64_t seq_len = p.shape.seq_len;
+  const int64_t threads = blockDim.x;
+  const int64_t tid = threadIdx.x;
+  for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+    int64_t carry = 0;
+    for (int64_t tile = 0; tile < seq_len; tile += threads) {
+      const int64_t t = tile + tid;
+      const bool pad = t >= seq_len || index_at(p.shape, p.gather.ids, b, t) == p.gather.padding_idx;
+      counts[tid] = pad ? 0 : 1;
+      __syncthreads();
+      for (int64_t step = 1; step < threads; step *= 2) {  // inclusive scan (Hillis-Steele)
+        const int64_t add = tid >= step ? counts[tid - step] : 0;
+        __syncthreads();
+        counts[tid] += add;
+        __syncthreads();
+      }
+      if (t < seq_len) {
+        out[b * seq_len + t] =
+            pad ? p.gather.padding_idx : p.gather.padding_idx + carry + counts[tid];
+      }
+      carry += counts[threads - 1];
+      __syncthreads();  // the next tile overwrites counts
+    }
   }
 }
 
@@ -163,14 +212,15 @@ __device__ bool contribution(const AddPositionalParams& p, const StridedRows& in
   acc g = load_as_acc(grad + d * p.x.dim_stride);
   const uint64_t index = static_cast<uint64_t>((b * p.shape.seq_len + t) * p.shape.dim + d);
   g *= dropout_multiplier<acc>(dropout, index);
-  const int64_t position = position_at(p.shape, positions, p.offset, b, t);
+  const int64_t position = checked_position(p, positions, b, t);
   if (target == ScatterTarget::kTable) {
-    const InputRow<scalar_t> in = input_row<scalar_t>(p, input, b, t);
+    const InputRow<scalar_t> in = checked_input_row<scalar_t>(p, input, b, t);
     if (in.padding) return false;  // padding tokens get no position code
     if (multiply) g *= scale * load_as_acc(in.data + d * in.stride);
     *target_row = position;
   } else {
     const int64_t id = index_at(p.shape, p.gather.ids, b, t);
+    POSENC_DEVICE_CHECK(id >= 0 && id < p.gather.vocab, "posenc: ids must be in [0, V)");
     if (id == p.gather.padding_idx) return false;  // as nn.Embedding
     g *= scale;
     if (multiply) {
@@ -209,22 +259,50 @@ __global__ void scatter_atomic_kernel(AddPositionalParams p, StridedRows input,
   }
 }
 
-// grid: (segments, channel blocks); one thread sums one (target row, channel) in sorted order.
+// The deterministic sums, in two passes over the rows sorted by target (a segment: the rows of
+// one target). Pass 1, grid (chunks, channel blocks): chunk k holds sorted rows [k L, (k+1) L)
+// and sums each piece of a segment inside it in sorted order. A segment within one chunk goes
+// to grad directly; a longer one leaves its first piece in tail[k] (the chunk where it starts)
+// and one piece in head[j] for each later chunk j it covers, which pass 2 adds in chunk order.
+// Long segments (frequent tokens, padding) are so split over chunks; no atomics, no host sync,
+// the same order on every run.
 template <typename scalar_t>
-__global__ void scatter_deterministic_kernel(AddPositionalParams p, StridedRows input,
-                                             ScatterTarget target, const int64_t* seed,
-                                             const int64_t* fairseq, const int64_t* sorted_rows,
-                                             const int64_t* segment_starts,
-                                             const int64_t* segment_targets, int64_t segments,
-                                             acc_t<scalar_t>* grad) {
+__global__ void scatter_chunks_kernel(AddPositionalParams p, StridedRows input,
+                                      ScatterTarget target, const int64_t* seed,
+                                      const int64_t* fairseq, const int64_t* sorted_rows,
+                                      const int64_t* sorted_targets, int64_t rows,
+                                      acc_t<scalar_t>* head, acc_t<scalar_t>* tail,
+                                      acc_t<scalar_t>* grad) {
   using acc = acc_t<scalar_t>;
   const Dropout dropout = device_dropout(p.dropout, seed);
   const StridedIndex positions = resolved_positions(p, fairseq);
-  for (int64_t segment = blockIdx.x; segment < segments; segment += gridDim.x) {
-    for (int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-         d < p.shape.dim; d += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+  const int64_t dim = p.shape.dim;
+  const int64_t chunks = (rows + kScatterChunk - 1) / kScatterChunk;
+  for (int64_t k = blockIdx.x; k < chunks; k += gridDim.x) {
+    const int64_t begin = k * kScatterChunk;
+    const int64_t end = begin + kScatterChunk < rows ? begin + kScatterChunk : rows;
+    for (int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; d < dim;
+         d += static_cast<int64_t>(gridDim.y) * blockDim.x) {
       acc sum = 0;
-      for (int64_t i = segment_starts[segment]; i < segment_starts[segment + 1]; ++i) {
+      int64_t piece_start = begin;
+      for (int64_t i = begin; i <= end; ++i) {
+        if (i == end || (i > piece_start && sorted_targets[i] != sorted_targets[i - 1])) {
+          // The piece [piece_start, i) of the segment of sorted_targets[piece_start].
+          const bool continues_before = piece_start == begin && begin > 0 &&
+                                        sorted_targets[begin] == sorted_targets[begin - 1];
+          const bool continues_after =
+              i == end && end < rows && sorted_targets[end] == sorted_targets[end - 1];
+          if (continues_before) {
+            head[k * dim + d] = sum;
+          } else if (continues_after) {
+            tail[k * dim + d] = sum;
+          } else {
+            grad[sorted_targets[piece_start] * dim + d] += sum;
+          }
+          if (i == end) break;
+          sum = 0;
+          piece_start = i;
+        }
         const int64_t row = sorted_rows[i];
         int64_t target_row;
         acc value;
@@ -233,7 +311,33 @@ __global__ void scatter_deterministic_kernel(AddPositionalParams p, StridedRows 
           sum += value;
         }
       }
-      grad[segment_targets[segment] * p.shape.dim + d] += sum;
+    }
+  }
+}
+
+// Pass 2, grid (chunks, channel blocks): for each segment that starts in chunk k and runs past
+// its end, tail[k] plus the heads of the following chunks it covers, in chunk order.
+template <typename acc>
+__global__ void scatter_join_kernel(const int64_t* sorted_targets, int64_t rows, int64_t dim,
+                                    const acc* head, const acc* tail, acc* grad) {
+  const int64_t chunks = (rows + kScatterChunk - 1) / kScatterChunk;
+  for (int64_t k = blockIdx.x; k < chunks; k += gridDim.x) {
+    const int64_t begin = k * kScatterChunk;
+    const int64_t end = begin + kScatterChunk < rows ? begin + kScatterChunk : rows;
+    const int64_t last = sorted_targets[end - 1];
+    const bool continues_after = end < rows && sorted_targets[end] == last;
+    const bool whole_chunk_continues =
+        begin > 0 && sorted_targets[begin] == last && sorted_targets[begin - 1] == last;
+    if (!continues_after || whole_chunk_continues) continue;
+    for (int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; d < dim;
+         d += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+      acc sum = tail[k * dim + d];
+      for (int64_t j = k + 1; j < chunks; ++j) {
+        sum += head[j * dim + d];
+        const int64_t j_end = (j + 1) * kScatterChunk;
+        if (!(j_end < rows && sorted_targets[j_end] == last)) break;
+      }
+      grad[last * dim + d] += sum;
     }
   }
 }
@@ -255,6 +359,7 @@ __global__ void rotary_kernel(RotaryParams p, const double* inv_freq, double bas
     const int64_t b = token / p.seq_len;
     const int64_t s = token % p.seq_len;
     const int64_t position = rotary_token_position(p, b, s);
+    POSENC_DEVICE_CHECK(position >= 0, "posenc.rotary: positions must be >= 0");
     for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
       const double w =
           inv_freq != nullptr ? inv_freq[i] : default_rotary_frequency(i, p.rotary_dim, base);
@@ -290,6 +395,32 @@ __global__ void rotary_kernel(RotaryParams p, const double* inv_freq, double bas
       }
     }
     __syncthreads();  // the next token overwrites cosines and sines
+  }
+}
+
+// Checks cu_seqlens (from 0, non-decreasing, ending at the token count) and offsets (>= 0, and
+// offset + offsets + the sequence's length - 1 within int64) on the device.
+__global__ void rotary_check_kernel(RotaryParams p) {
+  const int64_t sequences = p.cu_seqlens != nullptr ? p.sequences : p.batch;
+  const int64_t int64_max = 9223372036854775807LL;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < sequences;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t length = p.seq_len;
+    if (p.cu_seqlens != nullptr) {
+      const int64_t start = load_index(p.cu_seqlens, p.cu_seqlens_type, j);
+      const int64_t end = load_index(p.cu_seqlens, p.cu_seqlens_type, j + 1);
+      POSENC_DEVICE_CHECK(j != 0 || start == 0, "posenc.rotary: cu_seqlens must start at 0");
+      POSENC_DEVICE_CHECK(end >= start, "posenc.rotary: cu_seqlens must be non-decreasing");
+      POSENC_DEVICE_CHECK(j != sequences - 1 || end == p.seq_len,
+                          "posenc.rotary: cu_seqlens must end at the token count");
+      length = end - start;
+    }
+    if (p.offsets != nullptr && p.positions == nullptr) {
+      const int64_t offset = load_index(p.offsets, p.offsets_type, j);
+      POSENC_DEVICE_CHECK(offset >= 0, "posenc.rotary: offsets must be >= 0");
+      POSENC_DEVICE_CHECK(length == 0 || offset <= int64_max - p.offset - (length - 1),
+                          "posenc.rotary: offset + offsets + sequence length overflows int64");
+    }
   }
 }
 
@@ -356,8 +487,8 @@ int fairseq_positions(const AddPositionalParams& params, int64_t* fairseq_worksp
                       void* stream) {
   const int64_t batch = params.shape.batch_count();
   if (batch == 0) return 0;
-  POSENC_LAUNCH(fairseq_positions_kernel, blocks_for(batch, kThreads, max_grid_x()), kThreads, 0,
-                stream, params, fairseq_workspace);
+  POSENC_LAUNCH_SYNC(fairseq_positions_kernel, blocks_for(batch, 1, max_grid_x()), kScanThreads,
+                     kScanThreads * sizeof(int64_t), stream, params, fairseq_workspace);
   return launch_status();
 }
 
@@ -376,19 +507,33 @@ int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows
   });
 }
 
+int64_t deterministic_workspace_elements(const AddPositionalParams& params) {
+  const int64_t rows = params.shape.batch_count() * params.shape.seq_len;
+  return 2 * ((rows + kScatterChunk - 1) / kScatterChunk) * params.shape.dim;
+}
+
 int scatter_backward_deterministic(const AddPositionalParams& params, const StridedRows& input,
                                    ScatterTarget target, const int64_t* seed,
                                    const int64_t* fairseq_positions, const int64_t* sorted_rows,
-                                   const int64_t* segment_starts, const int64_t* segment_targets,
-                                   int64_t segments, void* grad, void* stream) {
-  if (segments == 0 || params.shape.dim == 0) return 0;
-  const dim3 grid(blocks_for(segments, 1, max_grid_x()),
+                                   const int64_t* sorted_targets, void* workspace, void* grad,
+                                   void* stream) {
+  const int64_t rows = params.shape.batch_count() * params.shape.seq_len;
+  if (rows == 0 || params.shape.dim == 0) return 0;
+  const int64_t chunks = (rows + kScatterChunk - 1) / kScatterChunk;
+  const dim3 grid(blocks_for(chunks, 1, max_grid_x()),
                   blocks_for(params.shape.dim, kThreads, max_grid_yz()));
   return dispatch_dtype(params.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    POSENC_LAUNCH(scatter_deterministic_kernel<scalar_t>, grid, kThreads, 0, stream, params,
-                  input, target, seed, fairseq_positions, sorted_rows, segment_starts,
-                  segment_targets, segments, static_cast<acc_t<scalar_t>*>(grad));
+    using acc = acc_t<scalar_t>;
+    acc* head = static_cast<acc*>(workspace);
+    acc* tail = head + chunks * params.shape.dim;
+    POSENC_LAUNCH(scatter_chunks_kernel<scalar_t>, grid, kThreads, 0, stream, params, input,
+                  target, seed, fairseq_positions, sorted_rows, sorted_targets, rows, head, tail,
+                  static_cast<acc*>(grad));
+    const int status = launch_status();
+    if (status != 0) return status;
+    POSENC_LAUNCH(scatter_join_kernel<acc>, grid, kThreads, 0, stream, sorted_targets, rows,
+                  params.shape.dim, head, tail, static_cast<acc*>(grad));
     return launch_status();
   });
 }
@@ -399,6 +544,13 @@ int rotary(const RotaryParams& params, const double* inv_freq, double base, void
   return dispatch_dtype(params.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
     const size_t shared_bytes = sizeof(acc_t<scalar_t>) * static_cast<size_t>(params.rotary_dim);
+    if (params.cu_seqlens != nullptr || params.offsets != nullptr) {
+      const int64_t sequences = params.cu_seqlens != nullptr ? params.sequences : params.batch;
+      POSENC_LAUNCH(rotary_check_kernel, blocks_for(sequences, kThreads, max_grid_x()), kThreads,
+                    0, stream, params);
+      const int status = launch_status();
+      if (status != 0) return status;
+    }
     POSENC_LAUNCH_SYNC(rotary_kernel<scalar_t>, blocks_for(tokens, 1, max_grid_x()), 128,
                   shared_bytes, stream, params, inv_freq, base);
     return launch_status();

@@ -254,14 +254,8 @@ TEST_P(CudaEmulatedRows, ScatterMatchesCpu) {
       std::iota(sorted.begin(), sorted.end(), 0);
       std::stable_sort(sorted.begin(), sorted.end(),
                        [&](int64_t a, int64_t b) { return row_target[a] < row_target[b]; });
-      std::vector<int64_t> starts{0}, segment_targets;
-      for (int64_t i = 0; i < rows; ++i) {
-        if (i > 0 && row_target[sorted[i]] != row_target[sorted[i - 1]]) starts.push_back(i);
-        if (i == 0 || row_target[sorted[i]] != row_target[sorted[i - 1]]) {
-          segment_targets.push_back(row_target[sorted[i]]);
-        }
-      }
-      starts.push_back(rows);
+      std::vector<int64_t> sorted_targets(static_cast<size_t>(rows));
+      for (int64_t i = 0; i < rows; ++i) sorted_targets[i] = row_target[sorted[i]];
       const pk::cuda_emulated::ScatterTarget target =
           weight_target ? emu::ScatterTarget::kWeight : emu::ScatterTarget::kTable;
       ce::ScopedLimits restore;
@@ -272,12 +266,14 @@ TEST_P(CudaEmulatedRows, ScatterMatchesCpu) {
       for (const bool deterministic : {false, true}) {
         Buffer emulated(accumulate, cpu.size());
         for (size_t i = 0; i < emulated.size(); ++i) emulated.set(i, 0.0);
+        Buffer workspace(accumulate,
+                         static_cast<size_t>(emu::deterministic_workspace_elements(params)));
+        workspace.poison();  // every element read is written first
         const int status =
             deterministic
-                ? emu::scatter_backward_deterministic(
-                      params, input_rows, target, &seed, nullptr, sorted.data(), starts.data(),
-                      segment_targets.data(), static_cast<int64_t>(segment_targets.size()),
-                      emulated.data(), nullptr)
+                ? emu::scatter_backward_deterministic(params, input_rows, target, &seed, nullptr,
+                                                      sorted.data(), sorted_targets.data(),
+                                                      workspace.data(), emulated.data(), nullptr)
                 : emu::scatter_backward_atomic(params, input_rows, target, &seed, nullptr,
                                                emulated.data(), nullptr);
         ASSERT_EQ(status, 0);
@@ -301,6 +297,8 @@ const RowsCase kRowsCases[] = {
     {2, 5, 8, pk::PositionKind::kLearned, pk::Combine::kAdd, 0.0, true, true, false, false, false},
     {4, 9, 2100, pk::PositionKind::kCosine, pk::Combine::kMul, 0.4, false, true, false, false, true},
     {5, 8, 6, pk::PositionKind::kSinusoidal, pk::Combine::kPositionOnly, 0.0, true, false, false, false, true},
+    // 1024 rows over 7 positions: segments of the deterministic sum span several chunks.
+    {64, 16, 3, pk::PositionKind::kCosine, pk::Combine::kMul, 0.1, true, false, false, false, true},
 };
 
 INSTANTIATE_TEST_SUITE_P(CudaEmulated, CudaEmulatedRows, ::testing::ValuesIn(kRowsCases),
@@ -309,7 +307,7 @@ INSTANTIATE_TEST_SUITE_P(CudaEmulated, CudaEmulatedRows, ::testing::ValuesIn(kRo
                          });
 
 TEST(CudaEmulatedFairseq, PositionsMatchCpu) {
-  const int64_t batch = 5, seq_len = 9, padding = 1;
+  const int64_t batch = 5, seq_len = 300, padding = 1;  // tiles of the block scan: 128 steps
   std::mt19937_64 rng(3);
   std::vector<int64_t> ids(batch * seq_len);
   for (auto& id : ids) id = static_cast<int64_t>(rng() % 3);  // many padding tokens
@@ -474,6 +472,68 @@ TEST(CudaEmulatedRotaryTables, MatchesCpuForwardAndTranspose) {
       expect_same(cpu, emulated, tolerance(dtype), "rotary_tables");
     }
   }
+}
+
+// Values the kernels index with are checked on the device (no host synchronisation): a bad id,
+// position, offset or cu_seqlens stops the launch with a device-side assert naming it.
+TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
+  const int64_t batch = 2, seq_len = 3, dim = 4, vocab = 5;
+  std::vector<float> weight(vocab * dim, 1.0f), out(batch * seq_len * dim);
+  std::vector<int64_t> ids{0, 1, 2, 3, 4, 5};  // 5 is out of range
+  pk::AddPositionalParams params;
+  params.shape.batch_ndim = 1;
+  params.shape.batch_sizes[0] = batch;
+  params.shape.seq_len = seq_len;
+  params.shape.dim = dim;
+  params.out = {out.data(), {seq_len * dim}, dim, 1};
+  params.gather.weight = weight.data();
+  params.gather.vocab = vocab;
+  params.gather.row_stride = dim;
+  params.gather.ids = {ids.data(), pk::IndexType::kInt64, {seq_len}, 1};
+  std::vector<pk::ChannelCode> channels = pk::make_channel_codes(params.source.code, dim);
+  params.source.channels = channels.data();
+  EXPECT_EQ(emu::add_positional(params, nullptr, nullptr, nullptr), ce::cudaErrorAssert);
+  EXPECT_NE(std::string(ce::last_assert_message()).find("ids must be in [0, V)"),
+            std::string::npos);
+  ids[5] = 4;
+  EXPECT_EQ(emu::add_positional(params, nullptr, nullptr, nullptr), 0);
+  // A negative position, and a position past a learned table, in the forward and the scatter.
+  std::vector<int64_t> positions{0, -1, 2};
+  params.positions = {positions.data(), pk::IndexType::kInt64, {0}, 1};
+  EXPECT_EQ(emu::add_positional(params, nullptr, nullptr, nullptr), ce::cudaErrorAssert);
+  EXPECT_NE(std::string(ce::last_assert_message()).find("positions must be >= 0"),
+            std::string::npos);
+  positions[1] = 7;
+  params.source.kind = pk::PositionKind::kLearned;
+  params.source.table_rows = 4;
+  std::vector<float> grad_table(4 * dim, 0.0f);
+  params.x = {out.data(), {seq_len * dim}, dim, 1};
+  EXPECT_EQ(emu::scatter_backward_atomic(params, {}, emu::ScatterTarget::kTable, nullptr, nullptr,
+                                         grad_table.data(), nullptr),
+            ce::cudaErrorAssert);
+  EXPECT_NE(std::string(ce::last_assert_message()).find("positions must be < the table"),
+            std::string::npos);
+  // Rotary: cu_seqlens that decrease, and negative offsets.
+  std::vector<float> q(6 * 2, 1.0f), q_out(q.size());
+  std::vector<int64_t> cu{0, 4, 3, 6}, offsets{0, 0, -2};
+  pk::RotaryParams rotary;
+  rotary.batch = 1;
+  rotary.seq_len = 6;
+  rotary.head_dim = rotary.rotary_dim = 2;
+  rotary.cu_seqlens = cu.data();
+  rotary.sequences = 3;
+  rotary.operand_count = 1;
+  rotary.operands[0] = {q.data(), q_out.data(), 1, {12, 2, 2, 1}, {12, 2, 2, 1}};
+  EXPECT_EQ(emu::rotary(rotary, nullptr, 10000.0, nullptr), ce::cudaErrorAssert);
+  EXPECT_NE(std::string(ce::last_assert_message()).find("cu_seqlens must be non-decreasing"),
+            std::string::npos);
+  cu = {0, 3, 4, 6};
+  rotary.offsets = offsets.data();
+  EXPECT_EQ(emu::rotary(rotary, nullptr, 10000.0, nullptr), ce::cudaErrorAssert);
+  EXPECT_NE(std::string(ce::last_assert_message()).find("offsets must be >= 0"),
+            std::string::npos);
+  offsets[2] = 5;
+  EXPECT_EQ(emu::rotary(rotary, nullptr, 10000.0, nullptr), 0);
 }
 
 // The emulator refuses what a GPU refuses.

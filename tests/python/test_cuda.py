@@ -187,3 +187,135 @@ def test_cuda_graph_replay_draws_fresh_masks():
         kept = out != 0
         torch.testing.assert_close(out[kept], reference[kept] * 2.0)
         assert 0.4 < (~kept).float().mean().item() < 0.6
+
+
+# ---- no host synchronisation: every operator, forward and backward ------------------------------
+
+def every_operator_inputs():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    return dict(
+        x=torch.randn(2, 16, 32, device="cuda", generator=g, requires_grad=True),
+        table=torch.randn(40, 32, device="cuda", generator=g, requires_grad=True),
+        weight=torch.randn(50, 32, device="cuda", generator=g, requires_grad=True),
+        ids=torch.randint(0, 50, (2, 16), device="cuda", generator=g),
+        positions=torch.randint(0, 40, (2, 16), device="cuda", generator=g),
+        q=torch.randn(2, 16, 4, 32, device="cuda", generator=g, requires_grad=True),
+        k=torch.randn(2, 16, 2, 32, device="cuda", generator=g, requires_grad=True),
+        packed=torch.randn(16, 4, 32, device="cuda", generator=g, requires_grad=True),
+        cu=torch.tensor([0, 5, 16], device="cuda"),
+        offsets=torch.tensor([3, 7], device="cuda"),
+        packed_offsets=torch.tensor([0, 9], device="cuda"),
+    )
+
+
+def every_operator_step(inputs, dropout=0.1):
+    """One forward and backward of every operator with device tensors, including explicit and
+    fairseq positions, learned tables, rotary positions, offsets and cu_seqlens; returns a
+    scalar loss tensor (no .item())."""
+    x, table, weight, ids, positions, q, k, packed, cu = (
+        inputs[name] for name in ("x", "table", "weight", "ids", "positions", "q", "k",
+                                  "packed", "cu"))
+    losses = [
+        posenc.add_positional(x, dropout=dropout).sum(),
+        posenc.add_positional(x, kind="learned", table=table, positions=positions,
+                              combine="mul", dropout=dropout).sum(),
+        posenc.embedding(ids, weight, positions=positions, dropout=dropout).sum(),
+        posenc.embedding(ids, weight, padding_idx=3, positions="fairseq", kind="learned",
+                         table=table, dropout=dropout).sum(),
+        sum(t.sum() for t in posenc.rotary(q, k, positions=positions)),
+        sum(t.sum() for t in posenc.rotary(q, k, offset=inputs["offsets"])),
+        posenc.rotary(packed, layout="thd", cu_seqlens=cu, offset=inputs["packed_offsets"]).sum(),
+        posenc.positional_encoding(positions, 32).sum(),
+    ]
+    loss = sum(losses)
+    loss.backward()
+    return loss
+
+
+def test_no_host_synchronisation():
+    inputs = every_operator_inputs()
+    every_operator_step(inputs)  # warm up (allocator, lazy initialisation)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        every_operator_step(inputs)
+        with _deterministic():
+            every_operator_step(inputs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+class _deterministic:
+    def __enter__(self):
+        self.saved = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def __exit__(self, *exc):
+        torch.use_deterministic_algorithms(self.saved)
+
+
+def test_every_operator_in_a_cuda_graph_with_fresh_masks():
+    inputs = every_operator_inputs()
+    x = torch.rand(2, 16, 32, device="cuda") + 3.0
+    static = {}
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):  # warm up outside capture
+            every_operator_step(inputs, dropout=0.5)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static["loss"] = every_operator_step(inputs, dropout=0.5)
+        static["mask"] = posenc.add_positional(x, dropout=0.5) == 0
+    graph.replay()
+    first = static["mask"].clone()
+    graph.replay()
+    assert not torch.equal(first, static["mask"])
+    assert torch.isfinite(static["loss"]).all()
+
+
+def test_compile_reduce_overhead_fullgraph():
+    def step(x, ids, weight, q, k, positions):
+        h = posenc.embedding(ids, weight, positions=positions)
+        y = posenc.add_positional(x, positions=positions)
+        qo, ko = posenc.rotary(q, k, positions=positions)
+        return h.sum() + y.sum() + qo.sum() + ko.sum()
+
+    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    args = (torch.randn(2, 16, 32, device="cuda"), torch.randint(0, 50, (2, 16), device="cuda"),
+            torch.randn(50, 32, device="cuda"), torch.randn(2, 16, 4, 32, device="cuda"),
+            torch.randn(2, 16, 2, 32, device="cuda"), torch.randint(0, 1000, (2, 16), device="cuda"))
+    for _ in range(3):
+        got = compiled(*args)
+    torch.testing.assert_close(got, step(*args))
+
+
+def test_exact_angles_on_the_gpu():
+    """Within 4e-6 of float64 below 2^24, for the codes and for rotary."""
+    positions = torch.cat([torch.arange(2**24 - 512, 2**24), torch.randint(0, 2**24, (512,))])
+    pe = posenc.positional_encoding(positions.cuda(), 64).cpu().double()
+    i = torch.arange(32, dtype=torch.float64)
+    angle = positions.double()[:, None] * 10000.0 ** (-2.0 * i / 64)
+    assert (pe[:, 0::2] - torch.sin(angle)).abs().max() < 4e-6
+    assert (pe[:, 1::2] - torch.cos(angle)).abs().max() < 4e-6
+    q = torch.zeros(1, len(positions), 1, 64, device="cuda")
+    q[..., :32] = 1.0
+    out = posenc.rotary(q, positions=positions.cuda())[0, :, 0].cpu().double()
+    assert (out[:, :32] - torch.cos(angle)).abs().max() < 4e-6
+    assert (out[:, 32:] - torch.sin(angle)).abs().max() < 4e-6
+
+
+def test_device_side_assert_names_the_argument():
+    """Bad ids on CUDA are caught on the device (no sync): the error surfaces at the next
+    synchronisation as a device-side assert, in a child process since it poisons the context."""
+    import subprocess
+    import sys
+    script = ("import torch, posenc\n"
+              "w = torch.randn(5, 4, device='cuda')\n"
+              "posenc.embedding(torch.tensor([[0, 9]], device='cuda'), w)\n"
+              "torch.cuda.synchronize()\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert "ids must be in [0, V)" in result.stderr + result.stdout
