@@ -35,6 +35,15 @@ const int64_t* seed_pointer(const at::Tensor& seed) {
   return seed.defined() ? seed.data_ptr<int64_t>() : nullptr;
 }
 
+// A device workspace of `bytes` from the caching allocator (no allocation when 0).
+at::Tensor workspace_of(int64_t bytes, const at::Tensor& like) {
+  return bytes > 0 ? at::empty({bytes}, like.options().dtype(at::kByte)) : at::Tensor();
+}
+
+void* pointer_of(const at::Tensor& workspace) {
+  return workspace.defined() ? workspace.data_ptr() : nullptr;
+}
+
 struct CudaBackend {
   static constexpr bool kRunsKernels = true;
   static constexpr bool kChecksValuesOnDevice = true;
@@ -45,13 +54,8 @@ struct CudaBackend {
                        const std::optional<at::Tensor>& seed, const at::Tensor& out) {
     const c10::cuda::CUDAGuard guard(out.device());
     const at::Tensor seed_on_device = device_seed(seed, out.device());
-    at::Tensor workspace;
-    if (params.gather.fairseq_positions) {
-      workspace = at::empty({params.shape.batch_count() * params.shape.seq_len},
-                            out.options().dtype(at::kLong));
-    }
-    check_launch(kc::add_positional(params, seed_pointer(seed_on_device),
-                                    workspace.defined() ? workspace.data_ptr<int64_t>() : nullptr,
+    const at::Tensor workspace = workspace_of(kc::add_positional_workspace_bytes(params), out);
+    check_launch(kc::add_positional(params, seed_pointer(seed_on_device), pointer_of(workspace),
                                     current_stream()),
                  "add_positional");
   }
@@ -75,10 +79,14 @@ struct CudaBackend {
                    "fairseq_positions");
     }
     const int64_t* fairseq_ptr = fairseq.defined() ? fairseq.data_ptr<int64_t>() : nullptr;
-    if (!at::globalContext().deterministicAlgorithms()) {
+    const bool deterministic = at::globalContext().deterministicAlgorithms();
+    const at::Tensor workspace =
+        workspace_of(kc::scatter_workspace_bytes(params, deterministic), grad);
+    if (!deterministic) {
       check_launch(kc::scatter_backward_atomic(params, input, kernel_target,
                                                seed_pointer(seed_on_device), fairseq_ptr,
-                                               grad.data_ptr(), current_stream()),
+                                               pointer_of(workspace), grad.data_ptr(),
+                                               current_stream()),
                    "scatter_backward_atomic");
       return;
     }
@@ -100,12 +108,10 @@ struct CudaBackend {
     const auto [sorted_targets, sorted_rows] = at::sort(targets, /*stable=*/true, 0, false);
     const at::Tensor sorted_targets_dense = sorted_targets.contiguous();
     const at::Tensor sorted_rows_dense = sorted_rows.contiguous();
-    const at::Tensor workspace =
-        at::empty({kc::deterministic_workspace_elements(params)}, grad.options());
     check_launch(kc::scatter_backward_deterministic(
                      params, input, kernel_target, seed_pointer(seed_on_device), fairseq_ptr,
                      sorted_rows_dense.data_ptr<int64_t>(),
-                     sorted_targets_dense.data_ptr<int64_t>(), workspace.data_ptr(),
+                     sorted_targets_dense.data_ptr<int64_t>(), pointer_of(workspace),
                      grad.data_ptr(), current_stream()),
                  "scatter_backward_deterministic");
   }
@@ -126,9 +132,10 @@ struct CudaBackend {
                                                       .div(static_cast<double>(call.rotary_dim))));
       params.float32_frequencies = float32_frequencies.data_ptr<float>();
     }
+    const at::Tensor workspace = workspace_of(kc::rotary_workspace_bytes(params), call.q);
     check_launch(kc::rotary(params,
                             frequencies.defined() ? frequencies.data_ptr<double>() : nullptr,
-                            call.base, current_stream()),
+                            call.base, pointer_of(workspace), current_stream()),
                  "rotary");
   }
 

@@ -9,6 +9,8 @@
 
 #if defined(__CUDACC__)
 #define POSENC_HOST_DEVICE __host__ __device__ __forceinline__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #else
 #define POSENC_HOST_DEVICE inline
 #endif
@@ -45,6 +47,11 @@ POSENC_HOST_DEVICE float bits_float(uint32_t bits) {
 // Round-to-nearest-even, NaN kept quiet: the same rounding as torch's bfloat16 cast.
 // Written as a select rather than an early return, so loops over it vectorize.
 POSENC_HOST_DEVICE BFloat16 float_to_bfloat16(float value) {
+#if defined(__CUDA_ARCH__)
+  // The hardware conversion (sm_80+): round to nearest even, as below.
+  const __nv_bfloat16_raw raw = __float2bfloat16_rn(value);
+  return BFloat16{raw.x};
+#endif
   const uint32_t bits = float_bits(value);
   const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
   const bool is_nan = (bits & 0x7fffffffu) > 0x7f800000u;
@@ -57,6 +64,11 @@ POSENC_HOST_DEVICE float bfloat16_to_float(BFloat16 value) {
 
 // IEEE binary16 <-> binary32 without F16C, so the baseline x86-64 build needs no extra ISA.
 POSENC_HOST_DEVICE float float16_to_float(Float16 value) {
+#if defined(__CUDA_ARCH__)
+  __half_raw raw;
+  raw.x = value.bits;
+  return __half2float(__half(raw));
+#endif
   const uint32_t sign = static_cast<uint32_t>(value.bits & 0x8000u) << 16;
   const uint32_t exponent = (value.bits >> 10) & 0x1fu;
   uint32_t mantissa = value.bits & 0x3ffu;
@@ -71,6 +83,10 @@ POSENC_HOST_DEVICE float float16_to_float(Float16 value) {
 }
 
 POSENC_HOST_DEVICE Float16 float_to_float16(float value) {
+#if defined(__CUDA_ARCH__)
+  const __half_raw raw = __float2half_rn(value);
+  return Float16{raw.x};
+#endif
   const uint32_t bits = float_bits(value);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t magnitude = bits & 0x7fffffffu;

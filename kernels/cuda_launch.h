@@ -20,12 +20,16 @@ namespace kernels {
 namespace POSENC_CUDA_NAMESPACE {
 
 // The seed of an active dropout is read on the device from `seed` (an int64 scalar), so CUDA
-// graph replays that redraw it get fresh masks. params.dropout.seed is ignored.
+// graph replays that redraw it get fresh masks. params.dropout.seed is ignored. Each launcher
+// that needs scratch memory takes a device `workspace` of *_workspace_bytes(params) bytes
+// (16-byte aligned), which the caller allocates (the torch binding with its caching allocator).
+// Ids, positions, offsets and cu_seqlens are checked on the device: a bad value stops the kernel
+// with a device-side assert naming it, as PyTorch's own kernels do; nothing synchronises.
 
 // add_positional / embedding forward and the input-gradient (see add_positional_cpu).
-// fairseq_workspace: [batch * T] int64 when params.gather.fairseq_positions, else unused.
-int add_positional(const AddPositionalParams& params, const int64_t* seed,
-                   int64_t* fairseq_workspace, void* stream);
+int64_t add_positional_workspace_bytes(const AddPositionalParams& params);
+int add_positional(const AddPositionalParams& params, const int64_t* seed, void* workspace,
+                   void* stream);
 
 // Fills fairseq_workspace ([batch * T] int64) with fairseq's positions of params.gather.ids.
 int fairseq_positions(const AddPositionalParams& params, int64_t* fairseq_workspace,
@@ -36,17 +40,20 @@ enum class ScatterTarget : int {
   kWeight,  // grad_weight[ids(b, t)]: embedding weight gradient
 };
 
+// Workspace of the scatters below (the channel table, and the chunk sums when deterministic).
+int64_t scatter_workspace_bytes(const AddPositionalParams& params, bool deterministic);
+
 // Scatter-add of the backward contributions (params.x holds grad) into `grad` ([rows, D] in the
-// compute type, zero on entry) with atomics: fast, order not deterministic.
+// compute type, zero on entry) with atomics: fast, order not deterministic. fairseq_positions:
+// [batch * T] from fairseq_positions() when params.gather.fairseq_positions.
 int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows& input,
                             ScatterTarget target, const int64_t* seed,
-                            const int64_t* fairseq_positions, void* grad, void* stream);
+                            const int64_t* fairseq_positions, void* workspace, void* grad,
+                            void* stream);
 
 // The same sums in a fixed order, bit-identical from run to run and without atomics: rows sorted
 // by target (`sorted_rows`: flat row indices b * T + t, stable order; `sorted_targets`: their
-// targets), summed in chunks of sorted rows and joined in chunk order. `workspace` holds
-// deterministic_workspace_elements(params) elements of the compute type.
-int64_t deterministic_workspace_elements(const AddPositionalParams& params);
+// targets), summed in chunks of sorted rows and joined in chunk order.
 int scatter_backward_deterministic(const AddPositionalParams& params, const StridedRows& input,
                                    ScatterTarget target, const int64_t* seed,
                                    const int64_t* fairseq_positions, const int64_t* sorted_rows,
@@ -54,9 +61,11 @@ int scatter_backward_deterministic(const AddPositionalParams& params, const Stri
                                    void* stream);
 
 // Rotary with angles computed on the device. inv_freq: [rotary_dim / 2] float64 on the device,
-// or nullptr for base^(-2i/r). params.frequencies is ignored. offsets / cu_seqlens / positions
-// are device pointers.
-int rotary(const RotaryParams& params, const double* inv_freq, double base, void* stream);
+// or nullptr for base^(-2i/r); their splits go to the workspace once per launch.
+// params.frequencies is ignored; offsets, cu_seqlens and positions are device pointers.
+int64_t rotary_workspace_bytes(const RotaryParams& params);
+int rotary(const RotaryParams& params, const double* inv_freq, double base, void* workspace,
+           void* stream);
 
 int rotary_tables(const RotaryTableParams& params, void* stream);
 
