@@ -49,7 +49,13 @@ def report(title: str, rows: Dict[str, float], ours: str, floor: str) -> None:
 
 
 def bench_add_positional(repeat: int) -> None:
-    B, T, D, p = 8, 2048, 1024, 0.1
+    # (8, 2048, 1024): codes shared by 8 batch rows; (1, 16384, 1024): long-context packed
+    # sequences, where every row's code is new.
+    for B, T, D in ((8, 2048, 1024), (1, 16384, 1024)):
+        bench_add_positional_shape(repeat, B, T, D)
+
+
+def bench_add_positional_shape(repeat: int, B: int, T: int, D: int, p: float = 0.1) -> None:
     x = torch.randn(B, T, D)
     pe = sinusoidal_table(T, D)
 

@@ -28,6 +28,16 @@ class RowPositions {
 
   bool shared_across_batch() const { return kernels::shared_across_batch(shape_, index_); }
 
+  // Whether the (shared) positions of steps [t_begin, t_end) are consecutive integers.
+  bool consecutive(int64_t t_begin, int64_t t_end) const {
+    if (index_.data == nullptr) return true;  // offset + t
+    const int64_t first = at(0, t_begin);
+    for (int64_t t = t_begin + 1; t < t_end; ++t) {
+      if (at(0, t) != first + (t - t_begin)) return false;
+    }
+    return true;
+  }
+
  private:
   const RowShape& shape_;
   StridedIndex index_;
@@ -56,7 +66,9 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
     // (about 64 KiB) are computed once and reused for every b when positions do not depend on
     // b, and each item streams `block` consecutive rows of x and out, which the hardware
     // prefetchers follow (a t-major walk would jump a whole [T, D] slice per row).
-    const int64_t block = std::max<int64_t>(1, std::min<int64_t>(seq_len, 16384 / dim));
+    // With one batch row nothing is reused: one PE row at a time stays in L1 next to x.
+    const int64_t block =
+        batch == 1 ? 1 : std::max<int64_t>(1, std::min<int64_t>(seq_len, 16384 / dim));
     const int64_t block_count = (seq_len + block - 1) / block;
     const int64_t grain = std::max<int64_t>(1, 32768 / (block * dim));
     parallel_for(0, block_count * batch, grain, [&](int64_t begin, int64_t end) {
@@ -65,14 +77,20 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
       int64_t pe_row_position = -1;  // which position pe_block's first row holds (otherwise)
       std::vector<acc> mask(params.dropout.active ? static_cast<size_t>(dim) : 0);
       std::vector<uint16_t> draws;
+      typename cpu::PositionCodeRows<scalar_t>::Recurrence recurrence_state;
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t_block = item / batch;
         const int64_t b = item % batch;
         const int64_t t_begin = t_block * block;
         const int64_t t_end = std::min(seq_len, t_begin + block);
         if (needs_code && shared && pe_block_index != t_block) {
-          for (int64_t t = t_begin; t < t_end; ++t) {
-            code.evaluate(positions.at(0, t), pe_block.data() + (t - t_begin) * dim);
+          if (positions.consecutive(t_begin, t_end)) {
+            code.evaluate_consecutive(positions.at(0, t_begin), t_end - t_begin,
+                                      pe_block.data(), recurrence_state);
+          } else {
+            for (int64_t t = t_begin; t < t_end; ++t) {
+              code.evaluate(positions.at(0, t), pe_block.data() + (t - t_begin) * dim);
+            }
           }
           pe_block_index = t_block;
         }

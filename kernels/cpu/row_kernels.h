@@ -19,6 +19,11 @@ using kernels::batch_offset;
 using kernels::index_at;
 using kernels::position_at;
 
+// (s[d], c[d]) <- rotation of (s[d], c[d]) by the angle with sine step_sin[d] and cosine
+// step_cos[d], for d < n (vectorized, built for AVX2 too).
+void rotate_channels(const double* step_sin, const double* step_cos, double* s, double* c,
+                     int64_t n);
+
 // Evaluates PE(pos) rows. Computed kinds keep their channel codes as separate arrays so the
 // loop over channels vectorizes; learned reads the table row. Built once per call; evaluate()
 // is const and safe to call from several threads.
@@ -35,6 +40,9 @@ class PositionCodeRows {
     low_.resize(n);
     phase_.resize(n);
     amplitude_.resize(n);
+    amplitude64_.resize(n);
+    step_sin_.resize(n);
+    step_cos_.resize(n);
     for (size_t d = 0; d < n; ++d) {
       const ChannelCode& code = source.channels[d];
       high_[d] = code.frequency.high;
@@ -42,8 +50,67 @@ class PositionCodeRows {
       low_[d] = code.frequency.low;
       phase_[d] = code.phase;
       amplitude_[d] = static_cast<acc>(code.amplitude);
+      amplitude64_[d] = code.amplitude;
+      // The rotation by one position's angle, reduced exactly like any other angle.
+      const SinCos<double> step = sincos_turns<double>(reduced_turns(int64_t{1}, code.frequency, 0.0));
+      step_sin_[d] = step.sin;
+      step_cos_[d] = step.cos;
     }
   }
+
+  bool computed() const { return source_.kind != PositionKind::kLearned && !high_.empty(); }
+
+  // The recurrence's state between calls: sin and cos of every channel at `next_position`.
+  struct Recurrence {
+    std::vector<double> sin_cos;   // [2 * dim]
+    int64_t next_position = -1;    // the position after the state's (-1: none)
+  };
+
+  // out[r * dim + d] = PE(first + r)[d] for r < rows: consecutive positions. Anchors are
+  // evaluated exactly (sin and cos of the reduced angle, in double) at multiples of kAnchorRows;
+  // the positions between follow by the angle-addition recurrence in double, a rotation by the
+  // exact one-position angle per step: a few multiply-adds a channel instead of a reduction and a
+  // polynomial. `state` carries over to a following call that continues the positions. Each
+  // step adds at most ~1e-16 to values of magnitude <= 1, so the rows stay within ~1e-13 of the
+  // exact evaluation whatever the position, far below the exact-angle contract's 2e-6.
+  void evaluate_consecutive(int64_t first, int64_t rows, acc* __restrict out,
+                            Recurrence& state) const {
+    if (!computed()) {
+      for (int64_t r = 0; r < rows; ++r) evaluate(first + r, out + r * dim_);
+      return;
+    }
+    state.sin_cos.resize(static_cast<size_t>(2 * dim_));
+    double* __restrict s = state.sin_cos.data();
+    double* __restrict c = s + dim_;
+    bool continuing = state.next_position == first;  // s, c hold PE(first - 1)
+    for (int64_t r = 0; r < rows; ++r) {
+      acc* __restrict row = out + r * dim_;
+      const int64_t position = first + r;
+      if (!continuing || position % kAnchorRows == 0) {
+        // Anchors sit at multiples of kAnchorRows, and a start between two anchors rotates
+        // forward from the one before it: every value is the same function of its position,
+        // whichever rows a thread starts at, so any thread count gives the same bits.
+        const int64_t anchor = position - position % kAnchorRows;
+        const double p = static_cast<double>(anchor);
+        for (int64_t d = 0; d < dim_; ++d) {
+          const SinCos<double> sc =
+              sincos_turns<double>(reduced_turns(p, high_[d], middle_[d], low_[d], phase_[d]));
+          s[d] = sc.sin;
+          c[d] = sc.cos;
+        }
+        for (int64_t q = anchor; q < position; ++q) {
+          rotate_channels(step_sin_.data(), step_cos_.data(), s, c, dim_);
+        }
+        continuing = true;
+      } else {
+        rotate_channels(step_sin_.data(), step_cos_.data(), s, c, dim_);
+      }
+      for (int64_t d = 0; d < dim_; ++d) row[d] = static_cast<acc>(amplitude64_[d] * s[d]);
+    }
+    state.next_position = first + rows;
+  }
+
+  static constexpr int64_t kAnchorRows = 256;
 
   // out[d - first] = PE(position)[d] for first <= d < end (default: the whole row).
   void evaluate(int64_t position, acc* __restrict out, int64_t first = 0,
@@ -70,9 +137,14 @@ class PositionCodeRows {
  private:
   const PositionSource& source_;
   int64_t dim_;
-  std::vector<double> high_, middle_, low_, phase_;
+  std::vector<double> high_, middle_, low_, phase_, amplitude64_, step_sin_, step_cos_;
   std::vector<acc> amplitude_;
 };
+
+// The 16-bit draws of counters first_counter .. first_counter + counters - 1 (8 a counter, in
+// the order of dropout_draw), the same bits as philox4x32_10 per counter. Lanes of counters run
+// side by side so the rounds vectorize (built for AVX2 too, chosen at run time).
+void philox_draws(uint64_t first_counter, int64_t counters, uint64_t seed, uint16_t* out);
 
 // multipliers[k] = dropout multiplier of logical element first + k, for k < count.
 template <typename acc_t>
@@ -84,12 +156,7 @@ void fill_dropout_multipliers(const Dropout& dropout, uint64_t first, int64_t co
   const int64_t counters = static_cast<int64_t>(end_counter - first_counter);
   draws.resize(static_cast<size_t>(counters) * kPer);
   uint16_t* out = draws.data();
-  for (int64_t c = 0; c < counters; ++c) {
-    const Philox4 four = philox4x32_10(first_counter + static_cast<uint64_t>(c), dropout.seed);
-    for (int slot = 0; slot < static_cast<int>(kPer); ++slot) {
-      out[c * kPer + slot] = static_cast<uint16_t>(dropout_draw(four, slot));
-    }
-  }
+  philox_draws(first_counter, counters, dropout.seed, out);
   const uint16_t* row_draws = out + (first % kPer);
   const acc_t keep_scale = static_cast<acc_t>(dropout.keep_scale);
   const uint32_t threshold = dropout.keep_threshold;

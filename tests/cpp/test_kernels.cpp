@@ -270,8 +270,16 @@ INSTANTIATE_TEST_SUITE_P(
 
 // float32 storage, positions shared across the batch: same bits with 1 chunk per row, one
 // serial chunk, and 4 threads; bfloat16 within its rounding of the float result.
-TEST(AddPositionalKernelThreads, SameBitsForAnySplit) {
-  const int64_t batch = 4, seq = 37, dim = 96;
+class AddPositionalKernelThreads : public ::testing::TestWithParam<std::pair<int64_t, int64_t>> {};
+
+// (batch, T): with one batch row and T past the recurrence's anchors, the work splits inside
+// runs of consecutive positions.
+INSTANTIATE_TEST_SUITE_P(Shapes, AddPositionalKernelThreads,
+                         ::testing::Values(std::make_pair(int64_t{4}, int64_t{37}),
+                                           std::make_pair(int64_t{1}, int64_t{700})));
+
+TEST_P(AddPositionalKernelThreads, SameBitsForAnySplit) {
+  const int64_t batch = GetParam().first, seq = GetParam().second, dim = 96;
   std::vector<float> x(batch * seq * dim);
   std::mt19937 rng(3);
   std::normal_distribution<float> normal;
@@ -525,4 +533,43 @@ TEST(EmbeddingKernel, GatherPaddingFairseqAndWeightGradient) {
     for (int64_t d = 0; d < D; ++d) want[ids[i] * D + d] += 2.0f * grad[i * D + d];
   }
   for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(grad_weight[i], want[i], 1e-5) << i;
+}
+
+// ---- the angle-addition recurrence for consecutive positions -------------------------------------
+
+#include "cpu/row_kernels.h"
+
+TEST(PositionCodeRecurrence, MatchesExactEvaluationAtAnyPosition) {
+  for (const pk::PositionKind kind : {pk::PositionKind::kSinusoidal, pk::PositionKind::kLinear,
+                                      pk::PositionKind::kDamped, pk::PositionKind::kCosine}) {
+    pk::PositionCodeOptions options;
+    options.kind = kind;
+    options.base = kind == pk::PositionKind::kSinusoidal ? 10000.0 : 37.0;
+    const int64_t dim = 70;
+    const std::vector<pk::ChannelCode> channels = pk::make_channel_codes(options, dim);
+    pk::PositionSource source;
+    source.kind = kind;
+    source.code = options;
+    source.channels = channels.data();
+    const pk::cpu::PositionCodeRows<double> code(source, dim);
+    pk::cpu::PositionCodeRows<double>::Recurrence state;
+    for (const int64_t first : {int64_t{0}, int64_t{12345}, (int64_t{1} << 24) - 700,
+                                (int64_t{1} << 31) - 700}) {
+      // 600 rows in calls of 37 that continue each other: anchors, and continued state.
+      const int64_t rows = 600;
+      std::vector<double> recurrence(rows * dim, kNaN), exact(dim);
+      for (int64_t r = 0; r < rows; r += 37) {
+        code.evaluate_consecutive(first + r, std::min<int64_t>(37, rows - r),
+                                  recurrence.data() + r * dim, state);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        code.evaluate(first + r, exact.data());
+        for (int64_t d = 0; d < dim; ++d) {
+          ASSERT_NEAR(recurrence[r * dim + d], exact[d], 1e-12)
+              << "kind " << static_cast<int>(kind) << " position " << first + r << " channel "
+              << d;
+        }
+      }
+    }
+  }
 }
