@@ -188,6 +188,14 @@ inline double atomicAdd(double* address, double value) {
   return atomic_add_bits<double, uint64_t>(address, value);
 }
 
+// The x, y, z index of flat index `index` in `extent` (x fastest), as CUDA numbers threads and
+// blocks.
+inline dim3 unflatten(uint64_t index, dim3 extent) {
+  return dim3(static_cast<unsigned int>(index % extent.x),
+              static_cast<unsigned int>(index / extent.x % extent.y),
+              static_cast<unsigned int>(index / (uint64_t{extent.x} * extent.y)));
+}
+
 // Runs `kernel` (a callable reading state()) over grid x block, as <<<grid, block, shared>>>.
 // Without `barriers`, one host thread runs every thread of every block in turn (a valid CUDA
 // schedule for a kernel without __syncthreads, and fast); with them, each thread of a block is
@@ -215,14 +223,10 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
     s.shared = shared.data();
     s.barrier = nullptr;
     for (uint64_t index = 0; index < blocks; ++index) {
-      s.block_idx = dim3(static_cast<unsigned int>(index % grid.x),
-                         static_cast<unsigned int>(index / grid.x % grid.y),
-                         static_cast<unsigned int>(index / (uint64_t{grid.x} * grid.y)));
+      s.block_idx = unflatten(index, grid);
       std::memset(shared.data(), 0xA5, shared.size());
       for (uint64_t thread = 0; thread < threads; ++thread) {
-        s.thread_idx = dim3(static_cast<unsigned int>(thread % block.x),
-                            static_cast<unsigned int>(thread / block.x % block.y),
-                            static_cast<unsigned int>(thread / (uint64_t{block.x} * block.y)));
+        s.thread_idx = unflatten(thread, block);
         try {
           kernel();
         } catch (const DeviceAssert& failure) {
@@ -250,13 +254,9 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
       s.grid_dim = grid;
       s.shared = shared.data();
       s.barrier = &kernel_barrier;
-      s.thread_idx = dim3(static_cast<unsigned int>(thread % block.x),
-                          static_cast<unsigned int>(thread / block.x % block.y),
-                          static_cast<unsigned int>(thread / (uint64_t{block.x} * block.y)));
+      s.thread_idx = unflatten(thread, block);
       for (uint64_t index = 0; index < blocks; ++index) {
-        s.block_idx = dim3(static_cast<unsigned int>(index % grid.x),
-                           static_cast<unsigned int>(index / grid.x % grid.y),
-                           static_cast<unsigned int>(index / (uint64_t{grid.x} * grid.y)));
+        s.block_idx = unflatten(index, grid);
         try {
           kernel();
         } catch (const DeviceAssert& failure) {

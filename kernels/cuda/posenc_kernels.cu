@@ -458,6 +458,16 @@ __global__ void rotary_check_kernel(RotaryParams p) {
   }
 }
 
+// Token (b, s) of an operand: [heads, head_dim] with the operand's strides.
+template <typename scalar_t>
+__device__ const scalar_t* token_input(const RotaryOperand& op, int64_t b, int64_t s) {
+  return static_cast<const scalar_t*>(op.in) + b * op.in_strides[0] + s * op.in_strides[1];
+}
+template <typename scalar_t>
+__device__ scalar_t* token_output(const RotaryOperand& op, int64_t b, int64_t s) {
+  return static_cast<scalar_t*>(op.out) + b * op.out_strides[0] + s * op.out_strides[1];
+}
+
 // grid: token blocks, block: (pairs, heads). For each token the block evaluates cos/sin of up to
 // kRotaryChunkPairs angles into shared memory from the launch's frequency table, then rotates
 // those pairs of every head of every operand; channels past rotary_dim are copied.
@@ -491,10 +501,8 @@ __global__ void rotary_kernel(RotaryParams p, const TurnFrequency* frequencies) 
       __syncthreads();
       for (int k = 0; k < p.operand_count; ++k) {
         const RotaryOperand& op = p.operands[k];
-        const scalar_t* in =
-            static_cast<const scalar_t*>(op.in) + b * op.in_strides[0] + s * op.in_strides[1];
-        scalar_t* out =
-            static_cast<scalar_t*>(op.out) + b * op.out_strides[0] + s * op.out_strides[1];
+        const scalar_t* in = token_input<scalar_t>(op, b, s);
+        scalar_t* out = token_output<scalar_t>(op, b, s);
         for (int64_t h = threadIdx.y; h < op.heads; h += blockDim.y) {
           const scalar_t* x = in + h * op.in_strides[2];
           scalar_t* y = out + h * op.out_strides[2];
@@ -512,10 +520,8 @@ __global__ void rotary_kernel(RotaryParams p, const TurnFrequency* frequencies) 
     }
     for (int k = 0; k < p.operand_count; ++k) {  // channels past rotary_dim pass through
       const RotaryOperand& op = p.operands[k];
-      const scalar_t* in =
-          static_cast<const scalar_t*>(op.in) + b * op.in_strides[0] + s * op.in_strides[1];
-      scalar_t* out =
-          static_cast<scalar_t*>(op.out) + b * op.out_strides[0] + s * op.out_strides[1];
+      const scalar_t* in = token_input<scalar_t>(op, b, s);
+      scalar_t* out = token_output<scalar_t>(op, b, s);
       for (int64_t h = threadIdx.y; h < op.heads; h += blockDim.y) {
         for (int64_t d = p.rotary_dim + threadIdx.x; d < p.head_dim; d += blockDim.x) {
           out[h * op.out_strides[2] + d * op.out_strides[3]] =
