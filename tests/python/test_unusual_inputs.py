@@ -106,3 +106,13 @@ def test_huge_valid_positions_and_offsets():
     q = torch.randn(1, 3, 1, 8)
     assert torch.isfinite(posenc.rotary(q, offset=2**63 - 3)).all()
     assert torch.isfinite(posenc.rotary(q, positions=torch.tensor([0, 1, 2**63 - 1]))).all()
+
+
+def test_positional_encoding_device_matches_by_type_and_index():
+    positions = torch.arange(3)
+    for device in ("cpu", torch.device("cpu"), "cpu:0"):
+        assert posenc.positional_encoding(positions, 8, device=device).shape == (3, 8)
+    meta = torch.arange(3, device="meta")
+    assert posenc.positional_encoding(meta, 8, device="meta").device.type == "meta"
+    with pytest.raises(ValueError, match="differs from positions.device"):
+        posenc.positional_encoding(positions, 8, device="meta")

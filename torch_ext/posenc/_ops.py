@@ -267,8 +267,9 @@ def positional_encoding(
         positions = torch.arange(positions, device=device)
     elif device is not None:
         wanted = torch.device(device)
+        # "cuda" matches cuda:0, cuda:1, ...; "cpu:0" matches the CPU (whose index is None).
         same = positions.device.type == wanted.type and (
-            wanted.index is None or positions.device.index == wanted.index
+            wanted.index is None or positions.device.index in (None, wanted.index)
         )
         if not same:
             raise ValueError(
