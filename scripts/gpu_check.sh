@@ -70,13 +70,17 @@ q, k = posenc.rotary(torch.randn(2, 33, 4, 64, device="cuda", requires_grad=True
 torch.cuda.synchronize()
 print("sanitizer case ran")
 EOF
+    # memcheck (out-of-bounds and misaligned accesses, the 16-byte vector paths included) and
+    # racecheck (the shared-memory cos/sin chunks of rotary and the fairseq scan).
     if compute-sanitizer --tool memcheck --error-exitcode 1 $PY "$OUT_DIR/sanitize_case.py" \
-         >"$OUT_DIR/sanitizer.log" 2>&1; then
+         >"$OUT_DIR/sanitizer.log" 2>&1 &&
+       compute-sanitizer --tool racecheck --error-exitcode 1 $PY "$OUT_DIR/sanitize_case.py" \
+         >"$OUT_DIR/racecheck.log" 2>&1; then
       status_sanitizer=ok
     else
       status_sanitizer=FAIL
     fi
-    tail -5 "$OUT_DIR/sanitizer.log"
+    tail -5 "$OUT_DIR/sanitizer.log" "$OUT_DIR/racecheck.log"
   fi
   if timeout 300 $PY benchmarks/bench_gpu.py --out "$OUT_DIR/bench.md" >"$OUT_DIR/bench.log" 2>&1; then
     status_bench=ok
