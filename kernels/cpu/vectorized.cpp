@@ -1,6 +1,7 @@
 // CPU loops that vectorize across independent lanes (Philox counters, code channels), built for
-// the baseline and for AVX2 (GCC's target_clones picks one at run time), so one binary serves
-// every x86-64 CPU and uses the wider units where they exist.
+// the baseline and for AVX2 and chosen once at run time (__builtin_cpu_supports, not ifunc
+// resolvers, which run before the sanitizers' runtimes), so one binary serves every x86-64 CPU
+// and uses the wider units where they exist.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -11,12 +12,6 @@
 
 #include "cpu/row_kernels.h"
 #include "philox.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define POSENC_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define POSENC_VECTOR_CLONES
-#endif
 
 namespace posenc {
 namespace kernels {
@@ -101,15 +96,49 @@ void philox_draws(uint64_t first_counter, int64_t counters, uint64_t seed, uint1
   chosen(first_counter, counters, seed, out);
 }
 
-POSENC_VECTOR_CLONES
-void rotate_channels(const double* __restrict step_sin, const double* __restrict step_cos,
-                     double* __restrict s, double* __restrict c, int64_t n) {
+namespace {
+
+// The same loop built twice: for the baseline and for AVX2 (4 doubles a vector).
+inline __attribute__((always_inline)) void rotate_loop(const double* __restrict step_sin,
+                                                      const double* __restrict step_cos,
+                                                      double* __restrict s, double* __restrict c,
+                                                      int64_t n) {
   for (int64_t d = 0; d < n; ++d) {
     const double sin_next = s[d] * step_cos[d] + c[d] * step_sin[d];
     const double cos_next = c[d] * step_cos[d] - s[d] * step_sin[d];
     s[d] = sin_next;
     c[d] = cos_next;
   }
+}
+
+void rotate_baseline(const double* step_sin, const double* step_cos, double* s, double* c,
+                     int64_t n) {
+  rotate_loop(step_sin, step_cos, s, c, n);
+}
+
+#if defined(__x86_64__)
+// AVX2 without FMA: the same roundings as the baseline, so both give the same bits.
+__attribute__((target("avx2"))) void rotate_avx2(const double* step_sin, const double* step_cos,
+                                                 double* s, double* c, int64_t n) {
+  rotate_loop(step_sin, step_cos, s, c, n);
+}
+#endif
+
+using Rotate = void (*)(const double*, const double*, double*, double*, int64_t);
+
+Rotate choose_rotate() {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2")) return rotate_avx2;
+#endif
+  return rotate_baseline;
+}
+
+}  // namespace
+
+void rotate_channels(const double* step_sin, const double* step_cos, double* s, double* c,
+                     int64_t n) {
+  static const Rotate chosen = choose_rotate();
+  chosen(step_sin, step_cos, s, c, n);
 }
 
 }  // namespace cpu
