@@ -18,6 +18,16 @@ namespace kernels {
 namespace cpu {
 namespace {
 
+void philox_draws_scalar(uint64_t first_counter, int64_t counters, uint64_t seed,
+                         uint16_t* out) {
+  for (int64_t c = 0; c < counters; ++c) {
+    const Philox4 four = philox4x32_10(first_counter + static_cast<uint64_t>(c), seed);
+    for (int slot = 0; slot < 8; ++slot) {
+      out[c * 8 + slot] = static_cast<uint16_t>(dropout_draw(four, slot));
+    }
+  }
+}
+
 #if defined(__x86_64__)
 // Philox4x32-10 of 4 counters at once in the 64-bit lanes of AVX2 registers: each round's two
 // 32 x 32 -> 64-bit products are one vpmuludq each. The same rounds as philox4x32_10.
@@ -61,24 +71,9 @@ __attribute__((target("avx2"))) void philox_draws_avx2(uint64_t first_counter, i
       std::memcpy(out + (c + l) * 8, lane, sizeof(lane));
     }
   }
-  for (; c < counters; ++c) {
-    const Philox4 four = philox4x32_10(first_counter + static_cast<uint64_t>(c), seed);
-    for (int slot = 0; slot < 8; ++slot) {
-      out[c * 8 + slot] = static_cast<uint16_t>(dropout_draw(four, slot));
-    }
-  }
+  philox_draws_scalar(first_counter + static_cast<uint64_t>(c), counters - c, seed, out + c * 8);
 }
 #endif
-
-void philox_draws_scalar(uint64_t first_counter, int64_t counters, uint64_t seed,
-                         uint16_t* out) {
-  for (int64_t c = 0; c < counters; ++c) {
-    const Philox4 four = philox4x32_10(first_counter + static_cast<uint64_t>(c), seed);
-    for (int slot = 0; slot < 8; ++slot) {
-      out[c * 8 + slot] = static_cast<uint16_t>(dropout_draw(four, slot));
-    }
-  }
-}
 
 using PhiloxDraws = void (*)(uint64_t, int64_t, uint64_t, uint16_t*);
 

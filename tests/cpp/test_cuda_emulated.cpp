@@ -114,6 +114,21 @@ std::string name_of(const RowsCase& c) {
 
 class CudaEmulatedRows : public ::testing::TestWithParam<RowsCase> {};
 
+// Parameters of a [batch, T, D] call of `dtype` whose rows (x, or grad) start at `rows` with
+// `row_stride` elements between steps.
+pk::AddPositionalParams rows_params(const RowsCase& c, pk::DType dtype, void* rows,
+                                    int64_t row_stride) {
+  pk::AddPositionalParams params;
+  params.dtype = dtype;
+  params.shape.batch_ndim = 1;
+  params.shape.batch_sizes[0] = c.batch;
+  params.shape.seq_len = c.seq_len;
+  params.shape.dim = c.dim;
+  params.x = {rows, {c.seq_len * row_stride}, row_stride, 1};
+  params.combine = c.combine;
+  return params;
+}
+
 // The forward (and the input-gradient, which is the same kernel) on both backends.
 TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
   const RowsCase c = GetParam();
@@ -133,16 +148,9 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
     for (auto& id : ids) id = static_cast<int64_t>(rng() % vocab);
     for (auto& p : positions) p = static_cast<int64_t>(rng() % (table_rows - 1));
 
-    pk::AddPositionalParams params;
-    params.dtype = dtype;
-    params.shape.batch_ndim = 1;
-    params.shape.batch_sizes[0] = c.batch;
-    params.shape.seq_len = c.seq_len;
-    params.shape.dim = c.dim;
-    params.x = {x.data(), {c.seq_len * row_stride}, row_stride, 1};
+    pk::AddPositionalParams params = rows_params(c, dtype, x.data(), row_stride);
     params.out = {nullptr, {c.seq_len * row_stride}, row_stride, 1};
     params.offset = c.explicit_positions || c.fairseq ? 0 : 5;
-    params.combine = c.combine;
     params.scale = 1.5;
     params.dropout = pk::make_dropout(c.dropout, true, 1234567);
     if (c.explicit_positions) {
@@ -210,14 +218,7 @@ TEST_P(CudaEmulatedRows, ScatterMatchesCpu) {
     for (auto& id : ids) id = static_cast<int64_t>(rng() % vocab);
     for (auto& p : positions) p = static_cast<int64_t>(rng() % 7);  // many rows per target
 
-    pk::AddPositionalParams params;
-    params.dtype = dtype;
-    params.shape.batch_ndim = 1;
-    params.shape.batch_sizes[0] = c.batch;
-    params.shape.seq_len = c.seq_len;
-    params.shape.dim = c.dim;
-    params.x = {grad.data(), {c.seq_len * c.dim}, c.dim, 1};
-    params.combine = c.combine;
+    pk::AddPositionalParams params = rows_params(c, dtype, grad.data(), c.dim);
     params.scale = 0.75;
     params.dropout = pk::make_dropout(c.dropout, true, 99);
     params.positions = {positions.data(), pk::IndexType::kInt64, {c.seq_len}, 1};
