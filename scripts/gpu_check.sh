@@ -1,102 +1,146 @@
 #!/usr/bin/env bash
 # The GPU proof, in one command on a machine with a CUDA GPU (the device tool's H200: torch 2.11,
-# Python 3.12, CMake, ninja, nvcc and compute-sanitizer there; no network):
-#   1. builds posenc for the local GPU's architecture only,
-#   2. runs the CUDA tests (pytest tests/python/test_cuda.py), the GoogleTest harness, and the
-#      rest of the Python suite under that machine's torch and Python,
-#   3. runs compute-sanitizer memcheck on a short case,
-#   4. runs the GPU benchmarks,
-# and prints a short table last. Writes its logs and the table under $OUT (or /tmp/posenc_gpu).
-# GoogleTest is taken from Debian packages in third_party_cache/ when the machine lacks it
-# (`make gpu-deps` downloads them here; carry third_party_cache).
+# Python 3.12, CMake, ninja, nvcc and compute-sanitizer there; no network), within a time budget
+# (POSENC_GPU_BUDGET_S, default 420 s), the most important steps first:
+#   1. build posenc (and the GoogleTest harness, when GoogleTest is there) for the local GPU only,
+#   2. the CUDA tests, pytest tests/python/test_cuda.py,
+#   3. the GPU benchmarks (benchmarks/bench_gpu.py),
+#   4. compute-sanitizer memcheck and racecheck on a short case covering every kernel,
+#   5. GoogleTest (ctest),
+#   6. the rest of the Python suite under that machine's torch and Python,
+# then a summary table, printed last. A step that would not fit the time left is skipped and
+# says so. Writes summary.md, bench.md, the CUDA test log and logs.tar.gz (all logs) to $OUT (or
+# /tmp/posenc_gpu). GoogleTest is taken from Debian packages in third_party_cache/ when the
+# machine lacks it (`make gpu-deps` downloads them here; carry third_party_cache).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT:-/tmp/posenc_gpu}
+LOG_DIR=$(mktemp -d /tmp/posenc_gpu_logs.XXXX)
 mkdir -p "$OUT_DIR"
 PY=${PYTHON:-python3}
-status_build=FAIL status_pytest=FAIL status_suite=FAIL status_ctest=SKIP status_sanitizer=SKIP
-status_bench=FAIL
+BUDGET=${POSENC_GPU_BUDGET_S:-420}
+declare -A status
+steps=(build test_cuda bench memcheck racecheck ctest suite)
+for step in "${steps[@]}"; do status[$step]="skipped (no time left)"; done
+
+# run_step NAME CAP_SECONDS COMMAND...: runs within min(CAP, time left), logs to $LOG_DIR/NAME.log.
+run_step() {
+  local name=$1 cap=$2
+  shift 2
+  local left=$((BUDGET - SECONDS))
+  local limit=$((cap < left ? cap : left))
+  if [ "$limit" -lt 20 ]; then
+    echo "== $name: skipped, ${left}s left"
+    return 1
+  fi
+  echo "== $name (limit ${limit}s, at ${SECONDS}s)"
+  local begin=$SECONDS
+  timeout "$limit" "$@" >"$LOG_DIR/$name.log" 2>&1
+  local rc=$?
+  local took=$((SECONDS - begin))
+  if [ $rc -eq 0 ]; then
+    status[$name]="ok (${took}s)"
+  elif [ $rc -eq 124 ]; then
+    status[$name]="TIMED OUT at ${limit}s"
+  else
+    status[$name]="FAIL rc=$rc (${took}s)"
+  fi
+  tail -n "${TAIL_LINES:-6}" "$LOG_DIR/$name.log"
+  return $rc
+}
 
 arch=$($PY -c "import torch; p = torch.cuda.get_device_properties(0); print(f'{p.major}.{p.minor}')")
-echo "GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null); arch $arch"
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)
+echo "GPU: $gpu; arch $arch; $($PY -c 'import torch, sys; print("torch", torch.__version__, "python", sys.version.split()[0])')"
 export TORCH_CUDA_ARCH_LIST=$arch
 
 prefix=$($PY -c "import torch; print(torch.utils.cmake_prefix_path)")
-gtest_args=(-DPOSENC_BUILD_TESTS=OFF)
+tests=OFF
 if [ -f /usr/include/gtest/gtest.h ]; then
-  gtest_args=(-DPOSENC_BUILD_TESTS=ON)
+  tests=ON
 elif ls third_party_cache/*.deb >/dev/null 2>&1; then
   mkdir -p third_party_cache/root
   for deb in third_party_cache/*.deb; do dpkg -x "$deb" third_party_cache/root; done
   prefix="$prefix;$PWD/third_party_cache/root/usr"
-  gtest_args=(-DPOSENC_BUILD_TESTS=ON)
+  tests=ON
 fi
+TAIL_LINES=15 run_step build 180 bash -c "cmake -S . -B build-gpu -G Ninja \
+  -DCMAKE_PREFIX_PATH='$prefix' -DPython3_EXECUTABLE='$(command -v "$PY")' -DPOSENC_CUDA=ON \
+  -DPOSENC_BUILD_TESTS=$tests && cmake --build build-gpu"
 
-if cmake -S . -B build-gpu -G Ninja -DCMAKE_PREFIX_PATH="$prefix" -DPython3_EXECUTABLE="$(command -v $PY)" \
-     -DPOSENC_CUDA=ON "${gtest_args[@]}" >"$OUT_DIR/configure.log" 2>&1 &&
-   cmake --build build-gpu >"$OUT_DIR/build.log" 2>&1; then
-  status_build=ok
-else
-  tail -30 "$OUT_DIR/configure.log" "$OUT_DIR/build.log"
-fi
-
-if [ "$status_build" = ok ]; then
+if [[ ${status[build]} == ok* ]]; then
   export PYTHONPATH=$PWD/torch_ext
-  if $PY -m pytest tests/python/test_cuda.py -q -p no:cacheprovider >"$OUT_DIR/pytest.log" 2>&1; then
-    status_pytest=ok
-  fi
-  tail -15 "$OUT_DIR/pytest.log"
-  if timeout 240 $PY -m pytest tests/python -q -x -m "not slow" -p no:cacheprovider \
-       --ignore=tests/python/test_cuda.py >"$OUT_DIR/suite.log" 2>&1; then
-    status_suite=ok
-  fi
-  tail -5 "$OUT_DIR/suite.log"
-  if [ -f build-gpu/CTestTestfile.cmake ]; then
-    (cd build-gpu && ctest --output-on-failure >"$OUT_DIR/ctest.log" 2>&1) && status_ctest=ok || status_ctest=FAIL
-    tail -5 "$OUT_DIR/ctest.log"
-  fi
-  if command -v compute-sanitizer >/dev/null 2>&1; then
-    cat >"$OUT_DIR/sanitize_case.py" <<'EOF'
+  TAIL_LINES=25 run_step test_cuda 150 $PY -m pytest tests/python/test_cuda.py -v -rfE \
+    -p no:cacheprovider
+  TAIL_LINES=14 run_step bench 170 env PYTHONUNBUFFERED=1 $PY benchmarks/bench_gpu.py \
+    --out "$LOG_DIR/bench.md"
+
+  cat >"$LOG_DIR/sanitize_case.py" <<'EOF'
+# Every CUDA kernel once on small odd shapes: forward and backward of each operator (vector and
+# scalar paths, dropout, learned tables, fairseq scan, both scatters, every rotary layout).
 import torch, posenc
-x = torch.randn(2, 33, 70, device="cuda", requires_grad=True)
-ids = torch.randint(0, 50, (2, 33), device="cuda")
-w = torch.randn(50, 70, device="cuda", requires_grad=True)
-table = torch.randn(40, 70, device="cuda", requires_grad=True)
-y = posenc.add_positional(x, dropout=0.1, kind="learned", table=table, combine="mul")
-e = posenc.embedding(ids, w, dropout=0.1, padding_idx=0, positions="fairseq")
-q, k = posenc.rotary(torch.randn(2, 33, 4, 64, device="cuda", requires_grad=True),
-                     torch.randn(2, 33, 1, 64, device="cuda"), rotary_dim=32, interleaved=True)
-(y.sum() + e.sum() + q.sum() + k.sum()).backward()
+g = torch.Generator(device="cuda").manual_seed(0)
+def randn(*shape, dtype=torch.float32):
+    return torch.randn(*shape, device="cuda", generator=g).to(dtype).requires_grad_()
+for dtype in (torch.float32, torch.bfloat16):
+    x, table, w = randn(2, 33, 70, dtype=dtype), randn(40, 70, dtype=dtype), randn(50, 70, dtype=dtype)
+    ids = torch.randint(0, 50, (2, 33), device="cuda", generator=g)
+    y = posenc.add_positional(x, dropout=0.1, kind="learned", table=table, combine="mul")
+    z = posenc.add_positional(x[:, :, 1:], dropout=0.1, offset=5)
+    e = posenc.embedding(ids, w, dropout=0.1, padding_idx=0, positions="fairseq")
+    q, k = posenc.rotary(randn(2, 33, 4, 64, dtype=dtype), randn(2, 33, 1, 64, dtype=dtype),
+                         rotary_dim=32, interleaved=True)
+    qb = posenc.rotary(randn(2, 4, 33, 64, dtype=dtype), layout="bhsd",
+                       positions=torch.randint(0, 99, (2, 33), device="cuda", generator=g))
+    qt = posenc.rotary(randn(33, 4, 64, dtype=dtype), layout="thd",
+                       cu_seqlens=torch.tensor([0, 10, 33], device="cuda"))
+    loss = sum(t.float().sum() for t in (y, z, e, q, k, qb, qt))
+    loss.backward()
+    torch.use_deterministic_algorithms(True)  # the sorted, segment-split scatter
+    posenc.embedding(ids, w, combine="mul").float().sum().backward()
+    torch.use_deterministic_algorithms(False)
 torch.cuda.synchronize()
 print("sanitizer case ran")
 EOF
-    # memcheck (out-of-bounds and misaligned accesses, the 16-byte vector paths included) and
-    # racecheck (the shared-memory cos/sin chunks of rotary and the fairseq scan).
-    if compute-sanitizer --tool memcheck --error-exitcode 1 $PY "$OUT_DIR/sanitize_case.py" \
-         >"$OUT_DIR/sanitizer.log" 2>&1 &&
-       compute-sanitizer --tool racecheck --error-exitcode 1 $PY "$OUT_DIR/sanitize_case.py" \
-         >"$OUT_DIR/racecheck.log" 2>&1; then
-      status_sanitizer=ok
-    else
-      status_sanitizer=FAIL
-    fi
-    tail -5 "$OUT_DIR/sanitizer.log" "$OUT_DIR/racecheck.log"
-  fi
-  if timeout 300 $PY benchmarks/bench_gpu.py --out "$OUT_DIR/bench.md" >"$OUT_DIR/bench.log" 2>&1; then
-    status_bench=ok
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    # No caching allocator, so that an access past a tensor's end leaves its allocation.
+    run_step memcheck 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+      --error-exitcode 1 $PY "$LOG_DIR/sanitize_case.py"
+    run_step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 \
+      $PY "$LOG_DIR/sanitize_case.py"
   else
-    tail -20 "$OUT_DIR/bench.log"
+    status[memcheck]="skipped (no compute-sanitizer)"
+    status[racecheck]="skipped (no compute-sanitizer)"
   fi
+  if [ -f build-gpu/CTestTestfile.cmake ]; then
+    run_step ctest 60 ctest --test-dir build-gpu --output-on-failure
+  else
+    status[ctest]="skipped (no GoogleTest)"
+  fi
+  workers=()
+  $PY -c "import xdist" 2>/dev/null && workers=(-n 8)
+  run_step suite 150 $PY -m pytest tests/python -q -m "not slow" -p no:cacheprovider \
+    "${workers[@]}" --ignore=tests/python/test_cuda.py
 fi
 
+count() { grep -Eo '[0-9]+ (passed|failed|error)[^=]*' "$LOG_DIR/$1.log" 2>/dev/null | tail -1; }
+{
+  echo "GPU: $gpu; arch $arch; total ${SECONDS}s of a ${BUDGET}s budget"
+  echo
+  echo "| step | result |"
+  echo "|---|---|"
+  echo "| build (sm_${arch/./}, GoogleTest $tests) | ${status[build]} |"
+  echo "| pytest tests/python/test_cuda.py | ${status[test_cuda]} $(count test_cuda) |"
+  echo "| benchmarks | ${status[bench]} |"
+  echo "| compute-sanitizer memcheck | ${status[memcheck]} |"
+  echo "| compute-sanitizer racecheck | ${status[racecheck]} |"
+  echo "| GoogleTest | ${status[ctest]} |"
+  echo "| rest of the Python suite | ${status[suite]} $(count suite) |"
+  [ -f "$LOG_DIR/bench.md" ] && { echo; cat "$LOG_DIR/bench.md"; }
+} >"$OUT_DIR/summary.md"
+cp "$LOG_DIR/test_cuda.log" "$OUT_DIR/" 2>/dev/null
+cp "$LOG_DIR/bench.md" "$OUT_DIR/" 2>/dev/null
+tar -czf "$OUT_DIR/logs.tar.gz" -C "$LOG_DIR" . 2>/dev/null
 echo
-echo "| step | result |"
-echo "|---|---|"
-echo "| build (sm_${arch/./}) | $status_build |"
-echo "| pytest tests/python/test_cuda.py | $status_pytest ($(grep -Eo '[0-9]+ (passed|failed)[^=]*' "$OUT_DIR/pytest.log" 2>/dev/null | tail -1)) |"
-echo "| rest of the Python suite | $status_suite ($(grep -Eo '[0-9]+ (passed|failed)[^=]*' "$OUT_DIR/suite.log" 2>/dev/null | tail -1)) |"
-echo "| GoogleTest | $status_ctest |"
-echo "| compute-sanitizer memcheck | $status_sanitizer |"
-echo "| benchmarks | $status_bench |"
-[ -f "$OUT_DIR/bench.md" ] && { echo; cat "$OUT_DIR/bench.md"; }
-[ "$status_build" = ok ] && [ "$status_pytest" = ok ]
+cat "$OUT_DIR/summary.md"
+[[ ${status[build]} == ok* && ${status[test_cuda]} == ok* ]]

@@ -176,7 +176,10 @@ def add_positional(
         ``(..., T, D)`` tensor like ``x``. Angles are reduced exactly, so the code is within
         2e-6 of a float64 computation for positions below 2^24.
     """
-    arguments = dict(locals())
+    # Named explicitly: Dynamo before torch 2.14 cannot trace locals().
+    arguments = dict(x=x, kind=kind, combine=combine, scale=scale, positions=positions,
+                     offset=offset, base=base, convention=convention, layout=layout, table=table,
+                     dropout=dropout, training=training, generator=generator)
     return _call("add_positional", arguments, arguments.pop("generator"))
 
 
@@ -219,7 +222,11 @@ def embedding(
     Returns:
         ``(*ids.shape, D)`` tensor of ``weight``'s dtype.
     """
-    arguments = dict(locals())
+    # Named explicitly: Dynamo before torch 2.14 cannot trace locals().
+    arguments = dict(ids=ids, weight=weight, kind=kind, combine=combine, scale=scale,
+                     positions=positions, offset=offset, padding_idx=padding_idx, base=base,
+                     convention=convention, layout=layout, table=table, dropout=dropout,
+                     training=training, generator=generator)
     generator = arguments.pop("generator")
     if isinstance(positions, str):
         if positions != "fairseq":
@@ -252,8 +259,9 @@ def positional_encoding(
         device: where to build ``arange(n)`` when ``positions`` is an int; for a tensor, its
             device (``"cuda"`` matches any CUDA device index).
     """
-    arguments = dict(locals())
-    del arguments["device"]
+    # Named explicitly: Dynamo before torch 2.14 cannot trace locals().
+    arguments = dict(positions=positions, dim=dim, kind=kind, base=base, convention=convention,
+                     layout=layout, dtype=dtype)
     if isinstance(positions, bool) or not isinstance(positions, (int, Tensor)):
         raise TypeError(
             f"posenc.positional_encoding: positions must be an int or a Tensor, got "

@@ -153,7 +153,12 @@ def rotary(
     Returns:
         The rotated ``q``, or ``(q, k)``: new tensors; the inputs are untouched.
     """
-    arguments = dict(locals())
+    # Named explicitly: Dynamo before torch 2.14 cannot trace locals().
+    arguments = dict(q=q, k=k, positions=positions, offset=offset, base=base, inv_freq=inv_freq,
+                     rotary_dim=rotary_dim, interleaved=interleaved, layout=layout,
+                     cu_seqlens=cu_seqlens, scaling=scaling,
+                     max_position_embeddings=max_position_embeddings,
+                     attention_factor=attention_factor, precision=precision)
     del arguments["scaling"], arguments["max_position_embeddings"]
     if isinstance(offset, Tensor):
         arguments.update(offsets=offset, offset=0)
