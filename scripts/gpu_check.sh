@@ -54,6 +54,23 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
 echo "GPU: $gpu; arch $arch; $($PY -c 'import torch, sys; print("torch", torch.__version__, "python", sys.version.split()[0])')"
 export TORCH_CUDA_ARCH_LIST=$arch
 
+# The C++ compiler must match the libstdc++ that Python loads: inline iostream code from a newer
+# compiler's headers crashed against the older system libstdc++ whenever an error message
+# formatted a number (seen on the device machine, whose CXX is a newer /opt/gcc).
+runtime_libstdcxx=$($PY -c "import torch
+for line in open('/proc/self/maps'):
+    if 'libstdc++.so' in line:
+        print(line.split()[-1]); break")
+for candidate in "${CXX:-}" /usr/bin/g++ g++ c++; do
+  [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 || continue
+  own=$(readlink -f "$($candidate -print-file-name=libstdc++.so)")
+  if [ -n "$runtime_libstdcxx" ] && [ "$own" = "$(readlink -f "$runtime_libstdcxx")" ]; then
+    export CXX=$(command -v "$candidate") CUDAHOSTCXX=$(command -v "$candidate")
+    break
+  fi
+done
+echo "C++ compiler: ${CXX:-default} ($(${CXX:-c++} --version | head -1)); Python's libstdc++: $runtime_libstdcxx"
+
 prefix=$($PY -c "import torch; print(torch.utils.cmake_prefix_path)")
 tests=OFF
 if [ -f /usr/include/gtest/gtest.h ]; then
