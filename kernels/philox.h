@@ -69,8 +69,15 @@ inline Dropout make_dropout(double p, bool training, uint64_t seed) {
 constexpr int kDropoutElementsPerCounter = 8;
 
 // The 16-bit draw of draw-slot `slot` (0..7) of one Philox output.
+// Selects rather than indexes the word: a GPU indexes a register array with a run-time index
+// through local memory.
 POSENC_HOST_DEVICE uint32_t dropout_draw(const Philox4& draws, int slot) {
-  return (draws.v[slot >> 1] >> ((slot & 1) * 16)) & 0xffffu;
+  const int word = slot >> 1;
+  const uint32_t bits = word == 0   ? draws.v[0]
+                        : word == 1 ? draws.v[1]
+                        : word == 2 ? draws.v[2]
+                                    : draws.v[3];
+  return (bits >> ((slot & 1) * 16)) & 0xffffu;
 }
 
 // The multiplier (0 or keep_scale) of the element at logical index `index`.

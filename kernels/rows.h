@@ -12,6 +12,7 @@ namespace kernels {
 // Offset (in elements) of flattened batch index `batch` under per-dimension strides.
 POSENC_HOST_DEVICE int64_t batch_offset(const RowShape& shape, const int64_t* strides,
                                         int64_t batch) {
+  if (shape.batch_ndim == 1) return batch * strides[0];  // the common case: no division
   int64_t offset = 0;
   for (int i = shape.batch_ndim - 1; i >= 0; --i) {
     const int64_t size = shape.batch_sizes[i];

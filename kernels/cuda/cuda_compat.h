@@ -10,6 +10,9 @@
 #define POSENC_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   kernel<<<grid, block, shared_bytes, static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)
 #define POSENC_LAUNCH_SYNC POSENC_LAUNCH
+// Kernel parameter structs read in place (their batch-stride arrays are indexed with loop
+// variables, which would otherwise copy the whole struct to local memory).
+#define POSENC_GRID_CONSTANT __grid_constant__
 // The block's dynamic shared memory as `type* name`.
 #define POSENC_DYNAMIC_SHARED(type, name) \
   extern __shared__ unsigned char posenc_shared_bytes[]; \
@@ -40,6 +43,7 @@ inline unsigned int max_grid_yz() { return 65535u; }
 using posenc::cuda_emulation::__syncthreads;
 using posenc::cuda_emulation::atomicAdd;
 using posenc::cuda_emulation::cudaError_t;
+using posenc::cuda_emulation::cudaErrorInvalidValue;
 using posenc::cuda_emulation::cudaGetErrorString;
 using posenc::cuda_emulation::cudaGetLastError;
 using posenc::cuda_emulation::cudaStream_t;
@@ -54,6 +58,7 @@ using posenc::cuda_emulation::dim3;
   static_cast<void>(stream)
 #define POSENC_DYNAMIC_SHARED(type, name) \
   type* name = reinterpret_cast<type*>(::posenc::cuda_emulation::dynamic_shared())
+#define POSENC_GRID_CONSTANT
 #define POSENC_DEVICE_CHECK(condition, message) \
   do {                                          \
     if (!(condition)) ::posenc::cuda_emulation::device_assert_fail(message); \

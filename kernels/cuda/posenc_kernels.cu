@@ -39,10 +39,11 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kElementsPerThread = 8;  // one Philox counter covers 8 dropout draws
 constexpr int kMaxBatchBlocks = 64;
-constexpr unsigned int kMaxStepBlocks = 1024;  // threads walk the remaining steps
+constexpr int64_t kTargetThreads = 1 << 20;    // enough resident work for a large GPU
 constexpr int64_t kScatterChunk = 64;  // sorted rows a thread sums in the deterministic scatter
 constexpr int kScanThreads = 128;      // steps of T a block scans at a time (fairseq positions)
 constexpr int64_t kRotaryChunkPairs = 1024;  // cos/sin of this many pairs in shared memory
+constexpr int64_t kRotaryMaxTile = 16;        // tokens a rotary block takes at a time
 constexpr int kVectorBytes = 16;
 
 int launch_status() { return static_cast<int>(cudaGetLastError()); }
@@ -56,22 +57,16 @@ __device__ Dropout device_dropout(const Dropout& dropout, const int64_t* seed) {
   return d;
 }
 
-__device__ StridedIndex resolved_positions(const AddPositionalParams& p,
-                                           const int64_t* fairseq_positions) {
-  return p.gather.fairseq_positions ? dense_index(p.shape, fairseq_positions) : p.positions;
+// The position of (b, t): fairseq positions from their dense [batch, T] workspace, else the
+// positions tensor or offset + t. Reads p.positions in place: a local copy of the index, whose
+// stride array is indexed with loop variables, would live in local memory.
+__device__ int64_t position_of(const AddPositionalParams& p, const int64_t* fairseq_positions,
+                               int64_t b, int64_t t) {
+  if (p.gather.fairseq_positions) return fairseq_positions[b * p.shape.seq_len + t];
+  return position_at(p.shape, p.positions, p.offset, b, t);
 }
 
 // ---- 16-byte vector memory operations --------------------------------------------------------
-
-__device__ void copy_vectors(void* destination, const void* source, int bytes) {
-#if defined(__CUDA_ARCH__)
-  for (int i = 0; i < bytes / kVectorBytes; ++i) {
-    reinterpret_cast<uint4*>(destination)[i] = reinterpret_cast<const uint4*>(source)[i];
-  }
-#else
-  std::memcpy(destination, source, static_cast<size_t>(bytes));
-#endif
-}
 
 // Whether 8 elements from `p` with unit stride can move as 16-byte vectors.
 template <typename scalar_t>
@@ -79,18 +74,35 @@ __device__ bool vector_row(const scalar_t* p, int64_t stride) {
   return stride == 1 && reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0;
 }
 
+// 8 elements as one aligned value, so that a copy is one to four 16-byte vector operations and
+// the elements stay in registers.
+template <typename scalar_t>
+struct alignas(kVectorBytes) Pack8 {
+  scalar_t v[kElementsPerThread];
+};
+
 template <typename scalar_t>
 __device__ void load8(const scalar_t* p, acc_t<scalar_t>* out) {
-  alignas(kVectorBytes) scalar_t raw[kElementsPerThread];
-  copy_vectors(raw, p, sizeof(raw));
-  for (int k = 0; k < kElementsPerThread; ++k) out[k] = load_as_acc(raw + k);
+#if defined(__CUDA_ARCH__)
+  const Pack8<scalar_t> pack = *reinterpret_cast<const Pack8<scalar_t>*>(p);
+#else
+  Pack8<scalar_t> pack;
+  std::memcpy(&pack, p, sizeof(pack));
+#endif
+#pragma unroll
+  for (int k = 0; k < kElementsPerThread; ++k) out[k] = load_as_acc(&pack.v[k]);
 }
 
 template <typename scalar_t>
 __device__ void store8(scalar_t* p, const acc_t<scalar_t>* values) {
-  alignas(kVectorBytes) scalar_t raw[kElementsPerThread];
-  for (int k = 0; k < kElementsPerThread; ++k) store_from_acc(raw + k, values[k]);
-  copy_vectors(p, raw, sizeof(raw));
+  Pack8<scalar_t> pack;
+#pragma unroll
+  for (int k = 0; k < kElementsPerThread; ++k) store_from_acc(&pack.v[k], values[k]);
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Pack8<scalar_t>*>(p) = pack;
+#else
+  std::memcpy(p, &pack, sizeof(pack));
+#endif
 }
 
 // ---- device-side value checks -----------------------------------------------------------------
@@ -109,9 +121,9 @@ __device__ InputRow<scalar_t> checked_input_row(const AddPositionalParams& p, co
 }
 
 // The position of (b, t), checked: >= 0, and inside the table for kind "learned".
-__device__ int64_t checked_position(const AddPositionalParams& p, const StridedIndex& positions,
+__device__ int64_t checked_position(const AddPositionalParams& p, const int64_t* fairseq,
                                     int64_t b, int64_t t) {
-  const int64_t position = position_at(p.shape, positions, p.offset, b, t);
+  const int64_t position = position_of(p, fairseq, b, t);
   POSENC_DEVICE_CHECK(position >= 0, "posenc: positions must be >= 0");
   POSENC_DEVICE_CHECK(p.source.kind != PositionKind::kLearned || position < p.source.table_rows,
                       "posenc: positions must be < the table's rows");
@@ -154,85 +166,147 @@ __global__ void channel_codes_kernel(PositionCodeOptions code, int64_t dim, Chan
 }
 
 // ---- add_positional / embedding forward ---------------------------------------------------------
-// grid: (step blocks, channel blocks, batch blocks), block: kThreads. A thread owns 8 consecutive
-// channels and walks steps t and batch rows b with them: their codes are read once from the
-// channel table, PE values are reused across batch rows when positions do not depend on the
-// batch index, the 8 dropout draws come from at most two Philox calls, and rows move as 16-byte
-// vectors when contiguous and aligned.
+// grid: (step blocks, channel-group blocks, batch blocks), block: (group lanes, steps). A thread
+// owns a group of 8 consecutive channels at one step t and walks the batch rows b with it: the
+// 8 codes are evaluated once per (t, group) from the channel table and reused for every row
+// whose position is the same, the 8 dropout draws come from at most two Philox calls, rows move
+// as 16-byte vectors when contiguous and aligned, and two rows are loaded before either is
+// stored so that more loads are in flight. Loops over the 8 channels are unrolled with
+// predication, so the per-thread arrays stay in registers (no local memory).
 template <typename scalar_t>
-__global__ void add_positional_kernel(AddPositionalParams p, const int64_t* seed,
-                                      const ChannelCode* channels, const int64_t* fairseq) {
+struct GroupRow {
+  InputRow<scalar_t> in;
+  int64_t b;
+  acc_t<scalar_t> values[kElementsPerThread];
+};
+
+template <typename scalar_t>
+__device__ void load_group(GroupRow<scalar_t>& row, int64_t d0, int count) {
+#pragma unroll
+  for (int k = 0; k < kElementsPerThread; ++k) row.values[k] = acc_t<scalar_t>(0);
+  if (row.in.data == nullptr) return;
+  if (count == kElementsPerThread && vector_row(row.in.data + d0, row.in.stride)) {
+    load8(row.in.data + d0, row.values);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kElementsPerThread; ++k) {
+    if (k < count) row.values[k] = load_as_acc(row.in.data + (d0 + k) * row.in.stride);
+  }
+}
+
+// The codes of channels d0 .. d0 + count - 1 at `position`, into the thread's column of `pe`
+// (slot k at pe[k * pe_stride]). A rolled loop: evaluating the 8 codes unrolled needs about 40
+// more registers, which halves the resident threads of this bandwidth-bound kernel.
+template <typename scalar_t>
+__device__ void group_codes(const AddPositionalParams& p, const ChannelCode* __restrict__ channels,
+                            int64_t position, int64_t d0, int count, acc_t<scalar_t>* pe,
+                            int pe_stride) {
+#pragma unroll 1
+  for (int k = 0; k < count; ++k) {
+    pe[k * pe_stride] = p.source.kind == PositionKind::kLearned
+                            ? code_value<scalar_t>(p.source, nullptr, position, d0 + k)
+                            : evaluate_channel<acc_t<scalar_t>>(channels[d0 + k], position);
+  }
+}
+
+// Combines, drops out and stores one loaded row of the group.
+template <typename scalar_t>
+__device__ void finish_group(const AddPositionalParams& p, const Dropout& dropout,
+                             GroupRow<scalar_t>& row, bool with_code, const acc_t<scalar_t>* pe,
+                             int pe_stride, int64_t t, int64_t d0, int count) {
+  using acc = acc_t<scalar_t>;
+  const acc scale = static_cast<acc>(p.scale);
+  const Combine combine = with_code ? p.combine : Combine::kScaleOnly;
+  const uint64_t first = static_cast<uint64_t>((row.b * p.shape.seq_len + t) * p.shape.dim + d0);
+  Philox4 draws_low, draws_high;
+  if (dropout.active) {
+    // One counter covers the group when it starts at a multiple of 8 (D % 8 == 0): one call.
+    const uint64_t low_counter = first / kDropoutElementsPerCounter;
+    const uint64_t high_counter = (first + count - 1) / kDropoutElementsPerCounter;
+    draws_low = philox4x32_10(low_counter, dropout.seed);
+    draws_high = high_counter == low_counter ? draws_low
+                                             : philox4x32_10(high_counter, dropout.seed);
+  }
+  const acc keep_scale = static_cast<acc>(dropout.keep_scale);
+  const int low_slots = static_cast<int>(kDropoutElementsPerCounter -
+                                         first % kDropoutElementsPerCounter);
+#pragma unroll
+  for (int k = 0; k < kElementsPerThread; ++k) {
+    const acc code = with_code && k < count ? pe[k * pe_stride] : acc(0);
+    acc y = combine_value(combine, scale, row.values[k], code);
+    if (dropout.active) {
+      const int slot = static_cast<int>((first + k) % kDropoutElementsPerCounter);
+      // Both draws, then a select: selecting the struct would put both in local memory.
+      const uint32_t low_draw = dropout_draw(draws_low, slot);
+      const uint32_t high_draw = dropout_draw(draws_high, slot);
+      const uint32_t draw = k < low_slots ? low_draw : high_draw;
+      y = draw < dropout.keep_threshold ? y * keep_scale : acc(0);
+    }
+    row.values[k] = y;
+  }
+  scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(p.out.data)) +
+                  batch_offset(p.shape, p.out.batch_strides, row.b) + t * p.out.seq_stride;
+  if (count == kElementsPerThread && vector_row(out + d0, p.out.dim_stride)) {
+    store8(out + d0, row.values);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kElementsPerThread; ++k) {
+    if (k < count) store_from_acc(out + (d0 + k) * p.out.dim_stride, row.values[k]);
+  }
+}
+
+template <typename scalar_t>
+__global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p, const int64_t* seed,
+                                      const ChannelCode* __restrict__ channels,
+                                      const int64_t* fairseq) {
   using acc = acc_t<scalar_t>;
   const int64_t seq_len = p.shape.seq_len;
   const int64_t dim = p.shape.dim;
   const int64_t batch = p.shape.batch_count();
+  const int64_t groups = (dim + kElementsPerThread - 1) / kElementsPerThread;
   const bool needs_code = p.combine != Combine::kScaleOnly;
-  const StridedIndex positions = resolved_positions(p, fairseq);
-  const bool shared = shared_across_batch(p.shape, positions);
+  const bool shared = !p.gather.fairseq_positions && shared_across_batch(p.shape, p.positions);
   const Dropout dropout = device_dropout(p.dropout, seed);
-  const acc scale = static_cast<acc>(p.scale);
-  const acc keep_scale = static_cast<acc>(dropout.keep_scale);
-  const int64_t channel_step = static_cast<int64_t>(gridDim.y) * blockDim.x * kElementsPerThread;
-  for (int64_t d0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) *
-                    kElementsPerThread;
-       d0 < dim; d0 += channel_step) {
+  const int64_t row_step = gridDim.z;
+  // The thread's 8 codes live in a column of shared memory (conflict-free: consecutive threads,
+  // consecutive words), written and read by that thread only.
+  POSENC_DYNAMIC_SHARED(acc, codes);
+  const int pe_stride = static_cast<int>(blockDim.x * blockDim.y);
+  acc* pe = codes + threadIdx.y * blockDim.x + threadIdx.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; g < groups;
+       g += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+    const int64_t d0 = g * kElementsPerThread;
     const int count =
         static_cast<int>(dim - d0 < kElementsPerThread ? dim - d0 : kElementsPerThread);
-    ChannelCode codes[kElementsPerThread];
-    if (needs_code && p.source.kind != PositionKind::kLearned) {
-      for (int k = 0; k < count; ++k) codes[k] = channels[d0 + k];
-    }
-    for (int64_t t = blockIdx.x; t < seq_len; t += gridDim.x) {
-      acc pe[kElementsPerThread] = {};
+    for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; t < seq_len;
+         t += static_cast<int64_t>(gridDim.x) * blockDim.y) {
       int64_t pe_position = -1;
-      for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
-        const InputRow<scalar_t> in = checked_input_row<scalar_t>(p, p.x, b, t);
-        const bool with_code = needs_code && !in.padding;
-        if (with_code) {
-          const int64_t position = checked_position(p, positions, shared ? 0 : b, t);
-          if (position != pe_position) {
-            for (int k = 0; k < count; ++k) {
-              pe[k] = p.source.kind == PositionKind::kLearned
-                          ? code_value<scalar_t>(p.source, nullptr, position, d0 + k)
-                          : evaluate_channel<acc>(codes[k], position);
+      for (int64_t b = blockIdx.z; b < batch; b += 2 * row_step) {
+        GroupRow<scalar_t> rows[2];
+        const int row_count = b + row_step < batch ? 2 : 1;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          if (r < row_count) {
+            rows[r].b = b + r * row_step;
+            rows[r].in = checked_input_row<scalar_t>(p, p.x, rows[r].b, t);
+            load_group(rows[r], d0, count);
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          if (r < row_count) {
+            const bool with_code = needs_code && !rows[r].in.padding;
+            if (with_code) {
+              const int64_t position = checked_position(p, fairseq, shared ? 0 : rows[r].b, t);
+              if (position != pe_position) {
+                group_codes<scalar_t>(p, channels, position, d0, count, pe, pe_stride);
+                pe_position = position;
+              }
             }
-            pe_position = position;
+            finish_group(p, dropout, rows[r], with_code, pe, pe_stride, t, d0, count);
           }
-        }
-        acc values[kElementsPerThread] = {};
-        if (in.data != nullptr) {
-          if (count == kElementsPerThread && vector_row(in.data + d0, in.stride)) {
-            load8(in.data + d0, values);
-          } else {
-            for (int k = 0; k < count; ++k) values[k] = load_as_acc(in.data + (d0 + k) * in.stride);
-          }
-        }
-        const uint64_t first = static_cast<uint64_t>((b * seq_len + t) * dim + d0);
-        Philox4 draws_low, draws_high;
-        if (dropout.active) {
-          draws_low = philox4x32_10(first / kDropoutElementsPerCounter, dropout.seed);
-          draws_high =
-              philox4x32_10((first + count - 1) / kDropoutElementsPerCounter, dropout.seed);
-        }
-        const Combine combine = with_code ? p.combine : Combine::kScaleOnly;
-        for (int k = 0; k < count; ++k) {
-          acc y = combine_value(combine, scale, values[k], with_code ? pe[k] : acc(0));
-          if (dropout.active) {
-            const uint64_t index = first + k;
-            const bool low =
-                index / kDropoutElementsPerCounter == first / kDropoutElementsPerCounter;
-            const uint32_t draw = dropout_draw(
-                low ? draws_low : draws_high, static_cast<int>(index % kDropoutElementsPerCounter));
-            y = draw < dropout.keep_threshold ? y * keep_scale : acc(0);
-          }
-          values[k] = y;
-        }
-        scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(p.out.data)) +
-                        batch_offset(p.shape, p.out.batch_strides, b) + t * p.out.seq_stride;
-        if (count == kElementsPerThread && vector_row(out + d0, p.out.dim_stride)) {
-          store8(out + d0, values);
-        } else {
-          for (int k = 0; k < count; ++k) store_from_acc(out + (d0 + k) * p.out.dim_stride, values[k]);
         }
       }
     }
@@ -242,7 +316,7 @@ __global__ void add_positional_kernel(AddPositionalParams p, const int64_t* seed
 // fairseq's make_positions (see fairseq_positions_row) as a parallel scan: a block per batch row
 // counts the non-pad tokens of blockDim steps at a time with a scan in shared memory
 // (blockDim int64 counts), carrying the running total from tile to tile.
-__global__ void fairseq_positions_kernel(AddPositionalParams p, int64_t* out) {
+__global__ void fairseq_positions_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p, int64_t* out) {
   POSENC_DYNAMIC_SHARED(int64_t, counts);
   const int64_t batch = p.shape.batch_count();
   const int64_t seq_len = p.shape.seq_len;
@@ -277,7 +351,7 @@ __global__ void fairseq_positions_kernel(AddPositionalParams p, int64_t* out) {
 template <typename scalar_t>
 __device__ bool contribution(const AddPositionalParams& p, const StridedRows& input,
                              ScatterTarget target, const Dropout& dropout,
-                             const StridedIndex& positions, const ChannelCode* channels,
+                             const int64_t* fairseq, const ChannelCode* channels,
                              int64_t b, int64_t t, int64_t d, int64_t* target_row,
                              acc_t<scalar_t>* value) {
   using acc = acc_t<scalar_t>;
@@ -288,7 +362,7 @@ __device__ bool contribution(const AddPositionalParams& p, const StridedRows& in
   acc g = load_as_acc(grad + d * p.x.dim_stride);
   const uint64_t index = static_cast<uint64_t>((b * p.shape.seq_len + t) * p.shape.dim + d);
   g *= dropout_multiplier<acc>(dropout, index);
-  const int64_t position = checked_position(p, positions, b, t);
+  const int64_t position = checked_position(p, fairseq, b, t);
   if (target == ScatterTarget::kTable) {
     const InputRow<scalar_t> in = checked_input_row<scalar_t>(p, input, b, t);
     if (in.padding) return false;  // padding tokens get no position code
@@ -311,14 +385,14 @@ __device__ void atomic_add(double* address, double value) { atomicAdd(address, v
 
 // grid: (row blocks, channel blocks); rows = batch * T.
 template <typename scalar_t>
-__global__ void scatter_atomic_kernel(AddPositionalParams p, StridedRows input,
+__global__ void scatter_atomic_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p,
+                                      const POSENC_GRID_CONSTANT StridedRows input,
                                       ScatterTarget target, const int64_t* seed,
                                       const int64_t* fairseq, const ChannelCode* channels,
                                       acc_t<scalar_t>* grad) {
   using acc = acc_t<scalar_t>;
   const int64_t rows = p.shape.batch_count() * p.shape.seq_len;
   const Dropout dropout = device_dropout(p.dropout, seed);
-  const StridedIndex positions = resolved_positions(p, fairseq);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t b = row / p.shape.seq_len;
     const int64_t t = row - b * p.shape.seq_len;
@@ -326,7 +400,7 @@ __global__ void scatter_atomic_kernel(AddPositionalParams p, StridedRows input,
          d < p.shape.dim; d += static_cast<int64_t>(gridDim.y) * blockDim.x) {
       int64_t target_row;
       acc value;
-      if (contribution<scalar_t>(p, input, target, dropout, positions, channels, b, t, d,
+      if (contribution<scalar_t>(p, input, target, dropout, fairseq, channels, b, t, d,
                                  &target_row, &value)) {
         atomic_add(grad + target_row * p.shape.dim + d, value);
       }
@@ -342,7 +416,8 @@ __global__ void scatter_atomic_kernel(AddPositionalParams p, StridedRows input,
 // Long segments (frequent tokens, padding) are so split over chunks; no atomics, no host sync,
 // the same order on every run.
 template <typename scalar_t>
-__global__ void scatter_chunks_kernel(AddPositionalParams p, StridedRows input,
+__global__ void scatter_chunks_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p,
+                                      const POSENC_GRID_CONSTANT StridedRows input,
                                       ScatterTarget target, const int64_t* seed,
                                       const int64_t* fairseq, const ChannelCode* channels,
                                       const int64_t* sorted_rows, const int64_t* sorted_targets,
@@ -350,7 +425,6 @@ __global__ void scatter_chunks_kernel(AddPositionalParams p, StridedRows input,
                                       acc_t<scalar_t>* grad) {
   using acc = acc_t<scalar_t>;
   const Dropout dropout = device_dropout(p.dropout, seed);
-  const StridedIndex positions = resolved_positions(p, fairseq);
   const int64_t dim = p.shape.dim;
   const int64_t chunks = (rows + kScatterChunk - 1) / kScatterChunk;
   for (int64_t k = blockIdx.x; k < chunks; k += gridDim.x) {
@@ -382,7 +456,7 @@ __global__ void scatter_chunks_kernel(AddPositionalParams p, StridedRows input,
         const int64_t b = row / p.shape.seq_len;
         int64_t target_row;
         acc value;
-        if (contribution<scalar_t>(p, input, target, dropout, positions, channels, b,
+        if (contribution<scalar_t>(p, input, target, dropout, fairseq, channels, b,
                                    row - b * p.shape.seq_len, d, &target_row, &value)) {
           sum += value;
         }
@@ -421,7 +495,7 @@ __global__ void scatter_join_kernel(const int64_t* sorted_targets, int64_t rows,
 // ---- rotary -------------------------------------------------------------------------------------
 
 // The frequency splits of the launch, once: out[i] for i < rotary_dim / 2.
-__global__ void rotary_frequencies_kernel(RotaryParams p, const double* inv_freq, double base,
+__global__ void rotary_frequencies_kernel(const POSENC_GRID_CONSTANT RotaryParams p, const double* inv_freq, double base,
                                           TurnFrequency* out) {
   const int64_t half = p.rotary_dim / 2;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < half;
@@ -434,7 +508,7 @@ __global__ void rotary_frequencies_kernel(RotaryParams p, const double* inv_freq
 
 // Checks cu_seqlens (from 0, non-decreasing, ending at the token count) and offsets (>= 0, and
 // offset + offsets + the sequence's length - 1 within int64) on the device.
-__global__ void rotary_check_kernel(RotaryParams p) {
+__global__ void rotary_check_kernel(const POSENC_GRID_CONSTANT RotaryParams p) {
   const int64_t sequences = p.cu_seqlens != nullptr ? p.sequences : p.batch;
   const int64_t int64_max = 9223372036854775807LL;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < sequences;
@@ -459,83 +533,162 @@ __global__ void rotary_check_kernel(RotaryParams p) {
 }
 
 // Token (b, s) of an operand: [heads, head_dim] with the operand's strides.
+// grid: token-tile blocks, block: kThreads. A block takes `tile` consecutive tokens at a time:
+// their positions, then cos/sin of up to kRotaryChunkPairs pairs per token into shared memory
+// (the launch's frequency table, no per-element setup), then every (token, operand, head,
+// group) item of the tile, where a group is 8 consecutive elements moved as one 16-byte-aligned
+// pack when the rows allow it (8 half-split pairs: two packs, the low and the high half; or 4
+// interleaved pairs: one pack), else element by element. Channels past rotary_dim are copied.
 template <typename scalar_t>
-__device__ const scalar_t* token_input(const RotaryOperand& op, int64_t b, int64_t s) {
-  return static_cast<const scalar_t*>(op.in) + b * op.in_strides[0] + s * op.in_strides[1];
-}
-template <typename scalar_t>
-__device__ scalar_t* token_output(const RotaryOperand& op, int64_t b, int64_t s) {
-  return static_cast<scalar_t*>(op.out) + b * op.out_strides[0] + s * op.out_strides[1];
+__device__ void rotate_group(const RotaryParams& p, const RotaryOperand& op, const scalar_t* x,
+                             scalar_t* y, int64_t first_pair, int64_t pairs_in_chunk,
+                             int64_t half, const acc_t<scalar_t>* cosines,
+                             const acc_t<scalar_t>* sines, int64_t chunk_start) {
+  using acc = acc_t<scalar_t>;
+  const int pairs_per_group = p.interleaved ? kElementsPerThread / 2 : kElementsPerThread;
+  const int64_t remaining = pairs_in_chunk - first_pair;
+  const int count = static_cast<int>(remaining < pairs_per_group ? remaining : pairs_per_group);
+  const int64_t pair = chunk_start + first_pair;  // pair index within rotary_dim / 2
+  const int64_t in_step = op.in_strides[3], out_step = op.out_strides[3];
+  if (count == pairs_per_group && in_step == 1 && out_step == 1) {
+    if (p.interleaved) {
+      const scalar_t* source = x + 2 * pair;
+      scalar_t* target = y + 2 * pair;
+      if (vector_row(source, 1) && vector_row(target, 1)) {
+        acc v[kElementsPerThread];
+        load8(source, v);
+#pragma unroll
+        for (int j = 0; j < kElementsPerThread / 2; ++j) {
+          const acc c = cosines[first_pair + j], s = sines[first_pair + j];
+          const acc x1 = v[2 * j], x2 = v[2 * j + 1];
+          v[2 * j] = x1 * c - x2 * s;
+          v[2 * j + 1] = x2 * c + x1 * s;
+        }
+        store8(target, v);
+        return;
+      }
+    } else {
+      const scalar_t *low = x + pair, *high = x + pair + half;
+      scalar_t *low_out = y + pair, *high_out = y + pair + half;
+      if (vector_row(low, 1) && vector_row(high, 1) && vector_row(low_out, 1) &&
+          vector_row(high_out, 1)) {
+        acc v1[kElementsPerThread], v2[kElementsPerThread];
+        load8(low, v1);
+        load8(high, v2);
+#pragma unroll
+        for (int j = 0; j < kElementsPerThread; ++j) {
+          const acc c = cosines[first_pair + j], s = sines[first_pair + j];
+          const acc x1 = v1[j], x2 = v2[j];
+          v1[j] = x1 * c - x2 * s;
+          v2[j] = x2 * c + x1 * s;
+        }
+        store8(low_out, v1);
+        store8(high_out, v2);
+        return;
+      }
+    }
+  }
+  const int64_t first_step = p.interleaved ? 2 : 1;
+  const int64_t second_offset = p.interleaved ? 1 : half;
+  for (int j = 0; j < count; ++j) {
+    const int64_t first = (pair + j) * first_step;
+    const int64_t second = first + second_offset;
+    const acc c = cosines[first_pair + j], s = sines[first_pair + j];
+    const acc x1 = load_as_acc(x + first * in_step);
+    const acc x2 = load_as_acc(x + second * in_step);
+    store_from_acc(y + first * out_step, x1 * c - x2 * s);
+    store_from_acc(y + second * out_step, x2 * c + x1 * s);
+  }
 }
 
-// grid: token blocks, block: (pairs, heads). For each token the block evaluates cos/sin of up to
-// kRotaryChunkPairs angles into shared memory from the launch's frequency table, then rotates
-// those pairs of every head of every operand; channels past rotary_dim are copied.
 template <typename scalar_t>
-__global__ void rotary_kernel(RotaryParams p, const TurnFrequency* frequencies) {
+__global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
+                              const TurnFrequency* frequencies, int64_t tile) {
   using acc = acc_t<scalar_t>;
   POSENC_DYNAMIC_SHARED(acc, cosines);
   const int64_t half = p.rotary_dim / 2;
   const int64_t chunk = half < kRotaryChunkPairs ? half : kRotaryChunkPairs;
-  acc* sines = cosines + chunk;
+  acc* sines = cosines + tile * chunk;
+  // Per tile token: its position, and each operand's input and output row offsets (found once
+  // per token, so that no item divides 64-bit numbers).
+  int64_t* positions = reinterpret_cast<int64_t*>(sines + tile * chunk);
+  int64_t* in_rows = positions + tile;   // [2, tile]
+  int64_t* out_rows = in_rows + 2 * tile;  // [2, tile]
   const acc factor = static_cast<acc>(p.attention_factor);
   const acc sign = p.inverse ? acc(-1) : acc(1);
   const int64_t tokens = p.batch * p.seq_len;
-  const int64_t flat_thread = static_cast<int64_t>(threadIdx.y) * blockDim.x + threadIdx.x;
-  const int64_t block_threads = static_cast<int64_t>(blockDim.x) * blockDim.y;
-  const int64_t first_step = p.interleaved ? 2 : 1;
-  const int64_t second_offset = p.interleaved ? 1 : half;
-  for (int64_t token = blockIdx.x; token < tokens; token += gridDim.x) {
-    const int64_t b = token / p.seq_len;
-    const int64_t s = token - b * p.seq_len;
-    const int64_t position = rotary_token_position(p, b, s);
-    POSENC_DEVICE_CHECK(position >= 0, "posenc.rotary: positions must be >= 0");
-    for (int64_t start = 0; start < half; start += chunk) {
-      const int64_t count = half - start < chunk ? half - start : chunk;
-      for (int64_t i = flat_thread; i < count; i += block_threads) {
-        const SinCos<acc> sc = rotary_sincos<acc>(frequencies[start + i], p.float32_frequencies,
-                                                  start + i, position);
-        cosines[i] = factor * sc.cos;
-        sines[i] = sign * factor * sc.sin;
-      }
-      __syncthreads();
+  const uint32_t tid = threadIdx.x;
+  const uint32_t threads = blockDim.x;
+  const uint32_t pairs_per_group = p.interleaved ? kElementsPerThread / 2 : kElementsPerThread;
+  for (int64_t tile_start = static_cast<int64_t>(blockIdx.x) * tile; tile_start < tokens;
+       tile_start += static_cast<int64_t>(gridDim.x) * tile) {
+    const uint32_t tile_tokens =
+        static_cast<uint32_t>(tokens - tile_start < tile ? tokens - tile_start : tile);
+    for (uint32_t j = tid; j < tile_tokens; j += threads) {
+      const int64_t token = tile_start + j;
+      const int64_t b = token / p.seq_len;
+      const int64_t s = token - b * p.seq_len;
+      const int64_t position = rotary_token_position(p, b, s);
+      POSENC_DEVICE_CHECK(position >= 0, "posenc.rotary: positions must be >= 0");
+      positions[j] = position;
       for (int k = 0; k < p.operand_count; ++k) {
         const RotaryOperand& op = p.operands[k];
-        const scalar_t* in = token_input<scalar_t>(op, b, s);
-        scalar_t* out = token_output<scalar_t>(op, b, s);
-        for (int64_t h = threadIdx.y; h < op.heads; h += blockDim.y) {
-          const scalar_t* x = in + h * op.in_strides[2];
-          scalar_t* y = out + h * op.out_strides[2];
-          for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-            const int64_t first = (start + i) * first_step;
-            const int64_t second = first + second_offset;
-            const acc x1 = load_as_acc(x + first * op.in_strides[3]);
-            const acc x2 = load_as_acc(x + second * op.in_strides[3]);
-            store_from_acc(y + first * op.out_strides[3], x1 * cosines[i] - x2 * sines[i]);
-            store_from_acc(y + second * op.out_strides[3], x2 * cosines[i] + x1 * sines[i]);
-          }
+        in_rows[k * tile + j] = b * op.in_strides[0] + s * op.in_strides[1];
+        out_rows[k * tile + j] = b * op.out_strides[0] + s * op.out_strides[1];
+      }
+    }
+    __syncthreads();
+    for (int64_t start = 0; start < half; start += chunk) {
+      const uint32_t count = static_cast<uint32_t>(half - start < chunk ? half - start : chunk);
+      for (uint32_t e = tid; e < tile_tokens * count; e += threads) {
+        const uint32_t j = e / count;
+        const uint32_t i = e - j * count;
+        const SinCos<acc> sc = rotary_sincos<acc>(frequencies[start + i], p.float32_frequencies,
+                                                  start + i, positions[j]);
+        cosines[j * chunk + i] = factor * sc.cos;
+        sines[j * chunk + i] = sign * factor * sc.sin;
+      }
+      __syncthreads();
+      const uint32_t groups = (count + pairs_per_group - 1) / pairs_per_group;
+      for (int k = 0; k < p.operand_count; ++k) {
+        const RotaryOperand& op = p.operands[k];
+        const uint32_t per_token = static_cast<uint32_t>(op.heads) * groups;
+        for (uint32_t e = tid; e < tile_tokens * per_token; e += threads) {
+          const uint32_t j = e / per_token;
+          const uint32_t rest = e - j * per_token;
+          const uint32_t h = rest / groups;
+          const uint32_t group = rest - h * groups;
+          rotate_group<scalar_t>(
+              p, op, static_cast<const scalar_t*>(op.in) + in_rows[k * tile + j] + h * op.in_strides[2],
+              static_cast<scalar_t*>(op.out) + out_rows[k * tile + j] + h * op.out_strides[2],
+              group * pairs_per_group, count, half, cosines + j * chunk, sines + j * chunk, start);
         }
       }
-      __syncthreads();  // the next chunk or token overwrites cosines and sines
+      __syncthreads();  // the next chunk overwrites cosines and sines
     }
-    for (int k = 0; k < p.operand_count; ++k) {  // channels past rotary_dim pass through
+    const uint32_t tail = static_cast<uint32_t>(p.head_dim - p.rotary_dim);
+    for (int k = 0; k < p.operand_count && tail > 0; ++k) {  // channels past rotary_dim
       const RotaryOperand& op = p.operands[k];
-      const scalar_t* in = token_input<scalar_t>(op, b, s);
-      scalar_t* out = token_output<scalar_t>(op, b, s);
-      for (int64_t h = threadIdx.y; h < op.heads; h += blockDim.y) {
-        for (int64_t d = p.rotary_dim + threadIdx.x; d < p.head_dim; d += blockDim.x) {
-          out[h * op.out_strides[2] + d * op.out_strides[3]] =
-              in[h * op.in_strides[2] + d * op.in_strides[3]];
-        }
+      const uint32_t per_token = static_cast<uint32_t>(op.heads) * tail;
+      for (uint32_t e = tid; e < tile_tokens * per_token; e += threads) {
+        const uint32_t j = e / per_token;
+        const uint32_t rest = e - j * per_token;
+        const uint32_t h = rest / tail;
+        const int64_t d = p.rotary_dim + (rest - h * tail);
+        static_cast<scalar_t*>(op.out)[out_rows[k * tile + j] + h * op.out_strides[2] +
+                                       d * op.out_strides[3]] =
+            static_cast<const scalar_t*>(op.in)[in_rows[k * tile + j] + h * op.in_strides[2] +
+                                                d * op.in_strides[3]];
       }
     }
+    __syncthreads();  // the next tile overwrites positions and row offsets
   }
 }
 
 // grid: row blocks, block: (pairs, rows) over one operand with given cos/sin tables; the row's
 // offsets are found once per row, not per element.
 template <typename scalar_t>
-__global__ void rotary_tables_kernel(RotaryTableParams p, int operand_index, int64_t rows) {
+__global__ void rotary_tables_kernel(const POSENC_GRID_CONSTANT RotaryTableParams p, int operand_index, int64_t rows) {
   using acc = acc_t<scalar_t>;
   const RotaryTableOperand& op = p.operands[operand_index];
   const int last = op.ndim - 1;
@@ -613,14 +766,24 @@ int add_positional(const AddPositionalParams& params, const int64_t* seed, void*
     status = fairseq_positions(params, fairseq, stream);
     if (status != 0) return status;
   }
-  const unsigned int batch_blocks = blocks_for(batch, 1, kMaxBatchBlocks);
-  const unsigned int step_limit = kMaxStepBlocks < max_grid_x() ? kMaxStepBlocks : max_grid_x();
-  const dim3 grid(blocks_for(params.shape.seq_len, 1, step_limit),
-                  blocks_for(params.shape.dim, kThreads * kElementsPerThread, max_grid_yz()),
-                  batch_blocks < max_grid_yz() ? batch_blocks : max_grid_yz());
+  // A block's lanes cover channel groups of 8, its rows steps t. Batch rows are split over
+  // blocks only when the (t, group) items alone cannot fill the GPU: every split evaluates the
+  // codes again.
+  const int64_t groups = (params.shape.dim + kElementsPerThread - 1) / kElementsPerThread;
+  const unsigned int lanes =
+      groups >= kThreads ? kThreads : static_cast<unsigned int>((groups + 31) / 32 * 32);
+  const dim3 block(lanes, kThreads / lanes);
+  const int64_t items = params.shape.seq_len * groups;
+  const int64_t wanted_row_blocks = (kTargetThreads + items - 1) / items;
+  int64_t row_blocks = batch < wanted_row_blocks ? batch : wanted_row_blocks;
+  if (row_blocks > kMaxBatchBlocks) row_blocks = kMaxBatchBlocks;
+  if (row_blocks > max_grid_yz()) row_blocks = max_grid_yz();
+  const dim3 grid(blocks_for(params.shape.seq_len, block.y, max_grid_x()),
+                  blocks_for(groups, lanes, max_grid_yz()), static_cast<unsigned int>(row_blocks));
   return dispatch_dtype(params.dtype, [&](auto tag) {
-    POSENC_LAUNCH(add_positional_kernel<decltype(tag)>, grid, kThreads, 0, stream, params, seed,
-                  channels, fairseq);
+    const size_t code_bytes = sizeof(acc_t<decltype(tag)>) * kElementsPerThread * kThreads;
+    POSENC_LAUNCH(add_positional_kernel<decltype(tag)>, grid, block, code_bytes, stream, params,
+                  seed, channels, fairseq);
     return launch_status();
   });
 }
@@ -716,10 +879,24 @@ int rotary(const RotaryParams& params, const double* inv_freq, double base, void
   }
   return dispatch_dtype(params.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
+    // Tiles of tokens share a block, so that short heads still give each block enough pairs
+    // and the barriers are paid once per tile; cos/sin of a tile fill at most 1024 pairs.
     const int64_t chunk = half < kRotaryChunkPairs ? half : kRotaryChunkPairs;
-    const size_t shared_bytes = 2 * sizeof(acc_t<scalar_t>) * static_cast<size_t>(chunk);
-    POSENC_LAUNCH_SYNC(rotary_kernel<scalar_t>, blocks_for(tokens, 1, max_grid_x()), dim3(32, 4),
-                       shared_bytes, stream, params, frequencies);
+    const int64_t tile_limit = chunk > 0 ? kRotaryChunkPairs / chunk : kRotaryMaxTile;
+    int64_t tile = tile_limit < kRotaryMaxTile ? tile_limit : kRotaryMaxTile;
+    // Items of a tile are counted in 32 bits.
+    int64_t heads = params.operands[0].heads;
+    if (params.operand_count > 1 && params.operands[1].heads > heads) {
+      heads = params.operands[1].heads;
+    }
+    const int64_t token_items = heads * (params.head_dim > 1 ? params.head_dim : 1);
+    while (tile > 1 && tile * token_items >= (int64_t{1} << 31)) tile /= 2;
+    if (token_items >= (int64_t{1} << 31)) return static_cast<int>(cudaErrorInvalidValue);
+    const size_t shared_bytes =
+        2 * sizeof(acc_t<scalar_t>) * static_cast<size_t>(tile * chunk) +
+        5 * sizeof(int64_t) * static_cast<size_t>(tile);
+    POSENC_LAUNCH_SYNC(rotary_kernel<scalar_t>, blocks_for(tokens, tile, max_grid_x()), kThreads,
+                       shared_bytes, stream, params, frequencies, tile);
     return launch_status();
   });
 }

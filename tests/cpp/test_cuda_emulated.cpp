@@ -343,15 +343,19 @@ struct RotaryCase {
   int layout;  // 0 bshd, 1 bhsd, 2 sbhd, 3 thd (batch 1 with cu_seqlens)
   int64_t rotary_dim;
   bool interleaved, inverse, with_positions, with_offsets, float32_frequencies, lowered;
+  int64_t head_dim = 10;  // 128: whole 8-element groups, the 16-byte vector paths
 };
 
 class CudaEmulatedRotary : public ::testing::TestWithParam<RotaryCase> {};
 
 TEST_P(CudaEmulatedRotary, MatchesCpu) {
   const RotaryCase c = GetParam();
-  const int64_t batch = c.layout == 3 ? 1 : 3, seq_len = c.layout == 3 ? 9 : 5;
-  const int64_t heads[2] = {4, 2}, head_dim = 10;
-  std::vector<int64_t> cu{0, 4, 4, 9}, offsets{7, 0, 1000000}, positions(batch * seq_len);
+  // Wide heads get more tokens than one block's tile of 16, so that tiles repeat.
+  const int64_t head_dim = c.head_dim;
+  const int64_t batch = c.layout == 3 ? 1 : 3;
+  const int64_t seq_len = (c.layout == 3 ? 9 : 5) + (head_dim > 10 ? 14 : 0);
+  const int64_t heads[2] = {4, 2};
+  std::vector<int64_t> cu{0, 4, 4, seq_len}, offsets{7, 0, 1000000}, positions(batch * seq_len);
   std::mt19937_64 rng(11);
   for (auto& p : positions) p = static_cast<int64_t>(rng() % (1 << 24));
   for (pk::DType dtype : kDTypes) {
@@ -439,6 +443,10 @@ const RotaryCase kRotaryCases[] = {
     {3, 10, true, false, false, true, false, false},
     {3, 4, false, true, false, false, true, true},
     {0, 0, false, false, false, false, false, false},
+    {0, 128, false, false, false, false, false, true, 128},
+    {0, 64, true, true, true, false, false, true, 128},
+    {2, 96, false, false, false, true, false, false, 128},
+    {3, 128, false, true, false, true, true, false, 128},
 };
 
 INSTANTIATE_TEST_SUITE_P(CudaEmulated, CudaEmulatedRotary, ::testing::ValuesIn(kRotaryCases));
