@@ -20,7 +20,7 @@ mkdir -p "$OUT_DIR"
 PY=${PYTHON:-python3}
 BUDGET=${POSENC_GPU_BUDGET_S:-420}
 declare -A status
-steps=(build test_cuda bench memcheck racecheck ctest suite)
+steps=(build errors test_cuda bench memcheck racecheck ctest suite)
 for step in "${steps[@]}"; do status[$step]="skipped (no time left)"; done
 
 # run_step NAME CAP_SECONDS COMMAND...: runs within min(CAP, time left), logs to $LOG_DIR/NAME.log.
@@ -87,6 +87,17 @@ TAIL_LINES=15 run_step build 180 bash -c "cmake -S . -B build-gpu -G Ninja \
 
 if [[ ${status[build]} == ok* ]]; then
   export PYTHONPATH=$PWD/torch_ext
+  # Error messages that format numbers (these crashed when the compiler's libstdc++ was newer
+  # than the one Python loads).
+  run_step errors 60 $PY -c "
+import torch, posenc
+for call in (lambda: posenc.add_positional(torch.randn(2, 3, 4), dropout=1.01),
+             lambda: posenc.add_positional(torch.randn(8))):
+    try:
+        call()
+    except ValueError as error:
+        print('ValueError:', str(error)[:90])
+"
   TAIL_LINES=25 run_step test_cuda 150 $PY -m pytest tests/python/test_cuda.py -v -rfE \
     -p no:cacheprovider
   TAIL_LINES=14 run_step bench 170 env PYTHONUNBUFFERED=1 $PY benchmarks/bench_gpu.py \
@@ -146,7 +157,8 @@ count() { grep -Eo '[0-9]+ (passed|failed|error)[^=]*' "$LOG_DIR/$1.log" 2>/dev/
   echo
   echo "| step | result |"
   echo "|---|---|"
-  echo "| build (sm_${arch/./}, GoogleTest $tests) | ${status[build]} |"
+  echo "| build (sm_${arch/./}, GoogleTest $tests, ${CXX:-default compiler}) | ${status[build]} |"
+  echo "| error messages with numbers | ${status[errors]} |"
   echo "| pytest tests/python/test_cuda.py | ${status[test_cuda]} $(count test_cuda) |"
   echo "| benchmarks | ${status[bench]} |"
   echo "| compute-sanitizer memcheck | ${status[memcheck]} |"
