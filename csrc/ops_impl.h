@@ -18,6 +18,9 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 
+#include <unistd.h>
+
+#include <cstdint>
 #include <vector>
 
 #include "call.h"
@@ -39,11 +42,36 @@ inline at::Tensor zeros_in_compute_type(c10::SymIntArrayRef size, const at::Tens
   return at::zeros_symint(size, like.options().dtype(type));
 }
 
+inline bool is_scatter(const RowCall& call) {
+  return call.op == OpId::kAddPositionalTableBackward || call.op == OpId::kEmbeddingBackward ||
+         call.op == OpId::kEmbeddingTableBackward;
+}
+
+// An output on the CPU sized by an argument (table_rows, dim) is refused before allocation when
+// it exceeds the machine's physical memory: where the kernel overcommits memory, the allocation
+// would succeed and the process be killed when the pages are touched, not raise.
+inline void check_fits_in_memory(const RowCall& call, const at::Device& device) {
+  if (call.size_argument == nullptr || !device.is_cpu()) return;
+  const long pages = sysconf(_SC_PHYS_PAGES), page_bytes = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_bytes <= 0) return;
+  const bool scatter = is_scatter(call);
+  uint64_t bytes = scatter ? (call.rows.scalar_type() == at::kDouble ? 8 : 4)
+                           : c10::elementSize(call.dtype);
+  bool overflow = false;
+  for (const c10::SymInt& size : call.out_sizes) {
+    overflow |= __builtin_mul_overflow(bytes, static_cast<uint64_t>(size.expect_int()), &bytes);
+  }
+  const uint64_t memory = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_bytes);
+  TORCH_CHECK_VALUE(!overflow && bytes <= memory, call.name, ": ", call.size_argument, " = ",
+                    call.size_value, " is too large: an output of shape ",
+                    c10::SymIntArrayRef(call.out_sizes), " needs ",
+                    overflow ? std::string("more than 2^64") : std::to_string(bytes),
+                    " bytes, more than this machine's memory (", memory, " bytes)");
+}
+
 // The output of a row operator (uninitialised; zero for the scatter targets).
 inline at::Tensor allocate_row_output(const RowCall& call, bool runs_kernels) {
-  const bool scatter = call.op == OpId::kAddPositionalTableBackward ||
-                       call.op == OpId::kEmbeddingBackward ||
-                       call.op == OpId::kEmbeddingTableBackward;
+  const bool scatter = is_scatter(call);
   if (scatter && runs_kernels) return zeros_in_compute_type(call.out_sizes, call.rows);
   if ((call.op == OpId::kAddPositional || call.op == OpId::kAddPositionalBackward)) {
     return at::empty_like(call.rows);
@@ -58,6 +86,11 @@ inline at::Tensor allocate_row_output(const RowCall& call, bool runs_kernels) {
 template <typename Backend>
 at::Tensor run_row_call(const RowCall& call) {
   at::Tensor out;
+  if constexpr (Backend::kRunsKernels) {
+    check_fits_in_memory(call, call.rows.defined()     ? call.rows.device()
+                               : call.weight.defined() ? call.weight.device()
+                                                       : call.positions->device());
+  }
   try {
     out = allocate_row_output(call, Backend::kRunsKernels);
   } catch (const c10::Error& error) {
