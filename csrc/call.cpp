@@ -861,7 +861,10 @@ RopeFrequenciesCall parse_rope_frequencies_call(const Arguments& args) {
   s.float32_arithmetic = parse_precision(op, args.string("precision")) ==
                          Precision::kTransformers;
   s.base = args.real("base");
-  s.factor = args.real("factor");
+  const std::optional<double> factor = args.optional_real("factor");
+  s.has_factor = factor.has_value();
+  s.factor = factor.value_or(1.0);
+  s.partial_rotary_factor = args.real("partial_rotary_factor");
   s.max_position_embeddings = args.optional_integer("max_position_embeddings").value_or(0);
   s.original_max_position_embeddings =
       args.optional_integer("original_max_position_embeddings").value_or(0);

@@ -97,7 +97,8 @@ NamedArguments named(const RopeFrequenciesOptions& o) {
           {"high_freq_factor", o.high_freq_factor()},
           {"short_factor", o.short_factor()},
           {"long_factor", o.long_factor()},
-          {"precision", o.precision()}};
+          {"precision", o.precision()},
+          {"partial_rotary_factor", o.partial_rotary_factor()}};
 }
 
 // `arguments` with the given tensors (and the forward's drawn seed) in front.

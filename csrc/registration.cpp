@@ -65,12 +65,13 @@ TORCH_LIBRARY(posenc, m) {
   // formulas in double (precision="exact"), or float32 from transformers' float32 arithmetic.
   m.def(
       "rope_frequencies(int dim, *, float base=10000.0, str rope_type=\"default\", "
-      "float factor=1.0, int? max_position_embeddings=None, "
+      "float? factor=None, int? max_position_embeddings=None, "
       "int? original_max_position_embeddings=None, int? seq_len=None, "
       "float? attention_factor=None, float beta_fast=32.0, float beta_slow=1.0, "
       "float? mscale=None, float? mscale_all_dim=None, bool truncate=True, "
       "float low_freq_factor=1.0, float high_freq_factor=4.0, float[]? short_factor=None, "
-      "float[]? long_factor=None, str precision=\"exact\") -> (Tensor, float)");
+      "float[]? long_factor=None, str precision=\"exact\", "
+      "float partial_rotary_factor=1.0) -> (Tensor, float)");
   // PE(positions): positions: any shape of integers -> [*positions.shape, dim].
   m.def(
       "positional_encoding(Tensor positions, int dim, *, str kind=\"sinusoidal\", "

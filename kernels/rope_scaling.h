@@ -1,5 +1,5 @@
 // Frequencies of the rotary embedding under Hugging Face's rope_scaling types, following
-// transformers' modeling_rope_utils (4.57). The same formulas are evaluated either in double
+// transformers' modeling_rope_utils (5.x). The same formulas are evaluated either in double
 // (exact frequencies, the default) or in float32 where transformers computes in float32, so that
 // the float32 results equal transformers' inv_freq bit for bit.
 #pragma once
@@ -13,10 +13,10 @@
 namespace posenc {
 namespace kernels {
 
-enum class RopeType : int { kDefault, kLinear, kDynamic, kYarn, kLongrope, kLlama3 };
+enum class RopeType : int { kDefault, kLinear, kDynamic, kYarn, kLongrope, kLlama3, kProportional };
 
 constexpr const char* kRopeTypeNames =
-    "'default', 'linear', 'dynamic', 'yarn', 'longrope' or 'llama3'";
+    "'default', 'linear', 'dynamic', 'yarn', 'longrope', 'llama3' or 'proportional'";
 
 std::optional<RopeType> parse_rope_type(const std::string& name);
 
@@ -34,7 +34,14 @@ struct RopeScaling {
   bool float32_arithmetic = false;  // transformers' float32 formulas, else the same in double
   Float32Powers float32_powers;     // for float32_arithmetic; empty: std::pow
   double base = 10000.0;
+  // Unset: linear, dynamic and llama3 need it; yarn and longrope use max_position_embeddings /
+  // original_max_position_embeddings; proportional uses 1.
+  bool has_factor = false;
   double factor = 1.0;
+  // The rotated share of the head dim: the other types rotate int(dim * partial_rotary_factor)
+  // channels; proportional returns dim / 2 frequencies, the first
+  // floor(partial_rotary_factor * dim / 2) with the exponents of the whole dim, the rest 0.
+  double partial_rotary_factor = 1.0;
   int64_t max_position_embeddings = 0;           // 0: unset
   int64_t original_max_position_embeddings = 0;  // 0: unset
   int64_t seq_len = 0;                           // 0: unset (dynamic, longrope)
@@ -51,8 +58,11 @@ struct RopeScaling {
   std::vector<double> long_factor;
 };
 
+// The rotary dimension of a head dimension `dim` under `scaling` (see partial_rotary_factor).
+int64_t rope_rotary_dim(int64_t dim, const RopeScaling& scaling);
+
 struct RopeFrequencies {
-  std::vector<double> inv_freq;  // [dim / 2]; float32 values when float32_arithmetic
+  std::vector<double> inv_freq;  // [rotary dim / 2]; float32 values when float32_arithmetic
   double attention_factor = 1.0;
 };
 

@@ -17,6 +17,7 @@ std::optional<RopeType> parse_rope_type(const std::string& name) {
   if (name == "yarn") return RopeType::kYarn;
   if (name == "longrope") return RopeType::kLongrope;
   if (name == "llama3") return RopeType::kLlama3;
+  if (name == "proportional") return RopeType::kProportional;
   return std::nullopt;
 }
 
@@ -69,6 +70,11 @@ std::vector<real> default_frequencies(int64_t dim, double base, const RopeScalin
   }
 }
 
+// transformers' int(partial_rotary_factor * head_dim // 2).
+int64_t proportional_rotated_pairs(int64_t dim, double partial_rotary_factor) {
+  return static_cast<int64_t>(std::floor(partial_rotary_factor * static_cast<double>(dim) / 2.0));
+}
+
 double yarn_mscale(double scale, double mscale) {
   return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
 }
@@ -96,12 +102,16 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
       const int64_t original = s.original_max_position_embeddings > 0
                                    ? s.original_max_position_embeddings
                                    : s.max_position_embeddings;
+      // DeepSeek-V3 and others leave factor out: the ratio of the context lengths.
+      const double factor = s.has_factor ? s.factor
+                                         : static_cast<double>(s.max_position_embeddings) /
+                                               static_cast<double>(original);
       if (s.has_attention_factor) {
         attention = s.attention_factor;
       } else if (s.mscale != 0.0 && s.mscale_all_dim != 0.0) {
-        attention = yarn_mscale(s.factor, s.mscale) / yarn_mscale(s.factor, s.mscale_all_dim);
+        attention = yarn_mscale(factor, s.mscale) / yarn_mscale(factor, s.mscale_all_dim);
       } else {
-        attention = yarn_mscale(s.factor, 1.0);
+        attention = yarn_mscale(factor, 1.0);
       }
       auto correction_dim = [&](double rotations) {
         return (dim * std::log(static_cast<double>(original) / (rotations * 2.0 * M_PI))) /
@@ -125,19 +135,21 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
         const real extrapolation_factor = real(1) - ramp;
         const real pos_freq = pos_freqs[i];
         const real extrapolation = real(1) / pos_freq;
-        const real interpolation = real(1) / (static_cast<real>(s.factor) * pos_freq);
+        const real interpolation = real(1) / (static_cast<real>(factor) * pos_freq);
         inv_freq[i] = interpolation * (real(1) - extrapolation_factor) +
                       extrapolation * extrapolation_factor;
       }
       return inv_freq;
     }
     case RopeType::kLongrope: {
-      double factor = s.factor;
-      int64_t original = s.max_position_embeddings;
-      if (s.original_max_position_embeddings > 0) {
-        original = s.original_max_position_embeddings;
-        factor = static_cast<double>(s.max_position_embeddings) / original;
-      }
+      // Phi-3 leaves factor out: the ratio of the context lengths (transformers 5.x; a given
+      // factor is used as given).
+      const int64_t original = s.original_max_position_embeddings > 0
+                                   ? s.original_max_position_embeddings
+                                   : s.max_position_embeddings;
+      const double factor = s.has_factor ? s.factor
+                                         : static_cast<double>(s.max_position_embeddings) /
+                                               static_cast<double>(original);
       if (s.has_attention_factor) {
         attention = s.attention_factor;
       } else {
@@ -172,15 +184,40 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
       }
       return inv_freq;
     }
+    case RopeType::kProportional: {
+      // Gemma's proportional RoPE: exponents over the whole dim, the pairs past the rotated
+      // proportion at frequency 0 (they pass through), all divided by factor.
+      const int64_t rotated = proportional_rotated_pairs(dim, s.partial_rotary_factor);
+      std::vector<real> inv_freq = default_frequencies<real>(dim, s.base, s);
+      const real factor = static_cast<real>(s.has_factor ? s.factor : 1.0);
+      for (int64_t i = 0; i < dim / 2; ++i) {
+        inv_freq[i] = i < rotated ? inv_freq[i] / factor : real(0);
+      }
+      return inv_freq;
+    }
   }
   return {};
 }
 
 }  // namespace
 
-std::string check_rope_scaling(int64_t dim, const RopeScaling& s) {
-  if (dim < 0 || dim % 2 != 0 || dim > kMaxRopeDim) {
-    return "dim must be an even number in [0, 2^20], got " + std::to_string(dim);
+int64_t rope_rotary_dim(int64_t dim, const RopeScaling& s) {
+  if (s.rope_type == RopeType::kProportional) return dim;
+  return static_cast<int64_t>(static_cast<double>(dim) * s.partial_rotary_factor);
+}
+
+std::string check_rope_scaling(int64_t head_dim, const RopeScaling& s) {
+  if (!(s.partial_rotary_factor >= 0.0 && s.partial_rotary_factor <= 1.0)) {
+    return "scaling['partial_rotary_factor'] must be in [0, 1]";
+  }
+  if (head_dim < 0 || head_dim > kMaxRopeDim) {
+    return "dim must be an even number in [0, 2^20], got " + std::to_string(head_dim);
+  }
+  const int64_t dim = rope_rotary_dim(head_dim, s);
+  if (dim % 2 != 0) {
+    return dim == head_dim ? "dim must be an even number in [0, 2^20], got " + std::to_string(dim)
+                           : "int(dim * partial_rotary_factor) must be even, got " +
+                                 std::to_string(dim);
   }
   if (!finite_positive(s.base)) return "base must be a finite number > 0";
   if (s.has_attention_factor && !std::isfinite(s.attention_factor)) {
@@ -193,9 +230,11 @@ std::string check_rope_scaling(int64_t dim, const RopeScaling& s) {
     case RopeType::kDefault:
       return "";
     case RopeType::kLinear:
+      if (!s.has_factor) return "rope_type 'linear' needs scaling['factor']";
       if (!finite_positive(s.factor)) return "scaling['factor'] must be finite and > 0";
       return "";
     case RopeType::kDynamic:
+      if (!s.has_factor) return "rope_type 'dynamic' needs scaling['factor']";
       if (!finite_positive(s.factor)) return "scaling['factor'] must be finite and > 0";
       if (s.max_position_embeddings <= 0) {
         return "rope_type 'dynamic' needs max_position_embeddings";
@@ -203,10 +242,17 @@ std::string check_rope_scaling(int64_t dim, const RopeScaling& s) {
       if (dim <= 2) return "rope_type 'dynamic' needs dim > 2";
       return "";
     case RopeType::kYarn:
-      if (!finite_positive(s.factor)) return "scaling['factor'] must be finite and > 0";
+      if (s.has_factor && !finite_positive(s.factor)) {
+        return "scaling['factor'] must be finite and > 0";
+      }
       if (s.original_max_position_embeddings <= 0 && s.max_position_embeddings <= 0) {
         return "rope_type 'yarn' needs max_position_embeddings or "
                "scaling['original_max_position_embeddings']";
+      }
+      if (!s.has_factor && (s.max_position_embeddings <= 0 ||
+                            s.original_max_position_embeddings <= 0)) {
+        return "rope_type 'yarn' without scaling['factor'] needs max_position_embeddings and "
+               "scaling['original_max_position_embeddings'] (factor is their ratio)";
       }
       if (!finite_positive(s.beta_fast) || !finite_positive(s.beta_slow)) {
         return "scaling['beta_fast'] and scaling['beta_slow'] must be finite and > 0";
@@ -230,17 +276,19 @@ std::string check_rope_scaling(int64_t dim, const RopeScaling& s) {
           }
         }
       }
-      if (s.original_max_position_embeddings > 0 && s.max_position_embeddings <= 0) {
-        return "rope_type 'longrope' with original_max_position_embeddings needs "
-               "max_position_embeddings";
-      }
       if (s.max_position_embeddings <= 0) {
         return "rope_type 'longrope' needs max_position_embeddings";
       }
-      if (!std::isfinite(s.factor)) return "scaling['factor'] must be finite";
+      if (s.has_factor && !std::isfinite(s.factor)) return "scaling['factor'] must be finite";
       return "";
     }
+    case RopeType::kProportional:
+      if (s.has_factor && !finite_positive(s.factor)) {
+        return "scaling['factor'] must be finite and > 0";
+      }
+      return "";
     case RopeType::kLlama3:
+      if (!s.has_factor) return "rope_type 'llama3' needs scaling['factor']";
       if (s.original_max_position_embeddings <= 0) {
         return "rope_type 'llama3' needs scaling['original_max_position_embeddings']";
       }
@@ -254,9 +302,11 @@ std::string check_rope_scaling(int64_t dim, const RopeScaling& s) {
   return "unknown rope_type";
 }
 
-std::string compute_rope_frequencies(int64_t dim, const RopeScaling& s, RopeFrequencies& out) {
-  std::string error = check_rope_scaling(dim, s);
+std::string compute_rope_frequencies(int64_t head_dim, const RopeScaling& s,
+                                     RopeFrequencies& out) {
+  std::string error = check_rope_scaling(head_dim, s);
   if (!error.empty()) return error;
+  const int64_t dim = rope_rotary_dim(head_dim, s);
   if (s.float32_arithmetic) {
     const std::vector<float> inv_freq = scaled_frequencies<float>(dim, s, out.attention_factor);
     out.inv_freq.assign(inv_freq.begin(), inv_freq.end());

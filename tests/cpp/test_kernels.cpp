@@ -449,9 +449,57 @@ TEST(RotaryKernel, MatchesReferenceForwardAndInverse) {
   }
 }
 
+// Gemma's proportional rope: exponents over the whole dim, the pairs past the rotated share at
+// frequency 0; the other types rotate int(dim * partial_rotary_factor) channels.
+TEST(RopeScaling, PartialRotaryFactor) {
+  pk::RopeScaling scaling;
+  scaling.rope_type = pk::RopeType::kProportional;
+  scaling.partial_rotary_factor = 0.5;
+  pk::RopeFrequencies result;
+  ASSERT_EQ(pk::compute_rope_frequencies(8, scaling, result), "");
+  ASSERT_EQ(result.inv_freq.size(), 4u);
+  EXPECT_EQ(result.inv_freq[0], 1.0);
+  EXPECT_EQ(result.inv_freq[1], pk::default_rotary_frequency(1, 8, 10000.0));
+  EXPECT_EQ(result.inv_freq[2], 0.0);
+  EXPECT_EQ(result.inv_freq[3], 0.0);
+  scaling.rope_type = pk::RopeType::kDefault;
+  scaling.partial_rotary_factor = 0.25;
+  ASSERT_EQ(pk::compute_rope_frequencies(16, scaling, result), "");
+  ASSERT_EQ(result.inv_freq.size(), 2u);
+  EXPECT_EQ(result.inv_freq[1], pk::default_rotary_frequency(1, 4, 10000.0));
+  scaling.partial_rotary_factor = 1.5;
+  EXPECT_NE(pk::check_rope_scaling(16, scaling).find("partial_rotary_factor"), std::string::npos);
+  scaling.partial_rotary_factor = 0.3;  // int(16 * 0.3) = 4
+  EXPECT_EQ(pk::check_rope_scaling(16, scaling), "");
+  scaling.partial_rotary_factor = 0.2;  // int(16 * 0.2) = 3: odd
+  EXPECT_NE(pk::check_rope_scaling(16, scaling).find("must be even"), std::string::npos);
+}
+
+// yarn and longrope without a factor use max_position_embeddings / original (transformers 5.x).
+TEST(RopeScaling, MissingFactorIsTheContextRatio) {
+  pk::RopeScaling ratio;
+  ratio.rope_type = pk::RopeType::kYarn;
+  ratio.max_position_embeddings = 256;
+  ratio.original_max_position_embeddings = 64;
+  pk::RopeScaling given = ratio;
+  given.has_factor = true;
+  given.factor = 4.0;
+  pk::RopeFrequencies from_ratio, from_factor;
+  ASSERT_EQ(pk::compute_rope_frequencies(16, ratio, from_ratio), "");
+  ASSERT_EQ(pk::compute_rope_frequencies(16, given, from_factor), "");
+  EXPECT_EQ(from_ratio.inv_freq, from_factor.inv_freq);
+  EXPECT_EQ(from_ratio.attention_factor, from_factor.attention_factor);
+  EXPECT_GT(from_ratio.attention_factor, 1.0);
+  ratio.original_max_position_embeddings = 0;
+  EXPECT_NE(pk::check_rope_scaling(16, ratio).find("without scaling['factor']"),
+            std::string::npos);
+}
+
 TEST(RopeScaling, LinearAndErrors) {
   pk::RopeScaling scaling;
   scaling.rope_type = pk::RopeType::kLinear;
+  EXPECT_NE(pk::check_rope_scaling(8, scaling).find("needs scaling['factor']"), std::string::npos);
+  scaling.has_factor = true;
   scaling.factor = 4.0;
   scaling.float32_arithmetic = true;
   pk::RopeFrequencies result;

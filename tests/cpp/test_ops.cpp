@@ -296,6 +296,14 @@ TEST(Api, BadInputThrowsNamingTheArgument) {
   expect_error([&] { posenc::positional_encoding(torch::tensor({0, -1}), 8); },
                "positions must be >= 0");
   expect_error([&] { posenc::rope_frequencies(int64_t{1} << 40); }, "dim must be an even number");
+  expect_error([&] { posenc::rope_frequencies(16, posenc::RopeFrequenciesOptions().rope_type("linear")); },
+               "needs scaling['factor']");
+  expect_error(
+      [&] {
+        posenc::rope_frequencies(
+            16, posenc::RopeFrequenciesOptions().rope_type("proportional").partial_rotary_factor(2.0));
+      },
+      "partial_rotary_factor'] must be in [0, 1]");
   expect_error(
       [&] {
         posenc::rope_frequencies(16, posenc::RopeFrequenciesOptions().rope_type("yarn").factor(2.0)
@@ -368,4 +376,19 @@ TEST(Modules, RotaryKeepsExactFrequenciesThroughDtypeMoves) {
   posenc::nn::RotaryEmbedding hf(posenc::nn::RotaryEmbeddingOptions(16).scaling(
       posenc::RopeFrequenciesOptions().precision("transformers")));
   EXPECT_EQ(hf->inv_freq.scalar_type(), torch::kFloat32);
+}
+
+// rope_frequencies through the C++ API: proportional keeps dim / 2 entries with zeros past the
+// rotated share; the other types rotate int(dim * partial_rotary_factor) channels.
+TEST(PosencApi, RopeFrequenciesPartialRotary) {
+  const auto [proportional, attention] = posenc::rope_frequencies(
+      16, posenc::RopeFrequenciesOptions().rope_type("proportional").partial_rotary_factor(0.5));
+  ASSERT_EQ(proportional.numel(), 8);
+  EXPECT_EQ(attention, 1.0);
+  EXPECT_TRUE(proportional.slice(0, 4).eq(0).all().item<bool>());
+  EXPECT_TRUE(proportional.slice(0, 0, 4).gt(0).all().item<bool>());
+  const auto [partial, unused] =
+      posenc::rope_frequencies(16, posenc::RopeFrequenciesOptions().partial_rotary_factor(0.25));
+  ASSERT_EQ(partial.numel(), 2);
+  EXPECT_NEAR(partial[1].item<double>(), std::pow(10000.0, -0.5), 1e-15);
 }

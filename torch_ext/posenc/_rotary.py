@@ -11,7 +11,9 @@ import warnings
 
 from ._ops import _call
 
-# The keys each rope_type reads, as transformers' modeling_rope_utils validates them.
+# The keys each rope_type reads, as transformers' modeling_rope_utils (5.x) reads them; every
+# type also carries rope_theta and partial_rotary_factor in a 5.x rope_parameters dict.
+_COMMON_KEYS = {"rope_theta", "partial_rotary_factor"}
 _SCALING_KEYS = {
     "default": set(),
     "linear": {"factor"},
@@ -22,11 +24,11 @@ _SCALING_KEYS = {
                  "attention_factor"},
     "llama3": {"factor", "low_freq_factor", "high_freq_factor",
                "original_max_position_embeddings"},
+    "proportional": {"factor"},
 }
 _REQUIRED_KEYS = {
     "linear": {"factor"},
     "dynamic": {"factor"},
-    "yarn": {"factor"},
     "longrope": {"short_factor", "long_factor"},
     "llama3": {"factor", "low_freq_factor", "high_freq_factor",
                "original_max_position_embeddings"},
@@ -34,42 +36,111 @@ _REQUIRED_KEYS = {
 _PRECISIONS = ("exact", "transformers")
 
 
+def _is_config(value: Any) -> bool:
+    """A transformers configuration (duck-typed: no import of transformers)."""
+    return hasattr(value, "rope_parameters") or hasattr(value, "rope_scaling")
+
+
+def _select_layer_type(parameters: Dict[str, Any], layer_type: Optional[str]) -> Dict[str, Any]:
+    """The rope_parameters of `layer_type` when they are nested by layer type (Gemma 2/3/4)."""
+    nested = bool(parameters) and all(
+        isinstance(v, dict) or v is None for v in parameters.values())
+    if not nested:
+        if layer_type is not None:
+            raise ValueError(
+                f"posenc.rope_frequencies: layer_type {layer_type!r} given, but the rope "
+                f"parameters are not nested by layer type")
+        return parameters
+    if layer_type is None or parameters.get(layer_type) is None:
+        raise ValueError(
+            f"posenc.rope_frequencies: the rope parameters are nested by layer type; "
+            f"layer_type must be one of {sorted(k for k, v in parameters.items() if v)}, "
+            f"got {layer_type!r}")
+    return parameters[layer_type]
+
+
+def _from_config(config: Any, layer_type: Optional[str]) -> Tuple[int, Dict[str, Any], Dict]:
+    """(head_dim, rope parameters of layer_type, defaults) read from a transformers config the
+    way transformers' ROPE_INIT_FUNCTIONS read it."""
+    if hasattr(config, "standardize_rope_params"):
+        config.standardize_rope_params()  # transformers' own normalisation, as its functions do
+    parameters = getattr(config, "rope_parameters", None)
+    if parameters is None:
+        parameters = getattr(config, "rope_scaling", None) or {}
+    parameters = dict(_select_layer_type(dict(parameters), layer_type))
+    head_dim = getattr(config, "head_dim", None) or (
+        config.hidden_size // config.num_attention_heads)
+    defaults = {
+        "rope_theta": getattr(config, "rope_theta", None),
+        "partial_rotary_factor": getattr(config, "partial_rotary_factor", None),
+        "original_max_position_embeddings": getattr(config, "original_max_position_embeddings",
+                                                    None),
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+    }
+    return head_dim, parameters, defaults
+
+
 def rope_frequencies(
-    dim: int,
+    dim: Any,
     *,
-    base: float = 10000.0,
+    base: Optional[float] = None,
     scaling: Optional[Dict[str, Any]] = None,
     max_position_embeddings: Optional[int] = None,
     seq_len: Optional[int] = None,
+    layer_type: Optional[str] = None,
     precision: str = "exact",
 ) -> Tuple[Tensor, float]:
-    r"""``(inv_freq, attention_factor)`` for a rotary dimension ``dim`` under a Hugging Face
-    ``rope_scaling``, with transformers' ``modeling_rope_utils`` formulas.
+    r"""``(inv_freq, attention_factor)`` under a Hugging Face rope scaling, with transformers'
+    ``modeling_rope_utils`` formulas (5.x): the same pair as ``ROPE_INIT_FUNCTIONS[rope_type]``.
 
     Args:
-        dim: rotary dimension (even, at most 2^20).
-        base: ``rope_theta``.
-        scaling: a Hugging Face ``rope_scaling`` dict with ``rope_type`` (or ``type``) one of
-            ``"linear"``, ``"dynamic"``, ``"yarn"``, ``"longrope"``, ``"llama3"`` and that type's
-            keys (``factor``, ``original_max_position_embeddings``, ``beta_fast``,
-            ``beta_slow``, ``mscale``, ``mscale_all_dim``, ``truncate``, ``attention_factor``,
-            ``short_factor``, ``long_factor``, ``low_freq_factor``, ``high_freq_factor``).
-            ``None`` means the default ``inv_freq_i = base^(-2i/dim)``. Keys that the type does
-            not read are ignored with a warning, as transformers does.
+        dim: the head dimension, or a transformers config (``LlamaConfig``, ``Gemma3Config``, ...),
+            from which ``head_dim`` (or ``hidden_size // num_attention_heads``),
+            ``rope_parameters`` (or ``rope_scaling``), ``rope_theta``,
+            ``partial_rotary_factor`` and ``max_position_embeddings`` are read as transformers
+            reads them. The rotary dimension is ``int(dim * partial_rotary_factor)`` (an even
+            number at most 2^20), except for ``"proportional"``, which returns ``dim / 2``
+            frequencies, those past the rotated share being 0.
+        base: ``rope_theta``; default: the parameters' ``rope_theta``, else 10000.
+        scaling: a ``rope_parameters`` (5.x) or ``rope_scaling`` dict with ``rope_type`` (or
+            ``type``) one of ``"default"``, ``"linear"``, ``"dynamic"``, ``"yarn"``,
+            ``"longrope"``, ``"llama3"``, ``"proportional"`` and that type's keys
+            (``rope_theta``, ``partial_rotary_factor``, ``factor``,
+            ``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, ``mscale``,
+            ``mscale_all_dim``, ``truncate``, ``attention_factor``, ``short_factor``,
+            ``long_factor``, ``low_freq_factor``, ``high_freq_factor``), or such dicts nested by
+            layer type (then give ``layer_type``). ``None`` means the default
+            ``inv_freq_i = base^(-2i/dim)``. Keys that the type does not read are ignored with
+            a warning, as transformers does. Without ``factor``, yarn and longrope use
+            ``max_position_embeddings / original_max_position_embeddings``.
         max_position_embeddings: the model's ``max_position_embeddings`` (dynamic, yarn,
-            longrope).
+            longrope); read from a config when not given.
         seq_len: current sequence length (dynamic NTK; longrope picks long factors above
             ``original_max_position_embeddings``).
+        layer_type: which layer type's parameters, when they are nested by layer type.
         precision: ``"exact"`` (default): float64 ``inv_freq`` from the formulas in double.
             ``"transformers"``: float32 ``inv_freq`` from transformers' float32 arithmetic, equal
             to transformers' ``inv_freq`` bit for bit.
     """
+    defaults: Dict[str, Any] = {}
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        if not _is_config(dim):
+            raise TypeError(
+                f"posenc.rope_frequencies: dim must be an int or a transformers config, got "
+                f"{type(dim).__name__}")
+        if scaling is not None:
+            raise ValueError("posenc.rope_frequencies: give a config or scaling, not both")
+        dim, scaling, defaults = _from_config(dim, layer_type)
+        layer_type = None  # selected
+        if max_position_embeddings is None:
+            max_position_embeddings = defaults["max_position_embeddings"]
     if scaling is None:
         scaling = {}
     if not isinstance(scaling, dict):
         raise TypeError(
             f"posenc.rope_frequencies: scaling must be a dict or None, got {type(scaling).__name__}"
         )
+    scaling = _select_layer_type(scaling, layer_type)
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if not isinstance(rope_type, str):
         raise TypeError(
@@ -87,7 +158,7 @@ def rope_frequencies(
             f"posenc.rope_frequencies: scaling for rope_type {rope_type!r} is missing {missing}"
         )
     keys = {k: v for k, v in scaling.items() if k not in ("rope_type", "type")}
-    unknown = sorted(set(keys) - _SCALING_KEYS[rope_type])
+    unknown = sorted(set(keys) - _SCALING_KEYS[rope_type] - _COMMON_KEYS)
     if unknown:
         warnings.warn(
             f"posenc.rope_frequencies: unrecognized keys in scaling for rope_type "
@@ -98,6 +169,15 @@ def rope_frequencies(
             del keys[key]
     # transformers writes None for keys it leaves at their defaults.
     keys = {k: v for k, v in keys.items() if v is not None}
+    for key in ("rope_theta", "partial_rotary_factor", "original_max_position_embeddings"):
+        if key not in keys and defaults.get(key) is not None and (
+                key != "original_max_position_embeddings" or key in _SCALING_KEYS[rope_type]):
+            keys[key] = defaults[key]
+    theta = keys.pop("rope_theta", None)
+    if theta is not None and base is not None and theta != base:
+        raise ValueError(
+            f"posenc.rope_frequencies: base = {base} and scaling['rope_theta'] = {theta} differ")
+    base = theta if theta is not None else (10000.0 if base is None else base)
     return _call(
         "rope_frequencies",
         dict(keys, dim=dim, base=base, rope_type=rope_type,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -271,6 +271,31 @@ class RotaryEmbedding(nn.Module):
         self.attention_factor = attention_factor
         self._frequencies = inv_freq  # on the CPU, in the precision's dtype
         self.register_buffer("inv_freq", inv_freq.clone(), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: Any, *, layer_type: Optional[str] = None,
+                    interleaved: bool = False, precision: str = "exact") -> "RotaryEmbedding":
+        r"""The rotary embedding of a transformers config (``LlamaConfig``, ``Gemma3TextConfig``,
+        ``Phi3Config``, ...): ``head_dim``, ``rope_parameters`` of ``layer_type`` (when nested
+        by layer type), ``rope_theta``, ``partial_rotary_factor`` and
+        ``max_position_embeddings``, read as transformers reads them
+        (:func:`posenc.rope_frequencies` with the config). Frequencies are those at the
+        model's ``max_position_embeddings``: dynamic NTK and longrope's switch to long factors
+        with the sequence length are not followed. ``interleaved``: the pairing of GPT-J,
+        Cohere, GLM and DeepSeek's interleaved rope (the config does not say)."""
+        inv_freq, attention_factor = rope_frequencies(config, layer_type=layer_type,
+                                                      precision=precision)
+        head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads)
+        module = cls(head_dim, interleaved=interleaved, rotary_dim=2 * inv_freq.numel(),
+                     precision=precision)
+        parameters = getattr(config, "rope_parameters", None) or {}
+        module.scaling = parameters.get(layer_type, parameters) if layer_type else parameters
+        module.base = module.scaling.get("rope_theta", module.base)
+        module.attention_factor = attention_factor
+        module._frequencies = inv_freq
+        module.inv_freq = inv_freq.clone()
+        return module
 
     def _apply(self, fn, recurse=True):
         # .to(dtype) / .half() would round the frequencies: restore them on the new device.

@@ -130,8 +130,9 @@ at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim,
 struct RopeFrequenciesOptions {
   TORCH_ARG(double, base) = 10000.0;
   TORCH_ARG(std::string, rope_type) = "default";  // default, linear, dynamic, yarn, longrope,
-                                                  // llama3
-  TORCH_ARG(double, factor) = 1.0;
+                                                  // llama3, proportional
+  // Unset: yarn and longrope use max_position_embeddings / original_max_position_embeddings.
+  TORCH_ARG(std::optional<double>, factor) = std::nullopt;
   TORCH_ARG(std::optional<int64_t>, max_position_embeddings) = std::nullopt;
   TORCH_ARG(std::optional<int64_t>, original_max_position_embeddings) = std::nullopt;
   TORCH_ARG(std::optional<int64_t>, seq_len) = std::nullopt;
@@ -148,6 +149,8 @@ struct RopeFrequenciesOptions {
   // "exact": float64 from the formulas in double; "transformers": float32, bit-identical to
   // transformers' inv_freq.
   TORCH_ARG(std::string, precision) = "exact";
+  // proportional: the rotated share of the pairs (the rest get frequency 0).
+  TORCH_ARG(double, partial_rotary_factor) = 1.0;
 };
 
 // (inv_freq [dim / 2], attention_factor)

@@ -1,0 +1,195 @@
+"""posenc.rope_frequencies and posenc.nn.RotaryEmbedding against the real transformers package
+(5.x, pinned in requirements-dev.txt): every rope_type of ROPE_INIT_FUNCTIONS plus the default,
+with and without seq_len, configs nested by layer type, partial rotary, Phi-3's longrope. Tiny
+configs built here; nothing is downloaded."""
+
+import warnings
+
+import pytest
+import torch
+
+import posenc
+
+transformers = pytest.importorskip("transformers")
+from transformers import Gemma3TextConfig, GPTNeoXConfig, LlamaConfig, Phi3Config  # noqa: E402
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
+from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding  # noqa: E402
+from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding  # noqa: E402
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding  # noqa: E402
+from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding  # noqa: E402
+
+HEAD_DIM = 16
+PARAMETERS = {
+    "default": {"rope_type": "default", "rope_theta": 10000.0},
+    "linear": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+    "dynamic": {"rope_type": "dynamic", "rope_theta": 500000.0, "factor": 2.0},
+    "yarn": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+             "original_max_position_embeddings": 64, "beta_fast": 16.0, "beta_slow": 2.0},
+    "yarn, DeepSeek mscale": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0,
+                              "original_max_position_embeddings": 64, "mscale": 0.707,
+                              "mscale_all_dim": 0.707},
+    "longrope": {"rope_type": "longrope", "rope_theta": 10000.0,
+                 "short_factor": [1.0 + i / 10 for i in range(HEAD_DIM // 2)],
+                 "long_factor": [2.0 + i / 5 for i in range(HEAD_DIM // 2)],
+                 "original_max_position_embeddings": 64},
+    "llama3": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64},
+    "proportional": {"rope_type": "proportional", "rope_theta": 10000.0,
+                     "partial_rotary_factor": 0.5},
+}
+
+
+def llama_config(parameters):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=HEAD_DIM,
+                           max_position_embeddings=256, rope_parameters=dict(parameters))
+
+
+def reference(config, seq_len, layer_type=None):
+    """transformers' own (inv_freq, attention_factor)."""
+    parameters = config.rope_parameters if layer_type is None else \
+        config.rope_parameters[layer_type]
+    if parameters["rope_type"] == "default":
+        return LlamaRotaryEmbedding.compute_default_rope_parameters(config, seq_len=seq_len)
+    kwargs = {} if layer_type is None else {"layer_type": layer_type}
+    return ROPE_INIT_FUNCTIONS[parameters["rope_type"]](config, None, seq_len=seq_len, **kwargs)
+
+
+def test_every_rope_type_of_transformers_is_covered():
+    covered = {p["rope_type"] for p in PARAMETERS.values()}
+    assert set(ROPE_INIT_FUNCTIONS) | {"default"} <= covered
+
+
+@pytest.mark.parametrize("name", list(PARAMETERS))
+@pytest.mark.parametrize("seq_len", [None, 100, 1000])
+def test_rope_frequencies_of_a_config_equal_transformers(name, seq_len):
+    config = llama_config(PARAMETERS[name])
+    expected, expected_attention = reference(config, seq_len)
+    inv_freq, attention = posenc.rope_frequencies(config, seq_len=seq_len,
+                                                  precision="transformers")
+    assert inv_freq.dtype == torch.float32
+    assert torch.equal(inv_freq, expected)  # bit for bit
+    assert attention == pytest.approx(expected_attention, rel=1e-15)
+    exact, exact_attention = posenc.rope_frequencies(config, seq_len=seq_len)
+    assert exact.dtype == torch.float64
+    torch.testing.assert_close(exact, expected.double(), rtol=2e-7, atol=0)
+    assert exact_attention == pytest.approx(expected_attention, rel=1e-15)
+
+
+@pytest.mark.parametrize("name", list(PARAMETERS))
+def test_rope_parameters_dict_with_head_dim_equals_the_config(name):
+    config = llama_config(PARAMETERS[name])
+    from_config, attention = posenc.rope_frequencies(config, precision="transformers")
+    from_dict, dict_attention = posenc.rope_frequencies(
+        HEAD_DIM, scaling=dict(config.rope_parameters), max_position_embeddings=256,
+        precision="transformers")
+    assert torch.equal(from_dict, from_config)
+    assert dict_attention == attention
+
+
+def gemma3_config():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Gemma3TextConfig(
+            hidden_size=64, num_attention_heads=4, head_dim=HEAD_DIM, num_key_value_heads=1,
+            intermediate_size=64, num_hidden_layers=2, max_position_embeddings=256,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 8.0,
+                                   "rope_theta": 1000000.0}})
+
+
+@pytest.mark.parametrize("layer_type", ["sliding_attention", "full_attention"])
+def test_rope_parameters_per_layer_type(layer_type):
+    config = gemma3_config()
+    hf = Gemma3RotaryEmbedding(config)
+    inv_freq, attention = posenc.rope_frequencies(config, layer_type=layer_type,
+                                                  precision="transformers")
+    assert torch.equal(inv_freq, getattr(hf, f"{layer_type}_inv_freq"))
+    assert attention == getattr(hf, f"{layer_type}_attention_scaling")
+    module = posenc.nn.RotaryEmbedding.from_config(config, layer_type=layer_type,
+                                                   precision="transformers")
+    assert torch.equal(module.inv_freq, inv_freq)
+
+
+def test_nested_parameters_need_a_layer_type():
+    with pytest.raises(ValueError, match="layer_type must be one of"):
+        posenc.rope_frequencies(gemma3_config())
+    with pytest.raises(ValueError, match="not nested by layer type"):
+        posenc.rope_frequencies(llama_config(PARAMETERS["linear"]), layer_type="full_attention")
+
+
+def test_partial_rotary_factor_gpt_neox():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = GPTNeoXConfig(hidden_size=64, num_attention_heads=4, rotary_pct=0.25,
+                               max_position_embeddings=128, intermediate_size=64,
+                               num_hidden_layers=2)
+    hf = GPTNeoXRotaryEmbedding(config)
+    inv_freq, _ = posenc.rope_frequencies(config, precision="transformers")
+    assert inv_freq.shape == (2,)  # int(16 * 0.25) / 2
+    assert torch.equal(inv_freq, hf.inv_freq)
+
+
+@pytest.mark.parametrize("seq_len", [None, 64, 65, 1000])
+def test_phi3_longrope_switches_at_original_max_position_embeddings(seq_len):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = Phi3Config(hidden_size=64, num_attention_heads=4, intermediate_size=64,
+                            num_hidden_layers=2, max_position_embeddings=512,
+                            original_max_position_embeddings=64,
+                            rope_parameters={"rope_type": "longrope",
+                                             "short_factor": [1.0 + i / 8 for i in range(8)],
+                                             "long_factor": [3.0 + i for i in range(8)]})
+    expected, expected_attention = ROPE_INIT_FUNCTIONS["longrope"](config, None, seq_len=seq_len)
+    inv_freq, attention = posenc.rope_frequencies(config, seq_len=seq_len,
+                                                  precision="transformers")
+    assert torch.equal(inv_freq, expected)
+    assert attention == pytest.approx(expected_attention, rel=1e-15)
+    if seq_len is None:
+        assert torch.equal(Phi3RotaryEmbedding(config).inv_freq, inv_freq)
+
+
+def test_rotary_embedding_from_config_rotates_like_transformers():
+    config = llama_config(PARAMETERS["llama3"])
+    hf = LlamaRotaryEmbedding(config)
+    module = posenc.nn.RotaryEmbedding.from_config(config, precision="transformers")
+    q = torch.randn(2, 7, 4, HEAD_DIM)
+    k = torch.randn(2, 7, 1, HEAD_DIM)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [100, 101, 102, 0, 1, 2, 3]])
+    cos, sin = hf(q, positions)
+    expected = transformers.models.llama.modeling_llama.apply_rotary_pos_emb(
+        q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    got = module(q, k, positions=positions)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_proportional_leaves_the_tail_pairs_unrotated():
+    config = llama_config(PARAMETERS["proportional"])
+    inv_freq, _ = posenc.rope_frequencies(config)
+    assert inv_freq.shape == (HEAD_DIM // 2,)
+    assert (inv_freq[HEAD_DIM // 4:] == 0).all() and (inv_freq[: HEAD_DIM // 4] > 0).all()
+    module = posenc.nn.RotaryEmbedding.from_config(config)
+    q = torch.randn(1, 5, 2, HEAD_DIM, dtype=torch.float64)
+    out = module(q, positions=torch.arange(5) * 1000)
+    pairs = torch.cat([torch.arange(HEAD_DIM // 4, HEAD_DIM // 2),
+                       torch.arange(3 * HEAD_DIM // 4, HEAD_DIM)])
+    torch.testing.assert_close(out[..., pairs], q[..., pairs], rtol=0, atol=0)
+
+
+def test_bad_config_arguments():
+    with pytest.raises(TypeError, match="dim must be an int or a transformers config"):
+        posenc.rope_frequencies("16")
+    with pytest.raises(ValueError, match="give a config or scaling, not both"):
+        posenc.rope_frequencies(llama_config(PARAMETERS["linear"]), scaling={})
+    with pytest.raises(ValueError, match="differ"):
+        posenc.rope_frequencies(16, base=500.0, scaling={"rope_theta": 10000.0})
+    with pytest.raises(ValueError, match="partial_rotary_factor'\\] must be in"):
+        posenc.rope_frequencies(16, scaling={"rope_type": "proportional",
+                                             "partial_rotary_factor": 1.5})
+    with pytest.raises(ValueError, match="needs scaling\\['factor'\\]"):
+        torch.ops.posenc.rope_frequencies(16, rope_type="linear")
