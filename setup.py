@@ -41,7 +41,7 @@ setup(
     name="posenc",
     version="0.1.0",
     description="Fused positional-encoding operators for PyTorch (CPU and CUDA)",
-    packages=["posenc"],
+    packages=["posenc", "posenc.integrations"],
     package_dir={"": "torch_ext"},
     ext_modules=[Extension("posenc._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},

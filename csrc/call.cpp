@@ -700,10 +700,12 @@ RotaryCall parse_rotary_call(const Arguments& args) {
                         ",) for layout 'thd', got ", positions.sym_sizes());
     } else {
       const bool per_step = positions.dim() == 1 && positions.sym_size(0) == seq_len;
-      const bool per_row = positions.dim() == 2 && positions.sym_size(0) == batch &&
+      // (1, S) broadcasts over the batch, as transformers' position_ids often do.
+      const bool per_row = positions.dim() == 2 &&
+                           (positions.sym_size(0) == batch || positions.sym_size(0) == 1) &&
                            positions.sym_size(1) == seq_len;
       TORCH_CHECK_VALUE(per_step || per_row, op, ": positions must have shape (S,) = (", seq_len,
-                        ",) or (B, S) = (", batch, ", ", seq_len, "), got ",
+                        ",), (1, S) or (B, S) = (", batch, ", ", seq_len, "), got ",
                         positions.sym_sizes());
     }
   }

@@ -184,7 +184,7 @@ std::vector<at::Tensor> run_rotary_call(const detail::RotaryCall& call) {
       params.positions_type = positions.scalar_type() == at::kLong ? kernels::IndexType::kInt64
                                                                    : kernels::IndexType::kInt32;
       const bool per_row = positions.dim() == 2;
-      params.positions_strides[0] = per_row ? positions.stride(0) : 0;
+      params.positions_strides[0] = per_row && positions.size(0) != 1 ? positions.stride(0) : 0;
       params.positions_strides[1] = positions.stride(per_row ? 1 : 0);
     }
     at::Tensor offsets_dense, cu_dense;

@@ -1,0 +1,1 @@
+"""posenc inside other libraries' models (imported on demand: ``posenc.integrations.transformers``)."""

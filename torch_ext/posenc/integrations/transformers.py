@@ -1,0 +1,242 @@
+"""posenc inside Hugging Face transformers (5.x) models: one call makes a model's attention rotate
+queries and keys with :func:`posenc.rotary`, angles computed in the kernel from the positions,
+no cos/sin tables.
+
+    import posenc.integrations.transformers as posenc_hf
+    model = AutoModelForCausalLM.from_pretrained(...)
+    changes = posenc_hf.apply_to_model(model)          # this model instance
+    posenc_hf.apply_to_family("llama")                  # every Llama built afterwards
+
+How: the model's rotary embedding module (``model.model.rotary_emb``) is replaced by
+:class:`PosencRotaryEmbedding`, whose forward returns ``(position_ids, Rotation)`` in place of
+``(cos, sin)``; the modeling module's ``apply_rotary_pos_emb`` is wrapped so that, given a
+:class:`Rotation`, it calls :func:`posenc.rotary`, and otherwise calls transformers' own function
+(models that are not patched are unaffected).
+
+Numerics: by default the angles are exact (``pos * inv_freq`` reduced in double). transformers
+forms ``float32(pos) * inv_freq`` in float32, about ``pos * 6e-8`` rad off (0.06 rad at position
+10^6), so outputs differ from unpatched transformers by an amount that grows with the position;
+``precision="transformers"`` reproduces transformers' float32 frequencies and angles.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Any, Dict, List, NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .._rotary import rope_frequencies, rotary
+
+__all__ = ["PosencRotaryEmbedding", "Rotation", "apply_to_family", "apply_to_model",
+           "SUPPORTED_MODEL_TYPES"]
+
+# model_type -> (modeling module, its rotary embedding class, interleaved pairs)
+_FAMILIES = {
+    "llama": ("transformers.models.llama.modeling_llama", "LlamaRotaryEmbedding", False),
+    "mistral": ("transformers.models.mistral.modeling_mistral", "MistralRotaryEmbedding", False),
+    "qwen2": ("transformers.models.qwen2.modeling_qwen2", "Qwen2RotaryEmbedding", False),
+    "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3RotaryEmbedding", False),
+    "phi3": ("transformers.models.phi3.modeling_phi3", "Phi3RotaryEmbedding", False),
+    "gemma2": ("transformers.models.gemma2.modeling_gemma2", "Gemma2RotaryEmbedding", False),
+    "gemma3_text": ("transformers.models.gemma3.modeling_gemma3", "Gemma3RotaryEmbedding", False),
+    "gpt_neox": ("transformers.models.gpt_neox.modeling_gpt_neox", "GPTNeoXRotaryEmbedding",
+                 False),
+    "cohere": ("transformers.models.cohere.modeling_cohere", "CohereRotaryEmbedding", True),
+    "glm": ("transformers.models.glm.modeling_glm", "GlmRotaryEmbedding", True),
+}
+SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILIES))
+
+
+class Rotation(NamedTuple):
+    """What :class:`PosencRotaryEmbedding` returns in the place of ``sin``: the rotation that the
+    wrapped ``apply_rotary_pos_emb`` hands to :func:`posenc.rotary`."""
+
+    inv_freq: Tensor  # (rotary_dim / 2,): float64 (exact) or float32 (transformers)
+    attention_factor: float
+    rotary_dim: int
+    interleaved: bool
+    precision: str
+
+
+class _LayerRope:
+    """The frequencies of one layer type (or of the model): host masters, so that moving the
+    module to another dtype never rounds them, and the state of dynamic and longrope types."""
+
+    def __init__(self, config: Any, layer_type: Optional[str], precision: str) -> None:
+        parameters = config.rope_parameters
+        if layer_type is not None:
+            parameters = parameters[layer_type]
+        self.rope_type = parameters.get("rope_type", "default")
+        self.layer_type = layer_type
+        self.inv_freq, self.attention_factor = rope_frequencies(
+            config, layer_type=layer_type, precision=precision)
+        self.original_inv_freq = self.inv_freq
+        self.max_position_embeddings = config.max_position_embeddings
+        self.cached_seq_len = config.max_position_embeddings
+        self.long_inv_freq: Optional[Tensor] = None
+        self.original_max_position_embeddings = parameters.get(
+            "original_max_position_embeddings", config.max_position_embeddings)
+        if self.rope_type == "longrope":
+            self.long_inv_freq, _ = rope_frequencies(
+                config, layer_type=layer_type, seq_len=self.original_max_position_embeddings + 1,
+                precision=precision)
+
+
+class PosencRotaryEmbedding(nn.Module):
+    r"""Drop-in for a transformers model's rotary embedding module (``LlamaRotaryEmbedding``,
+    ``Gemma3RotaryEmbedding``, ...): built from the config as transformers builds its own (all
+    rope types, ``partial_rotary_factor``, ``rope_parameters`` nested by layer type), its
+    forward ``(x, position_ids[, layer_type])`` returns ``(position_ids, Rotation)`` for the
+    wrapped ``apply_rotary_pos_emb``. Dynamic NTK recomputes the frequencies as transformers'
+    ``dynamic_rope_update`` does (growing past the cached length, back to the original below
+    it; this reads ``position_ids.max()`` on the host, as transformers does); longrope switches
+    to its long factors above ``original_max_position_embeddings`` without a host read."""
+
+    def __init__(self, config: Any, *, interleaved: bool = False,
+                 precision: str = "exact") -> None:
+        super().__init__()
+        self.config = config
+        self.interleaved = interleaved
+        self.precision = precision
+        if hasattr(config, "standardize_rope_params"):
+            config.standardize_rope_params()
+        parameters = config.rope_parameters or {}
+        nested = bool(parameters) and all(isinstance(v, dict) or v is None
+                                          for v in parameters.values())
+        layer_types = [k for k, v in parameters.items() if v] if nested else [None]
+        self._layers = {t: _LayerRope(config, t, precision) for t in layer_types}
+        self._device = torch.device("cpu")
+
+    def _apply(self, fn, recurse=True):
+        # Follow device moves (found from a probe tensor); dtype casts never touch the
+        # frequencies, which stay in the precision's dtype.
+        super()._apply(fn, recurse)
+        self._device = fn(torch.empty(0, device=self._device)).device
+        return self
+
+    def _dynamic_update(self, layer: _LayerRope, position_ids: Tensor) -> None:
+        seq_len = int(position_ids.max()) + 1  # a host read, as transformers' update
+        if seq_len > layer.cached_seq_len:  # growth
+            layer.inv_freq, _ = rope_frequencies(self.config, layer_type=layer.layer_type,
+                                                 seq_len=seq_len, precision=self.precision)
+            layer.cached_seq_len = seq_len
+        if seq_len < layer.max_position_embeddings < layer.cached_seq_len:  # reset
+            layer.inv_freq = layer.original_inv_freq
+            layer.cached_seq_len = layer.max_position_embeddings
+
+    def forward(self, x: Tensor, position_ids: Tensor, layer_type: Optional[str] = None):
+        layer = self._layers[layer_type]
+        if "dynamic" in layer.rope_type:
+            self._dynamic_update(layer, position_ids)
+        inv_freq = layer.inv_freq.to(x.device)
+        if layer.long_inv_freq is not None:
+            # Long factors when the sequence passes the original length; no host read.
+            inv_freq = torch.where(position_ids.max() + 1 > layer.original_max_position_embeddings,
+                                   layer.long_inv_freq.to(x.device), inv_freq)
+        return position_ids, Rotation(inv_freq, layer.attention_factor, 2 * inv_freq.numel(),
+                                      self.interleaved, self.precision)
+
+    def extra_repr(self) -> str:
+        types = {t or "all layers": layer.rope_type for t, layer in self._layers.items()}
+        return (f"rope_types={types}, interleaved={self.interleaved}, "
+                f"precision={self.precision!r}")
+
+
+def _wrap_apply(original):
+    """transformers' apply_rotary_pos_emb, calling posenc.rotary when given a Rotation."""
+    if getattr(original, "__posenc_original__", None) is not None:
+        return original  # already wrapped
+
+    @functools.wraps(original)
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+        if not isinstance(sin, Rotation):
+            return original(q, k, cos, sin, *args, **kwargs)
+        unsqueeze_dim = kwargs.get("unsqueeze_dim", args[0] if args else 1)
+        # q, k: [batch, heads, seq, head_dim] (unsqueeze_dim 1) or [batch, seq, heads, head_dim]
+        layout = "bhsd" if unsqueeze_dim == 1 else "bshd"
+        return rotary(q, k, positions=cos, inv_freq=sin.inv_freq, rotary_dim=sin.rotary_dim,
+                      interleaved=sin.interleaved, layout=layout,
+                      attention_factor=sin.attention_factor, precision=sin.precision)
+
+    apply_rotary_pos_emb.__posenc_original__ = original
+    return apply_rotary_pos_emb
+
+
+def _family(model_type: str):
+    if model_type not in _FAMILIES:
+        raise ValueError(
+            f"posenc.integrations.transformers: model_type {model_type!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    path, class_name, interleaved = _FAMILIES[model_type]
+    return importlib.import_module(path), class_name, interleaved
+
+
+def _patch_apply(module) -> List[str]:
+    wrapped = _wrap_apply(module.apply_rotary_pos_emb)
+    if wrapped is module.apply_rotary_pos_emb:
+        return []
+    module.apply_rotary_pos_emb = wrapped
+    return [f"{module.__name__}.apply_rotary_pos_emb"]
+
+
+def apply_to_model(model: nn.Module, *, precision: str = "exact") -> Dict[str, List[str]]:
+    """Makes ``model`` (a transformers model of a supported ``model_type``) apply RoPE with
+    :func:`posenc.rotary`. Returns what changed: ``{"replaced": [module names],
+    "wrapped": [functions]}``; a second call changes nothing and returns empty lists. An
+    unsupported architecture raises ``ValueError`` before anything is changed.
+
+    precision: ``"exact"`` (default) or ``"transformers"`` (transformers' float32 frequencies
+    and angles, for bit-level parity with a model trained on its tables)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    module, class_name, interleaved = _family(model_type)
+    if precision not in ("exact", "transformers"):
+        raise ValueError(
+            f"posenc.integrations.transformers: precision must be 'exact' or 'transformers', "
+            f"got {precision!r}")
+    targets = [(name, child) for name, child in model.named_modules()
+               if type(child).__name__ == class_name and not isinstance(child,
+                                                                         PosencRotaryEmbedding)]
+    done = [name for name, child in model.named_modules()
+            if isinstance(child, PosencRotaryEmbedding)]
+    if not targets and not done:
+        raise ValueError(
+            f"posenc.integrations.transformers: no {class_name} found in the model")
+    replaced = []
+    for name, child in targets:
+        parent_name, _, attribute = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        buffers = list(child.buffers())
+        replacement = PosencRotaryEmbedding(child.config, interleaved=interleaved,
+                                            precision=precision)
+        if buffers:
+            replacement.to(buffers[0].device)
+        setattr(parent, attribute, replacement)
+        replaced.append(name)
+    return {"replaced": replaced, "wrapped": _patch_apply(module)}
+
+
+def apply_to_family(model_type: str, *, precision: str = "exact") -> Dict[str, List[str]]:
+    """Makes every model of ``model_type`` built afterwards (``from_pretrained``,
+    ``from_config``) use posenc: the modeling module's rotary embedding class is replaced by a
+    :class:`PosencRotaryEmbedding` subclass, and its ``apply_rotary_pos_emb`` is wrapped.
+    Models built before are unchanged (use :func:`apply_to_model`). Returns what changed; a
+    second call changes nothing."""
+    module, class_name, interleaved = _family(model_type)
+    changed = []
+    current = getattr(module, class_name)
+    if not issubclass(current, PosencRotaryEmbedding):
+        class FamilyRotaryEmbedding(PosencRotaryEmbedding):
+            def __init__(self, config: Any, device: Any = None) -> None:
+                super().__init__(config, interleaved=interleaved, precision=precision)
+                if device is not None:
+                    self.to(device)
+
+        FamilyRotaryEmbedding.__name__ = FamilyRotaryEmbedding.__qualname__ = class_name
+        FamilyRotaryEmbedding.__posenc_original__ = current
+        setattr(module, class_name, FamilyRotaryEmbedding)
+        changed.append(f"{module.__name__}.{class_name}")
+    return {"replaced": changed, "wrapped": _patch_apply(module)}
