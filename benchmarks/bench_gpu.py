@@ -1,8 +1,8 @@
 """GPU benchmarks (scripts/gpu_check.sh runs them): each operator, forward and forward +
 backward, next to a clone of the same bytes (the copy-bandwidth floor), eager PyTorch and
-torch.compile of the eager code, all timed in one run with CUDA events: the median of many
-repetitions after warm-up, inputs rotated over several copies larger than the L2 cache so that
-the cache does not flatter. Bytes moved are the bandwidth model's (benchmarks/bandwidth_model.py):
+torch.compile of the eager code, all timed in one run with CUDA events (back-to-back calls,
+see cuda_time_ms) after warm-up, inputs rotated over several copies larger than the L2 cache
+so that the cache does not flatter. Bytes moved are the bandwidth model's (benchmarks/bandwidth_model.py):
 each input read once, each output written once, dropout masks regenerated rather than stored.
 Prints a table and writes it as Markdown to --out."""
 
@@ -228,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = (f"{torch.cuda.get_device_name(0)} "
             f"({torch.cuda.get_device_properties(0).multi_processor_count} SMs)"
             if DEVICE == "cuda" else "CPU (--small)")
-    header = (f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}; median of {args.repeat} "
-              f"timed calls after warm-up, inputs rotated over {args.copies} copies")
+    header = (f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}; per call: median "
+              f"over 5 batches of {args.repeat} back-to-back calls after warm-up, inputs rotated "
+              f"over {args.copies} copies")
     print(header, flush=True)
     exact = exactness()
     print(exact, flush=True)

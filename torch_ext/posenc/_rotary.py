@@ -214,8 +214,8 @@ def rotary(
         q, k: ``(B, S, H, D)`` for layout ``"bshd"``, ``(B, H, S, D)`` for ``"bhsd"``,
             ``(S, B, H, D)`` for ``"sbhd"``, ``(tokens, H, D)`` for ``"thd"``; any strides; head
             counts may differ (GQA/MQA).
-        positions: ``(S,)``, ``(1, S)``, ``(B, S)`` or ``(tokens,)`` ints >= 0; default ``offset + arange``.
-            Give ``positions`` or an offset, not both.
+        positions: ``(S,)``, ``(1, S)``, ``(B, S)`` or ``(tokens,)`` ints >= 0; default
+            ``offset + arange``. Give ``positions`` or an offset, not both.
         offset: an int, or an int tensor ``(B,)`` (per sequence), >= 0.
         inv_freq: ``(rotary_dim / 2,)`` frequencies; default ``base^(-2i/r)`` (or from
             ``scaling``).
