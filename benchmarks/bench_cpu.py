@@ -171,8 +171,55 @@ def bench_rotary(repeat: int) -> None:
                    "q.clone(); k.clone()")
 
 
+def bench_llama_step(repeat: int) -> None:
+    """Training step (forward + backward) of a small Llama from the transformers package, as
+    built and with posenc.integrations.transformers applied: the same weights and inputs."""
+    import copy
+    import warnings
+
+    try:
+        from transformers import AutoModelForCausalLM, LlamaConfig
+    except ImportError:
+        print("\nllama step: transformers is not installed; skipped")
+        return
+    import posenc.integrations.transformers as posenc_hf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = LlamaConfig(vocab_size=1024, hidden_size=256, intermediate_size=512,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=4096)
+        config._attn_implementation = "sdpa"
+        torch.manual_seed(0)
+        reference = AutoModelForCausalLM.from_config(config).train()
+    patched = copy.deepcopy(reference)
+    posenc_hf.apply_to_model(patched)
+    ids = torch.randint(0, 1024, (1, 2048))
+
+    def step(model) -> None:
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids).loss.backward()
+
+    repeat = max(3, min(repeat, 6))
+    samples: Dict[str, List[float]] = {"transformers": [], "transformers + posenc": []}
+    for _ in range(2):
+        step(reference), step(patched)  # warm up
+    for _ in range(repeat):  # alternated, so that drift hits both alike
+        for name, model in (("transformers", reference), ("transformers + posenc", patched)):
+            start = time.perf_counter()
+            step(model)
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    rows = {name: statistics.median(values) for name, values in samples.items()}
+    print("\nLlama training step (transformers LlamaForCausalLM, 2 layers, hidden 256, "
+          "4 heads of 64), batch 1, seq 2048, float32, forward + backward")
+    for name, ms in rows.items():
+        print(f"  {name:<34}{ms:>10.2f}")
+    ratio = rows["transformers + posenc"] / rows["transformers"]
+    print(f"  step time with posenc / without: {ratio:.3f}")
+
+
 BENCHMARKS = {"add_positional": bench_add_positional, "embedding": bench_embedding,
-              "rotary": bench_rotary}
+              "rotary": bench_rotary, "llama_step": bench_llama_step}
 
 
 def main(argv: List[str] | None = None) -> None:
