@@ -10,7 +10,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
-    AutoModelForCausalLM, CohereConfig, Gemma2Config, Gemma3TextConfig, GlmConfig, GPT2Config,
+    AutoModelForCausalLM, CohereConfig, DeepseekV3Config, Gemma2Config, Gemma3TextConfig, GlmConfig, GPT2Config,
     GPTNeoXConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config)
 
 import posenc.integrations.transformers as posenc_hf  # noqa: E402
@@ -46,6 +46,14 @@ def configs():
                                   eos_token_id=2),
         "cohere": CohereConfig(**COMMON),
         "glm": GlmConfig(**COMMON, head_dim=16, partial_rotary_factor=0.5),
+        "deepseek_v3": DeepseekV3Config(
+            **dict(COMMON, num_key_value_heads=4), moe_intermediate_size=32, n_routed_experts=4,
+            num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1,
+            q_lora_rank=None, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
+            v_head_dim=16, rope_interleave=True,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                             "original_max_position_embeddings": 64, "mscale": 0.707,
+                             "mscale_all_dim": 0.707, "beta_fast": 32, "beta_slow": 1}),
     }
 
 
@@ -207,3 +215,47 @@ def test_compiled_patched_model_has_no_graph_break():
     with torch.no_grad():
         torch.testing.assert_close(compiled(ids).logits, reference(ids).logits, rtol=0,
                                    atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text", "deepseek_v3"])
+def test_bfloat16_logits_within_bfloat16_tolerance(model_type):
+    reference, patched = pair(model_type, precision="exact")
+    reference, patched = reference.to(torch.bfloat16), patched.to(torch.bfloat16)
+    ids = torch.randint(0, 128, (2, 48), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        expected, got = reference(ids).logits.float(), patched(ids).logits.float()
+    # transformers rounds cos/sin to bf16 before multiplying, posenc rounds once after the
+    # rotation: differences of a few bf16 ulps of the logits.
+    torch.testing.assert_close(got, expected, rtol=0, atol=3e-2 * expected.abs().max().item())
+
+
+def long_generation(model_type, steps, precision, max_positions):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = configs()[model_type]
+        config.max_position_embeddings = max_positions
+        config._attn_implementation = "eager"
+        torch.manual_seed(0)
+        reference = AutoModelForCausalLM.from_config(config).eval()
+    patched = copy.deepcopy(reference)
+    posenc_hf.apply_to_model(patched, precision=precision)
+    ids = torch.randint(3, 128, (1, 4), generator=torch.Generator().manual_seed(11))
+    runs = [model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                           output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+            for model in (reference, patched)]
+    expected, got = (torch.stack(run.logits)[:, 0] for run in runs)  # [steps, vocab]
+    top2 = expected.topk(2, dim=-1).values
+    margins = top2[:, 0] - top2[:, 1]
+    differences = (got - expected).abs().max(dim=-1).values
+    return runs[0].sequences, runs[1].sequences, margins, differences
+
+
+@pytest.mark.parametrize("precision, steps", [("exact", 256), ("transformers", 2048)])
+def test_long_greedy_generation_gives_the_same_tokens(precision, steps):
+    """Every step is tested: the reference's top-2 margin exceeds the logit difference at each
+    (asserted), so equal tokens are required, not a numerical tie."""
+    expected, got, margins, differences = long_generation("llama", steps, precision, 4096)
+    assert expected.shape[1] == 4 + steps
+    assert bool((margins > differences).all()), (
+        f"tie at step {int((margins <= differences).nonzero()[0])}")
+    assert torch.equal(got, expected)

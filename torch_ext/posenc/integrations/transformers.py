@@ -46,6 +46,10 @@ _FAMILIES = {
                  False),
     "cohere": ("transformers.models.cohere.modeling_cohere", "CohereRotaryEmbedding", True),
     "glm": ("transformers.models.glm.modeling_glm", "GlmRotaryEmbedding", True),
+    # MLA: the rope part of q and k; with config.rope_interleave the attention calls
+    # apply_rotary_pos_emb_interleave (wrapped too, with interleaved pairs).
+    "deepseek_v3": ("transformers.models.deepseek_v3.modeling_deepseek_v3",
+                    "DeepseekV3RotaryEmbedding", False),
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILIES))
 
@@ -145,20 +149,27 @@ class PosencRotaryEmbedding(nn.Module):
                 f"precision={self.precision!r}")
 
 
-def _wrap_apply(original):
-    """transformers' apply_rotary_pos_emb, calling posenc.rotary when given a Rotation."""
+def _wrap_apply(original, interleaved_pairs: bool = False):
+    """transformers' apply_rotary_pos_emb, calling posenc.rotary when given a Rotation.
+    interleaved_pairs: DeepSeek's apply_rotary_pos_emb_interleave, which rotates pairs
+    (2i, 2i + 1) and writes them de-interleaved (i, i + r/2). posenc keeps the pairs in place:
+    q and k get the same channel order, so every q.k product, and so the attention, is the same
+    (the cached keys keep that order too)."""
     if getattr(original, "__posenc_original__", None) is not None:
         return original  # already wrapped
+    takes_position_ids = interleaved_pairs  # (q, k, cos, sin, position_ids=None, unsqueeze_dim=1)
 
     @functools.wraps(original)
     def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
         if not isinstance(sin, Rotation):
             return original(q, k, cos, sin, *args, **kwargs)
+        if takes_position_ids:
+            args = args[1:]
         unsqueeze_dim = kwargs.get("unsqueeze_dim", args[0] if args else 1)
         # q, k: [batch, heads, seq, head_dim] (unsqueeze_dim 1) or [batch, seq, heads, head_dim]
         layout = "bhsd" if unsqueeze_dim == 1 else "bshd"
         return rotary(q, k, positions=cos, inv_freq=sin.inv_freq, rotary_dim=sin.rotary_dim,
-                      interleaved=sin.interleaved, layout=layout,
+                      interleaved=sin.interleaved or interleaved_pairs, layout=layout,
                       attention_factor=sin.attention_factor, precision=sin.precision)
 
     apply_rotary_pos_emb.__posenc_original__ = original
@@ -175,11 +186,17 @@ def _family(model_type: str):
 
 
 def _patch_apply(module) -> List[str]:
-    wrapped = _wrap_apply(module.apply_rotary_pos_emb)
-    if wrapped is module.apply_rotary_pos_emb:
-        return []
-    module.apply_rotary_pos_emb = wrapped
-    return [f"{module.__name__}.apply_rotary_pos_emb"]
+    changed = []
+    for name, interleaved_pairs in (("apply_rotary_pos_emb", False),
+                                    ("apply_rotary_pos_emb_interleave", True)):
+        original = getattr(module, name, None)
+        if original is None:
+            continue
+        wrapped = _wrap_apply(original, interleaved_pairs)
+        if wrapped is not original:
+            setattr(module, name, wrapped)
+            changed.append(f"{module.__name__}.{name}")
+    return changed
 
 
 def apply_to_model(model: nn.Module, *, precision: str = "exact") -> Dict[str, List[str]]:
