@@ -177,6 +177,16 @@ def test_dynamic_ntk_follows_transformers_update():
                                        rtol=0, atol=1e-5)
 
 
+def test_frequencies_follow_device_moves_and_keep_their_dtype():
+    _, patched = pair("phi3", precision="exact")
+    rope = patched.model.rotary_emb
+    patched.to(torch.bfloat16)
+    layer = rope._layers[None]
+    assert layer.inv_freq.dtype == torch.float64 and layer.long_inv_freq.dtype == torch.float64
+    patched.to("meta")
+    assert layer.inv_freq.device.type == "meta" and layer.long_inv_freq.device.type == "meta"
+
+
 def test_second_call_is_a_no_op_and_unknown_architectures_change_nothing():
     _, patched = pair("mistral")
     assert posenc_hf.apply_to_model(patched) == {"replaced": [], "wrapped": []}
@@ -217,7 +227,7 @@ def test_compiled_patched_model_has_no_graph_break():
                                    atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text", "deepseek_v3"])
+@pytest.mark.parametrize("model_type", sorted(configs()))
 def test_bfloat16_logits_within_bfloat16_tolerance(model_type):
     reference, patched = pair(model_type, precision="exact")
     reference, patched = reference.to(torch.bfloat16), patched.to(torch.bfloat16)

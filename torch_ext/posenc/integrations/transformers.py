@@ -88,6 +88,12 @@ class _LayerRope:
                 config, layer_type=layer_type, seq_len=self.original_max_position_embeddings + 1,
                 precision=precision)
 
+    def to(self, device: torch.device) -> None:
+        self.inv_freq = self.inv_freq.to(device)
+        self.original_inv_freq = self.original_inv_freq.to(device)
+        if self.long_inv_freq is not None:
+            self.long_inv_freq = self.long_inv_freq.to(device)
+
 
 class PosencRotaryEmbedding(nn.Module):
     r"""Drop-in for a transformers model's rotary embedding module (``LlamaRotaryEmbedding``,
@@ -115,17 +121,21 @@ class PosencRotaryEmbedding(nn.Module):
         self._device = torch.device("cpu")
 
     def _apply(self, fn, recurse=True):
-        # Follow device moves (found from a probe tensor); dtype casts never touch the
-        # frequencies, which stay in the precision's dtype.
+        # Follow device moves (found from a probe tensor), so that forward finds the frequencies
+        # where the activations are; dtype casts never touch them: they keep the precision's
+        # dtype (float64 for "exact").
         super()._apply(fn, recurse)
         self._device = fn(torch.empty(0, device=self._device)).device
+        for layer in self._layers.values():
+            layer.to(self._device)
         return self
 
     def _dynamic_update(self, layer: _LayerRope, position_ids: Tensor) -> None:
         seq_len = int(position_ids.max()) + 1  # a host read, as transformers' update
         if seq_len > layer.cached_seq_len:  # growth
-            layer.inv_freq, _ = rope_frequencies(self.config, layer_type=layer.layer_type,
-                                                 seq_len=seq_len, precision=self.precision)
+            inv_freq, _ = rope_frequencies(self.config, layer_type=layer.layer_type,
+                                           seq_len=seq_len, precision=self.precision)
+            layer.inv_freq = inv_freq.to(self._device)
             layer.cached_seq_len = seq_len
         if seq_len < layer.max_position_embeddings < layer.cached_seq_len:  # reset
             layer.inv_freq = layer.original_inv_freq
@@ -135,7 +145,7 @@ class PosencRotaryEmbedding(nn.Module):
         layer = self._layers[layer_type]
         if "dynamic" in layer.rope_type:
             self._dynamic_update(layer, position_ids)
-        inv_freq = layer.inv_freq.to(x.device)
+        inv_freq = layer.inv_freq.to(x.device)  # a no-op once the module is on x's device
         if layer.long_inv_freq is not None:
             # Long factors when the sequence passes the original length; no host read.
             inv_freq = torch.where(position_ids.max() + 1 > layer.original_max_position_embeddings,
