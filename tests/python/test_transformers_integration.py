@@ -135,6 +135,14 @@ def test_left_padded_batch_and_packed_sequences():
     expected, margin = greedy_margins(reference, ids, 12, attention_mask=mask)
     got, _ = greedy_margins(patched, ids, 12, attention_mask=mask)
     assert torch.equal(got, expected)
+    # Per-row position_ids, as a left-padded batch gets them: row 0 starts at 0 after its pads.
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    assert position_ids[0, 4] == 0 and position_ids[1, 4] == 4
+    with torch.no_grad():
+        torch.testing.assert_close(
+            patched(ids, attention_mask=mask, position_ids=position_ids).logits,
+            reference(ids, attention_mask=mask, position_ids=position_ids).logits,
+            rtol=0, atol=1e-5)
     # Packed sequences: position_ids restart inside the row.
     packed = torch.randint(1, 128, (1, 25), generator=torch.Generator().manual_seed(5))
     position_ids = torch.cat([torch.arange(10), torch.arange(15)])[None]
