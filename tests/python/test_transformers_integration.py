@@ -210,17 +210,29 @@ def test_second_call_is_a_no_op_and_unknown_architectures_change_nothing():
         posenc_hf.apply_to_model(build("llama"), precision="fp32")
 
 
-def test_apply_to_family_builds_patched_models(monkeypatch):
-    module = __import__("transformers.models.qwen3.modeling_qwen3", fromlist=["x"])
+@pytest.mark.parametrize("model_type, module_name, class_name", [
+    ("qwen3", "transformers.models.qwen3.modeling_qwen3", "Qwen3RotaryEmbedding"),
+    # Gemma 3's weight initialisation reads its rotary class's attributes.
+    ("gemma3_text", "transformers.models.gemma3.modeling_gemma3", "Gemma3RotaryEmbedding"),
+])
+def test_apply_to_family_builds_patched_models(monkeypatch, model_type, module_name, class_name):
+    module = __import__(module_name, fromlist=["x"])
+    rotary_class = getattr(module, class_name)
     # Restored after the test: the family patch is process-wide.
-    monkeypatch.setattr(module, "Qwen3RotaryEmbedding", module.Qwen3RotaryEmbedding)
+    monkeypatch.setattr(rotary_class, "__init__", rotary_class.__init__)
+    monkeypatch.setattr(rotary_class, "forward", rotary_class.forward)
+    monkeypatch.setattr(rotary_class, "__posenc_family__", None, raising=False)
     monkeypatch.setattr(module, "apply_rotary_pos_emb", module.apply_rotary_pos_emb)
-    reference = build("qwen3")
-    changes = posenc_hf.apply_to_family("qwen3", precision="transformers")
-    assert changes["replaced"] == ["transformers.models.qwen3.modeling_qwen3.Qwen3RotaryEmbedding"]
-    assert posenc_hf.apply_to_family("qwen3") == {"replaced": [], "wrapped": []}
-    patched = build("qwen3")
-    assert isinstance(patched.model.rotary_emb, posenc_hf.PosencRotaryEmbedding)
+    reference = build(model_type)
+    with pytest.raises(ValueError, match="precision must be"):
+        posenc_hf.apply_to_family(model_type, precision="fp32")
+    assert getattr(rotary_class, "__posenc_family__", None) is None  # nothing changed
+    changes = posenc_hf.apply_to_family(model_type, precision="transformers")
+    assert changes["replaced"] == [f"{module_name}.{class_name}"]
+    assert posenc_hf.apply_to_family(model_type) == {"replaced": [], "wrapped": []}
+    patched = build(model_type)
+    assert isinstance(patched.model.rotary_emb.posenc, posenc_hf.PosencRotaryEmbedding)
+    assert posenc_hf.apply_to_model(patched) == {"replaced": [], "wrapped": []}
     ids = torch.randint(0, 128, (2, 20), generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         torch.testing.assert_close(patched(ids).logits, reference(ids).logits, rtol=0, atol=1e-5)

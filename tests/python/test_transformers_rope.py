@@ -193,3 +193,29 @@ def test_bad_config_arguments():
                                              "partial_rotary_factor": 1.5})
     with pytest.raises(ValueError, match="needs scaling\\['factor'\\]"):
         torch.ops.posenc.rope_frequencies(16, rope_type="linear")
+
+
+def test_rotary_and_module_take_a_rope_parameters_dict():
+    """A 5.x rope_parameters dict (rope_theta and partial_rotary_factor inside) drives
+    posenc.rotary and posenc.nn.RotaryEmbedding as it drives transformers."""
+    parameters = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 64, "partial_rotary_factor": 0.5}
+    config = llama_config(parameters)
+    hf = LlamaRotaryEmbedding(config)
+    q = torch.randn(2, 7, 4, HEAD_DIM)
+    positions = torch.arange(7)[None].expand(2, 7) * 13
+    cos, sin = hf(q, positions)
+    rotated = HEAD_DIM // 2
+    expected = q.clone()
+    q_rot = q[..., :rotated].transpose(1, 2)
+    half = rotated // 2
+    rotate_half = torch.cat([-q_rot[..., half:], q_rot[..., :half]], dim=-1)
+    expected[..., :rotated] = (q_rot * cos[:, None] + rotate_half * sin[:, None]).transpose(1, 2)
+    got = posenc.rotary(q, positions=positions, scaling=parameters, precision="transformers")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    module = posenc.nn.RotaryEmbedding(HEAD_DIM, scaling=parameters, precision="transformers")
+    assert module.rotary_dim == rotated and module.base == 500000.0
+    torch.testing.assert_close(module(q, positions=positions), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="give rotary_dim or scaling\\['partial_rotary_factor'\\]"):
+        posenc.rotary(q, rotary_dim=8, scaling=parameters)

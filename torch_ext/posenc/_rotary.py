@@ -186,13 +186,25 @@ def rope_frequencies(
     )
 
 
+def _rope_dim(rotary_dim: Optional[int], head_dim: int, scaling: Dict[str, Any],
+              op: str) -> int:
+    """The dim to hand rope_frequencies with `scaling`: the head dim, which a
+    partial_rotary_factor in the scaling reduces, or an explicit rotary_dim (not both)."""
+    if rotary_dim is None:
+        return head_dim
+    if isinstance(scaling, dict) and scaling.get("partial_rotary_factor") is not None:
+        raise ValueError(
+            f"{op}: give rotary_dim or scaling['partial_rotary_factor'], not both")
+    return rotary_dim
+
+
 def rotary(
     q: Tensor,
     k: Optional[Tensor] = None,
     *,
     positions: Optional[Tensor] = None,
     offset: Union[int, Tensor] = 0,
-    base: float = 10000.0,
+    base: Optional[float] = None,
     inv_freq: Optional[Tensor] = None,
     rotary_dim: Optional[int] = None,
     interleaved: bool = False,
@@ -248,12 +260,16 @@ def rotary(
         if not isinstance(q, Tensor):
             raise TypeError(f"posenc.rotary: q must be a Tensor, got {type(q).__name__}")
         scaled, factor = rope_frequencies(
-            rotary_dim if rotary_dim is not None else q.shape[-1], base=base, scaling=scaling,
-            max_position_embeddings=max_position_embeddings, precision=precision,
+            _rope_dim(rotary_dim, q.shape[-1], scaling, "posenc.rotary"), base=base,
+            scaling=scaling, max_position_embeddings=max_position_embeddings,
+            precision=precision,
         )
         arguments["inv_freq"] = scaled.to(q.device)
+        arguments["rotary_dim"] = 2 * scaled.numel()
         if attention_factor is None:
             arguments["attention_factor"] = factor
+    if arguments["base"] is None:
+        arguments["base"] = 10000.0
     if arguments["attention_factor"] is None:
         arguments["attention_factor"] = 1.0
     out = _call("rotary", arguments)

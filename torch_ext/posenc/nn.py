@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ._ops import add_positional, embedding, positional_encoding
-from ._rotary import rope_frequencies, rotary
+from ._rotary import _rope_dim, rope_frequencies, rotary
 
 __all__ = ["PositionalEncoding", "PositionalEmbedding", "RotaryEmbedding"]
 
@@ -254,20 +254,23 @@ class RotaryEmbedding(nn.Module):
         returns the rotated ``q`` or ``(q, k)`` in the layout of the inputs.
     """
 
-    def __init__(self, dim: int, *, base: float = 10000.0, interleaved: bool = False,
+    def __init__(self, dim: int, *, base: Optional[float] = None, interleaved: bool = False,
                  rotary_dim: Optional[int] = None, scaling: Optional[dict] = None,
                  max_position_embeddings: Optional[int] = None,
                  precision: str = "exact") -> None:
         super().__init__()
         self.dim = dim
-        self.base = base
         self.interleaved = interleaved
-        self.rotary_dim = dim if rotary_dim is None else rotary_dim
         self.scaling = scaling
         self.precision = precision
         inv_freq, attention_factor = rope_frequencies(
-            self.rotary_dim, base=base, scaling=scaling,
-            max_position_embeddings=max_position_embeddings, precision=precision)
+            _rope_dim(rotary_dim, dim, scaling, "posenc.nn.RotaryEmbedding"), base=base,
+            scaling=scaling, max_position_embeddings=max_position_embeddings,
+            precision=precision)
+        # The rotary dim: given, or what the scaling's partial_rotary_factor leaves of dim.
+        self.rotary_dim = 2 * inv_freq.numel()
+        theta = scaling.get("rope_theta") if isinstance(scaling, dict) else None
+        self.base = base if base is not None else (theta if theta is not None else 10000.0)
         self.attention_factor = attention_factor
         self._frequencies = inv_freq  # on the CPU, in the precision's dtype
         self.register_buffer("inv_freq", inv_freq.clone(), persistent=False)

@@ -220,15 +220,14 @@ def apply_to_model(model: nn.Module, *, precision: str = "exact") -> Dict[str, L
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     module, class_name, interleaved = _family(model_type)
-    if precision not in ("exact", "transformers"):
-        raise ValueError(
-            f"posenc.integrations.transformers: precision must be 'exact' or 'transformers', "
-            f"got {precision!r}")
+    _check_precision(precision)
+    # Built after apply_to_family: the family's class forwarding to its posenc child.
+    family_built = [name for name, child in model.named_modules()
+                    if isinstance(getattr(child, "posenc", None), PosencRotaryEmbedding)]
     targets = [(name, child) for name, child in model.named_modules()
-               if type(child).__name__ == class_name and not isinstance(child,
-                                                                         PosencRotaryEmbedding)]
-    done = [name for name, child in model.named_modules()
-            if isinstance(child, PosencRotaryEmbedding)]
+               if type(child).__name__ == class_name and name not in family_built]
+    done = family_built + [name for name, child in model.named_modules()
+                           if isinstance(child, PosencRotaryEmbedding)]
     if not targets and not done:
         raise ValueError(
             f"posenc.integrations.transformers: no {class_name} found in the model")
@@ -248,22 +247,45 @@ def apply_to_model(model: nn.Module, *, precision: str = "exact") -> Dict[str, L
 
 def apply_to_family(model_type: str, *, precision: str = "exact") -> Dict[str, List[str]]:
     """Makes every model of ``model_type`` built afterwards (``from_pretrained``,
-    ``from_config``) use posenc: the modeling module's rotary embedding class is replaced by a
-    :class:`PosencRotaryEmbedding` subclass, and its ``apply_rotary_pos_emb`` is wrapped.
-    Models built before are unchanged (use :func:`apply_to_model`). Returns what changed; a
-    second call changes nothing."""
+    ``from_config``) use posenc: the family's rotary embedding class keeps its name, attributes
+    and buffers (transformers' weight initialisation reads them), gains a
+    :class:`PosencRotaryEmbedding` as its ``posenc`` child, and forwards to it; the modeling
+    module's ``apply_rotary_pos_emb`` is wrapped. Models built before keep transformers' tables
+    (use :func:`apply_to_model` for them). Returns what changed; a second call changes nothing (the first
+    call's precision stays)."""
     module, class_name, interleaved = _family(model_type)
+    _check_precision(precision)
+    rotary_class = getattr(module, class_name)
     changed = []
-    current = getattr(module, class_name)
-    if not issubclass(current, PosencRotaryEmbedding):
-        class FamilyRotaryEmbedding(PosencRotaryEmbedding):
-            def __init__(self, config: Any, device: Any = None) -> None:
-                super().__init__(config, interleaved=interleaved, precision=precision)
-                if device is not None:
-                    self.to(device)
+    if getattr(rotary_class, "__posenc_family__", None) is None:
+        original_init = rotary_class.__init__
 
-        FamilyRotaryEmbedding.__name__ = FamilyRotaryEmbedding.__qualname__ = class_name
-        FamilyRotaryEmbedding.__posenc_original__ = current
-        setattr(module, class_name, FamilyRotaryEmbedding)
+        @functools.wraps(original_init)
+        def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(self, config, *args, **kwargs)
+            self.posenc = PosencRotaryEmbedding(config, interleaved=interleaved,
+                                                precision=precision)
+            device = kwargs.get("device", args[0] if args else None)
+            if device is not None:
+                self.posenc.to(device)
+
+        original_forward = rotary_class.forward
+
+        def forward(self, x: Tensor, position_ids: Tensor, *args: Any, **kwargs: Any):
+            posenc = getattr(self, "posenc", None)
+            if posenc is None:  # built before the call: transformers' own tables
+                return original_forward(self, x, position_ids, *args, **kwargs)
+            return posenc(x, position_ids, *args, **kwargs)
+
+        rotary_class.__posenc_family__ = (original_init, original_forward, precision)
+        rotary_class.__init__ = __init__
+        rotary_class.forward = forward
         changed.append(f"{module.__name__}.{class_name}")
     return {"replaced": changed, "wrapped": _patch_apply(module)}
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in ("exact", "transformers"):
+        raise ValueError(
+            f"posenc.integrations.transformers: precision must be 'exact' or 'transformers', "
+            f"got {precision!r}")
