@@ -71,9 +71,6 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
         batch == 1 ? 1 : std::max<int64_t>(1, std::min<int64_t>(seq_len, 16384 / dim));
     const int64_t block_count = (seq_len + block - 1) / block;
     const int64_t grain = std::max<int64_t>(1, 32768 / (block * dim));
-    const bool streaming =
-        batch * seq_len * dim * static_cast<int64_t>(sizeof(scalar_t)) >=
-        cpu::kStreamingOutputBytes;
     parallel_for(0, block_count * batch, grain, [&](int64_t begin, int64_t end) {
       std::vector<acc> pe_block(needs_code ? static_cast<size_t>(block * dim) : 0);
       int64_t pe_block_index = -1;   // which t-block pe_block holds (shared positions)
@@ -118,10 +115,9 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
                           t * params.out.seq_stride;
           cpu::combine_row(with_code ? params.combine : Combine::kScaleOnly, in.data, in.stride,
                            pe, params.dropout.active ? mask.data() : nullptr, scale, out,
-                           params.out.dim_stride, dim, streaming);
+                           params.out.dim_stride, dim);
         }
       }
-      if (streaming) cpu::streaming_fence();
     });
   });
 }

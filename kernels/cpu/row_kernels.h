@@ -4,12 +4,7 @@
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
 #include <vector>
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include "common.h"
 #include "philox.h"
@@ -170,57 +165,10 @@ void fill_dropout_multipliers(const Dropout& dropout, uint64_t first, int64_t co
   }
 }
 
-// Outputs at least this large are written with non-temporal (streaming) stores: they are
-// evicted from the caches before anything reads them, and a regular store first reads each
-// line it writes, which costs a third more memory traffic than a copy.
-constexpr int64_t kStreamingOutputBytes = int64_t{32} << 20;
-
-// Whether float/double rows can be streamed on this build (SSE2: every x86-64).
-template <typename scalar_t>
-constexpr bool kCanStream =
-#if defined(__SSE2__)
-    std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
-#else
-    false;
-#endif
-
-// Orders a thread's streaming stores before what follows (they are weakly ordered): call once
-// at the end of a thread's share of the rows.
-inline void streaming_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
-// out[d] = value(d) for d < dim with non-temporal stores, 64 elements at a time through an
-// aligned buffer (the loop that fills it vectorizes); `out` is 16-byte aligned.
-template <typename scalar_t, typename Value>
-void stream_row(scalar_t* out, int64_t dim, Value&& value) {
-#if defined(__SSE2__)
-  constexpr int kChunk = 64;
-  alignas(64) scalar_t chunk[kChunk];
-  int64_t d = 0;
-  for (; d + kChunk <= dim; d += kChunk) {
-    for (int k = 0; k < kChunk; ++k) chunk[k] = static_cast<scalar_t>(value(d + k));
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      for (int k = 0; k < kChunk; k += 4) _mm_stream_ps(out + d + k, _mm_load_ps(chunk + k));
-    } else {
-      for (int k = 0; k < kChunk; k += 2) _mm_stream_pd(out + d + k, _mm_load_pd(chunk + k));
-    }
-  }
-  for (; d < dim; ++d) out[d] = static_cast<scalar_t>(value(d));
-#else
-  for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<scalar_t>(value(d));
-#endif
-}
-
-// out[d] = mask[d] * combine(scale * in[d], pe[d]) over one row of `dim` elements; with
-// `streaming`, contiguous aligned float/double rows use non-temporal stores (call
-// streaming_fence() after the thread's last row).
+// out[d] = mask[d] * combine(scale * in[d], pe[d]) over one row of `dim` elements.
 template <Combine kCombine, bool kMasked, typename scalar_t, typename acc_t>
 void combine_row_impl(const scalar_t* in, int64_t in_stride, const acc_t* pe, const acc_t* mask,
-                      acc_t scale, scalar_t* out, int64_t out_stride, int64_t dim,
-                      bool streaming) {
+                      acc_t scale, scalar_t* out, int64_t out_stride, int64_t dim) {
   auto value = [&](int64_t d, acc_t x) {
     acc_t y;
     if (kCombine == Combine::kAdd) {
@@ -234,15 +182,6 @@ void combine_row_impl(const scalar_t* in, int64_t in_stride, const acc_t* pe, co
     }
     return kMasked ? y * mask[d] : y;
   };
-  if constexpr (kCanStream<scalar_t>) {
-    if (streaming && out_stride == 1 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
-        (kCombine == Combine::kPositionOnly || in_stride == 1)) {
-      stream_row(out, dim, [&](int64_t d) {
-        return value(d, kCombine == Combine::kPositionOnly ? acc_t(0) : load_as_acc(in + d));
-      });
-      return;
-    }
-  }
   if (kCombine == Combine::kPositionOnly) {
     for (int64_t d = 0; d < dim; ++d) store_from_acc(out + d * out_stride, value(d, acc_t(0)));
   } else if (in_stride == 1 && out_stride == 1) {
@@ -256,16 +195,13 @@ void combine_row_impl(const scalar_t* in, int64_t in_stride, const acc_t* pe, co
 
 template <typename scalar_t, typename acc_t>
 void combine_row(Combine combine, const scalar_t* in, int64_t in_stride, const acc_t* pe,
-                 const acc_t* mask, acc_t scale, scalar_t* out, int64_t out_stride, int64_t dim,
-                 bool streaming = false) {
+                 const acc_t* mask, acc_t scale, scalar_t* out, int64_t out_stride, int64_t dim) {
   auto run = [&](auto combine_tag) {
     constexpr Combine kCombine = decltype(combine_tag)::value;
     if (mask != nullptr) {
-      combine_row_impl<kCombine, true>(in, in_stride, pe, mask, scale, out, out_stride, dim,
-                                       streaming);
+      combine_row_impl<kCombine, true>(in, in_stride, pe, mask, scale, out, out_stride, dim);
     } else {
-      combine_row_impl<kCombine, false>(in, in_stride, pe, mask, scale, out, out_stride, dim,
-                                        streaming);
+      combine_row_impl<kCombine, false>(in, in_stride, pe, mask, scale, out, out_stride, dim);
     }
   };
   switch (combine) {

@@ -10,7 +10,6 @@
 
 #include "angle.h"
 #include "common.h"
-#include "cpu/row_kernels.h"
 #include "philox.h"
 #include "position_code.h"
 #include "positional.h"
@@ -90,47 +89,6 @@ struct Case {
 };
 
 }  // namespace
-
-// Streaming (non-temporal) stores give the same values as regular ones, for aligned rows of
-// whole 64-element chunks plus a tail, misaligned rows (which fall back), masks and every
-// combine; poisoned outputs show unwritten elements.
-template <typename real>
-void check_streaming_rows() {
-  std::mt19937_64 rng(3);
-  std::uniform_real_distribution<double> uniform(-2.0, 2.0);
-  for (const int64_t dim : {1, 63, 64, 200, 1030}) {
-    std::vector<real> in(static_cast<size_t>(dim + 4)), pe(in.size()), mask(in.size());
-    for (size_t i = 0; i < in.size(); ++i) {
-      in[i] = static_cast<real>(uniform(rng));
-      pe[i] = static_cast<real>(uniform(rng));
-      mask[i] = (i % 3 == 0) ? real(0) : real(1.25);
-    }
-    for (const pk::Combine combine : {pk::Combine::kAdd, pk::Combine::kMul,
-                                      pk::Combine::kScaleOnly, pk::Combine::kPositionOnly}) {
-      for (const int64_t shift : {0, 1}) {  // 1: a misaligned output row
-        std::vector<real> regular(static_cast<size_t>(dim + 8), real(-777)),
-            streamed(regular.size(), real(-777));
-        real* aligned_regular = regular.data() + shift;
-        real* aligned_streamed = streamed.data() + shift;
-        for (const real* m : {static_cast<const real*>(nullptr),
-                              static_cast<const real*>(mask.data())}) {
-          pk::cpu::combine_row(combine, in.data(), 1, pe.data(), m, real(0.5), aligned_regular,
-                               1, dim, false);
-          pk::cpu::combine_row(combine, in.data(), 1, pe.data(), m, real(0.5), aligned_streamed,
-                               1, dim, true);
-          pk::cpu::streaming_fence();
-          ASSERT_EQ(regular, streamed) << "dim " << dim << " shift " << shift;
-          for (int64_t d = 0; d < dim; ++d) ASSERT_NE(aligned_streamed[d], real(-777));
-        }
-      }
-    }
-  }
-}
-
-TEST(CombineRow, StreamingStoresMatchRegularStores) {
-  check_streaming_rows<float>();
-  check_streaming_rows<double>();
-}
 
 TEST(Philox, KnownAnswers) {
   // Random123's published known-answer vectors for philox4x32_10.
