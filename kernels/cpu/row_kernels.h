@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -56,6 +57,7 @@ class PositionCodeRows {
       step_sin_[d] = step.sin;
       step_cos_[d] = step.cos;
     }
+    detect_pairs();
   }
 
   bool computed() const { return source_.kind != PositionKind::kLearned && !high_.empty(); }
@@ -77,6 +79,10 @@ class PositionCodeRows {
                             Recurrence& state) const {
     if (!computed()) {
       for (int64_t r = 0; r < rows; ++r) evaluate(first + r, out + r * dim_);
+      return;
+    }
+    if (pairing_ != Pairing::kNone) {
+      evaluate_consecutive_pairs(first, rows, out, state);
       return;
     }
     state.sin_cos.resize(static_cast<size_t>(2 * dim_));
@@ -111,6 +117,117 @@ class PositionCodeRows {
   }
 
   static constexpr int64_t kAnchorRows = 256;
+
+ private:
+  // Channels that come in (sin, cos) pairs of one frequency, as every computed kind but cosine
+  // has them: the sin and cos of a pair are the s and c of one rotation, so the recurrence
+  // runs over half the channels. kAdjacent: channels (2i, 2i + 1) (interleaved sinusoidal,
+  // linear, damped; an odd last channel of amplitude 0); kHalves: channels (i, D/2 + i)
+  // (concat sinusoidal).
+  enum class Pairing { kNone, kAdjacent, kHalves };
+
+  bool same_frequency(int64_t a, int64_t b) const {
+    return high_[a] == high_[b] && middle_[a] == middle_[b] && low_[a] == low_[b];
+  }
+
+  void detect_pairs() {
+    const int64_t pairs = dim_ / 2;
+    if (pairs == 0) return;
+    auto pairs_match = [&](auto partner, int64_t& sin_first) -> bool {
+      sin_first = -1;
+      for (int64_t i = 0; i < pairs; ++i) {
+        const auto [a, b] = partner(i);
+        if (!same_frequency(a, b)) return false;
+        const bool a_sin = phase_[a] == 0.0 && phase_[b] == 0.25;
+        const bool b_sin = phase_[b] == 0.0 && phase_[a] == 0.25;
+        if (!a_sin && !b_sin) return false;
+        if (sin_first == -1) sin_first = a_sin ? 1 : 0;
+        if ((sin_first == 1) != a_sin) return false;
+      }
+      return true;
+    };
+    int64_t sin_first = -1;
+    const bool odd_tail_zero = dim_ % 2 == 0 || amplitude64_[dim_ - 1] == 0.0;
+    if (odd_tail_zero &&
+        pairs_match([](int64_t i) { return std::pair<int64_t, int64_t>{2 * i, 2 * i + 1}; },
+                    sin_first)) {
+      pairing_ = Pairing::kAdjacent;
+    } else if (dim_ % 2 == 0 &&
+               pairs_match([&](int64_t i) { return std::pair<int64_t, int64_t>{i, pairs + i}; },
+                           sin_first) &&
+               sin_first == 1) {
+      pairing_ = Pairing::kHalves;
+    } else {
+      return;
+    }
+    sin_first_ = sin_first == 1;
+    pair_high_.resize(static_cast<size_t>(pairs));
+    pair_middle_.resize(pair_high_.size());
+    pair_low_.resize(pair_high_.size());
+    pair_step_sin_.resize(pair_high_.size());
+    pair_step_cos_.resize(pair_high_.size());
+    for (int64_t i = 0; i < pairs; ++i) {
+      const int64_t a = pairing_ == Pairing::kAdjacent ? 2 * i : i;
+      pair_high_[i] = high_[a];
+      pair_middle_[i] = middle_[a];
+      pair_low_[i] = low_[a];
+      pair_step_sin_[i] = step_sin_[a];
+      pair_step_cos_[i] = step_cos_[a];
+    }
+  }
+
+  // evaluate_consecutive over (sin, cos) pairs: the state holds sin and cos of each pair's angle
+  // (phase 0); the sin channel takes s, the cos channel c (sin(x + 1/4 turn) = cos x).
+  void evaluate_consecutive_pairs(int64_t first, int64_t rows, acc* __restrict out,
+                                  Recurrence& state) const {
+    const int64_t pairs = dim_ / 2;
+    state.sin_cos.resize(static_cast<size_t>(2 * pairs));
+    double* __restrict s = state.sin_cos.data();
+    double* __restrict c = s + pairs;
+    const double* __restrict amplitude = amplitude64_.data();
+    bool continuing = state.next_position == first;
+    for (int64_t r = 0; r < rows; ++r) {
+      acc* __restrict row = out + r * dim_;
+      const int64_t position = first + r;
+      if (!continuing || position % kAnchorRows == 0) {
+        const int64_t anchor = position - position % kAnchorRows;  // see evaluate_consecutive
+        const double p = static_cast<double>(anchor);
+        for (int64_t i = 0; i < pairs; ++i) {
+          const SinCos<double> sc = sincos_turns<double>(
+              reduced_turns(p, pair_high_[i], pair_middle_[i], pair_low_[i], 0.0));
+          s[i] = sc.sin;
+          c[i] = sc.cos;
+        }
+        for (int64_t q = anchor; q < position; ++q) {
+          rotate_channels(pair_step_sin_.data(), pair_step_cos_.data(), s, c, pairs);
+        }
+        continuing = true;
+      } else {
+        rotate_channels(pair_step_sin_.data(), pair_step_cos_.data(), s, c, pairs);
+      }
+      if (pairing_ == Pairing::kHalves) {
+        for (int64_t i = 0; i < pairs; ++i) row[i] = static_cast<acc>(amplitude[i] * s[i]);
+        for (int64_t i = 0; i < pairs; ++i) {
+          row[pairs + i] = static_cast<acc>(amplitude[pairs + i] * c[i]);
+        }
+      } else {
+        const double* __restrict even = sin_first_ ? s : c;
+        const double* __restrict odd = sin_first_ ? c : s;
+        for (int64_t i = 0; i < pairs; ++i) {
+          row[2 * i] = static_cast<acc>(amplitude[2 * i] * even[i]);
+          row[2 * i + 1] = static_cast<acc>(amplitude[2 * i + 1] * odd[i]);
+        }
+        if (dim_ % 2 != 0) row[dim_ - 1] = acc(0);  // the unused channel of an odd width
+      }
+    }
+    state.next_position = first + rows;
+  }
+
+  Pairing pairing_ = Pairing::kNone;
+  bool sin_first_ = true;
+  std::vector<double> pair_high_, pair_middle_, pair_low_, pair_step_sin_, pair_step_cos_;
+
+ public:
 
   // out[d - first] = PE(position)[d] for first <= d < end (default: the whole row).
   void evaluate(int64_t position, acc* __restrict out, int64_t first = 0,
