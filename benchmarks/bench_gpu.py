@@ -12,7 +12,7 @@ import argparse
 import math
 import statistics
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,7 @@ def cuda_time_ms(fn: Callable[[int], object], repeat: int, warmup: int = 3,
 
 
 ROWS: List[Dict[str, object]] = []
+DIAGNOSTICS: List[Tuple[str, float, float]] = []  # (case, ms, fraction of clone speed)
 
 
 def record(case: str, moved_bytes: int, clone_bytes: int, times: Dict[str, float]) -> None:
@@ -93,6 +94,18 @@ def bench_add_positional(repeat: int, copies: int) -> None:
     pe = pe.to(dtype)  # the tutorial's stored table, read on every call
     x_bytes = xs[0].numel() * xs[0].element_size()
     clone_ms = cuda_time_ms(lambda i: xs[i % copies].clone(), repeat)
+
+    # Diagnostics: the same kernel without codes (the backward of "add" only scales), and with a
+    # learned table read instead of codes evaluated; the gap to the first row is the codes'.
+    table = torch.randn(T, D, device=DEVICE, dtype=dtype)
+    for name, fn in (
+            ("add_positional_backward (same kernel, no codes)",
+             lambda i: torch.ops.posenc.add_positional_backward(xs[i % copies])),
+            ("add_positional, learned table", lambda i: posenc.add_positional(
+                xs[i % copies], kind="learned", table=table))):
+        ms = cuda_time_ms(fn, repeat)
+        DIAGNOSTICS.append((f"{name} ({B}, {T}, {D}) bf16", ms, clone_ms / ms))
+        print(f"{name:<62} {ms:8.3f} ms  {100 * clone_ms / ms:5.1f}% of clone", flush=True)
 
     for p in (0.0, 0.1):
         def eager(x: torch.Tensor, p: float = p) -> torch.Tensor:
@@ -245,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines.append(f"| {row['case']} | {row['posenc ms']:.3f} | {row['GB/s']:.0f} | "
                      f"{100 * row['of clone']:.1f}% | {row['x eager']:.2f} | "
                      f"{row['x compile']:.2f} |")
+    if DIAGNOSTICS:
+        lines += ["", "| diagnostic | ms | % of clone speed |", "|---|---|---|"]
+        lines += [f"| {case} | {ms:.3f} | {100 * fraction:.1f}% |"
+                  for case, ms, fraction in DIAGNOSTICS]
     table = "\n".join(lines)
     print("\n" + table + f"\n\n(benchmark ran {time.time() - started:.0f} s)")
     if args.out:
