@@ -689,12 +689,46 @@ RotaryCall parse_rotary_call(const Arguments& args) {
   call.cu_seqlens = index_argument("cu_seqlens");
   const c10::SymInt batch = call.q4.sym_size(0);
   const c10::SymInt seq_len = call.q4.sym_size(1);
+  const c10::IValue& section = args["mrope_section"];
+  call.mrope_interleaved = args.boolean("mrope_interleaved");
+  TORCH_CHECK_VALUE(!section.isNone() || !call.mrope_interleaved, op,
+                    ": mrope_interleaved needs mrope_section");
+  if (!section.isNone()) {
+    call.mrope_section = section.toIntVector();
+    TORCH_CHECK_VALUE(call.mrope_section.size() == kernels::kMropeAxes, op,
+                      ": mrope_section must have 3 entries (temporal, height, width), got ",
+                      c10::IntArrayRef(call.mrope_section));
+    int64_t pairs = 0;
+    for (const int64_t count : call.mrope_section) {
+      TORCH_CHECK_VALUE(count >= 0 && count <= kernels::kMaxRopeDim, op,
+                        ": mrope_section entries must be in [0, 2^20], got ",
+                        c10::IntArrayRef(call.mrope_section));
+      pairs += count;
+    }
+    TORCH_CHECK_VALUE(pairs == call.rotary_dim / 2, op,
+                      ": mrope_section must sum to rotary_dim / 2 = ", call.rotary_dim / 2,
+                      ", got ", c10::IntArrayRef(call.mrope_section), " (sum ", pairs, ")");
+    TORCH_CHECK_VALUE(call.positions.has_value(), op,
+                      ": mrope_section needs positions of shape (3, B, S) (temporal, height, "
+                      "width)");
+  }
   if (call.positions.has_value()) {
     const at::Tensor& positions = *call.positions;
     TORCH_CHECK_VALUE(!call.offsets.has_value(), op, ": give positions or offsets, not both");
     TORCH_CHECK_VALUE(call.offset == 0, op, ": give positions or offset, not both (offset = ",
                       call.offset, ")");
-    if (thd) {
+    if (!call.mrope_section.empty()) {
+      // One row of positions per axis: [3, tokens] (thd), [3, S], [3, 1, S] or [3, B, S].
+      const bool rows = positions.dim() >= 2 && positions.sym_size(0) == kernels::kMropeAxes &&
+                        positions.sym_size(positions.dim() - 1) == seq_len;
+      const bool shaped = thd ? positions.dim() == 2
+                              : positions.dim() == 2 ||
+                                    (positions.dim() == 3 && (positions.sym_size(1) == batch ||
+                                                              positions.sym_size(1) == 1));
+      TORCH_CHECK_VALUE(rows && shaped, op, ": positions with mrope_section must have shape ",
+                        thd ? "(3, tokens)" : "(3, S), (3, 1, S) or (3, B, S)", " with S = ",
+                        seq_len, " and B = ", batch, ", got ", positions.sym_sizes());
+    } else if (thd) {
       TORCH_CHECK_VALUE(positions.dim() == 1 && positions.sym_size(0) == seq_len, op,
                         ": positions must have shape (tokens,) = (", seq_len,
                         ",) for layout 'thd', got ", positions.sym_sizes());

@@ -159,7 +159,9 @@ struct RotaryCall {
   std::optional<at::Tensor> k;           // layout's shape, q's batch, sequence and head_dim
   at::Tensor q4;                         // q as the [B, S, H, D] view
   std::optional<at::Tensor> k4;
-  std::optional<at::Tensor> positions;   // [S], [B, S] or [tokens]
+  std::optional<at::Tensor> positions;   // [S], [B, S] or [tokens]; M-RoPE: [3, ...] of those
+  std::vector<int64_t> mrope_section;    // empty, or 3 pair counts summing to rotary_dim / 2
+  bool mrope_interleaved = false;
   std::optional<at::Tensor> offsets;     // [B] or [sequences]
   std::optional<at::Tensor> inv_freq;    // [rotary_dim / 2]
   std::optional<at::Tensor> cu_seqlens;  // [sequences + 1]

@@ -77,7 +77,9 @@ NamedArguments named(const RotaryOptions& o) {
           {"layout", o.layout()},
           {"attention_factor", o.attention_factor()},
           {"inverse", o.inverse()},
-          {"precision", o.precision()}};
+          {"precision", o.precision()},
+          {"mrope_section", o.mrope_section()},
+          {"mrope_interleaved", o.mrope_interleaved()}};
 }
 
 NamedArguments named(const RopeFrequenciesOptions& o) {

@@ -183,9 +183,20 @@ std::vector<at::Tensor> run_rotary_call(const detail::RotaryCall& call) {
       params.positions = positions.data_ptr();
       params.positions_type = positions.scalar_type() == at::kLong ? kernels::IndexType::kInt64
                                                                    : kernels::IndexType::kInt32;
-      const bool per_row = positions.dim() == 2;
-      params.positions_strides[0] = per_row && positions.size(0) != 1 ? positions.stride(0) : 0;
-      params.positions_strides[1] = positions.stride(per_row ? 1 : 0);
+      // M-RoPE: a leading axis of 3 position rows, then the usual (B, S) / (S,) / (tokens,).
+      const int axis_dims = call.mrope_section.empty() ? 0 : 1;
+      const bool per_row = positions.dim() - axis_dims == 2;
+      params.positions_strides[0] =
+          per_row && positions.size(axis_dims) != 1 ? positions.stride(axis_dims) : 0;
+      params.positions_strides[1] = positions.stride(positions.dim() - 1);
+      if (axis_dims == 1) {
+        params.mrope = true;
+        params.mrope_interleaved = call.mrope_interleaved;
+        for (int a = 0; a < kernels::kMropeAxes; ++a) {
+          params.mrope_section[a] = call.mrope_section[a];
+        }
+        params.positions_axis_stride = positions.stride(0);
+      }
     }
     at::Tensor offsets_dense, cu_dense;
     if (call.offsets.has_value()) {

@@ -55,7 +55,8 @@ TORCH_LIBRARY(posenc, m) {
       "rotary(Tensor q, Tensor? k=None, Tensor? positions=None, Tensor? offsets=None, "
       "Tensor? inv_freq=None, Tensor? cu_seqlens=None, *, float base=10000.0, int offset=0, "
       "int? rotary_dim=None, bool interleaved=False, str layout=\"bshd\", "
-      "float attention_factor=1.0, bool inverse=False, str precision=\"exact\") -> Tensor[]");
+      "float attention_factor=1.0, bool inverse=False, str precision=\"exact\", "
+      "int[]? mrope_section=None, bool mrope_interleaved=False) -> Tensor[]");
   // transformers' apply_rotary_pos_emb with given cos/sin: [B, S, D] (or broadcastable to q
   // after unsqueeze(unsqueeze_dim)). transpose=True applies the transposed map: the backward.
   m.def(

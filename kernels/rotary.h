@@ -48,20 +48,47 @@ struct RotaryParams {
   const void* cu_seqlens = nullptr;   // [sequences + 1], validated increasing from 0 to seq_len
   IndexType cu_seqlens_type = IndexType::kInt64;
   int64_t sequences = 0;
+  // M-RoPE (Qwen2-VL, Qwen3-VL): positions are [3, batch, seq] (temporal, height, width) and
+  // pair i rotates by the position of axis rotary_pair_axis(i); mrope_section[a] pairs belong
+  // to axis a (they sum to rotary_dim / 2). Contiguous sections (Qwen2/2.5-VL: t t .. h h .. w
+  // w ..) or interleaved (Qwen3-VL: t h w t h w .., each axis up to its section's count).
+  bool mrope = false;
+  bool mrope_interleaved = false;
+  int64_t mrope_section[3] = {};
+  int64_t positions_axis_stride = 0;  // between the 3 position rows
   RotaryOperand operands[2];
   int operand_count = 0;
 };
+
+constexpr int kMropeAxes = 3;
+
+// The position axis (0 temporal, 1 height, 2 width) of pair `pair` under M-RoPE; 0 otherwise.
+POSENC_HOST_DEVICE int rotary_pair_axis(const RotaryParams& p, int64_t pair) {
+  if (!p.mrope) return 0;
+  if (p.mrope_interleaved) {
+    // transformers' apply_interleaved_mrope: height on pairs 1, 4, .. below 3 * section[1],
+    // width on pairs 2, 5, .. below 3 * section[2], temporal everywhere else.
+    const int64_t lane = pair % 3;
+    if (lane == 1 && pair < 3 * p.mrope_section[1]) return 1;
+    if (lane == 2 && pair < 3 * p.mrope_section[2]) return 2;
+    return 0;
+  }
+  if (pair < p.mrope_section[0]) return 0;
+  return pair < p.mrope_section[0] + p.mrope_section[1] ? 1 : 2;
+}
 
 // inv_freq_i = base^(-2i/r), the default rotary frequency of pair i.
 POSENC_HOST_DEVICE double default_rotary_frequency(int64_t pair, int64_t rotary_dim, double base) {
   return ::pow(base, -2.0 * static_cast<double>(pair) / static_cast<double>(rotary_dim));
 }
 
-// Position of token (b, s) (see RotaryParams).
-POSENC_HOST_DEVICE int64_t rotary_token_position(const RotaryParams& p, int64_t b, int64_t s) {
+// Position of token (b, s) (see RotaryParams); `axis` selects the M-RoPE position row.
+POSENC_HOST_DEVICE int64_t rotary_token_position(const RotaryParams& p, int64_t b, int64_t s,
+                                                 int axis = 0) {
   if (p.positions != nullptr) {
     return load_index(p.positions, p.positions_type,
-                      b * p.positions_strides[0] + s * p.positions_strides[1]);
+                      axis * p.positions_axis_stride + b * p.positions_strides[0] +
+                          s * p.positions_strides[1]);
   }
   int64_t sequence = b;
   int64_t local = s;

@@ -76,11 +76,26 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
       acc* __restrict cosines = cos_values.data();
       acc* __restrict sines = sin_values.data();
       int64_t cached_position = -1;
+      int64_t cached_axes[kMropeAxes] = {-1, -1, -1};
       for (int64_t token = begin; token < end; ++token) {
         const int64_t b = token / params.seq_len;
         const int64_t s = token % params.seq_len;
-        const int64_t position = rotary_token_position(params, b, s);
-        if (position != cached_position) {
+        if (params.mrope) {
+          // Three positions per token; each pair takes the one of its axis.
+          int64_t axes[kMropeAxes];
+          for (int a = 0; a < kMropeAxes; ++a) axes[a] = rotary_token_position(params, b, s, a);
+          if (!std::equal(axes, axes + kMropeAxes, cached_axes)) {
+            for (int64_t i = 0; i < half; ++i) {
+              const SinCos<acc> sc =
+                  rotary_sincos<acc>(params.frequencies[i], params.float32_frequencies, i,
+                                     axes[rotary_pair_axis(params, i)]);
+              cosines[i] = factor * sc.cos;
+              sines[i] = sin_sign * factor * sc.sin;
+            }
+            std::copy(axes, axes + kMropeAxes, cached_axes);
+          }
+        } else if (const int64_t position = rotary_token_position(params, b, s);
+                   position != cached_position) {
           const TurnFrequency* f = params.frequencies;
           // Two loops rather than a branch inside one, so the exact one vectorizes.
           if (params.float32_frequencies == nullptr) {

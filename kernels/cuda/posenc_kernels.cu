@@ -612,9 +612,9 @@ __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
   acc* sines = cosines + tile * chunk;
   // Per tile token: its position, and each operand's input and output row offsets (found once
   // per token, so that no item divides 64-bit numbers).
-  int64_t* positions = reinterpret_cast<int64_t*>(sines + tile * chunk);
-  int64_t* in_rows = positions + tile;   // [2, tile]
-  int64_t* out_rows = in_rows + 2 * tile;  // [2, tile]
+  int64_t* positions = reinterpret_cast<int64_t*>(sines + tile * chunk);  // [tile, 3]
+  int64_t* in_rows = positions + kMropeAxes * tile;  // [2, tile]
+  int64_t* out_rows = in_rows + 2 * tile;            // [2, tile]
   const acc factor = static_cast<acc>(p.attention_factor);
   const acc sign = p.inverse ? acc(-1) : acc(1);
   const int64_t tokens = p.batch * p.seq_len;
@@ -629,9 +629,11 @@ __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
       const int64_t token = tile_start + j;
       const int64_t b = token / p.seq_len;
       const int64_t s = token - b * p.seq_len;
-      const int64_t position = rotary_token_position(p, b, s);
-      POSENC_DEVICE_CHECK(position >= 0, "posenc.rotary: positions must be >= 0");
-      positions[j] = position;
+      for (int a = 0; a < (p.mrope ? kMropeAxes : 1); ++a) {
+        const int64_t position = rotary_token_position(p, b, s, a);
+        POSENC_DEVICE_CHECK(position >= 0, "posenc.rotary: positions must be >= 0");
+        positions[j * kMropeAxes + a] = position;
+      }
       for (int k = 0; k < p.operand_count; ++k) {
         const RotaryOperand& op = p.operands[k];
         in_rows[k * tile + j] = b * op.in_strides[0] + s * op.in_strides[1];
@@ -644,8 +646,9 @@ __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
       for (uint32_t e = tid; e < tile_tokens * count; e += threads) {
         const uint32_t j = e / count;
         const uint32_t i = e - j * count;
-        const SinCos<acc> sc = rotary_sincos<acc>(frequencies[start + i], p.float32_frequencies,
-                                                  start + i, positions[j]);
+        const SinCos<acc> sc =
+            rotary_sincos<acc>(frequencies[start + i], p.float32_frequencies, start + i,
+                               positions[j * kMropeAxes + rotary_pair_axis(p, start + i)]);
         cosines[j * chunk + i] = factor * sc.cos;
         sines[j * chunk + i] = sign * factor * sc.sin;
       }
@@ -895,7 +898,7 @@ int rotary(const RotaryParams& params, const double* inv_freq, double base, void
     if (token_items >= (int64_t{1} << 31)) return static_cast<int>(cudaErrorInvalidValue);
     const size_t shared_bytes =
         2 * sizeof(acc_t<scalar_t>) * static_cast<size_t>(tile * chunk) +
-        5 * sizeof(int64_t) * static_cast<size_t>(tile);
+        (kMropeAxes + 4) * sizeof(int64_t) * static_cast<size_t>(tile);
     POSENC_LAUNCH_SYNC(rotary_kernel<scalar_t>, blocks_for(tokens, tile, max_grid_x()), kThreads,
                        shared_bytes, stream, params, frequencies, tile);
     return launch_status();

@@ -344,6 +344,7 @@ struct RotaryCase {
   int64_t rotary_dim;
   bool interleaved, inverse, with_positions, with_offsets, float32_frequencies, lowered;
   int64_t head_dim = 10;  // 128: whole 8-element groups, the 16-byte vector paths
+  int mrope = 0;          // 1: M-RoPE, contiguous sections; 2: interleaved (needs positions)
 };
 
 class CudaEmulatedRotary : public ::testing::TestWithParam<RotaryCase> {};
@@ -355,7 +356,8 @@ TEST_P(CudaEmulatedRotary, MatchesCpu) {
   const int64_t batch = c.layout == 3 ? 1 : 3;
   const int64_t seq_len = (c.layout == 3 ? 9 : 5) + (head_dim > 10 ? 14 : 0);
   const int64_t heads[2] = {4, 2};
-  std::vector<int64_t> cu{0, 4, 4, seq_len}, offsets{7, 0, 1000000}, positions(batch * seq_len);
+  std::vector<int64_t> cu{0, 4, 4, seq_len}, offsets{7, 0, 1000000},
+      positions((c.mrope ? 3 : 1) * batch * seq_len);  // M-RoPE: [3, B, S]
   std::mt19937_64 rng(11);
   for (auto& p : positions) p = static_cast<int64_t>(rng() % (1 << 24));
   for (pk::DType dtype : kDTypes) {
@@ -375,6 +377,14 @@ TEST_P(CudaEmulatedRotary, MatchesCpu) {
       params.positions = positions.data();
       params.positions_strides[0] = seq_len;
       params.positions_strides[1] = 1;
+      if (c.mrope) {
+        const int64_t half = c.rotary_dim / 2;
+        params.mrope = true;
+        params.mrope_interleaved = c.mrope == 2;
+        params.mrope_section[1] = params.mrope_section[2] = half / 3;
+        params.mrope_section[0] = half - 2 * (half / 3);
+        params.positions_axis_stride = batch * seq_len;
+      }
     } else if (c.with_offsets) {
       params.offsets = offsets.data();
     }
@@ -447,6 +457,9 @@ const RotaryCase kRotaryCases[] = {
     {0, 64, true, true, true, false, false, true, 128},
     {2, 96, false, false, false, true, false, false, 128},
     {3, 128, false, true, false, true, true, false, 128},
+    {0, 128, false, false, true, false, false, true, 128, 1},
+    {1, 96, false, true, true, false, true, false, 128, 2},
+    {2, 10, true, false, true, false, false, false, 10, 1},
 };
 
 INSTANTIATE_TEST_SUITE_P(CudaEmulated, CudaEmulatedRotary, ::testing::ValuesIn(kRotaryCases));

@@ -392,3 +392,32 @@ TEST(PosencApi, RopeFrequenciesPartialRotary) {
   ASSERT_EQ(partial.numel(), 2);
   EXPECT_NEAR(partial[1].item<double>(), std::pow(10000.0, -0.5), 1e-15);
 }
+
+// M-RoPE through the C++ API: equal to plain rotary when the three position rows agree, an
+// error naming mrope_section when the sections do not sum to rotary_dim / 2.
+TEST(PosencApi, MropeSections) {
+  const torch::Tensor q = torch::randn({2, 5, 3, 16}, torch::kFloat64);
+  const torch::Tensor row = torch::randint(0, 100, {2, 5});
+  const torch::Tensor rows = row.unsqueeze(0).expand({3, 2, 5});
+  const auto mrope = posenc::rotary(
+      q, std::nullopt,
+      posenc::RotaryOptions().positions(rows).mrope_section(std::vector<int64_t>{2, 3, 3}));
+  const auto plain = posenc::rotary(q, std::nullopt, posenc::RotaryOptions().positions(row));
+  EXPECT_TRUE(torch::equal(mrope[0], plain[0]));
+  const torch::Tensor distinct = torch::randint(0, 100, {3, 2, 5});
+  const auto interleaved = posenc::rotary(
+      q, std::nullopt,
+      posenc::RotaryOptions().positions(distinct).mrope_section(std::vector<int64_t>{2, 3, 3})
+          .mrope_interleaved(true));
+  EXPECT_FALSE(torch::equal(interleaved[0], plain[0]));
+  try {
+    posenc::rotary(q, std::nullopt,
+                   posenc::RotaryOptions().positions(rows).mrope_section(
+                       std::vector<int64_t>{2, 2, 2}));
+    ADD_FAILURE() << "expected an error for mrope_section {2, 2, 2}";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mrope_section must sum to rotary_dim / 2 = 8"),
+              std::string::npos)
+        << e.what();
+  }
+}

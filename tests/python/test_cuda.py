@@ -320,3 +320,15 @@ def test_device_side_assert_names_the_argument():
                             timeout=300)
     assert result.returncode != 0
     assert "ids must be in [0, V)" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_mrope_parity(interleaved):
+    q = torch.randn(2, 4, 9, 64)
+    k = torch.randn(2, 1, 9, 64)
+    positions = torch.randint(0, 5000, (3, 2, 9))
+    kwargs = dict(layout="bhsd", mrope_section=[12, 10, 10], mrope_interleaved=interleaved)
+    cpu = posenc.rotary(q, k, positions=positions, **kwargs)
+    cuda = posenc.rotary(q.cuda(), k.cuda(), positions=positions.cuda(), **kwargs)
+    for a, b in zip(cuda, cpu):
+        close(a, b, torch.float32)

@@ -219,3 +219,77 @@ def test_rotary_and_module_take_a_rope_parameters_dict():
     torch.testing.assert_close(module(q, positions=positions), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="give rotary_dim or scaling\\['partial_rotary_factor'\\]"):
         posenc.rotary(q, rotary_dim=8, scaling=parameters)
+
+
+def qwen_vl_rotary(model: str):
+    """transformers' Qwen2-VL or Qwen3-VL text rotary embedding on a tiny config."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if model == "qwen2_vl":
+            from transformers import Qwen2VLTextConfig
+            from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding
+            config = Qwen2VLTextConfig(hidden_size=128, num_attention_heads=4,
+                                       num_key_value_heads=2, rope_parameters={
+                                           "rope_type": "default", "rope_theta": 10000.0,
+                                           "mrope_section": [4, 6, 6]})
+            return Qwen2VLRotaryEmbedding(config), [4, 6, 6], False
+        from transformers import Qwen3VLTextConfig
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
+        config = Qwen3VLTextConfig(hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                                   head_dim=32, rope_parameters={
+                                       "rope_type": "default", "rope_theta": 5000000.0,
+                                       "mrope_section": [6, 5, 5], "mrope_interleaved": True})
+        return Qwen3VLTextRotaryEmbedding(config), [6, 5, 5], True
+
+
+@pytest.mark.parametrize("model", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("precision", ["transformers", "exact"])
+def test_mrope_matches_transformers_qwen_vl(model, precision):
+    hf, section, interleaved = qwen_vl_rotary(model)
+    batch, seq, heads, head_dim = 2, 11, 4, 32
+    generator = torch.Generator().manual_seed(12)
+    # Temporal, height and width rows that differ, as for image tokens.
+    positions = torch.randint(0, 3000, (3, batch, seq), generator=generator)
+    q = torch.randn(batch, heads, seq, head_dim, dtype=torch.float64, generator=generator)
+    k = torch.randn(batch, 2, seq, head_dim, dtype=torch.float64, generator=generator)
+    cos, sin = hf(q.float(), positions)  # (B, S, D), recomposed per axis
+    half = head_dim // 2
+
+    def reference(x):
+        x1, x2 = x[..., :half], x[..., half:]
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return x * cos[:, None].double() + rotated * sin[:, None].double()
+
+    q_out, k_out = posenc.rotary(q, k, positions=positions, layout="bhsd",
+                                 mrope_section=section, mrope_interleaved=interleaved,
+                                 inv_freq=hf.inv_freq.double(), precision=precision)
+    # transformers' angles are float32: exact angles differ by about pos * 6e-8 rad.
+    tolerance = 1e-6 if precision == "transformers" else 3e-4
+    torch.testing.assert_close(q_out, reference(q), rtol=0, atol=tolerance)
+    torch.testing.assert_close(k_out, reference(k), rtol=0, atol=tolerance)
+    # Wrong section, wrong axis order: the comparison fails.
+    shuffled = posenc.rotary(q, positions=positions[[1, 0, 2]], layout="bhsd",
+                             mrope_section=section, mrope_interleaved=interleaved,
+                             inv_freq=hf.inv_freq.double(), precision=precision)
+    assert (shuffled - reference(q)).abs().max() > 1e-2
+
+
+def test_mrope_gradients_and_bad_sections():
+    q = torch.randn(1, 6, 2, 16, dtype=torch.float64, requires_grad=True)
+    positions = torch.randint(0, 50, (3, 1, 6))
+    for interleaved in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda q: posenc.rotary(q, positions=positions, mrope_section=[2, 3, 3],
+                                    mrope_interleaved=interleaved), (q,))
+    with pytest.raises(ValueError, match="must sum to rotary_dim / 2 = 8"):
+        posenc.rotary(q, positions=positions, mrope_section=[2, 2, 2])
+    with pytest.raises(ValueError, match="must have 3 entries"):
+        posenc.rotary(q, positions=positions, mrope_section=[4, 4])
+    with pytest.raises(ValueError, match="positions with mrope_section must have shape"):
+        posenc.rotary(q, positions=positions[0], mrope_section=[2, 3, 3])
+    with pytest.raises(ValueError, match="needs positions"):
+        posenc.rotary(q, mrope_section=[2, 3, 3])
+    with pytest.raises(ValueError, match="mrope_interleaved needs mrope_section"):
+        posenc.rotary(q, positions=positions[0, 0], mrope_interleaved=True)
+    with pytest.raises(TypeError, match="mrope_section must be a list of ints"):
+        posenc.rotary(q, positions=positions, mrope_section="233")

@@ -22,6 +22,7 @@ _EXPECTED = {
     "SymInt": "an int",
     "bool": "a bool",
     "List[float]": "a list of floats",
+    "List[int]": "a list of ints",
 }
 
 
@@ -43,6 +44,7 @@ _ACCEPTS = {
     "SymInt": _is_int,
     "bool": lambda v: isinstance(v, bool),
     "List[float]": lambda v: isinstance(v, (list, tuple)) and all(_is_real(x) for x in v),
+    "List[int]": lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) for x in v),
 }
 
 
@@ -81,6 +83,8 @@ def _check_argument(op: str, name: str, base: str, optional: bool, value: object
         return float(value)  # type: ignore[arg-type]
     if base == "List[float]":
         return [float(v) for v in value]  # type: ignore[union-attr]
+    if base == "List[int]":
+        return list(value)  # type: ignore[arg-type]
     return value
 
 

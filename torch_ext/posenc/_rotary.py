@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -214,6 +214,8 @@ def rotary(
     max_position_embeddings: Optional[int] = None,
     attention_factor: Optional[float] = None,
     precision: str = "exact",
+    mrope_section: Optional[Sequence[int]] = None,
+    mrope_interleaved: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     r"""Rotary position embedding, angles computed in the kernel, one fused pass.
 
@@ -241,6 +243,14 @@ def rotary(
             frequencies and float32 angles ``float(pos) * inv_freq`` (its cos/sin tables, which
             drift from the exact angles by about ``pos * 6e-8`` rad), to reproduce a model
             trained with them.
+        mrope_section: M-RoPE of Qwen2-VL, Qwen2.5-VL and Qwen3-VL: three pair counts
+            (temporal, height, width) summing to ``rotary_dim / 2``; ``positions`` then holds
+            one row per axis: ``(3, B, S)``, ``(3, 1, S)``, ``(3, S)`` or ``(3, tokens)``, and
+            pair ``i`` rotates by the position of its axis: the first ``mrope_section[0]``
+            pairs temporal, the next height, the rest width (Qwen2/2.5-VL); with
+            ``mrope_interleaved`` (Qwen3-VL) height on pairs 1, 4, ... below
+            ``3 * mrope_section[1]``, width on pairs 2, 5, ... below ``3 * mrope_section[2]``,
+            temporal elsewhere.
 
     Returns:
         The rotated ``q``, or ``(q, k)``: new tensors; the inputs are untouched.
@@ -250,7 +260,10 @@ def rotary(
                      rotary_dim=rotary_dim, interleaved=interleaved, layout=layout,
                      cu_seqlens=cu_seqlens, scaling=scaling,
                      max_position_embeddings=max_position_embeddings,
-                     attention_factor=attention_factor, precision=precision)
+                     attention_factor=attention_factor, precision=precision,
+                     mrope_section=(list(mrope_section) if isinstance(mrope_section, (list, tuple))
+                                    else mrope_section),
+                     mrope_interleaved=mrope_interleaved)
     del arguments["scaling"], arguments["max_position_embeddings"]
     if isinstance(offset, Tensor):
         arguments.update(offsets=offset, offset=0)

@@ -87,7 +87,8 @@ at::Tensor embedding_table_backward(const at::Tensor& grad, const at::Tensor& id
 
 // Options of rotary (see the Python docstring of posenc.rotary).
 struct RotaryOptions {
-  TORCH_ARG(std::optional<at::Tensor>, positions) = std::nullopt;  // [S], [B, S] or [tokens]
+  // [S], [1, S], [B, S] or [tokens]; with mrope_section one row per axis: [3, ...] of those
+  TORCH_ARG(std::optional<at::Tensor>, positions) = std::nullopt;
   TORCH_ARG(int64_t, offset) = 0;
   TORCH_ARG(std::optional<at::Tensor>, offsets) = std::nullopt;  // [B] or [sequences]
   TORCH_ARG(double, base) = 10000.0;
@@ -100,6 +101,10 @@ struct RotaryOptions {
   TORCH_ARG(bool, inverse) = false;  // rotate by the negative angle (the backward)
   // "exact", or "transformers": float32 frequencies and angles as transformers computes them.
   TORCH_ARG(std::string, precision) = "exact";
+  // M-RoPE (Qwen2/2.5-VL; Qwen3-VL with mrope_interleaved): pairs per axis (temporal, height,
+  // width), summing to rotary_dim / 2.
+  TORCH_ARG(std::optional<std::vector<int64_t>>, mrope_section) = std::nullopt;
+  TORCH_ARG(bool, mrope_interleaved) = false;
 };
 
 // q, k: [B, S, H, D] in options.layout -> {q_out} or {q_out, k_out}

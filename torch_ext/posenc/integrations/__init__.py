@@ -1,1 +1,2 @@
-"""posenc inside other libraries' models (imported on demand: ``posenc.integrations.transformers``)."""
+"""posenc inside other libraries' models (imported on demand:
+``posenc.integrations.transformers``)."""

@@ -251,8 +251,8 @@ def apply_to_family(model_type: str, *, precision: str = "exact") -> Dict[str, L
     and buffers (transformers' weight initialisation reads them), gains a
     :class:`PosencRotaryEmbedding` as its ``posenc`` child, and forwards to it; the modeling
     module's ``apply_rotary_pos_emb`` is wrapped. Models built before keep transformers' tables
-    (use :func:`apply_to_model` for them). Returns what changed; a second call changes nothing (the first
-    call's precision stays)."""
+    (use :func:`apply_to_model` for them). Returns what changed; a second call changes nothing
+    (the first call's precision stays)."""
     module, class_name, interleaved = _family(model_type)
     _check_precision(precision)
     rotary_class = getattr(module, class_name)
