@@ -293,3 +293,64 @@ def test_mrope_gradients_and_bad_sections():
         posenc.rotary(q, positions=positions[0, 0], mrope_interleaved=True)
     with pytest.raises(TypeError, match="mrope_section must be a list of ints"):
         posenc.rotary(q, positions=positions, mrope_section="233")
+
+
+def _rope_index_of(model_class, **vision_config):
+    """transformers' get_rope_index, called on a stand-in holding only the config it reads."""
+    import functools
+    import types
+    stand_in = types.SimpleNamespace(config=types.SimpleNamespace(
+        vision_config=types.SimpleNamespace(**vision_config)))
+    stand_in.get_vision_position_ids = functools.partial(model_class.get_vision_position_ids,
+                                                         stand_in)
+    return functools.partial(model_class.get_rope_index, stand_in)
+
+
+def test_mrope_position_ids_equal_qwen2_vl_get_rope_index():
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+    get_rope_index = _rope_index_of(Qwen2VLModel, spatial_merge_size=2)
+    # Row 0: text, an image of 1x4x6 patches (6 merged tokens), text, a 2x4x4 video (8), text.
+    # Row 1: left padding, text, a 1x4x4 image (4), text. Row 2: text only.
+    types = torch.tensor([[0, 0, 0] + [1] * 6 + [0, 0] + [2] * 8 + [0],
+                          [0, 0, 0, 0, 0] + [1] * 4 + [0] * 11,
+                          [0] * 20])
+    mask = torch.ones_like(types)
+    mask[1, :3] = 0
+    images = torch.tensor([[1, 4, 6], [1, 4, 4]])
+    videos = torch.tensor([[2, 4, 4]])
+    expected = get_rope_index(torch.zeros_like(types), mm_token_type_ids=types,
+                              image_grid_thw=images, video_grid_thw=videos, attention_mask=mask)
+    got = posenc.mrope_position_ids(types, images, videos, mask, spatial_merge_size=2)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    # The ids drive posenc.rotary's M-RoPE directly.
+    q = torch.randn(3, 20, 2, 32)
+    assert posenc.rotary(q, positions=got[0], mrope_section=[4, 6, 6]).shape == q.shape
+
+
+def test_mrope_position_ids_equal_qwen2_5_vl_with_video_time_intervals():
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+    get_rope_index = _rope_index_of(Qwen2_5_VLModel, spatial_merge_size=2, tokens_per_second=2)
+    types = torch.tensor([[0, 0] + [2] * 12 + [0, 0, 0] + [2] * 8 + [1] * 4 + [0]])
+    images = torch.tensor([[1, 4, 4]])
+    videos = torch.tensor([[3, 4, 4], [2, 4, 4]])
+    seconds = torch.tensor([0.5, 1.5])
+    expected = get_rope_index(torch.zeros_like(types), mm_token_type_ids=types,
+                              image_grid_thw=images, video_grid_thw=videos,
+                              second_per_grid_ts=seconds)
+    got = posenc.mrope_position_ids(types, images, videos, spatial_merge_size=2,
+                                    video_time_intervals=(2 * seconds).tolist())
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    # The intervals matter: without them the temporal rows differ.
+    assert not torch.equal(posenc.mrope_position_ids(types, images, videos)[0], expected[0])
+
+
+def test_mrope_position_ids_bad_inputs():
+    types = torch.tensor([[0, 1, 1, 1, 0]])
+    with pytest.raises(ValueError, match="needs 4 tokens, the sequence has 3"):
+        posenc.mrope_position_ids(types, torch.tensor([[1, 4, 4]]))
+    with pytest.raises(ValueError, match="more image spans than grids"):
+        posenc.mrope_position_ids(types)
+    with pytest.raises(ValueError, match="must be 0, 1 or 2"):
+        posenc.mrope_position_ids(torch.tensor([[0, 3]]))
+    with pytest.raises(ValueError, match="spatial_merge_size must be an int >= 1"):
+        posenc.mrope_position_ids(types, torch.tensor([[1, 6, 2]]), spatial_merge_size=0)

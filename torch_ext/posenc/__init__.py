@@ -10,13 +10,14 @@ import torch
 
 from . import _C  # noqa: F401  (loads libposenc, which registers torch.ops.posenc)
 from ._ops import add_positional, embedding, positional_encoding
-from ._rotary import apply_rotary_pos_emb, rope_frequencies, rotary
+from ._rotary import apply_rotary_pos_emb, mrope_position_ids, rope_frequencies, rotary
 from . import nn
 
 __all__ = [
     "add_positional",
     "apply_rotary_pos_emb",
     "embedding",
+    "mrope_position_ids",
     "nn",
     "positional_encoding",
     "rope_frequencies",

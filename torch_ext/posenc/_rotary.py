@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -287,6 +287,95 @@ def rotary(
         arguments["attention_factor"] = 1.0
     out = _call("rotary", arguments)
     return out[0] if k is None else (out[0], out[1])
+
+
+def mrope_position_ids(
+    mm_token_type_ids: Tensor,
+    image_grid_thw: Optional[Tensor] = None,
+    video_grid_thw: Optional[Tensor] = None,
+    attention_mask: Optional[Tensor] = None,
+    *,
+    spatial_merge_size: int = 2,
+    video_time_intervals: Optional[Sequence[float]] = None,
+) -> Tuple[Tensor, Tensor]:
+    r"""The ``(3, B, S)`` M-RoPE position ids (temporal, height, width) of a text + vision
+    sequence, as the Qwen2-VL processor and ``get_rope_index`` build them, for
+    :func:`rotary` with ``mrope_section``.
+
+    Text tokens count up by one on all three rows. An image or video of grid ``(t, h, w)``
+    (patches before the spatial merge) takes ``t * (h / m) * (w / m)`` tokens (``m =
+    spatial_merge_size``) whose rows are ``start + [time index * interval, row, column]``;
+    the text after it continues at ``start + max(h, w) / m``.
+
+    Args:
+        mm_token_type_ids: ``(B, S)`` ints, 0 text, 1 image, 2 video.
+        image_grid_thw, video_grid_thw: ``(n, 3)`` grids, in the order the images and videos
+            appear.
+        attention_mask: ``(B, S)``; padded positions get 0 and are skipped.
+        spatial_merge_size: the vision encoder's merge size (``vision_config.spatial_merge_size``).
+        video_time_intervals: per video, the step of the temporal index (Qwen2.5-VL:
+            ``second_per_grid_t * tokens_per_second``); default 1.
+
+    Returns:
+        ``(position_ids (3, B, S), deltas (B, 1))``, where ``deltas`` is the largest position plus
+        one minus the token count, as transformers' ``rope_deltas``.
+    """
+    if not isinstance(mm_token_type_ids, Tensor) or mm_token_type_ids.dim() != 2:
+        raise ValueError("posenc.mrope_position_ids: mm_token_type_ids must be a (B, S) tensor")
+    if isinstance(spatial_merge_size, bool) or not isinstance(spatial_merge_size, int) or \
+            spatial_merge_size < 1:
+        raise ValueError(
+            f"posenc.mrope_position_ids: spatial_merge_size must be an int >= 1, got "
+            f"{spatial_merge_size!r}")
+    grids = {1: [] if image_grid_thw is None else image_grid_thw.tolist(),
+             2: [] if video_grid_thw is None else video_grid_thw.tolist()}
+    intervals = {1: [1.0] * len(grids[1]),
+                 2: [1.0] * len(grids[2]) if video_time_intervals is None
+                 else list(video_time_intervals)}
+    used = {1: 0, 2: 0}
+    batch, length = mm_token_type_ids.shape
+    position_ids = torch.zeros(3, batch, length, dtype=torch.long)
+    deltas = []
+    for b in range(batch):
+        kept = (torch.ones(length, dtype=torch.bool) if attention_mask is None
+                else attention_mask[b].bool().cpu())
+        types = mm_token_type_ids[b].cpu()[kept].tolist()
+        rows: List[Tensor] = []
+        start, i = 0, 0
+        while i < len(types):
+            kind, end = types[i], i
+            while end < len(types) and types[end] == kind:
+                end += 1
+            if kind == 0:
+                rows.append(torch.arange(end - i).expand(3, -1) + start)
+                start += end - i
+            elif kind in (1, 2):
+                if used[kind] >= len(grids[kind]):
+                    raise ValueError(
+                        f"posenc.mrope_position_ids: more {'image' if kind == 1 else 'video'} "
+                        f"spans than grids in {'image' if kind == 1 else 'video'}_grid_thw")
+                t, h, w = grids[kind][used[kind]]
+                interval = intervals[kind][used[kind]]
+                used[kind] += 1
+                h, w = h // spatial_merge_size, w // spatial_merge_size
+                if t * h * w != end - i:
+                    raise ValueError(
+                        f"posenc.mrope_position_ids: a grid of {t}x{h}x{w} merged patches needs "
+                        f"{t * h * w} tokens, the sequence has {end - i}")
+                temporal = (torch.arange(t) * interval).long()
+                grid = torch.stack(torch.meshgrid(temporal, torch.arange(h), torch.arange(w),
+                                                  indexing="ij")).reshape(3, -1)
+                rows.append(grid + start)
+                start += max(h, w)
+            else:
+                raise ValueError(
+                    f"posenc.mrope_position_ids: mm_token_type_ids must be 0, 1 or 2, got {kind}")
+            i = end
+        row = torch.cat(rows, dim=1) if rows else torch.zeros(3, 0, dtype=torch.long)
+        position_ids[:, b, kept] = row
+        deltas.append((int(row.max()) + 1 if row.numel() else 0) - len(types))
+    return (position_ids.to(mm_token_type_ids.device),
+            torch.tensor(deltas, device=mm_token_type_ids.device).unsqueeze(1))
 
 
 def apply_rotary_pos_emb(
