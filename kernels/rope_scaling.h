@@ -13,10 +13,12 @@
 namespace posenc {
 namespace kernels {
 
-enum class RopeType : int { kDefault, kLinear, kDynamic, kYarn, kLongrope, kLlama3, kProportional };
+enum class RopeType : int {
+  kDefault, kLinear, kDynamic, kYarn, kLongrope, kLlama3, kProportional, kAxial
+};
 
 constexpr const char* kRopeTypeNames =
-    "'default', 'linear', 'dynamic', 'yarn', 'longrope', 'llama3' or 'proportional'";
+    "'default', 'linear', 'dynamic', 'yarn', 'longrope', 'llama3', 'proportional' or 'axial'";
 
 std::optional<RopeType> parse_rope_type(const std::string& name);
 

@@ -18,6 +18,7 @@ std::optional<RopeType> parse_rope_type(const std::string& name) {
   if (name == "longrope") return RopeType::kLongrope;
   if (name == "llama3") return RopeType::kLlama3;
   if (name == "proportional") return RopeType::kProportional;
+  if (name == "axial") return RopeType::kAxial;
   return std::nullopt;
 }
 
@@ -184,6 +185,17 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
       }
       return inv_freq;
     }
+    case RopeType::kAxial: {
+      // Pixtral's 2D RoPE: the default frequencies reordered, even pairs first (the height
+      // axis), odd pairs after (the width axis); rotary's mrope_section {0, dim/4, dim/4}
+      // with position rows (0, row, column) then rotates each half by its axis.
+      const std::vector<real> inv_freq = default_frequencies<real>(dim, s.base, s);
+      std::vector<real> reordered;
+      reordered.reserve(inv_freq.size());
+      for (size_t i = 0; i < inv_freq.size(); i += 2) reordered.push_back(inv_freq[i]);
+      for (size_t i = 1; i < inv_freq.size(); i += 2) reordered.push_back(inv_freq[i]);
+      return reordered;
+    }
     case RopeType::kProportional: {
       // Gemma's proportional RoPE: exponents over the whole dim, the pairs past the rotated
       // proportion at frequency 0 (they pass through), all divided by factor.
@@ -282,6 +294,9 @@ std::string check_rope_scaling(int64_t head_dim, const RopeScaling& s) {
       if (s.has_factor && !std::isfinite(s.factor)) return "scaling['factor'] must be finite";
       return "";
     }
+    case RopeType::kAxial:
+      if (dim % 4 != 0) return "rope_type 'axial' needs a rotary dim divisible by 4";
+      return "";
     case RopeType::kProportional:
       if (s.has_factor && !finite_positive(s.factor)) {
         return "scaling['factor'] must be finite and > 0";

@@ -354,3 +354,32 @@ def test_mrope_position_ids_bad_inputs():
         posenc.mrope_position_ids(torch.tensor([[0, 3]]))
     with pytest.raises(ValueError, match="spatial_merge_size must be an int >= 1"):
         posenc.mrope_position_ids(types, torch.tensor([[1, 6, 2]]), spatial_merge_size=0)
+
+
+@pytest.mark.parametrize("precision", ["transformers", "exact"])
+def test_pixtral_axial_2d_rope_through_mrope(precision):
+    """Pixtral's axial 2D rope: rope_type "axial" frequencies, positions (0, row, column) and
+    mrope_section (0, D/4, D/4) reproduce transformers' PixtralVisionRotaryEmbedding."""
+    from transformers import PixtralVisionConfig
+    from transformers.models.pixtral.modeling_pixtral import (
+        PixtralVisionRotaryEmbedding, apply_rotary_pos_emb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = PixtralVisionConfig(hidden_size=128, num_attention_heads=4, head_dim=32,
+                                     intermediate_size=64, num_hidden_layers=1)
+    hf = PixtralVisionRotaryEmbedding(config)
+    inv_freq, _ = posenc.rope_frequencies(config, precision=precision)
+    if precision == "transformers":
+        assert torch.equal(inv_freq, hf.inv_freq)
+    rows, columns = torch.meshgrid(torch.arange(5), torch.arange(7), indexing="ij")
+    position_ids = torch.stack([rows.flatten(), columns.flatten()], dim=-1)  # (35, 2)
+    q = torch.randn(1, 4, 35, 32, dtype=torch.float64)
+    k = torch.randn(1, 4, 35, 32, dtype=torch.float64)
+    cos, sin = hf(q.float(), position_ids)
+    expected = apply_rotary_pos_emb(q, k, cos[None].double(), sin[None].double())
+    positions = torch.stack([torch.zeros(35, dtype=torch.long), position_ids[:, 0],
+                             position_ids[:, 1]])[:, None]  # (3, 1, 35)
+    got = posenc.rotary(q, k, positions=positions, layout="bhsd", inv_freq=inv_freq,
+                        mrope_section=[0, 8, 8], precision=precision)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-6)

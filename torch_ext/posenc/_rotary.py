@@ -25,6 +25,7 @@ _SCALING_KEYS = {
     "llama3": {"factor", "low_freq_factor", "high_freq_factor",
                "original_max_position_embeddings"},
     "proportional": {"factor"},
+    "axial": set(),
 }
 _REQUIRED_KEYS = {
     "linear": {"factor"},
@@ -104,7 +105,10 @@ def rope_frequencies(
         base: ``rope_theta``; default: the parameters' ``rope_theta``, else 10000.
         scaling: a ``rope_parameters`` (5.x) or ``rope_scaling`` dict with ``rope_type`` (or
             ``type``) one of ``"default"``, ``"linear"``, ``"dynamic"``, ``"yarn"``,
-            ``"longrope"``, ``"llama3"``, ``"proportional"`` and that type's keys
+            ``"longrope"``, ``"llama3"``, ``"proportional"``, ``"axial"`` (Pixtral's 2D
+            rope: the default frequencies, even pairs first; rotate with
+            ``mrope_section=[0, r/4, r/4]`` and position rows ``(0, row, column)``) and that
+            type's keys
             (``rope_theta``, ``partial_rotary_factor``, ``factor``,
             ``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, ``mscale``,
             ``mscale_all_dim``, ``truncate``, ``attention_factor``, ``short_factor``,
