@@ -76,6 +76,21 @@ int64_t proportional_rotated_pairs(int64_t dim, double partial_rotary_factor) {
   return static_cast<int64_t>(std::floor(partial_rotary_factor * static_cast<double>(dim) / 2.0));
 }
 
+// The pretraining context of yarn and longrope: original_max_position_embeddings, else
+// max_position_embeddings.
+int64_t original_context(const RopeScaling& s) {
+  return s.original_max_position_embeddings > 0 ? s.original_max_position_embeddings
+                                                : s.max_position_embeddings;
+}
+
+// yarn's and longrope's factor: as given, else (DeepSeek-V3, Phi-3 leave it out) the ratio of
+// the context lengths, as transformers 5.x.
+double context_factor(const RopeScaling& s) {
+  return s.has_factor ? s.factor
+                      : static_cast<double>(s.max_position_embeddings) /
+                            static_cast<double>(original_context(s));
+}
+
 double yarn_mscale(double scale, double mscale) {
   return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
 }
@@ -100,13 +115,8 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
       return default_frequencies<real>(dim, base, s);
     }
     case RopeType::kYarn: {
-      const int64_t original = s.original_max_position_embeddings > 0
-                                   ? s.original_max_position_embeddings
-                                   : s.max_position_embeddings;
-      // DeepSeek-V3 and others leave factor out: the ratio of the context lengths.
-      const double factor = s.has_factor ? s.factor
-                                         : static_cast<double>(s.max_position_embeddings) /
-                                               static_cast<double>(original);
+      const int64_t original = original_context(s);
+      const double factor = context_factor(s);
       if (s.has_attention_factor) {
         attention = s.attention_factor;
       } else if (s.mscale != 0.0 && s.mscale_all_dim != 0.0) {
@@ -143,14 +153,8 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
       return inv_freq;
     }
     case RopeType::kLongrope: {
-      // Phi-3 leaves factor out: the ratio of the context lengths (transformers 5.x; a given
-      // factor is used as given).
-      const int64_t original = s.original_max_position_embeddings > 0
-                                   ? s.original_max_position_embeddings
-                                   : s.max_position_embeddings;
-      const double factor = s.has_factor ? s.factor
-                                         : static_cast<double>(s.max_position_embeddings) /
-                                               static_cast<double>(original);
+      const int64_t original = original_context(s);
+      const double factor = context_factor(s);
       if (s.has_attention_factor) {
         attention = s.attention_factor;
       } else {

@@ -81,16 +81,20 @@ class PositionCodeRows {
       for (int64_t r = 0; r < rows; ++r) evaluate(first + r, out + r * dim_);
       return;
     }
-    if (pairing_ != Pairing::kNone) {
-      evaluate_consecutive_pairs(first, rows, out, state);
-      return;
-    }
-    state.sin_cos.resize(static_cast<size_t>(2 * dim_));
+    // The rotating channels: every channel, or one per (sin, cos) pair (see Pairing).
+    const bool paired = pairing_ != Pairing::kNone;
+    const int64_t n = paired ? dim_ / 2 : dim_;
+    const double* __restrict high = paired ? pair_high_.data() : high_.data();
+    const double* __restrict middle = paired ? pair_middle_.data() : middle_.data();
+    const double* __restrict low = paired ? pair_low_.data() : low_.data();
+    const double* __restrict phase = paired ? pair_phase_.data() : phase_.data();
+    const double* step_sin = paired ? pair_step_sin_.data() : step_sin_.data();
+    const double* step_cos = paired ? pair_step_cos_.data() : step_cos_.data();
+    state.sin_cos.resize(static_cast<size_t>(2 * n));
     double* __restrict s = state.sin_cos.data();
-    double* __restrict c = s + dim_;
+    double* __restrict c = s + n;
     bool continuing = state.next_position == first;  // s, c hold PE(first - 1)
     for (int64_t r = 0; r < rows; ++r) {
-      acc* __restrict row = out + r * dim_;
       const int64_t position = first + r;
       if (!continuing || position % kAnchorRows == 0) {
         // Anchors sit at multiples of kAnchorRows, and a start between two anchors rotates
@@ -98,20 +102,18 @@ class PositionCodeRows {
         // whichever rows a thread starts at, so any thread count gives the same bits.
         const int64_t anchor = position - position % kAnchorRows;
         const double p = static_cast<double>(anchor);
-        for (int64_t d = 0; d < dim_; ++d) {
+        for (int64_t d = 0; d < n; ++d) {
           const SinCos<double> sc =
-              sincos_turns<double>(reduced_turns(p, high_[d], middle_[d], low_[d], phase_[d]));
+              sincos_turns<double>(reduced_turns(p, high[d], middle[d], low[d], phase[d]));
           s[d] = sc.sin;
           c[d] = sc.cos;
         }
-        for (int64_t q = anchor; q < position; ++q) {
-          rotate_channels(step_sin_.data(), step_cos_.data(), s, c, dim_);
-        }
+        for (int64_t q = anchor; q < position; ++q) rotate_channels(step_sin, step_cos, s, c, n);
         continuing = true;
       } else {
-        rotate_channels(step_sin_.data(), step_cos_.data(), s, c, dim_);
+        rotate_channels(step_sin, step_cos, s, c, n);
       }
-      for (int64_t d = 0; d < dim_; ++d) row[d] = static_cast<acc>(amplitude64_[d] * s[d]);
+      write_row(s, c, out + r * dim_);
     }
     state.next_position = first + rows;
   }
@@ -164,6 +166,7 @@ class PositionCodeRows {
     pair_high_.resize(static_cast<size_t>(pairs));
     pair_middle_.resize(pair_high_.size());
     pair_low_.resize(pair_high_.size());
+    pair_phase_.assign(pair_high_.size(), 0.0);
     pair_step_sin_.resize(pair_high_.size());
     pair_step_cos_.resize(pair_high_.size());
     for (int64_t i = 0; i < pairs; ++i) {
@@ -176,41 +179,23 @@ class PositionCodeRows {
     }
   }
 
-  // evaluate_consecutive over (sin, cos) pairs: the state holds sin and cos of each pair's angle
-  // (phase 0); the sin channel takes s, the cos channel c (sin(x + 1/4 turn) = cos x).
-  void evaluate_consecutive_pairs(int64_t first, int64_t rows, acc* __restrict out,
-                                  Recurrence& state) const {
-    const int64_t pairs = dim_ / 2;
-    state.sin_cos.resize(static_cast<size_t>(2 * pairs));
-    double* __restrict s = state.sin_cos.data();
-    double* __restrict c = s + pairs;
+  // A row of the code from the recurrence's state: amplitude * s per channel, or per pair
+  // the sin channel from s and the cos channel from c (sin(x + 1/4 turn) = cos x).
+  void write_row(const double* __restrict s, const double* __restrict c,
+                 acc* __restrict row) const {
     const double* __restrict amplitude = amplitude64_.data();
-    bool continuing = state.next_position == first;
-    for (int64_t r = 0; r < rows; ++r) {
-      acc* __restrict row = out + r * dim_;
-      const int64_t position = first + r;
-      if (!continuing || position % kAnchorRows == 0) {
-        const int64_t anchor = position - position % kAnchorRows;  // see evaluate_consecutive
-        const double p = static_cast<double>(anchor);
-        for (int64_t i = 0; i < pairs; ++i) {
-          const SinCos<double> sc = sincos_turns<double>(
-              reduced_turns(p, pair_high_[i], pair_middle_[i], pair_low_[i], 0.0));
-          s[i] = sc.sin;
-          c[i] = sc.cos;
-        }
-        for (int64_t q = anchor; q < position; ++q) {
-          rotate_channels(pair_step_sin_.data(), pair_step_cos_.data(), s, c, pairs);
-        }
-        continuing = true;
-      } else {
-        rotate_channels(pair_step_sin_.data(), pair_step_cos_.data(), s, c, pairs);
-      }
-      if (pairing_ == Pairing::kHalves) {
+    const int64_t pairs = dim_ / 2;
+    switch (pairing_) {
+      case Pairing::kNone:
+        for (int64_t d = 0; d < dim_; ++d) row[d] = static_cast<acc>(amplitude[d] * s[d]);
+        return;
+      case Pairing::kHalves:
         for (int64_t i = 0; i < pairs; ++i) row[i] = static_cast<acc>(amplitude[i] * s[i]);
         for (int64_t i = 0; i < pairs; ++i) {
           row[pairs + i] = static_cast<acc>(amplitude[pairs + i] * c[i]);
         }
-      } else {
+        return;
+      case Pairing::kAdjacent: {
         const double* __restrict even = sin_first_ ? s : c;
         const double* __restrict odd = sin_first_ ? c : s;
         for (int64_t i = 0; i < pairs; ++i) {
@@ -218,14 +203,16 @@ class PositionCodeRows {
           row[2 * i + 1] = static_cast<acc>(amplitude[2 * i + 1] * odd[i]);
         }
         if (dim_ % 2 != 0) row[dim_ - 1] = acc(0);  // the unused channel of an odd width
+        return;
       }
     }
-    state.next_position = first + rows;
   }
 
   Pairing pairing_ = Pairing::kNone;
   bool sin_first_ = true;
-  std::vector<double> pair_high_, pair_middle_, pair_low_, pair_step_sin_, pair_step_cos_;
+  // The sin channel of each pair (phase 0), for the recurrence.
+  std::vector<double> pair_high_, pair_middle_, pair_low_, pair_phase_, pair_step_sin_,
+      pair_step_cos_;
 
  public:
 

@@ -18,6 +18,16 @@ namespace kernels {
 namespace cpu {
 namespace {
 
+// The AVX2 build of a loop where the CPU has AVX2, else the baseline build (the same function
+// off x86-64, where the AVX2 names alias the baseline).
+template <typename Function>
+Function choose_build(Function baseline, [[maybe_unused]] Function avx2) {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2")) return avx2;
+#endif
+  return baseline;
+}
+
 void philox_draws_scalar(uint64_t first_counter, int64_t counters, uint64_t seed,
                          uint16_t* out) {
   for (int64_t c = 0; c < counters; ++c) {
@@ -73,21 +83,14 @@ __attribute__((target("avx2"))) void philox_draws_avx2(uint64_t first_counter, i
   }
   philox_draws_scalar(first_counter + static_cast<uint64_t>(c), counters - c, seed, out + c * 8);
 }
+#else
+constexpr auto philox_draws_avx2 = philox_draws_scalar;
 #endif
-
-using PhiloxDraws = void (*)(uint64_t, int64_t, uint64_t, uint16_t*);
-
-PhiloxDraws choose_philox_draws() {
-#if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx2")) return philox_draws_avx2;
-#endif
-  return philox_draws_scalar;
-}
 
 }  // namespace
 
 void philox_draws(uint64_t first_counter, int64_t counters, uint64_t seed, uint16_t* out) {
-  static const PhiloxDraws chosen = choose_philox_draws();
+  static const auto chosen = choose_build(philox_draws_scalar, philox_draws_avx2);
   chosen(first_counter, counters, seed, out);
 }
 
@@ -117,22 +120,15 @@ __attribute__((target("avx2"))) void rotate_avx2(const double* step_sin, const d
                                                  double* s, double* c, int64_t n) {
   rotate_loop(step_sin, step_cos, s, c, n);
 }
+#else
+constexpr auto rotate_avx2 = rotate_baseline;
 #endif
-
-using Rotate = void (*)(const double*, const double*, double*, double*, int64_t);
-
-Rotate choose_rotate() {
-#if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx2")) return rotate_avx2;
-#endif
-  return rotate_baseline;
-}
 
 }  // namespace
 
 void rotate_channels(const double* step_sin, const double* step_cos, double* s, double* c,
                      int64_t n) {
-  static const Rotate chosen = choose_rotate();
+  static const auto chosen = choose_build(rotate_baseline, rotate_avx2);
   chosen(step_sin, step_cos, s, c, n);
 }
 

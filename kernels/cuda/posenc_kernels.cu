@@ -602,6 +602,20 @@ __device__ void rotate_group(const RotaryParams& p, const RotaryOperand& op, con
   }
 }
 
+// Item e of a tile, items ordered by token, then head, then an index below per_head; 32-bit
+// (the launcher keeps a tile's items below 2^31).
+struct TileItem {
+  uint32_t token, head, index;
+};
+
+__device__ TileItem tile_item(uint32_t e, uint32_t heads, uint32_t per_head) {
+  const uint32_t per_token = heads * per_head;
+  const uint32_t token = e / per_token;
+  const uint32_t rest = e - token * per_token;
+  const uint32_t head = rest / per_head;
+  return {token, head, rest - head * per_head};
+}
+
 template <typename scalar_t>
 __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
                               const TurnFrequency* frequencies, int64_t tile) {
@@ -656,16 +670,17 @@ __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
       const uint32_t groups = (count + pairs_per_group - 1) / pairs_per_group;
       for (int k = 0; k < p.operand_count; ++k) {
         const RotaryOperand& op = p.operands[k];
-        const uint32_t per_token = static_cast<uint32_t>(op.heads) * groups;
-        for (uint32_t e = tid; e < tile_tokens * per_token; e += threads) {
-          const uint32_t j = e / per_token;
-          const uint32_t rest = e - j * per_token;
-          const uint32_t h = rest / groups;
-          const uint32_t group = rest - h * groups;
+        const uint32_t heads = static_cast<uint32_t>(op.heads);
+        for (uint32_t e = tid; e < tile_tokens * heads * groups; e += threads) {
+          const TileItem item = tile_item(e, heads, groups);  // index: the group
           rotate_group<scalar_t>(
-              p, op, static_cast<const scalar_t*>(op.in) + in_rows[k * tile + j] + h * op.in_strides[2],
-              static_cast<scalar_t*>(op.out) + out_rows[k * tile + j] + h * op.out_strides[2],
-              group * pairs_per_group, count, half, cosines + j * chunk, sines + j * chunk, start);
+              p, op,
+              static_cast<const scalar_t*>(op.in) + in_rows[k * tile + item.token] +
+                  item.head * op.in_strides[2],
+              static_cast<scalar_t*>(op.out) + out_rows[k * tile + item.token] +
+                  item.head * op.out_strides[2],
+              item.index * pairs_per_group, count, half, cosines + item.token * chunk,
+              sines + item.token * chunk, start);
         }
       }
       __syncthreads();  // the next chunk overwrites cosines and sines
@@ -673,15 +688,14 @@ __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
     const uint32_t tail = static_cast<uint32_t>(p.head_dim - p.rotary_dim);
     for (int k = 0; k < p.operand_count && tail > 0; ++k) {  // channels past rotary_dim
       const RotaryOperand& op = p.operands[k];
-      const uint32_t per_token = static_cast<uint32_t>(op.heads) * tail;
-      for (uint32_t e = tid; e < tile_tokens * per_token; e += threads) {
-        const uint32_t j = e / per_token;
-        const uint32_t rest = e - j * per_token;
-        const uint32_t h = rest / tail;
-        const int64_t d = p.rotary_dim + (rest - h * tail);
-        static_cast<scalar_t*>(op.out)[out_rows[k * tile + j] + h * op.out_strides[2] +
-                                       d * op.out_strides[3]] =
-            static_cast<const scalar_t*>(op.in)[in_rows[k * tile + j] + h * op.in_strides[2] +
+      const uint32_t heads = static_cast<uint32_t>(op.heads);
+      for (uint32_t e = tid; e < tile_tokens * heads * tail; e += threads) {
+        const TileItem item = tile_item(e, heads, tail);  // index: the channel past rotary_dim
+        const int64_t d = p.rotary_dim + item.index;
+        static_cast<scalar_t*>(op.out)[out_rows[k * tile + item.token] +
+                                       item.head * op.out_strides[2] + d * op.out_strides[3]] =
+            static_cast<const scalar_t*>(op.in)[in_rows[k * tile + item.token] +
+                                                item.head * op.in_strides[2] +
                                                 d * op.in_strides[3]];
       }
     }
