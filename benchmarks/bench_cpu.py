@@ -218,8 +218,62 @@ def bench_llama_step(repeat: int) -> None:
     print(f"  step time with posenc / without: {ratio:.3f}")
 
 
+def bench_patch(repeat: int) -> None:
+    """2D sin-cos codes of vision transformers against their eager recipes: MAE/DiT's fixed
+    pos_embed buffer plus the add (ViT-L/16 at 256 px: 1 cls + 16 x 16 patches), and diffusers'
+    PatchEmbed at a new resolution, which rebuilds the table on every forward (SD3/PixArt
+    width 1152, 64 x 64 patches). The recipes are the published code of tests/python."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
+    from references import diffusers_2d_sincos_pos_embed, dit_2d_sincos_pos_embed
+
+    from posenc.nn import PatchPositionalEncoding
+
+    # MAE / DiT: the table is a buffer built once; the eager step is x + pos_embed.
+    B, side, D = 32, 16, 1024
+    pos_embed = dit_2d_sincos_pos_embed(D, side, cls_token=True, extra_tokens=1).float()[None]
+    module = PatchPositionalEncoding(D, side, extra_tokens=1)
+    x = torch.randn(B, 1 + side * side, D)
+
+    def mae(x: torch.Tensor) -> torch.Tensor:
+        return x + pos_embed
+
+    compiled = torch.compile(mae)
+    rows = {
+        "posenc PatchPositionalEncoding": timeit(lambda: module(x), repeat),
+        "eager (pos_embed buffer + add)": timeit(lambda: mae(x), repeat),
+        "torch.compile(eager)": timeit(lambda: compiled(x), repeat),
+        "x.clone()": timeit(lambda: x.clone(), repeat),
+    }
+    report(f"MAE/DiT pos_embed add, x=({B}, {1 + side * side}, {D}) float32, "
+           f"threads={torch.get_num_threads()}", rows, "posenc PatchPositionalEncoding",
+           "x.clone()")
+
+    # diffusers PatchEmbed (no pos_embed_max_size) at a resolution other than its own.
+    B, side, D, base_size = 2, 64, 1152, 32
+    module = PatchPositionalEncoding(D, base_size, base_size=base_size)
+    x = torch.randn(B, side * side, D)
+
+    def diffusers(x: torch.Tensor) -> torch.Tensor:
+        table = diffusers_2d_sincos_pos_embed(D, side, base_size=base_size)
+        return x + table.float().unsqueeze(0)
+
+    compiled = torch.compile(diffusers)
+    rows = {
+        "posenc PatchPositionalEncoding": timeit(lambda: module(x, grid_size=side), repeat),
+        "eager (table rebuilt + add)": timeit(lambda: diffusers(x), repeat),
+        "torch.compile(eager)": timeit(lambda: compiled(x), repeat),
+        "x.clone()": timeit(lambda: x.clone(), repeat),
+    }
+    report(f"SD3/PixArt PatchEmbed at a new resolution, x=({B}, {side * side}, {D}) float32, "
+           f"threads={torch.get_num_threads()}", rows, "posenc PatchPositionalEncoding",
+           "x.clone()")
+
+
 BENCHMARKS = {"add_positional": bench_add_positional, "embedding": bench_embedding,
-              "rotary": bench_rotary, "llama_step": bench_llama_step}
+              "rotary": bench_rotary, "llama_step": bench_llama_step, "patch": bench_patch}
 
 
 def main(argv: List[str] | None = None) -> None:

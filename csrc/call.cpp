@@ -195,6 +195,99 @@ PositionalOptions parse_positional_options(const char* op, const Arguments& args
   return options;
 }
 
+// The token grid of the 2D/3D codes (kernels::GridCode) from grid, extra_tokens, grid_dims,
+// grid_axes, grid_origin and grid_scale, for rows of `dim` channels of a computed kind.
+kernels::GridCode parse_grid(const char* op, const Arguments& args, int64_t dim,
+                             kernels::PositionKind kind) {
+  kernels::GridCode grid;
+  if (!args.has("grid")) return grid;
+  const c10::IValue& sizes = args["grid"];
+  const int64_t extra_tokens = args.integer("extra_tokens");
+  if (sizes.isNone()) {
+    for (const char* name : {"grid_dims", "grid_axes", "grid_origin", "grid_scale"}) {
+      TORCH_CHECK_VALUE(args[name].isNone(), op, ": ", name, " needs grid, the patch grid's sizes");
+    }
+    TORCH_CHECK_VALUE(extra_tokens == 0, op, ": extra_tokens needs grid, the patch grid's sizes");
+    return grid;
+  }
+  const std::vector<int64_t> size_list = sizes.toIntVector();
+  const int axes = static_cast<int>(size_list.size());
+  TORCH_CHECK_VALUE(axes >= 1 && axes <= kernels::kMaxGridAxes, op,
+                    ": grid must have 1 to 3 sizes ((H, W) or (T, H, W)), got ", size_list);
+  TORCH_CHECK_VALUE(kind != kernels::PositionKind::kLearned, op,
+                    ": grid needs a computed kind; kind='learned' indexes its table instead");
+  TORCH_CHECK_VALUE(extra_tokens >= 0, op, ": extra_tokens must be >= 0, got ", extra_tokens);
+  constexpr int64_t kMaxTokens = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK_VALUE(extra_tokens < kMaxTokens, op, ": extra_tokens must be < 2^31, got ",
+                    extra_tokens);
+  int64_t patches = 1;
+  for (const int64_t size : size_list) {
+    TORCH_CHECK_VALUE(size >= 1, op, ": grid sizes must be >= 1, got ", size_list);
+    TORCH_CHECK_VALUE(patches <= (kMaxTokens - extra_tokens) / size, op,
+                      ": extra_tokens + the grid's patches must be < 2^31, got grid ", size_list,
+                      " and extra_tokens ", extra_tokens);
+    patches *= size;
+  }
+  grid.axis_count = axes;
+  grid.extra_tokens = extra_tokens;
+  for (int a = 0; a < axes; ++a) grid.sizes[a] = size_list[a];
+
+  auto list_or = [&](const char* name, auto default_list) {
+    const c10::IValue& value = args[name];
+    using List = decltype(default_list);
+    List list = default_list;
+    if (!value.isNone()) {
+      if constexpr (std::is_same_v<typename List::value_type, double>) {
+        list = value.toDoubleVector();
+      } else {
+        list = value.toIntVector();
+      }
+    }
+    TORCH_CHECK_VALUE(static_cast<int>(list.size()) == axes, op, ": ", name,
+                      " must have one entry per grid axis (", axes, "), got ", list);
+    return list;
+  };
+  // Default: the last axis first, as MAE's meshgrid(w, h) orders the channels.
+  std::vector<int64_t> default_axes(axes);
+  for (int a = 0; a < axes; ++a) default_axes[a] = axes - 1 - a;
+  const std::vector<int64_t> segment_axes = list_or("grid_axes", default_axes);
+  std::vector<bool> seen(axes, false);
+  for (const int64_t axis : segment_axes) {
+    TORCH_CHECK_VALUE(axis >= 0 && axis < axes && !seen[axis], op,
+                      ": grid_axes must be a permutation of range(", axes, "), got ",
+                      segment_axes);
+    seen[axis] = true;
+  }
+  std::vector<int64_t> default_dims;
+  if (args["grid_dims"].isNone()) {
+    TORCH_CHECK_VALUE(dim % axes == 0, op, ": D = ", dim, " does not split evenly over ", axes,
+                      " grid axes; give grid_dims, the channels of each axis");
+    default_dims.assign(axes, dim / axes);
+  }
+  const std::vector<int64_t> dims = list_or("grid_dims", default_dims);
+  int64_t end = 0;
+  for (int s = 0; s < axes; ++s) {
+    TORCH_CHECK_VALUE(dims[s] >= 1 && dims[s] <= dim - end, op,
+                      ": grid_dims must be >= 1 and sum to D = ", dim, ", got ", dims);
+    end += dims[s];
+    grid.segment_ends[s] = end;
+    grid.segment_axes[s] = static_cast<int>(segment_axes[s]);
+  }
+  TORCH_CHECK_VALUE(end == dim, op, ": grid_dims must sum to D = ", dim, ", got ", dims);
+  const std::vector<int64_t> origins = list_or("grid_origin", std::vector<int64_t>(axes, 0));
+  const std::vector<double> scales = list_or("grid_scale", std::vector<double>(axes, 1.0));
+  constexpr int64_t kMaxOrigin = int64_t{1} << 40;
+  for (int a = 0; a < axes; ++a) {
+    TORCH_CHECK_VALUE(origins[a] >= 0 && origins[a] <= kMaxOrigin, op,
+                      ": grid_origin must be in [0, 2^40], got ", origins);
+    TORCH_CHECK_VALUE(std::isfinite(scales[a]) && scales[a] > 0.0, op,
+                      ": grid_scale must be finite numbers > 0, got ", scales);
+    grid.origins[a] = origins[a];
+    grid.scales[a] = scales[a];
+  }
+  return grid;
+}
+
 void check_same_device(const char* op, const at::Tensor& main, const char* main_name,
                        const at::Tensor& other, const char* name) {
   TORCH_CHECK(other.device() == main.device(), op, ": ", name, " must be on the device of ",
@@ -285,6 +378,7 @@ RowCall parse_row_call(OpId op, const Arguments& args) {
     const c10::SymInt count = positions.sym_numel();
     check_buffer_size(name, "dim", dim_value,
                       count.maybe_as_int().value_or(1));  // numel * dim elements
+    options.grid = parse_grid(name, args, dim_value, options.code.kind);
     call.positions = positions.reshape({-1});
     call.size_argument = "dim";
     call.size_value = dim_value;
@@ -422,6 +516,22 @@ RowCall parse_row_call(OpId op, const Arguments& args) {
 
   // Positions: explicit, offset + t, or fairseq's; one source at a time.
   const std::optional<at::Tensor> positions = args.optional_tensor("positions");
+  // On a grid, positions are token indices: explicit, or 0 .. T - 1 covering the whole grid.
+  options.grid = parse_grid(name, args, dim.guard_int(__FILE__, __LINE__), options.code.kind);
+  if (options.grid.axis_count > 0) {
+    TORCH_CHECK_VALUE(options.offset == 0, name,
+                      ": with grid, give positions (token indices) rather than offset, got offset ",
+                      options.offset);
+    const int64_t tokens = kernels::grid_token_count(options.grid);
+    if (!positions.has_value()) {
+      const int64_t seq_len = index_sizes.back().guard_int(__FILE__, __LINE__);
+      TORCH_CHECK_VALUE(seq_len == tokens, name, ": ", main_name, " has T = ", seq_len,
+                        " tokens, but grid ", c10::IntArrayRef(options.grid.sizes,
+                                                                options.grid.axis_count),
+                        " with extra_tokens = ", options.grid.extra_tokens, " has ", tokens,
+                        "; pass positions (token indices) for a subset of the grid");
+    }
+  }
   if (call.fairseq_positions) {
     TORCH_CHECK_VALUE(call.padding_idx.has_value(), name,
                       ": positions='fairseq' needs padding_idx (fairseq numbers positions from "
@@ -487,6 +597,12 @@ void check_row_values(const RowCall& call, bool read_data) {
     if (!read_data) return;
     const auto [lowest, highest] = value_range(*call.positions);
     TORCH_CHECK_INDEX(lowest >= 0, name, ": positions must be >= 0, got ", lowest);
+    const kernels::GridCode& grid = call.options.grid;
+    if (grid.axis_count > 0) {
+      TORCH_CHECK_INDEX(highest < kernels::grid_token_count(grid), name,
+                        ": positions are token indices and must be < extra_tokens + the grid's "
+                        "patches = ", kernels::grid_token_count(grid), ", got ", highest);
+    }
     if (table_rows.has_value()) {
       TORCH_CHECK_INDEX(highest < *table_rows, name, ": positions must be < the table's ",
                         *table_rows, " rows, got ", highest);
@@ -575,7 +691,8 @@ void prepare_kernel_call(KernelCall& kernel, const RowCall& call, const at::Tens
       params.source.table_dim_stride = call.table->stride(1);
     }
   } else {
-    kernel.channels = kernels::make_channel_codes(options.code, params.shape.dim);
+    params.source.grid = options.grid;
+    kernel.channels = kernels::make_channel_codes(options.code, params.shape.dim, options.grid);
     params.source.channels = kernel.channels.data();
   }
   if (call.weight.defined()) {

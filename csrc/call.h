@@ -84,6 +84,7 @@ struct PositionalOptions {
   int64_t offset = 0;
   double dropout = 0.0;
   bool training = true;
+  kernels::GridCode grid;  // axis_count 0: 1-D positions
 
   bool dropout_active() const { return training && dropout > 0.0; }
 };

@@ -3,6 +3,8 @@
 #include <torch/nn/init.h>
 
 #include <cmath>
+#include <functional>
+#include <numeric>
 
 namespace posenc {
 namespace nn {
@@ -172,6 +174,84 @@ std::vector<at::Tensor> RotaryEmbeddingImpl::forward(const at::Tensor& q,
       .attention_factor(attention_factor)
       .precision(options.scaling().precision());
   return rotary(q, k, rotary_options);
+}
+
+PatchPositionalEncodingImpl::PatchPositionalEncodingImpl(PatchPositionalEncodingOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void PatchPositionalEncodingImpl::reset() {
+  const std::vector<int64_t>& grid = options.grid_size();
+  const int64_t patches = std::accumulate(grid.begin(), grid.end(), int64_t{1},
+                                          std::multiplies<int64_t>());
+  // The operator checks the options, on Meta tensors (see PositionalEncodingImpl::reset).
+  AddPositionalOptions call = grid_options(grid);
+  add_positional(torch::empty({1, options.extra_tokens() + patches, options.embed_dim()},
+                              torch::TensorOptions().device(torch::kMeta)),
+                 call.training(false));
+}
+
+AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
+    const std::vector<int64_t>& grid) const {
+  const char* name = "PatchPositionalEncoding";
+  const int64_t dim = options.embed_dim();
+  for (const auto& [field, value] :
+       {std::pair<const char*, double>{"interpolation_scale", options.interpolation_scale()},
+        {"temporal_interpolation_scale", options.temporal_interpolation_scale()},
+        {"base_size", options.base_size().value_or(1)},
+        {"pos_embed_max_size", options.pos_embed_max_size().value_or(1)}}) {
+    TORCH_CHECK_VALUE(std::isfinite(value) && value > 0.0, name, ": ", field,
+                      " must be a finite number > 0, got ", value);
+  }
+  TORCH_CHECK_VALUE(grid.size() == 2 || grid.size() == 3, name,
+                    ": grid_size must be (H, W) or (T, H, W), got ", grid);
+  AddPositionalOptions call = AddPositionalOptions()
+                                  .layout("concat")
+                                  .base(options.base())
+                                  .convention(options.convention())
+                                  .extra_tokens(options.extra_tokens())
+                                  .dropout(options.dropout())
+                                  .grid(grid);
+  if (grid.size() == 3) {  // CogVideoX: [time D/4 | w 3D/8 | h 3D/8]
+    TORCH_CHECK_VALUE(!options.base_size().has_value() && !options.pos_embed_max_size(), name,
+                      ": base_size and pos_embed_max_size apply to 2D grids");
+    TORCH_CHECK_VALUE(dim % 16 == 0, name,
+                      ": a 3D grid needs embed_dim divisible by 16 (D/4 time channels, 3D/8 for "
+                      "each spatial axis), got ", dim);
+    const double spatial = 1.0 / options.interpolation_scale();
+    return call.grid_dims(std::vector<int64_t>{dim / 4, 3 * dim / 8, 3 * dim / 8})
+        .grid_axes(std::vector<int64_t>{0, 2, 1})
+        .grid_scale(std::vector<double>{1.0 / options.temporal_interpolation_scale(), spatial,
+                                        spatial});
+  }
+  TORCH_CHECK_VALUE(dim % 4 == 0, name, ": a 2D grid needs embed_dim divisible by 4, got ", dim);
+  std::vector<int64_t> sizes = grid, origin = {0, 0};
+  if (options.pos_embed_max_size().has_value()) {
+    const int64_t size = *options.pos_embed_max_size();
+    TORCH_CHECK_VALUE(grid[0] <= size && grid[1] <= size, name, ": grid ", grid,
+                      " exceeds pos_embed_max_size=", size);
+    origin = {(size - grid[0]) / 2, (size - grid[1]) / 2};
+    sizes = {size, size};
+  }
+  // SD3: arange(size) / (size / base_size) / interpolation_scale along each axis.
+  std::vector<double> scale(2);
+  for (int a = 0; a < 2; ++a) {
+    const double base_size = options.base_size().has_value()
+                                 ? static_cast<double>(*options.base_size()) /
+                                       static_cast<double>(sizes[a])
+                                 : 1.0;
+    scale[a] = base_size / options.interpolation_scale();
+  }
+  return call.grid_origin(origin).grid_scale(scale);
+}
+
+at::Tensor PatchPositionalEncodingImpl::forward(const at::Tensor& x,
+                                                const std::optional<std::vector<int64_t>>& grid,
+                                                const std::optional<at::Tensor>& positions) {
+  return add_positional(
+      x, grid_options(grid.value_or(options.grid_size())).positions(positions).training(
+             is_training()));
 }
 
 }  // namespace nn

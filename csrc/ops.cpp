@@ -39,6 +39,13 @@ c10::IValue optional_value(const std::optional<at::Tensor>& tensor) {
   return tensor.has_value() ? c10::IValue(*tensor) : c10::IValue();
 }
 
+// `arguments` with the given tensors (and the forward's drawn seed) in front.
+NamedArguments with(NamedArguments arguments, NamedArguments tensors) {
+  tensors.insert(tensors.end(), std::make_move_iterator(arguments.begin()),
+                 std::make_move_iterator(arguments.end()));
+  return tensors;
+}
+
 // The options add_positional and embedding share (the code, the combine, dropout).
 template <typename Options>
 NamedArguments named_row_options(const Options& o) {
@@ -56,7 +63,20 @@ NamedArguments named_row_options(const Options& o) {
           {"training", o.training()}};
 }
 
-NamedArguments named(const AddPositionalOptions& o) { return named_row_options(o); }
+// The grid arguments of add_positional and positional_encoding.
+template <typename Options>
+NamedArguments named_grid_options(const Options& o) {
+  return {{"grid", o.grid()},
+          {"extra_tokens", o.extra_tokens()},
+          {"grid_dims", o.grid_dims()},
+          {"grid_axes", o.grid_axes()},
+          {"grid_origin", o.grid_origin()},
+          {"grid_scale", o.grid_scale()}};
+}
+
+NamedArguments named(const AddPositionalOptions& o) {
+  return with(named_row_options(o), named_grid_options(o));
+}
 
 NamedArguments named(const EmbeddingOptions& o) {
   NamedArguments arguments = named_row_options(o);
@@ -103,12 +123,6 @@ NamedArguments named(const RopeFrequenciesOptions& o) {
           {"partial_rotary_factor", o.partial_rotary_factor()}};
 }
 
-// `arguments` with the given tensors (and the forward's drawn seed) in front.
-NamedArguments with(NamedArguments arguments, NamedArguments tensors) {
-  tensors.insert(tensors.end(), std::make_move_iterator(arguments.begin()),
-                 std::make_move_iterator(arguments.end()));
-  return tensors;
-}
 
 template <typename Options>
 NamedArguments forward_arguments(const Options& o, const at::Device& device) {
@@ -196,13 +210,14 @@ std::vector<at::Tensor> rotary_tables(const at::Tensor& q, const std::optional<a
 
 at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim,
                                const PositionCodeOptions& o) {
-  return call_operator("positional_encoding", {{"positions", positions},
-                                               {"dim", dim},
-                                               {"kind", o.kind()},
-                                               {"base", o.base()},
-                                               {"convention", o.convention()},
-                                               {"layout", o.layout()},
-                                               {"dtype", o.dtype()}})[0]
+  return call_operator("positional_encoding", with(named_grid_options(o),
+                                                    {{"positions", positions},
+                                                     {"dim", dim},
+                                                     {"kind", o.kind()},
+                                                     {"base", o.base()},
+                                                     {"convention", o.convention()},
+                                                     {"layout", o.layout()},
+                                                     {"dtype", o.dtype()}}))[0]
       .toTensor();
 }
 

@@ -7,17 +7,25 @@
 TORCH_LIBRARY(posenc, m) {
   // y = dropout_p(combine(scale * x, PE(pos))); x: [..., T, D], positions: broadcastable to
   // [..., T], table: [P, D] (kind="learned"), seed: int64 scalar tensor (training and p > 0).
+  // grid: the 2D/3D codes of patch tokens ((H, W) or (T, H, W), kernels::GridCode): positions
+  // are then token indices, the first extra_tokens (cls) without a code, and channel segment s
+  // (grid_dims[s] wide) codes axis grid_axes[s] at (index + grid_origin) * grid_scale.
   m.def(
       "add_positional(Tensor x, Tensor? positions=None, Tensor? table=None, Tensor? seed=None, *, "
       "str kind=\"sinusoidal\", str combine=\"add\", float scale=1.0, int offset=0, "
       "float base=10000.0, str convention=\"vaswani\", str layout=\"interleaved\", "
+      "int[]? grid=None, int extra_tokens=0, int[]? grid_dims=None, "
+      "int[]? grid_axes=None, int[]? grid_origin=None, float[]? grid_scale=None, "
       "float dropout=0.0, bool training=True) -> Tensor");
   // Gradient with respect to x of add_positional; grad: [..., T, D].
   m.def(
       "add_positional_backward(Tensor grad, Tensor? positions=None, Tensor? table=None, "
       "Tensor? seed=None, *, str kind=\"sinusoidal\", str combine=\"add\", float scale=1.0, "
       "int offset=0, float base=10000.0, str convention=\"vaswani\", "
-      "str layout=\"interleaved\", float dropout=0.0, bool training=True) -> Tensor");
+      "str layout=\"interleaved\", int[]? grid=None, int extra_tokens=0, "
+      "int[]? grid_dims=None, "
+      "int[]? grid_axes=None, int[]? grid_origin=None, float[]? grid_scale=None, "
+      "float dropout=0.0, bool training=True) -> Tensor");
   // Gradient with respect to the learned table: [table_rows, D]. x is needed for combine="mul".
   m.def(
       "add_positional_table_backward(Tensor grad, Tensor? x, Tensor? positions, Tensor? seed, "
@@ -77,6 +85,8 @@ TORCH_LIBRARY(posenc, m) {
   m.def(
       "positional_encoding(Tensor positions, int dim, *, str kind=\"sinusoidal\", "
       "float base=10000.0, str convention=\"vaswani\", str layout=\"interleaved\", "
+      "int[]? grid=None, int extra_tokens=0, int[]? grid_dims=None, "
+      "int[]? grid_axes=None, int[]? grid_origin=None, float[]? grid_scale=None, "
       "ScalarType? dtype=None) -> Tensor");
 }
 

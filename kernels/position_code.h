@@ -42,9 +42,11 @@ POSENC_HOST_DEVICE double sinusoidal_frequency(const PositionCodeOptions& option
   return ::pow(options.base, -static_cast<double>(pair) / steps);
 }
 
-// The code of channel `channel` of a `dim`-wide computed kind; host and device.
+// The code of channel `channel` of a `dim`-wide computed kind, for positions multiplied by
+// `position_scale` (folded into the frequency, so integer positions keep the exact reduction);
+// host and device.
 POSENC_HOST_DEVICE ChannelCode channel_code(const PositionCodeOptions& options, int64_t dim,
-                                            int64_t channel) {
+                                            int64_t channel, double position_scale = 1.0) {
   const int64_t half = dim / 2;
   const int64_t pair = channel / 2;
   const bool odd_channel = (channel & 1) != 0;
@@ -80,11 +82,93 @@ POSENC_HOST_DEVICE ChannelCode channel_code(const PositionCodeOptions& options, 
     case PositionKind::kLearned:
       break;
   }
-  return ChannelCode{turn_frequency_from_radians(radians), is_cos ? 0.25 : 0.0, amplitude};
+  return ChannelCode{turn_frequency_from_radians(radians * position_scale), is_cos ? 0.25 : 0.0,
+                     amplitude};
+}
+
+// ---- codes on a token grid (2D/3D sin-cos codes of vision and video transformers) -----------
+
+constexpr int kMaxGridAxes = 3;
+
+// A position is a token index into a grid of patches. Indices [0, extra_tokens) (cls and
+// register tokens) have PE = 0. Index extra_tokens + g, with g the row-major index of
+// (i_0, ..., i_{n-1}) in `sizes` (the last axis varies fastest), has coordinate
+// c_a = i_a + origins[a] along axis a. The channels are split into segments, one per axis, in
+// channel order: segment s holds channels [segment_ends[s - 1], segment_ends[s]) and is the 1-D
+// code of that width of axis segment_axes[s] at position c_a * scales[a].
+// MAE and DiT: sizes (H, W), segments (w: D/2, h: D/2), concat sinusoidal. SD3: scales
+// base_size / (grid * interpolation_scale), origins the centre crop of pos_embed_max_size.
+struct GridCode {
+  int axis_count = 0;  // 0: positions are 1-D (no grid)
+  int64_t extra_tokens = 0;
+  int64_t sizes[kMaxGridAxes] = {};
+  int64_t origins[kMaxGridAxes] = {};
+  double scales[kMaxGridAxes] = {1.0, 1.0, 1.0};
+  int segment_axes[kMaxGridAxes] = {};
+  int64_t segment_ends[kMaxGridAxes] = {};
+};
+
+// The CPU kernels factorise a grid's codes into rows per axis (kernels/cpu/row_kernels.h) when
+// those hold at most this many values; beyond it each row is evaluated where it is used, so a
+// few positions on a huge grid cost little.
+constexpr int64_t kMaxGridRowValues = int64_t{1} << 21;
+
+// extra_tokens + the grid's patches: the token indices with a code are below this.
+POSENC_HOST_DEVICE int64_t grid_token_count(const GridCode& grid) {
+  int64_t count = 1;
+  for (int a = 0; a < grid.axis_count; ++a) count *= grid.sizes[a];
+  return grid.extra_tokens + count;
+}
+
+// The segment of `channel`.
+POSENC_HOST_DEVICE int grid_segment(const GridCode& grid, int64_t channel) {
+  int segment = 0;
+  while (segment + 1 < grid.axis_count && channel >= grid.segment_ends[segment]) ++segment;
+  return segment;
+}
+
+// The coordinates of a token (scalars, not an array: they stay in registers on the device).
+struct GridPoint {
+  bool coded;  // false for the extra tokens
+  int64_t c0, c1, c2;
+
+  POSENC_HOST_DEVICE int64_t along(int axis) const { return axis == 0 ? c0 : axis == 1 ? c1 : c2; }
+};
+
+// The coordinates of token index `token` (validated below grid_token_count, which is below
+// 2^31, so the divisions are 32-bit).
+POSENC_HOST_DEVICE GridPoint grid_point(const GridCode& grid, int64_t token) {
+  GridPoint point{token >= grid.extra_tokens, 0, 0, 0};
+  if (!point.coded) return point;
+  uint32_t index = static_cast<uint32_t>(token - grid.extra_tokens);
+  int64_t c[kMaxGridAxes] = {0, 0, 0};
+  for (int a = kMaxGridAxes - 1; a >= 0; --a) {
+    if (a < grid.axis_count) {
+      const uint32_t size = static_cast<uint32_t>(grid.sizes[a]);
+      c[a] = static_cast<int64_t>(index % size) + grid.origins[a];
+      index /= size;
+    }
+  }
+  point.c0 = c[0];
+  point.c1 = c[1];
+  point.c2 = c[2];
+  return point;
+}
+
+// The code of `channel` of a `dim`-wide row: 1-D, or the channel of its grid segment.
+POSENC_HOST_DEVICE ChannelCode grid_channel_code(const PositionCodeOptions& options,
+                                                 const GridCode& grid, int64_t dim,
+                                                 int64_t channel) {
+  if (grid.axis_count == 0) return channel_code(options, dim, channel);
+  const int segment = grid_segment(grid, channel);
+  const int64_t begin = segment == 0 ? 0 : grid.segment_ends[segment - 1];
+  return channel_code(options, grid.segment_ends[segment] - begin, channel - begin,
+                      grid.scales[grid.segment_axes[segment]]);
 }
 
 // Per-channel codes for a computed kind; host only, `dim` entries.
-std::vector<ChannelCode> make_channel_codes(const PositionCodeOptions& options, int64_t dim);
+std::vector<ChannelCode> make_channel_codes(const PositionCodeOptions& options, int64_t dim,
+                                            const GridCode& grid = GridCode());
 
 template <typename acc_t>
 POSENC_HOST_DEVICE acc_t evaluate_channel(const ChannelCode& code, int64_t position) {

@@ -3,6 +3,7 @@
 // combine loop. Internal to kernels/cpu.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -58,6 +59,7 @@ class PositionCodeRows {
       step_cos_[d] = step.cos;
     }
     detect_pairs();
+    if (source.grid.axis_count > 0) build_grid_tables();
   }
 
   bool computed() const { return source_.kind != PositionKind::kLearned && !high_.empty(); }
@@ -77,7 +79,7 @@ class PositionCodeRows {
   // exact evaluation whatever the position, far below the exact-angle contract's 2e-6.
   void evaluate_consecutive(int64_t first, int64_t rows, acc* __restrict out,
                             Recurrence& state) const {
-    if (!computed()) {
+    if (!computed() || source_.grid.axis_count > 0) {  // a grid: consecutive tokens are not
       for (int64_t r = 0; r < rows; ++r) evaluate(first + r, out + r * dim_);
       return;
     }
@@ -227,20 +229,75 @@ class PositionCodeRows {
       for (int64_t d = 0; d < count; ++d) out[d] = load_as_acc(row + d * source_.table_dim_stride);
       return;
     }
+    const GridCode& grid = source_.grid;
+    if (grid.axis_count == 0) {
+      evaluate_channels(position, first, end, out);
+      return;
+    }
+    // On a grid, each segment of channels is evaluated at its axis' coordinate, or read from
+    // that axis' rows when they were built.
+    const GridPoint point = grid_point(grid, position);
+    for (int s = 0; s < grid.axis_count; ++s) {
+      const int64_t begin = std::max(first, s == 0 ? int64_t{0} : grid.segment_ends[s - 1]);
+      const int64_t stop = std::min(end, grid.segment_ends[s]);
+      if (begin >= stop) continue;
+      acc* segment_out = out + (begin - first);
+      if (!point.coded) {
+        std::fill(segment_out, segment_out + (stop - begin), acc(0));
+      } else if (!grid_rows_.empty()) {
+        const int axis = grid.segment_axes[s];
+        const int64_t segment_begin = s == 0 ? 0 : grid.segment_ends[s - 1];
+        const int64_t width = grid.segment_ends[s] - segment_begin;
+        const acc* row = grid_rows_[s].data() +
+                         (point.along(axis) - grid.origins[axis]) * width + (begin - segment_begin);
+        std::copy(row, row + (stop - begin), segment_out);
+      } else {
+        evaluate_channels(point.along(grid.segment_axes[s]), begin, stop, segment_out);
+      }
+    }
+  }
+
+ private:
+  // out[d - first] = the code of channel d at `position`, for first <= d < end.
+  void evaluate_channels(int64_t position, int64_t first, int64_t end, acc* __restrict out) const {
     const double p = static_cast<double>(position);
     const double* __restrict high = high_.data() + first;
     const double* __restrict middle = middle_.data() + first;
     const double* __restrict low = low_.data() + first;
     const double* __restrict phase = phase_.data() + first;
     const acc* __restrict amplitude = amplitude_.data() + first;
-    for (int64_t d = 0; d < count; ++d) {
+    for (int64_t d = 0; d < end - first; ++d) {
       out[d] = amplitude[d] * sin_turns<acc>(reduced_turns(p, high[d], middle[d], low[d], phase[d]));
     }
   }
 
- private:
+  // Factorised grid codes: segment s's channels at every coordinate of its axis, [size, width],
+  // exact like any evaluation. A grid row is then copied from one row per axis, so a [H, W]
+  // grid costs (H + W) * D / 2 evaluations instead of H * W * D.
+  void build_grid_tables() {
+    const GridCode& grid = source_.grid;
+    int64_t values = 0;
+    for (int s = 0; s < grid.axis_count; ++s) {
+      const int64_t width = grid.segment_ends[s] - (s == 0 ? 0 : grid.segment_ends[s - 1]);
+      values += grid.sizes[grid.segment_axes[s]] * width;
+    }
+    if (values > kMaxGridRowValues) return;
+    grid_rows_.resize(static_cast<size_t>(grid.axis_count));
+    for (int s = 0; s < grid.axis_count; ++s) {
+      const int axis = grid.segment_axes[s];
+      const int64_t begin = s == 0 ? 0 : grid.segment_ends[s - 1];
+      const int64_t width = grid.segment_ends[s] - begin;
+      grid_rows_[s].resize(static_cast<size_t>(grid.sizes[axis] * width));
+      for (int64_t i = 0; i < grid.sizes[axis]; ++i) {
+        evaluate_channels(i + grid.origins[axis], begin, begin + width,
+                          grid_rows_[s].data() + i * width);
+      }
+    }
+  }
+
   const PositionSource& source_;
   int64_t dim_;
+  std::vector<std::vector<acc>> grid_rows_;  // [segment][size of its axis, width]
   std::vector<double> high_, middle_, low_, phase_, amplitude64_, step_sin_, step_cos_;
   std::vector<acc> amplitude_;
 };

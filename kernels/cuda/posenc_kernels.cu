@@ -127,6 +127,8 @@ __device__ int64_t checked_position(const AddPositionalParams& p, const int64_t*
   POSENC_DEVICE_CHECK(position >= 0, "posenc: positions must be >= 0");
   POSENC_DEVICE_CHECK(p.source.kind != PositionKind::kLearned || position < p.source.table_rows,
                       "posenc: positions must be < the table's rows");
+  POSENC_DEVICE_CHECK(p.source.grid.axis_count == 0 || position < grid_token_count(p.source.grid),
+                      "posenc: positions must be < extra_tokens + the grid's patches");
   return position;
 }
 
@@ -139,7 +141,11 @@ __device__ acc_t<scalar_t> code_value(const PositionSource& source, const Channe
     return load_as_acc(static_cast<const scalar_t*>(source.table) +
                        position * source.table_row_stride + d * source.table_dim_stride);
   }
-  return evaluate_channel<acc>(channels[d], position);
+  if (source.grid.axis_count == 0) return evaluate_channel<acc>(channels[d], position);
+  const GridPoint point = grid_point(source.grid, position);
+  if (!point.coded) return acc(0);
+  return evaluate_channel<acc>(
+      channels[d], point.along(source.grid.segment_axes[grid_segment(source.grid, d)]));
 }
 
 template <typename acc>
@@ -158,10 +164,11 @@ __device__ acc combine_value(Combine combine, acc scale, acc x, acc pe) {
 }
 
 // The per-channel codes of a computed kind, once per launch: out[d] for d < dim.
-__global__ void channel_codes_kernel(PositionCodeOptions code, int64_t dim, ChannelCode* out) {
+__global__ void channel_codes_kernel(PositionCodeOptions code, GridCode grid, int64_t dim,
+                                     ChannelCode* out) {
   for (int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; d < dim;
        d += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[d] = channel_code(code, dim, d);
+    out[d] = grid_channel_code(code, grid, dim, d);
   }
 }
 
@@ -203,6 +210,19 @@ template <typename scalar_t>
 __device__ void group_codes(const AddPositionalParams& p, const ChannelCode* __restrict__ channels,
                             int64_t position, int64_t d0, int count, acc_t<scalar_t>* pe,
                             int pe_stride) {
+  if (p.source.grid.axis_count > 0) {
+    // On a grid: the token's coordinates once, then each channel at its segment's axis.
+    const GridCode& grid = p.source.grid;
+    const GridPoint point = grid_point(grid, position);
+#pragma unroll 4
+    for (int k = 0; k < count; ++k) {
+      const int axis = grid.segment_axes[grid_segment(grid, d0 + k)];
+      pe[k * pe_stride] = point.coded ? evaluate_channel<acc_t<scalar_t>>(channels[d0 + k],
+                                                                          point.along(axis))
+                                      : acc_t<scalar_t>(0);
+    }
+    return;
+  }
 #pragma unroll 4
   for (int k = 0; k < count; ++k) {
     pe[k * pe_stride] = p.source.kind == PositionKind::kLearned
@@ -749,7 +769,7 @@ bool needs_channel_table(const AddPositionalParams& params) {
 int fill_channel_table(const AddPositionalParams& params, void* workspace, void* stream) {
   if (!needs_channel_table(params)) return 0;
   POSENC_LAUNCH(channel_codes_kernel, blocks_for(params.shape.dim, kThreads, max_grid_x()),
-                kThreads, 0, stream, params.source.code, params.shape.dim,
+                kThreads, 0, stream, params.source.code, params.source.grid, params.shape.dim,
                 static_cast<ChannelCode*>(workspace));
   return launch_status();
 }

@@ -20,6 +20,7 @@
 #include "cuda_launch.h"
 #include "positional.h"
 #include "rotary.h"
+#include "grid_case.h"
 #include "rows.h"
 
 namespace pk = posenc::kernels;
@@ -105,6 +106,7 @@ struct RowsCase {
   bool fairseq;
   bool strided;    // x and out with padded rows (non-contiguous)
   bool lowered_limits;
+  bool grid = false;  // positions are token indices of test_grid() (D = 38)
 };
 
 std::string name_of(const RowsCase& c) {
@@ -147,10 +149,14 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
     std::vector<int64_t> ids(static_cast<size_t>(rows)), positions(static_cast<size_t>(rows));
     for (auto& id : ids) id = static_cast<int64_t>(rng() % vocab);
     for (auto& p : positions) p = static_cast<int64_t>(rng() % (table_rows - 1));
+    const pk::GridCode grid = c.grid ? test_grid() : pk::GridCode();
+    if (c.grid) {
+      for (auto& p : positions) p = static_cast<int64_t>(rng() % pk::grid_token_count(grid));
+    }
 
     pk::AddPositionalParams params = rows_params(c, dtype, x.data(), row_stride);
     params.out = {nullptr, {c.seq_len * row_stride}, row_stride, 1};
-    params.offset = c.explicit_positions || c.fairseq ? 0 : 5;
+    params.offset = c.explicit_positions || c.fairseq || c.grid ? 0 : 5;
     params.scale = 1.5;
     params.dropout = pk::make_dropout(c.dropout, true, 1234567);
     if (c.explicit_positions) {
@@ -165,7 +171,9 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
       params.source.table_rows = table_rows;
       params.source.table_row_stride = c.dim;
     } else {
-      channels = pk::make_channel_codes(params.source.code, c.dim);
+      params.source.grid = grid;
+      params.source.code.layout = c.grid ? pk::Layout::kConcat : pk::Layout::kInterleaved;
+      channels = pk::make_channel_codes(params.source.code, c.dim, grid);
       params.source.channels = channels.data();
     }
     if (c.embedding) {
@@ -201,7 +209,10 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
 // Table and weight gradients, atomic and deterministic, against the CPU's fixed-order sums.
 TEST_P(CudaEmulatedRows, ScatterMatchesCpu) {
   const RowsCase c = GetParam();
-  if (c.combine == pk::Combine::kPositionOnly || c.combine == pk::Combine::kScaleOnly) return;
+  if (c.combine == pk::Combine::kPositionOnly || c.combine == pk::Combine::kScaleOnly ||
+      c.grid) {
+    return;
+  }
   for (pk::DType dtype : {pk::DType::kFloat32, pk::DType::kFloat64, pk::DType::kBFloat16}) {
     SCOPED_TRACE(static_cast<int>(dtype));
     std::mt19937_64 rng(static_cast<uint64_t>(c.batch * 7 + c.dim));
@@ -307,6 +318,10 @@ const RowsCase kRowsCases[] = {
     {5, 8, 6, pk::PositionKind::kSinusoidal, pk::Combine::kPositionOnly, 0.0, true, false, false, false, true},
     // 1024 rows over 7 positions: segments of the deterministic sum span several chunks.
     {64, 16, 3, pk::PositionKind::kCosine, pk::Combine::kMul, 0.1, true, false, false, false, true},
+    // 2D/3D codes on test_grid(): every token of the grid (2 cls + 2 x 3 x 5), and token indices.
+    {3, 32, 38, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, true, false, true},
+    {70, 9, 38, pk::PositionKind::kSinusoidal, pk::Combine::kMul, 0.0, true, false, false, false, true, true},
+    {2, 11, 38, pk::PositionKind::kCosine, pk::Combine::kPositionOnly, 0.0, true, false, false, false, false, true},
 };
 
 INSTANTIATE_TEST_SUITE_P(CudaEmulated, CudaEmulatedRows, ::testing::ValuesIn(kRowsCases),

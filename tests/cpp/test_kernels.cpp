@@ -15,6 +15,7 @@
 #include "positional.h"
 #include "rope_scaling.h"
 #include "rotary.h"
+#include "grid_case.h"
 
 namespace pk = posenc::kernels;
 
@@ -24,8 +25,8 @@ const double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // PE(pos)[j] from the definitions, in double.
 double reference_code(pk::PositionKind kind, pk::Convention convention, pk::Layout layout,
-                      double base, int64_t dim, int64_t pos, int64_t j) {
-  const double p = static_cast<double>(pos);
+                      double base, int64_t dim, double pos, int64_t j) {
+  const double p = pos;
   const int64_t half = dim / 2;
   switch (kind) {
     case pk::PositionKind::kSinusoidal: {
@@ -335,6 +336,101 @@ TEST(AddPositionalKernel, PositionOnlyBFloat16) {
       const double want = reference_code(pk::PositionKind::kSinusoidal, pk::Convention::kVaswani,
                                          pk::Layout::kInterleaved, 10000.0, dim, positions[t], d);
       EXPECT_NEAR(pk::bfloat16_to_float(out[t * dim + d]), want, 4e-3) << t << "," << d;
+    }
+  }
+}
+
+// Grid codes (test_grid(): 3 axes, cls tokens, uneven segments, origins, scales): every
+// token's row equals the 1-D codes of its coordinates, in double. Explicit token indices
+// (unordered, some of them extra tokens), and the run-time evaluation used when the factorised
+// axis rows would be too large.
+// The double reference of token `token`'s channel d on `grid` (concat sinusoidal).
+double reference_grid_code(const pk::GridCode& grid, int64_t dim, int64_t token, int64_t d) {
+  if (token < grid.extra_tokens) return 0.0;
+  int64_t index = token - grid.extra_tokens, coordinates[3] = {0, 0, 0};
+  for (int a = grid.axis_count - 1; a >= 0; --a) {
+    coordinates[a] = index % grid.sizes[a] + grid.origins[a];
+    index /= grid.sizes[a];
+  }
+  int s = 0;
+  while (d >= grid.segment_ends[s]) ++s;
+  const int64_t begin = s == 0 ? 0 : grid.segment_ends[s - 1];
+  const int axis = grid.segment_axes[s];
+  return reference_code(pk::PositionKind::kSinusoidal, pk::Convention::kVaswani,
+                        pk::Layout::kConcat, 10000.0, grid.segment_ends[s] - begin,
+                        static_cast<double>(coordinates[axis]) * grid.scales[axis], d - begin);
+}
+
+TEST(AddPositionalKernel, GridCodesMatchReference) {
+  pk::PositionCodeOptions options;
+  options.layout = pk::Layout::kConcat;
+  for (const bool explicit_positions : {false, true}) {
+    SCOPED_TRACE(explicit_positions);
+    const pk::GridCode grid = test_grid();
+    const int64_t dim = 38, tokens = pk::grid_token_count(grid);  // 2 + 30
+    const int64_t seq = explicit_positions ? 9 : tokens;
+    std::vector<int64_t> positions = {31, 0, 7, 1, 2, 30, 16, 5, 0};
+    std::vector<double> x(static_cast<size_t>(seq * dim)), out(x.size(), kNaN);
+    std::mt19937_64 rng(3);
+    std::uniform_real_distribution<double> uniform(-2.0, 2.0);
+    for (double& v : x) v = uniform(rng);
+    const auto codes = pk::make_channel_codes(options, dim, grid);
+    pk::AddPositionalParams params;
+    params.dtype = pk::DType::kFloat64;
+    params.shape.seq_len = seq;
+    params.shape.dim = dim;
+    params.x = {x.data(), {}, dim, 1};
+    params.out = {out.data(), {}, dim, 1};
+    if (explicit_positions) params.positions = {positions.data(), pk::IndexType::kInt64, {}, 1};
+    params.combine = pk::Combine::kAdd;
+    params.scale = 0.5;
+    params.source.code = options;
+    params.source.channels = codes.data();
+    params.source.grid = grid;
+    pk::add_positional_cpu(params, pk::serial_for);
+    for (int64_t t = 0; t < seq; ++t) {
+      const int64_t token = explicit_positions ? positions[t] : t;
+      for (int64_t d = 0; d < dim; ++d) {
+        const double want = 0.5 * x[t * dim + d] + reference_grid_code(grid, dim, token, d);
+        ASSERT_NEAR(out[t * dim + d], want, 1e-13) << token << "," << d;
+      }
+    }
+  }
+}
+
+TEST(AddPositionalKernel, GridCodesOfAHugeGridAreEvaluatedInPlace) {
+  // Axis rows of 2 * 3,000,000 values exceed the factorised tables' limit.
+  pk::GridCode grid;
+  grid.axis_count = 2;
+  grid.extra_tokens = 1;
+  grid.sizes[0] = 2;
+  grid.sizes[1] = 3000000;
+  grid.segment_axes[0] = 1;
+  grid.segment_axes[1] = 0;
+  grid.segment_ends[0] = 2;
+  grid.segment_ends[1] = 4;
+  ASSERT_GT(2 * grid.sizes[1], pk::kMaxGridRowValues);
+  pk::PositionCodeOptions options;
+  options.layout = pk::Layout::kConcat;
+  const int64_t dim = 4;
+  std::vector<int64_t> positions = {0, 1, 2999999, 3000001, 5999999, 6000000, 123457};
+  const int64_t seq = static_cast<int64_t>(positions.size());
+  std::vector<float> out(static_cast<size_t>(seq * dim), NAN);
+  const auto codes = pk::make_channel_codes(options, dim, grid);
+  pk::AddPositionalParams params;
+  params.shape.seq_len = seq;
+  params.shape.dim = dim;
+  params.out = {out.data(), {}, dim, 1};
+  params.positions = {positions.data(), pk::IndexType::kInt64, {}, 1};
+  params.combine = pk::Combine::kPositionOnly;
+  params.source.code = options;
+  params.source.channels = codes.data();
+  params.source.grid = grid;
+  pk::add_positional_cpu(params, pk::serial_for);
+  for (int64_t t = 0; t < seq; ++t) {
+    for (int64_t d = 0; d < dim; ++d) {
+      EXPECT_NEAR(out[t * dim + d], reference_grid_code(grid, dim, positions[t], d), 2e-6)
+          << positions[t] << "," << d;
     }
   }
 }

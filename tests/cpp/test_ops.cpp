@@ -421,3 +421,55 @@ TEST(PosencApi, MropeSections) {
         << e.what();
   }
 }
+
+// MAE's 2D table (concat [sin | cos] of w, then of h, a zero cls row) from the C++ API, and
+// the C++ module's SD3 centre crop and backward.
+TEST(PosencApi, GridCodesAndPatchModule) {
+  const int64_t dim = 16, height = 3, width = 4;
+  const torch::Tensor table = posenc::positional_encoding(
+      torch::arange(1 + height * width), dim,
+      posenc::PositionCodeOptions()
+          .layout("concat")
+          .grid(std::vector<int64_t>{height, width})
+          .extra_tokens(1)
+          .dtype(torch::kFloat64));
+  auto want = torch::zeros({1 + height * width, dim}, torch::kFloat64);
+  auto w = want.accessor<double, 2>();
+  for (int64_t t = 1; t <= height * width; ++t) {
+    const double coordinate[2] = {static_cast<double>((t - 1) % width),
+                                  static_cast<double>((t - 1) / width)};
+    for (int a = 0; a < 2; ++a) {
+      for (int64_t k = 0; k < dim / 4; ++k) {
+        const double angle = coordinate[a] * std::pow(10000.0, -static_cast<double>(k) / (dim / 4));
+        w[t][a * dim / 2 + k] = std::sin(angle);
+        w[t][a * dim / 2 + dim / 4 + k] = std::cos(angle);
+      }
+    }
+  }
+  EXPECT_TRUE(torch::allclose(table, want, 0.0, 1e-12));
+
+  // SD3 with pos_embed_max_size 6 and base_size 3: the (2, 5) crop of the 6 x 6 table.
+  posenc::nn::PatchPositionalEncoding module(
+      posenc::nn::PatchPositionalEncodingOptions(dim, {2, 5}).base_size(3).pos_embed_max_size(6));
+  const torch::Tensor full = posenc::positional_encoding(
+      torch::arange(36), dim,
+      posenc::PositionCodeOptions()
+          .layout("concat")
+          .grid(std::vector<int64_t>{6, 6})
+          .grid_scale(std::vector<double>{0.5, 0.5})
+          .dtype(torch::kFloat64));
+  const torch::Tensor crop =
+      full.view({6, 6, dim}).slice(0, 2, 4).slice(1, 0, 5).reshape({10, dim});
+  const torch::Tensor x = torch::randn({2, 10, dim}, torch::kFloat64).requires_grad_(true);
+  const torch::Tensor y = module->forward(x);
+  EXPECT_TRUE(torch::allclose(y - x, crop.expand({2, 10, dim}), 0.0, 1e-12));
+  y.sum().backward();
+  EXPECT_TRUE(torch::equal(x.grad(), torch::ones_like(x)));
+  try {
+    module->forward(torch::randn({2, 11, dim}));
+    ADD_FAILURE() << "expected an error for 11 tokens on a (2, 5) grid";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("has T = 11 tokens, but grid"), std::string::npos)
+        << e.what();
+  }
+}

@@ -39,6 +39,14 @@ BASE = {
     "embedding_fairseq": dict(ids=IDS, weight=WEIGHT, table=TABLE, seed=SEED, kind="learned",
                               padding_idx=1, fairseq_positions=True, dropout=0.1),
     "positional_encoding": dict(positions=torch.arange(6).view(2, 3), dim=8),
+    # 2D codes: 1 cls token and a 2 x 2 grid of patches (T = 5), every grid argument given.
+    "add_positional_grid": dict(x=X, grid=[2, 2], extra_tokens=1, grid_dims=[2, 6],
+                                grid_axes=[1, 0], grid_origin=[0, 3], grid_scale=[1.0, 0.5]),
+    "add_positional_backward_grid": dict(grad=GRAD, grid=[2, 2], extra_tokens=1,
+                                         grid_dims=[2, 6], grid_axes=[1, 0],
+                                         grid_origin=[0, 3], grid_scale=[1.0, 0.5]),
+    "positional_encoding_grid": dict(positions=torch.arange(6).view(2, 3), dim=8, grid=[5],
+                                     extra_tokens=1),
     "rotary": dict(q=Q, k=K, positions=torch.arange(5).expand(2, 5), inv_freq=torch.ones(4)),
     "rotary_offsets": dict(q=Q, k=K, offsets=torch.tensor([3, 9]), rotary_dim=4),
     "rotary_thd": dict(q=Q_THD, k=K_THD, offsets=torch.tensor([0, 3]),
@@ -53,6 +61,7 @@ def call(op_base, **changes):
     """The valid call `op_base` with `changes` (a None passes None)."""
     arguments = dict(BASE[op_base], **changes)
     op = op_base.split("_offsets")[0].split("_thd")[0].replace("embedding_fairseq", "embedding")
+    op = op.removesuffix("_grid")
     return getattr(torch.ops.posenc, op)(**arguments)
 
 
@@ -333,6 +342,57 @@ def cases():
     add(base, "unsqueeze_dim 7", ValueError, "unsqueeze_dim must be within", unsqueeze_dim=7)
     add(base, "unsqueeze_dim -2^63", ValueError, "unsqueeze_dim must be within",
         unsqueeze_dim=I64_MIN)
+
+    # ---- grid codes ---------------------------------------------------------------------------
+    for base in ["add_positional_grid", "add_positional_backward_grid"]:
+        add(base, "grid not matching T", ValueError, "has T = 5 tokens, but grid",
+            grid=[2, 3])
+        add(base, "extra_tokens not matching T", ValueError, "has T = 5 tokens", extra_tokens=0)
+        add(base, "grid_dims not summing to D", ValueError, "grid_dims must .*sum to D = 8",
+            grid_dims=[2, 5])
+        add(base, "grid_dims zero", ValueError, "grid_dims must be >= 1", grid_dims=[0, 8])
+        add(base, "grid_dims one entry", ValueError, "grid_dims must have one entry per grid",
+            grid_dims=[8])
+        add(base, "grid_axes repeated", ValueError, "grid_axes must be a permutation",
+            grid_axes=[1, 1])
+        add(base, "grid_axes out of range", ValueError, "grid_axes must be a permutation",
+            grid_axes=[0, 2])
+        add(base, "grid_origin negative", ValueError, "grid_origin must be in",
+            grid_origin=[0, -1])
+        add(base, "grid_origin huge", ValueError, "grid_origin must be in",
+            grid_origin=[0, 2**62])
+        add(base, "grid_scale zero", ValueError, "grid_scale must be finite", grid_scale=[0.0, 1.0])
+        add(base, "grid_scale nan", ValueError, "grid_scale must be finite",
+            grid_scale=[1.0, float("nan")])
+        add(base, "grid_scale inf", ValueError, "grid_scale must be finite",
+            grid_scale=[1.0, float("inf")])
+        add(base, "grid empty", ValueError, "grid must have 1 to 3 sizes", grid=[])
+        add(base, "grid 4 axes", ValueError, "grid must have 1 to 3 sizes", grid=[1, 1, 2, 2],
+            grid_dims=None, grid_axes=None, grid_origin=None, grid_scale=None)
+        add(base, "grid size 0", ValueError, "grid sizes must be >= 1", grid=[0, 4],
+            extra_tokens=5)
+        add(base, "grid too many tokens", ValueError, "must be < 2\\^31", grid=[2**16, 2**16])
+        add(base, "extra_tokens negative", ValueError, "extra_tokens must be >= 0",
+            extra_tokens=-1)
+        add(base, "extra_tokens without grid", ValueError, "extra_tokens needs grid", grid=None,
+            grid_dims=None, grid_axes=None, grid_origin=None, grid_scale=None)
+        add(base, "grid_scale without grid", ValueError, "grid_scale needs grid", grid=None,
+            extra_tokens=0, grid_dims=None, grid_axes=None, grid_origin=None)
+        add(base, "grid with offset", ValueError, "with grid, give positions", offset=2)
+        add(base, "grid with learned", ValueError, "grid needs a computed kind", kind="learned",
+            table=TABLE)
+        add(base, "D not splitting evenly", ValueError, "does not split evenly", grid=[1, 1, 3],
+            extra_tokens=2, grid_dims=None, grid_axes=None, grid_origin=None, grid_scale=None)
+        add(base, "token index past the grid", IndexError, "positions are token indices",
+            positions=torch.tensor([0, 1, 2, 3, 5]))
+        add(base, "token index negative", IndexError, "positions must be >= 0",
+            positions=torch.tensor([0, 1, -2, 3, 4]))
+        add(base, "grid not a list", RuntimeError, "argument 'grid'", grid=4)
+    base = "positional_encoding_grid"
+    add(base, "token index past the grid", IndexError, "positions are token indices",
+        positions=torch.tensor([0, 6]))
+    add(base, "grid with learned", ValueError, "learned", kind="learned")
+    add(base, "grid_dims not summing", ValueError, "grid_dims must", grid_dims=[7])
 
     # ---- rope_frequencies -------------------------------------------------------------------
     base = "rope_frequencies"

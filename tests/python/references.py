@@ -96,3 +96,127 @@ def dropout_scale(p: float) -> float:
     """posenc's multiplier of kept elements: 2^16 / round((1 - p) * 2^16) (the drop probability is
     p rounded to a multiple of 2^-16, and the scale keeps E[y] = x exactly)."""
     return 65536.0 / math.floor((1.0 - p) * 65536.0 + 0.5)
+
+
+# ---- 2D/3D sin-cos codes of vision transformers, transcribed from the published code ---------
+
+
+def _1d_sincos_from_grid(embed_dim: int, pos: Tensor) -> Tensor:
+    """MAE's get_1d_sincos_pos_embed_from_grid (as DiT and diffusers have it): float64 omega,
+    [sin | cos] halves."""
+    omega = torch.arange(embed_dim // 2, dtype=torch.float64)
+    omega /= embed_dim / 2.0
+    omega = 1.0 / 10000**omega
+    out = torch.outer(pos.reshape(-1).to(torch.float64), omega)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def _2d_sincos_from_grid(embed_dim: int, grid: Tensor) -> Tensor:
+    """get_2d_sincos_pos_embed_from_grid: half the channels for grid[0] (w), half for grid[1]."""
+    emb_h = _1d_sincos_from_grid(embed_dim // 2, grid[0])
+    emb_w = _1d_sincos_from_grid(embed_dim // 2, grid[1])
+    return torch.cat([emb_h, emb_w], dim=1)
+
+
+def dit_2d_sincos_pos_embed(embed_dim: int, grid_size: int, cls_token: bool = False,
+                            extra_tokens: int = 0) -> Tensor:
+    """DiT's get_2d_sincos_pos_embed (MAE's with cls_token=True, extra_tokens=1):
+    (extra_tokens + grid_size^2, embed_dim), float64. The grid is built in float32 as published
+    (integers, so exactly)."""
+    grid_h = torch.arange(grid_size, dtype=torch.float32)
+    grid_w = torch.arange(grid_size, dtype=torch.float32)
+    grid = torch.meshgrid(grid_w, grid_h, indexing="xy")  # here w goes first
+    grid = torch.stack(grid, dim=0).reshape(2, 1, grid_size, grid_size)
+    pos_embed = _2d_sincos_from_grid(embed_dim, grid)
+    if cls_token and extra_tokens > 0:
+        pos_embed = torch.cat([torch.zeros(extra_tokens, embed_dim, dtype=torch.float64),
+                               pos_embed], dim=0)
+    return pos_embed
+
+
+def diffusers_2d_sincos_pos_embed(embed_dim: int, grid_size, base_size: int = 16,
+                                  interpolation_scale: float = 1.0,
+                                  grid_dtype: torch.dtype = torch.float32) -> Tensor:
+    """diffusers' get_2d_sincos_pos_embed (SD3, PixArt): (H * W, embed_dim), float64. The grid
+    is float32 in diffusers; grid_dtype=float64 gives the definition without that rounding."""
+    if isinstance(grid_size, int):
+        grid_size = (grid_size, grid_size)
+    grid_h = (torch.arange(grid_size[0], dtype=grid_dtype) / (grid_size[0] / base_size)
+              / interpolation_scale)
+    grid_w = (torch.arange(grid_size[1], dtype=grid_dtype) / (grid_size[1] / base_size)
+              / interpolation_scale)
+    grid = torch.meshgrid(grid_w, grid_h, indexing="xy")  # here w goes first
+    grid = torch.stack(grid, dim=0).reshape(2, 1, grid_size[1], grid_size[0])
+    return _2d_sincos_from_grid(embed_dim, grid)
+
+
+def diffusers_cropped_pos_embed(pos_embed: Tensor, pos_embed_max_size: int, height: int,
+                                width: int) -> Tensor:
+    """diffusers PatchEmbed.cropped_pos_embed (SD3), heights and widths in patches."""
+    top = (pos_embed_max_size - height) // 2
+    left = (pos_embed_max_size - width) // 2
+    spatial = pos_embed.reshape(1, pos_embed_max_size, pos_embed_max_size, -1)
+    spatial = spatial[:, top : top + height, left : left + width, :]
+    return spatial.reshape(-1, spatial.shape[-1])
+
+
+def cogvideox_3d_sincos_pos_embed(embed_dim: int, spatial_size, temporal_size: int,
+                                  spatial_interpolation_scale: float = 1.0,
+                                  temporal_interpolation_scale: float = 1.0) -> Tensor:
+    """diffusers' get_3d_sincos_pos_embed (CogVideoX): spatial_size = (W, H);
+    (T, H * W, embed_dim), float64: [time D/4 | w 3D/8 | h 3D/8]."""
+    if isinstance(spatial_size, int):
+        spatial_size = (spatial_size, spatial_size)
+    embed_dim_spatial = 3 * embed_dim // 4
+    embed_dim_temporal = embed_dim // 4
+    grid_h = torch.arange(spatial_size[1], dtype=torch.float32) / spatial_interpolation_scale
+    grid_w = torch.arange(spatial_size[0], dtype=torch.float32) / spatial_interpolation_scale
+    grid = torch.meshgrid(grid_w, grid_h, indexing="xy")  # here w goes first
+    grid = torch.stack(grid, dim=0).reshape(2, 1, spatial_size[1], spatial_size[0])
+    pos_embed_spatial = _2d_sincos_from_grid(embed_dim_spatial, grid)
+    grid_t = torch.arange(temporal_size, dtype=torch.float32) / temporal_interpolation_scale
+    pos_embed_temporal = _1d_sincos_from_grid(embed_dim_temporal, grid_t)
+    pos_embed_spatial = pos_embed_spatial[None].repeat_interleave(temporal_size, dim=0)
+    pos_embed_temporal = pos_embed_temporal[:, None].repeat_interleave(
+        spatial_size[0] * spatial_size[1], dim=1)
+    return torch.cat([pos_embed_temporal, pos_embed_spatial], dim=-1)
+
+
+def posemb_sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> Tensor:
+    """big_vision's posemb_sincos_2d (as vit-pytorch's SimpleViT has it): (h * w, dim) float64,
+    [sin x | cos x | sin y | cos y] with omega_k = temperature^(-k / (dim/4 - 1))."""
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    omega = torch.arange(dim // 4, dtype=torch.float64) / (dim // 4 - 1)
+    omega = 1.0 / (temperature**omega)
+    y = y.flatten()[:, None].to(torch.float64) * omega[None, :]
+    x = x.flatten()[:, None].to(torch.float64) * omega[None, :]
+    return torch.cat((x.sin(), x.cos(), y.sin(), y.cos()), dim=1)
+
+
+def grid_code(tokens: Tensor, dim: int, grid, *, extra_tokens: int = 0, grid_dims=None,
+              grid_axes=None, grid_origin=None, grid_scale=None, kind: str = "sinusoidal",
+              base: float = 10000.0, convention: str = "vaswani",
+              layout: str = "interleaved") -> Tensor:
+    """The grid code of add_positional's docstring, in float64: tokens.shape + (dim,)."""
+    n = len(grid)
+    grid_dims = grid_dims or [dim // n] * n
+    grid_axes = grid_axes or list(range(n))[::-1]
+    grid_origin = grid_origin or [0] * n
+    grid_scale = grid_scale or [1.0] * n
+    flat = tokens.reshape(-1).to(torch.int64)
+    out = torch.zeros(flat.numel(), dim, dtype=torch.float64)
+    coded = flat >= extra_tokens
+    index = (flat - extra_tokens).clamp(min=0)
+    coordinates = []
+    for size in reversed(grid):
+        coordinates.append(index % size)
+        index = index // size
+    coordinates = coordinates[::-1]
+    begin = 0
+    for width, axis in zip(grid_dims, grid_axes):
+        position = (coordinates[axis] + grid_origin[axis]).to(torch.float64) * grid_scale[axis]
+        out[:, begin : begin + width] = reference_code(position, width, kind, base, convention,
+                                                       layout)
+        begin += width
+    out[~coded] = 0.0
+    return out.reshape(*tokens.shape, dim)

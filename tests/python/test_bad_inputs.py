@@ -160,6 +160,18 @@ CASES = [
     ("module rotary positions shape", lambda: posenc.nn.RotaryEmbedding(8)(torch.randn(1, 3, 1, 8), positions=torch.arange(4)), ValueError, "positions must have shape"),
     ("module state dict wrong code", lambda: posenc.nn.PositionalEncoding(8, base=100.0).load_state_dict({"pe": posenc.positional_encoding(50, 8).unsqueeze(1)}), ValueError, "does not match this module's code"),
     ("module state dict wrong width", lambda: posenc.nn.PositionalEncoding(8).load_state_dict({"pe": torch.randn(50, 1, 6)}), ValueError, "this module has kind"),
+    # Grid codes through the wrappers and posenc.nn.PatchPositionalEncoding.
+    ("grid not a list", lambda: posenc.add_positional(X, grid=5), TypeError, "grid must be a list of ints"),
+    ("grid_scale strings", lambda: posenc.add_positional(X, grid=[5], grid_scale=["a"]), TypeError, "grid_scale must be a list of floats"),
+    ("grid not matching T", lambda: posenc.add_positional(X, grid=[2, 3]), ValueError, "has T = 5 tokens, but grid"),
+    ("grid token index", lambda: posenc.positional_encoding(7, 8, grid=[2, 3]), IndexError, "positions are token indices"),
+    ("patch module D", lambda: posenc.nn.PatchPositionalEncoding(30, 4), ValueError, "divisible by 4"),
+    ("patch module 3D D", lambda: posenc.nn.PatchPositionalEncoding(40, (2, 3, 3)), ValueError, "divisible by 16"),
+    ("patch module grid", lambda: posenc.nn.PatchPositionalEncoding(32, (1, 2, 3, 4)), ValueError, "grid_size must be"),
+    ("patch module 3D base_size", lambda: posenc.nn.PatchPositionalEncoding(32, (2, 3, 3), base_size=4), ValueError, "apply to 2D grids"),
+    ("patch module tokens", lambda: posenc.nn.PatchPositionalEncoding(32, 3)(torch.randn(1, 10, 32)), ValueError, "has T = 10 tokens"),
+    ("patch module scale", lambda: posenc.nn.PatchPositionalEncoding(32, 3, interpolation_scale=0.0), ValueError, "interpolation_scale must be a finite number > 0"),
+    ("patch module max size", lambda: posenc.nn.PatchPositionalEncoding(32, 3, pos_embed_max_size=-4), ValueError, "pos_embed_max_size must be"),
 ]
 
 ALL_CASES = CASES + GENERATED

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +11,12 @@ from torch import Tensor, nn
 from ._ops import add_positional, embedding, positional_encoding
 from ._rotary import _rope_dim, rope_frequencies, rotary
 
-__all__ = ["PositionalEncoding", "PositionalEmbedding", "RotaryEmbedding"]
+__all__ = [
+    "PatchPositionalEncoding",
+    "PositionalEncoding",
+    "PositionalEmbedding",
+    "RotaryEmbedding",
+]
 
 
 class PositionalEncoding(nn.Module):
@@ -318,6 +323,170 @@ class RotaryEmbedding(nn.Module):
         return (f"dim={self.dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
                 f"interleaved={self.interleaved}, scaling={self.scaling}, "
                 f"precision={self.precision!r}")
+
+
+class PatchPositionalEncoding(nn.Module):
+    r"""Drop-in for the fixed 2D/3D sin-cos ``pos_embed`` of vision and video transformers plus
+    its add: ``dropout(x + pos_embed)``, with the code computed in the kernel from the patch
+    grid (no table is stored or rebuilt when the resolution changes).
+
+    2D grids ``(H, W)`` follow MAE's and DiT's ``get_2d_sincos_pos_embed`` (and diffusers' for
+    SD3): channels ``[0, D/2)`` code the column ``w``, ``[D/2, D)`` the row ``h``, each as
+    ``[sin(c * w_k), cos(c * w_k)]`` with ``w_k = base^(-k / (D/4))``, ``k < D/4``
+    (``convention="tensor2tensor"``: ``w_k = base^(-k / (D/4 - 1))``, big_vision's and
+    vit-pytorch's ``posemb_sincos_2d``). 3D grids ``(T, H, W)`` follow CogVideoX's
+    ``get_3d_sincos_pos_embed``: channels ``[0, D/4)`` code time, then ``3D/8`` for ``w`` and
+    ``3D/8`` for ``h``.
+
+    Args:
+        embed_dim: width ``D``: divisible by 4 (2D) or 16 (3D).
+        grid_size: the grid the model is built for: an int (square), ``(H, W)`` or
+            ``(T, H, W)``; ``forward`` may give another.
+        extra_tokens: leading tokens with no code (a cls token: 1), as DiT's ``extra_tokens``.
+        base, convention: of the 1-D codes (``"vaswani"`` or ``"tensor2tensor"``).
+        base_size: SD3's: coordinates scaled by ``base_size / size`` along each axis (2D).
+        interpolation_scale: coordinates divided by it (SD3; CogVideoX's spatial scale).
+        pos_embed_max_size: SD3's: the code of a ``pos_embed_max_size``-square grid, centre
+            cropped to the input's grid (2D).
+        temporal_interpolation_scale: CogVideoX's: time coordinates divided by it (3D).
+        dropout: drop probability after the add (training mode).
+
+    Shape:
+        ``forward(x, grid_size=None, positions=None)``: ``x`` is ``(..., N, D)`` with
+        ``N = extra_tokens + prod(grid_size)``, or ``positions`` gives the token index of each
+        of the ``N`` rows (MAE's kept patches, shifted by ``extra_tokens``); output like ``x``.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        grid_size: Union[int, Sequence[int]],
+        *,
+        extra_tokens: int = 0,
+        base: float = 10000.0,
+        convention: str = "vaswani",
+        base_size: Optional[int] = None,
+        interpolation_scale: float = 1.0,
+        pos_embed_max_size: Optional[int] = None,
+        temporal_interpolation_scale: float = 1.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # These become grid_scale and grid_origin, which the operator checks; named here.
+        for name, value in (("base_size", base_size), ("interpolation_scale", interpolation_scale),
+                            ("pos_embed_max_size", pos_embed_max_size),
+                            ("temporal_interpolation_scale", temporal_interpolation_scale)):
+            if value is not None and not (isinstance(value, (int, float))
+                                          and math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"PatchPositionalEncoding: {name} must be a finite number > 0, got {value!r}"
+                )
+        self.embed_dim = embed_dim
+        self.grid_size = self._grid(grid_size)
+        self.extra_tokens = extra_tokens
+        self.base = base
+        self.convention = convention
+        self.base_size = base_size
+        self.interpolation_scale = interpolation_scale
+        self.pos_embed_max_size = pos_embed_max_size
+        self.temporal_interpolation_scale = temporal_interpolation_scale
+        self.p = dropout
+        # The operator checks every option (one place, shared with C++), here on Meta tensors.
+        tokens = extra_tokens + math.prod(self.grid_size)
+        _on_meta(self._encode, torch.empty(1, tokens, embed_dim, device="meta"), table=None)
+
+    @staticmethod
+    def _grid(grid_size: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+        if isinstance(grid_size, int) and not isinstance(grid_size, bool):
+            return (grid_size, grid_size)
+        if not isinstance(grid_size, (tuple, list)) or len(grid_size) not in (2, 3):
+            raise ValueError(
+                f"PatchPositionalEncoding: grid_size must be an int, (H, W) or (T, H, W), got "
+                f"{grid_size!r}"
+            )
+        return tuple(grid_size)
+
+    def grid_arguments(self, grid_size: Union[int, Sequence[int], None] = None) -> dict:
+        """The ``grid*`` keyword arguments of :func:`posenc.add_positional` for ``grid_size``
+        (default: the module's): the published conventions as channel splits, coordinate
+        scales and crop origins."""
+        grid = self.grid_size if grid_size is None else self._grid(grid_size)
+        d = self.embed_dim
+        if len(grid) == 3:
+            if self.base_size is not None or self.pos_embed_max_size is not None:
+                raise ValueError(
+                    "PatchPositionalEncoding: base_size and pos_embed_max_size apply to 2D grids"
+                )
+            if d % 16 != 0:
+                raise ValueError(
+                    f"PatchPositionalEncoding: a 3D grid needs embed_dim divisible by 16 "
+                    f"(D/4 time channels, 3D/8 for each spatial axis), got {d}"
+                )
+            spatial = 1.0 / self.interpolation_scale
+            return dict(grid=list(grid), grid_dims=[d // 4, 3 * d // 8, 3 * d // 8],
+                        grid_axes=[0, 2, 1],
+                        grid_scale=[1.0 / self.temporal_interpolation_scale, spatial, spatial])
+        if d % 4 != 0:
+            raise ValueError(
+                f"PatchPositionalEncoding: a 2D grid needs embed_dim divisible by 4, got {d}"
+            )
+        height, width = grid
+        origin = [0, 0]
+        if self.pos_embed_max_size is not None:
+            size = self.pos_embed_max_size
+            if height > size or width > size:
+                raise ValueError(
+                    f"PatchPositionalEncoding: grid ({height}, {width}) exceeds "
+                    f"pos_embed_max_size={size}"
+                )
+            origin = [(size - height) // 2, (size - width) // 2]
+            sizes = [size, size]
+        else:
+            sizes = [height, width]
+        # SD3: arange(size) / (size / base_size) / interpolation_scale along each axis.
+        scale = [
+            (1.0 if self.base_size is None else self.base_size / n) / self.interpolation_scale
+            for n in sizes
+        ]
+        return dict(grid=[height, width], grid_origin=origin, grid_scale=scale)
+
+    def _encode(self, x: Tensor, grid_size: Union[int, Sequence[int], None] = None,
+                positions: Optional[Tensor] = None, table: Optional[Tensor] = None,
+                training: Optional[bool] = None) -> Tensor:
+        return add_positional(
+            x, positions=positions, extra_tokens=self.extra_tokens, base=self.base,
+            convention=self.convention, layout="concat", dropout=self.p,
+            training=self.training if training is None else training,
+            **self.grid_arguments(grid_size),
+        )
+
+    def forward(self, x: Tensor, grid_size: Union[int, Sequence[int], None] = None,
+                positions: Optional[Tensor] = None) -> Tensor:
+        return self._encode(x, grid_size, positions)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The buffer this module replaces: checked against the computed code, then dropped.
+        key = prefix + "pos_embed"
+        if key in state_dict:
+            buffer = state_dict.pop(key).detach().to("cpu", torch.float64)
+            tokens = self.extra_tokens + math.prod(self.grid_size)
+            zeros = torch.zeros(1, tokens, self.embed_dim, dtype=torch.float64)
+            expected = self._encode(zeros, training=False)
+            if buffer.numel() != expected.numel() or not torch.allclose(
+                buffer.reshape(expected.shape), expected, atol=1e-5
+            ):
+                raise ValueError(
+                    f"PatchPositionalEncoding: state_dict entry {key!r} of shape "
+                    f"{tuple(buffer.shape)} is not this module's code (grid {self.grid_size}, "
+                    f"extra_tokens {self.extra_tokens})"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, grid_size={self.grid_size}, "
+            f"extra_tokens={self.extra_tokens}, dropout={self.p}"
+        )
 
 
 def _on_meta(function, *tensors: Tensor, table: Optional[Tensor]) -> None:

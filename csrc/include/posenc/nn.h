@@ -3,6 +3,8 @@
 //   posenc::nn::PositionalEncoding enc(posenc::nn::PositionalEncodingOptions(512).dropout(0.1));
 //   posenc::nn::PositionalEmbedding emb(posenc::nn::PositionalEmbeddingOptions(32000, 512));
 //   posenc::nn::RotaryEmbedding rope(posenc::nn::RotaryEmbeddingOptions(128));
+//   posenc::nn::PatchPositionalEncoding pe(
+//       posenc::nn::PatchPositionalEncodingOptions(768, {14, 14}).extra_tokens(1));
 #pragma once
 
 #include <torch/arg.h>
@@ -120,6 +122,39 @@ class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
   at::Tensor frequencies_;  // the computed inv_freq on the CPU
 };
 TORCH_MODULE(RotaryEmbedding);
+
+struct PatchPositionalEncodingOptions {
+  PatchPositionalEncodingOptions(int64_t embed_dim, std::vector<int64_t> grid_size)
+      : embed_dim_(embed_dim), grid_size_(std::move(grid_size)) {}
+  TORCH_ARG(int64_t, embed_dim);
+  TORCH_ARG(std::vector<int64_t>, grid_size);  // (H, W) or (T, H, W)
+  TORCH_ARG(int64_t, extra_tokens) = 0;        // leading tokens with no code (cls)
+  TORCH_ARG(double, base) = 10000.0;
+  TORCH_ARG(std::string, convention) = "vaswani";
+  TORCH_ARG(std::optional<int64_t>, base_size) = std::nullopt;           // SD3 (2D)
+  TORCH_ARG(double, interpolation_scale) = 1.0;                          // SD3, CogVideoX
+  TORCH_ARG(std::optional<int64_t>, pos_embed_max_size) = std::nullopt;  // SD3 crop (2D)
+  TORCH_ARG(double, temporal_interpolation_scale) = 1.0;                 // CogVideoX (3D)
+  TORCH_ARG(double, dropout) = 0.0;
+};
+
+// dropout(x + pos_embed) for the fixed 2D/3D sin-cos codes of MAE, DiT, SD3 and CogVideoX
+// (posenc.nn.PatchPositionalEncoding): no buffer, the code is computed from the patch grid.
+class PatchPositionalEncodingImpl : public torch::nn::Cloneable<PatchPositionalEncodingImpl> {
+ public:
+  explicit PatchPositionalEncodingImpl(PatchPositionalEncodingOptions options);
+  void reset() override;
+  // x: (..., extra_tokens + prod(grid_size), D), or (..., N, D) with positions (token indices)
+  // -> like x. grid_size: the input's grid (default: the options').
+  at::Tensor forward(const at::Tensor& x,
+                     const std::optional<std::vector<int64_t>>& grid_size = std::nullopt,
+                     const std::optional<at::Tensor>& positions = std::nullopt);
+  // The add_positional options of the published conventions for `grid_size`.
+  AddPositionalOptions grid_options(const std::vector<int64_t>& grid_size) const;
+
+  PatchPositionalEncodingOptions options;
+};
+TORCH_MODULE(PatchPositionalEncoding);
 
 }  // namespace nn
 }  // namespace posenc

@@ -37,6 +37,16 @@ struct AddPositionalOptions {
   TORCH_ARG(std::string, convention) = "vaswani";  // vaswani, tensor2tensor
   TORCH_ARG(std::string, layout) = "interleaved";  // interleaved, concat
   TORCH_ARG(std::optional<at::Tensor>, table) = std::nullopt;  // [P, D] for kind "learned"
+  // A patch grid ((H, W) or (T, H, W)): positions become token indices, the first extra_tokens
+  // without a code, channel segment s (grid_dims[s] wide, default D / axes) codes axis
+  // grid_axes[s] (default: the last axis first) at (index + grid_origin) * grid_scale. See the
+  // Python docstring of posenc.add_positional.
+  TORCH_ARG(std::optional<std::vector<int64_t>>, grid) = std::nullopt;
+  TORCH_ARG(int64_t, extra_tokens) = 0;
+  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_dims) = std::nullopt;
+  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_axes) = std::nullopt;
+  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_origin) = std::nullopt;
+  TORCH_ARG(std::optional<std::vector<double>>, grid_scale) = std::nullopt;
   TORCH_ARG(double, dropout) = 0.0;                            // in [0, 1]
   TORCH_ARG(bool, training) = true;
   TORCH_ARG(std::optional<at::Generator>, generator) = std::nullopt;  // for a drawn seed
@@ -124,6 +134,16 @@ struct PositionCodeOptions {
   TORCH_ARG(double, base) = 10000.0;
   TORCH_ARG(std::string, convention) = "vaswani";
   TORCH_ARG(std::string, layout) = "interleaved";
+  // A patch grid ((H, W) or (T, H, W)): positions become token indices, the first extra_tokens
+  // without a code, channel segment s (grid_dims[s] wide, default D / axes) codes axis
+  // grid_axes[s] (default: the last axis first) at (index + grid_origin) * grid_scale. See the
+  // Python docstring of posenc.add_positional.
+  TORCH_ARG(std::optional<std::vector<int64_t>>, grid) = std::nullopt;
+  TORCH_ARG(int64_t, extra_tokens) = 0;
+  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_dims) = std::nullopt;
+  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_axes) = std::nullopt;
+  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_origin) = std::nullopt;
+  TORCH_ARG(std::optional<std::vector<double>>, grid_scale) = std::nullopt;
   TORCH_ARG(at::ScalarType, dtype) = at::kFloat;
 };
 
