@@ -899,7 +899,8 @@ void check_rotary_values(const RotaryCall& call, bool read_data) {
     }
     return;
   }
-  if (call.positions.has_value() && call.positions->numel() > 0) {
+  // M-RoPE position rows are coordinates and may be negative (DINOv3 centres its grid).
+  if (call.positions.has_value() && call.positions->numel() > 0 && call.mrope_section.empty()) {
     const int64_t lowest = value_range(*call.positions).first;
     TORCH_CHECK_INDEX(lowest >= 0, op, ": positions must be >= 0, got ", lowest);
   }

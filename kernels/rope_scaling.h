@@ -14,11 +14,12 @@ namespace posenc {
 namespace kernels {
 
 enum class RopeType : int {
-  kDefault, kLinear, kDynamic, kYarn, kLongrope, kLlama3, kProportional, kAxial
+  kDefault, kLinear, kDynamic, kYarn, kLongrope, kLlama3, kProportional, kAxial, kAxialShared
 };
 
 constexpr const char* kRopeTypeNames =
-    "'default', 'linear', 'dynamic', 'yarn', 'longrope', 'llama3', 'proportional' or 'axial'";
+    "'default', 'linear', 'dynamic', 'yarn', 'longrope', 'llama3', 'proportional', 'axial' or "
+    "'axial_shared'";
 
 std::optional<RopeType> parse_rope_type(const std::string& name);
 

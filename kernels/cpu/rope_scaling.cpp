@@ -19,6 +19,7 @@ std::optional<RopeType> parse_rope_type(const std::string& name) {
   if (name == "llama3") return RopeType::kLlama3;
   if (name == "proportional") return RopeType::kProportional;
   if (name == "axial") return RopeType::kAxial;
+  if (name == "axial_shared") return RopeType::kAxialShared;
   return std::nullopt;
 }
 
@@ -200,6 +201,15 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
       for (size_t i = 1; i < inv_freq.size(); i += 2) reordered.push_back(inv_freq[i]);
       return reordered;
     }
+    case RopeType::kAxialShared: {
+      // Llama 4's vision rope and DINOv3's: the default frequencies of a dim/2-wide rope,
+      // base^(-4k/dim) for k < dim/4, once for each of the two axes (mrope_section
+      // {0, dim/4, dim/4}).
+      std::vector<real> inv_freq = default_frequencies<real>(dim / 2, s.base, s);
+      const size_t quarter = inv_freq.size();
+      for (size_t k = 0; k < quarter; ++k) inv_freq.push_back(inv_freq[k]);
+      return inv_freq;
+    }
     case RopeType::kProportional: {
       // Gemma's proportional RoPE: exponents over the whole dim, the pairs past the rotated
       // proportion at frequency 0 (they pass through), all divided by factor.
@@ -300,6 +310,9 @@ std::string check_rope_scaling(int64_t head_dim, const RopeScaling& s) {
     }
     case RopeType::kAxial:
       if (dim % 4 != 0) return "rope_type 'axial' needs a rotary dim divisible by 4";
+      return "";
+    case RopeType::kAxialShared:
+      if (dim % 4 != 0) return "rope_type 'axial_shared' needs a rotary dim divisible by 4";
       return "";
     case RopeType::kProportional:
       if (s.has_factor && !finite_positive(s.factor)) {

@@ -665,7 +665,8 @@ __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
       const int64_t s = token - b * p.seq_len;
       for (int a = 0; a < (p.mrope ? kMropeAxes : 1); ++a) {
         const int64_t position = rotary_token_position(p, b, s, a);
-        POSENC_DEVICE_CHECK(position >= 0, "posenc.rotary: positions must be >= 0");
+        POSENC_DEVICE_CHECK(position >= 0 || p.mrope,  // M-RoPE coordinates may be negative
+                            "posenc.rotary: positions must be >= 0");
         positions[j * kMropeAxes + a] = position;
       }
       for (int k = 0; k < p.operand_count; ++k) {

@@ -375,6 +375,10 @@ TEST_P(CudaEmulatedRotary, MatchesCpu) {
       positions((c.mrope ? 3 : 1) * batch * seq_len);  // M-RoPE: [3, B, S]
   std::mt19937_64 rng(11);
   for (auto& p : positions) p = static_cast<int64_t>(rng() % (1 << 24));
+  // M-RoPE rows are coordinates and may be negative (DINOv3's centred grid).
+  if (c.mrope) {
+    for (size_t i = 0; i < positions.size(); i += 3) positions[i] -= 1 << 23;
+  }
   for (pk::DType dtype : kDTypes) {
     SCOPED_TRACE(static_cast<int>(dtype));
     pk::RotaryParams params;

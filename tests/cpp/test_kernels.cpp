@@ -571,6 +571,21 @@ TEST(RopeScaling, PartialRotaryFactor) {
   EXPECT_NE(pk::check_rope_scaling(16, scaling).find("must be even"), std::string::npos);
 }
 
+// Llama 4's and DINOv3's vision rope: the default frequencies of dim / 2, once per axis.
+TEST(RopeScaling, AxialSharedRepeatsTheHalfWidthFrequencies) {
+  pk::RopeScaling scaling;
+  scaling.rope_type = pk::RopeType::kAxialShared;
+  scaling.base = 100.0;
+  pk::RopeFrequencies result;
+  ASSERT_EQ(pk::compute_rope_frequencies(16, scaling, result), "");
+  ASSERT_EQ(result.inv_freq.size(), 8u);
+  for (int k = 0; k < 4; ++k) {
+    EXPECT_NEAR(result.inv_freq[k], std::pow(100.0, -4.0 * k / 16), 1e-15) << k;
+    EXPECT_EQ(result.inv_freq[k + 4], result.inv_freq[k]) << k;
+  }
+  EXPECT_NE(pk::check_rope_scaling(18, scaling).find("divisible by 4"), std::string::npos);
+}
+
 // yarn and longrope without a factor use max_position_embeddings / original (transformers 5.x).
 TEST(RopeScaling, MissingFactorIsTheContextRatio) {
   pk::RopeScaling ratio;

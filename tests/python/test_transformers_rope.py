@@ -3,6 +3,7 @@
 with and without seq_len, configs nested by layer type, partial rotary, Phi-3's longrope. Tiny
 configs built here; nothing is downloaded."""
 
+import math
 import warnings
 
 import pytest
@@ -383,3 +384,103 @@ def test_pixtral_axial_2d_rope_through_mrope(precision):
                         mrope_section=[0, 8, 8], precision=precision)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-6)
+
+
+# ---- axial 2D rope of vision transformers, through posenc.nn.AxialRotaryEmbedding -------------
+
+
+@pytest.mark.parametrize("precision", ["transformers", "exact"])
+def test_pixtral_axial_rotary_module(precision):
+    from transformers import PixtralVisionConfig
+    from transformers.models.pixtral.modeling_pixtral import (
+        PixtralVisionRotaryEmbedding, apply_rotary_pos_emb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = PixtralVisionConfig(hidden_size=128, num_attention_heads=4, head_dim=32,
+                                     intermediate_size=64, num_hidden_layers=1)
+    hf = PixtralVisionRotaryEmbedding(config)
+    rows, columns = torch.meshgrid(torch.arange(5), torch.arange(7), indexing="ij")
+    position_ids = torch.stack([rows.flatten(), columns.flatten()], dim=-1)
+    q = torch.randn(2, 35, 4, 32, dtype=torch.float64)
+    k = torch.randn(2, 35, 2, 32, dtype=torch.float64)
+    cos, sin = hf(q.float(), position_ids)
+    expected = apply_rotary_pos_emb(q, k, cos[None].double(), sin[None].double(),
+                                    unsqueeze_dim=2)
+    module = posenc.nn.AxialRotaryEmbedding(32, (5, 7), style="pixtral",
+                                            base=config.rope_parameters["rope_theta"],
+                                            precision=precision)
+    for g, e in zip(module(q, k), expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["transformers", "exact"])
+def test_llama4_vision_rotary_module(precision):
+    """Llama4VisionRotaryEmbedding + vision_apply_rotary_emb: 5 x 5 patches then the cls token,
+    interleaved pairs, (column + 1, row + 1) at the shared frequencies."""
+    from transformers import Llama4VisionConfig
+    from transformers.models.llama4.modeling_llama4 import (
+        Llama4VisionRotaryEmbedding, vision_apply_rotary_emb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = Llama4VisionConfig(hidden_size=128, num_attention_heads=4, image_size=40,
+                                    patch_size=8, intermediate_size=64, num_hidden_layers=1,
+                                    rope_parameters={"rope_theta": 500.0, "rope_type": "default"})
+    freqs_ci = Llama4VisionRotaryEmbedding(config).freqs_ci  # (26, 1, 16) complex
+    q = torch.randn(3, 26, 4, 32)
+    k = torch.randn(3, 26, 4, 32)
+    expected = vision_apply_rotary_emb(q, k, freqs_ci)
+    module = posenc.nn.AxialRotaryEmbedding(32, 5, style="llama4", base=500.0, extra_tokens=1,
+                                            precision=precision)
+    got = module(q, k)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=2e-6)
+    assert torch.equal(got[0][:, -1], q[:, -1])  # the cls token is not rotated
+
+
+@pytest.mark.parametrize("height,width,registers", [(5, 5, 0), (4, 6, 4)])
+def test_dinov3_rotary_module(height, width, registers):
+    """DINOv3ViTRopePositionEmbedding (evaluation coordinates) + its apply_rotary_pos_emb:
+    prefix tokens first and unrotated, patch centres in (-1, 1) turning at 2 pi f."""
+    from transformers import DINOv3ViTConfig
+    from transformers.models.dinov3_vit.modeling_dinov3_vit import (
+        DINOv3ViTRopePositionEmbedding, apply_rotary_pos_emb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = DINOv3ViTConfig(hidden_size=128, num_attention_heads=4, image_size=40,
+                                 patch_size=8, intermediate_size=64, num_hidden_layers=1,
+                                 num_register_tokens=registers)
+    hf = DINOv3ViTRopePositionEmbedding(config).eval()
+    pixels = torch.zeros(1, 3, 8 * height, 8 * width, dtype=torch.float64)
+    cos, sin = hf(pixels)
+    tokens = 1 + registers + height * width
+    q = torch.randn(2, 4, tokens, 32, dtype=torch.float64)
+    k = torch.randn(2, 4, tokens, 32, dtype=torch.float64)
+    expected = apply_rotary_pos_emb(q, k, cos, sin)
+    module = posenc.nn.AxialRotaryEmbedding(32, (height, width), style="dinov3",
+                                            base=config.rope_theta, extra_tokens=1 + registers)
+    got = module(q, k, layout="bhsd")
+    # transformers forms the coordinates and angles in float32 (angles up to 2 pi).
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=5e-6)
+    # Against the float64 definition: exact.
+    i = torch.arange(height, dtype=torch.float64)
+    j = torch.arange(width, dtype=torch.float64)
+    ci, cj = torch.meshgrid((2 * i + 1) / height - 1, (2 * j + 1) / width - 1, indexing="ij")
+    f = 100.0 ** (-4 * torch.arange(8, dtype=torch.float64) / 32)
+    angles = 2 * math.pi * torch.cat([ci.flatten()[:, None] * f, cj.flatten()[:, None] * f], 1)
+    angles = torch.cat([torch.zeros(1 + registers, 16, dtype=torch.float64), angles]).tile(2)
+    exact = apply_rotary_pos_emb(q, k, angles.cos(), angles.sin())
+    for g, e in zip(got, exact):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
+
+
+def test_axial_rotary_module_backward_and_compile():
+    module = posenc.nn.AxialRotaryEmbedding(16, (3, 4), style="llama4", extra_tokens=1)
+    q = torch.randn(2, 13, 2, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q: module(q), (q,))
+    compiled = torch.compile(module, fullgraph=True)
+    torch.testing.assert_close(compiled(q.detach()), module(q.detach()), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="style must be one of"):
+        posenc.nn.AxialRotaryEmbedding(16, 3, style="vit")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        posenc.nn.AxialRotaryEmbedding(18, 3)

@@ -26,6 +26,7 @@ _SCALING_KEYS = {
                "original_max_position_embeddings"},
     "proportional": {"factor"},
     "axial": set(),
+    "axial_shared": set(),
 }
 _REQUIRED_KEYS = {
     "linear": {"factor"},
@@ -107,7 +108,9 @@ def rope_frequencies(
             ``type``) one of ``"default"``, ``"linear"``, ``"dynamic"``, ``"yarn"``,
             ``"longrope"``, ``"llama3"``, ``"proportional"``, ``"axial"`` (Pixtral's 2D
             rope: the default frequencies, even pairs first; rotate with
-            ``mrope_section=[0, r/4, r/4]`` and position rows ``(0, row, column)``) and that
+            ``mrope_section=[0, r/4, r/4]`` and position rows ``(0, row, column)``),
+            ``"axial_shared"`` (Llama 4's and DINOv3's 2D rope: ``base^(-4k/r)``, ``k < r/4``,
+            once per axis) and that
             type's keys
             (``rope_theta``, ``partial_rotary_factor``, ``factor``,
             ``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, ``mscale``,
@@ -254,7 +257,10 @@ def rotary(
             pairs temporal, the next height, the rest width (Qwen2/2.5-VL); with
             ``mrope_interleaved`` (Qwen3-VL) height on pairs 1, 4, ... below
             ``3 * mrope_section[1]``, width on pairs 2, 5, ... below ``3 * mrope_section[2]``,
-            temporal elsewhere.
+            temporal elsewhere. With ``mrope_section=[0, r/4, r/4]`` the rows are the 2D
+            coordinates of vision transformers' axial rope (Pixtral, Llama 4, DINOv3; see
+            :class:`posenc.nn.AxialRotaryEmbedding`); M-RoPE rows may be negative
+            (coordinates of a centred grid).
 
     Returns:
         The rotated ``q``, or ``(q, k)``: new tensors; the inputs are untouched.

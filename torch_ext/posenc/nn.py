@@ -12,6 +12,7 @@ from ._ops import add_positional, embedding, positional_encoding
 from ._rotary import _rope_dim, rope_frequencies, rotary
 
 __all__ = [
+    "AxialRotaryEmbedding",
     "PatchPositionalEncoding",
     "PositionalEncoding",
     "PositionalEmbedding",
@@ -322,6 +323,115 @@ class RotaryEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
                 f"interleaved={self.interleaved}, scaling={self.scaling}, "
+                f"precision={self.precision!r}")
+
+
+class AxialRotaryEmbedding(nn.Module):
+    r"""2D rotary embedding of vision transformers, angles computed in the kernel from the patch
+    coordinates: half of the rotary pairs turn with one grid axis, half with the other
+    (:func:`posenc.rotary` with ``mrope_section=[0, D/4, D/4]`` and one position row per axis),
+    in the conventions of transformers' vision models:
+
+    - ``"pixtral"`` (``PixtralVisionRotaryEmbedding``): half-split pairs; pairs ``[0, D/4)`` turn
+      with the row at ``base^(-2i/D)`` for even ``i``, the others with the column at odd ``i``
+      (``rope_type="axial"``).
+    - ``"llama4"`` (``Llama4VisionRotaryEmbedding`` and ``vision_apply_rotary_emb``):
+      interleaved pairs; pairs ``[0, D/4)`` turn with ``column + 1``, the others with
+      ``row + 1``, both at ``base^(-4k/D)`` (``rope_type="axial_shared"``); the extra (cls)
+      tokens come after the patches, unrotated.
+    - ``"dinov3"`` (``DINOv3ViTRopePositionEmbedding`` and its ``apply_rotary_pos_emb``):
+      half-split pairs; pairs ``[0, D/4)`` turn with the row, the others with the column, by
+      ``2 pi c base^(-4k/D)`` where ``c = (2i + 1)/n - 1`` is the patch centre in ``(-1, 1)``
+      (integer positions ``2i + 1 - n`` at frequencies ``2 pi base^(-4k/D) / n``); the extra
+      (cls and register) tokens come first, unrotated. These are DINOv3's evaluation
+      coordinates: its training-time shift, jitter and rescale draw random real coordinates.
+
+    Args:
+        head_dim: ``D``, divisible by 4.
+        grid_size: the default patch grid ``(H, W)`` (an int: square).
+        style: ``"pixtral"``, ``"llama4"`` or ``"dinov3"``.
+        base: ``rope_theta``.
+        extra_tokens: tokens without rotation (Llama 4: 1; DINOv3: 1 + registers).
+        precision: ``"exact"``, or ``"transformers"`` (float32 frequencies and angles, as
+            transformers computes them; Pixtral and Llama 4).
+
+    Shape:
+        ``forward(q, k=None, *, grid_size=None, layout="bshd")``: ``q``, ``k`` with
+        ``extra_tokens + H * W`` tokens in ``layout``; returns the rotated ``q`` or ``(q, k)``.
+    """
+
+    _STYLES = {"pixtral": "axial", "llama4": "axial_shared", "dinov3": "axial_shared"}
+
+    def __init__(self, head_dim: int, grid_size: Union[int, Sequence[int]], *,
+                 style: str = "pixtral", base: float = 10000.0, extra_tokens: int = 0,
+                 precision: str = "exact") -> None:
+        super().__init__()
+        if style not in self._STYLES:
+            raise ValueError(f"AxialRotaryEmbedding: style must be one of "
+                             f"{sorted(self._STYLES)}, got {style!r}")
+        if style == "dinov3" and precision != "exact":
+            raise ValueError("AxialRotaryEmbedding: style 'dinov3' supports precision='exact' "
+                             "only (its float32 coordinates are not integer positions)")
+        if not isinstance(extra_tokens, int) or extra_tokens < 0:
+            raise ValueError(f"AxialRotaryEmbedding: extra_tokens must be an int >= 0, got "
+                             f"{extra_tokens!r}")
+        self.head_dim = head_dim
+        self.grid_size = PatchPositionalEncoding._grid(grid_size)
+        if len(self.grid_size) != 2:
+            raise ValueError(f"AxialRotaryEmbedding: grid_size must be an int or (H, W), got "
+                             f"{grid_size!r}")
+        self.style = style
+        self.base = base
+        self.extra_tokens = extra_tokens
+        self.precision = precision
+        inv_freq, _ = rope_frequencies(head_dim, base=base,
+                                       scaling={"rope_type": self._STYLES[style]},
+                                       precision=precision)
+        self._frequencies = inv_freq
+        self.register_buffer("inv_freq", inv_freq.clone(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # As RotaryEmbedding: the frequencies keep their precision across dtype moves.
+        super()._apply(fn, recurse)
+        self.inv_freq = self._frequencies.to(self.inv_freq.device)
+        return self
+
+    def position_ids(self, grid_size: Union[int, Sequence[int], None] = None,
+                     device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
+        """``(positions (3, extra_tokens + H * W), inv_freq)`` of the style for a grid: the
+        M-RoPE position rows (0, first axis, second axis) and the frequencies they turn at."""
+        height, width = self.grid_size if grid_size is None else (
+            PatchPositionalEncoding._grid(grid_size))
+        rows, columns = torch.meshgrid(torch.arange(height, device=device),
+                                       torch.arange(width, device=device), indexing="ij")
+        rows, columns = rows.flatten(), columns.flatten()
+        inv_freq = self.inv_freq
+        if self.style == "pixtral":
+            axes = (rows, columns)
+        elif self.style == "llama4":
+            axes = (columns + 1, rows + 1)
+        else:  # dinov3: 2 pi ((2i + 1)/n - 1) f = (2i + 1 - n) * (2 pi f / n)
+            axes = (2 * rows + 1 - height, 2 * columns + 1 - width)
+            quarter = self.head_dim // 4
+            per_axis = torch.tensor([2 * math.pi / height] * quarter + [2 * math.pi / width] * quarter,
+                                    dtype=inv_freq.dtype, device=inv_freq.device)
+            inv_freq = inv_freq * per_axis
+        patches = torch.stack([torch.zeros_like(rows), *axes])
+        extra = torch.zeros(3, self.extra_tokens, dtype=patches.dtype, device=patches.device)
+        ordered = (patches, extra) if self.style == "llama4" else (extra, patches)
+        return torch.cat(ordered, dim=1), inv_freq
+
+    def forward(self, q: Tensor, k: Optional[Tensor] = None, *,
+                grid_size: Union[int, Sequence[int], None] = None, layout: str = "bshd"):
+        positions, inv_freq = self.position_ids(grid_size, q.device)
+        quarter = self.head_dim // 4
+        return rotary(q, k, positions=positions, inv_freq=inv_freq, layout=layout,
+                      interleaved=self.style == "llama4", mrope_section=[0, quarter, quarter],
+                      precision=self.precision)
+
+    def extra_repr(self) -> str:
+        return (f"head_dim={self.head_dim}, grid_size={self.grid_size}, style={self.style!r}, "
+                f"base={self.base}, extra_tokens={self.extra_tokens}, "
                 f"precision={self.precision!r}")
 
 
