@@ -1,14 +1,21 @@
 """posenc demo: what a position code does, trained in a couple of minutes on the CPU.
 
-Each model is a small Transformer encoder asked to reverse a sequence of random tokens: the
-output at position i must be the input token at position T-1-i. Attention alone is blind to
-order, so without a position code the task cannot be solved. One model per code, each built
+Text: each model is a small Transformer encoder asked to reverse a sequence of random tokens:
+the output at position i must be the input token at position T-1-i. Attention alone is blind
+to order, so without a position code the task cannot be solved. One model per code, each built
 from posenc.nn layers, plus the same sinusoidal model built from plain eager PyTorch layers
 (nn.Embedding and the tutorial's PositionalEncoding) for comparison. Every model is also tested
 on sequences longer than it was trained on.
 
+Images: a ViT-style encoder reads an 8 x 8 grid of noisy patches, flattened to 64 tokens after a
+cls token, and must name the row and the column of the one marked patch. Training images put
+the mark in 48 of the 64 cells; the test asks about the 16 held-out cells too. A 1D code of the
+flattened index has never seen those indices; the 2D code (posenc.nn.PatchPositionalEncoding,
+MAE's) has seen every row and every column, in other combinations.
+
     make demo
     make demo DEMO_ARGS="--codes sinusoidal learned --steps 200 --seq-len 12"
+    make demo DEMO_ARGS="--image-steps 0"   # text only
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -188,6 +195,109 @@ def train(code: str, args: argparse.Namespace, progress: Callable[[int], None]) 
                   saved_activation_mib(model, ids))
 
 
+# ---- images: locating a marked patch -----------------------------------------------------------
+
+GRID, PATCH = 8, 4  # 8 x 8 patches of 4 x 4 pixels
+IMAGE_WIDTH, IMAGE_BATCH = 64, 64  # the image models' d_model and batch (whatever the text's)
+IMAGE_CODES = ["none", "1d", "2d"]
+
+
+def make_images(batch: int, cells: Tensor, generator: torch.Generator):
+    """Noise images with a bright cross on the patch of a cell drawn from `cells`: the
+    flattened patches (batch, 64, 16) and the marked row and column."""
+    cell = cells[torch.randint(0, len(cells), (batch,), generator=generator)]
+    row, column = cell // GRID, cell % GRID
+    patches = torch.randn(batch, GRID * GRID, PATCH, PATCH, generator=generator)
+    mark = torch.zeros(PATCH, PATCH)
+    mark[PATCH // 2, :] = 3.0
+    mark[:, PATCH // 2] = 3.0
+    patches[torch.arange(batch), cell] += mark
+    return patches.flatten(2), row, column
+
+
+def patches_to_image(patches: Tensor) -> Tensor:
+    """(64, 16) flattened patches -> the (32, 32) image."""
+    grid = patches.reshape(GRID, GRID, PATCH, PATCH)
+    return grid.permute(0, 2, 1, 3).reshape(GRID * PATCH, GRID * PATCH)
+
+
+class PatchLocator(nn.Module):
+    """Patch embedding, a cls token, a position code, a 2-layer encoder, and row and column
+    heads on the cls token."""
+
+    def __init__(self, code: str, d_model: int, heads: int) -> None:
+        super().__init__()
+        self.code = code
+        self.embed = nn.Linear(PATCH * PATCH, d_model)
+        self.cls = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
+        if code == "2d":  # MAE's 2D sin-cos code, cls token uncoded
+            self.positions = posenc.nn.PatchPositionalEncoding(d_model, GRID, extra_tokens=1)
+        elif code == "1d":  # the 1D sinusoidal code of the flattened token index
+            self.positions = posenc.nn.PositionalEncoding(d_model, dropout=0.0, batch_first=True)
+        else:
+            self.positions = nn.Identity()
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, heads, 0.0, rotary=False) for _ in range(2))
+        self.head = nn.Linear(d_model, 2 * GRID)
+
+    def forward(self, patches: Tensor):
+        x = torch.cat([self.cls.expand(len(patches), 1, -1), self.embed(patches)], dim=1)
+        x = self.positions(x)
+        for layer in self.layers:
+            x = layer(x)
+        logits = self.head(x[:, 0])
+        return logits[:, :GRID], logits[:, GRID:]
+
+
+@dataclass
+class PatchResult:
+    code: str
+    losses: List[float]
+    seen_accuracy: float
+    held_out_accuracy: float
+    step_ms: float
+
+
+def held_out_cells(seed: int):
+    """(held-out cells, training cells): 16 and 48 of the 64."""
+    order = torch.randperm(GRID * GRID, generator=torch.Generator().manual_seed(seed + 2))
+    return order[:16], order[16:]
+
+
+def train_locator(code: str, args: argparse.Namespace,
+                  progress: Callable[[int], None]) -> PatchResult:
+    torch.manual_seed(args.seed)
+    data = torch.Generator().manual_seed(args.seed + 1)
+    held_out, seen = held_out_cells(args.seed)
+    model = PatchLocator(code, IMAGE_WIDTH, args.heads)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3,
+                                                   total_steps=args.image_steps, pct_start=0.1)
+    losses = []
+    start = time.perf_counter()
+    for _ in range(args.image_steps):
+        patches, row, column = make_images(IMAGE_BATCH, seen, data)
+        row_logits, column_logits = model(patches)
+        loss = (nn.functional.cross_entropy(row_logits, row)
+                + nn.functional.cross_entropy(column_logits, column))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        progress(1)
+    step_ms = (time.perf_counter() - start) / args.image_steps * 1e3
+    model.eval()
+    accuracies = []
+    with torch.no_grad():
+        for cells in (seen, held_out):
+            patches, row, column = make_images(512, cells, data)
+            row_logits, column_logits = model(patches)
+            correct = (row_logits.argmax(-1) == row) & (column_logits.argmax(-1) == column)
+            accuracies.append(correct.float().mean().item())
+    return PatchResult(code, losses, accuracies[0], accuracies[1], step_ms)
+
+
 class Progress:
     """A tqdm bar when tqdm is installed, else a plain counter on one line."""
 
@@ -217,7 +327,8 @@ class Progress:
             print()
 
 
-def write_plots(results: List[Result], args: argparse.Namespace) -> List[str]:
+def write_plots(results: List[Result], args: argparse.Namespace,
+                patch_results: Optional[List[PatchResult]] = None) -> List[str]:
     try:
         import matplotlib
 
@@ -260,10 +371,64 @@ def write_plots(results: List[Result], args: argparse.Namespace) -> List[str]:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     written.append(path)
+    if patch_results:
+        written.append(write_patch_plot(plt, patch_results, args))
     return written
 
 
-def main(argv: Optional[List[str]] = None) -> List[Result]:
+def write_patch_plot(plt, results: List[PatchResult], args: argparse.Namespace) -> str:
+    """A sample image with the held-out cells, the accuracies, and how alike the 1D and 2D
+    codes of every patch are to the code of one patch."""
+    from matplotlib.patches import Rectangle
+
+    held_out, _ = held_out_cells(args.seed)
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8))
+    patches, row, column = make_images(1, held_out, torch.Generator().manual_seed(5))
+    ax = axes[0]
+    ax.imshow(patches_to_image(patches[0]).numpy(), cmap="gray")
+    for cell in held_out.tolist():
+        r, c = divmod(cell, GRID)
+        ax.add_patch(Rectangle((c * PATCH - 0.5, r * PATCH - 0.5), PATCH, PATCH, fill=True,
+                               alpha=0.25, color="tab:orange", linewidth=0))
+    ax.add_patch(Rectangle((column.item() * PATCH - 0.5, row.item() * PATCH - 0.5), PATCH, PATCH,
+                           fill=False, color="red", linewidth=2))
+    ax.set_title("input: the marked patch (red)\nin a held-out cell (orange)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+    ax = axes[1]
+    x = torch.arange(len(results)).numpy()
+    ax.bar(x - 0.2, [r.seen_accuracy for r in results], 0.4, label="training cells")
+    ax.bar(x + 0.2, [r.held_out_accuracy for r in results], 0.4, label="held-out cells")
+    ax.set_xticks(x, [{"none": "no code", "1d": "1D sinusoidal", "2d": "2D sin-cos"}[r.code]
+                      for r in results])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("row and column both right")
+    ax.set_title("locating the marked patch")
+    ax.legend(loc="upper left")
+
+    d, anchor = IMAGE_WIDTH, (2, 5)  # similarity to the code of the patch at row 2, column 5
+    tokens = torch.arange(1, 1 + GRID * GRID)
+    codes = {
+        "1D code of the flattened index": posenc.positional_encoding(tokens, d),
+        "2D sin-cos code (MAE's)": posenc.positional_encoding(tokens, d, grid=(GRID, GRID), extra_tokens=1,
+                                                    layout="concat"),
+    }
+    for ax, (title, code) in zip(axes[2:], codes.items()):
+        code = nn.functional.normalize(code, dim=-1)
+        similarity = code @ code[anchor[0] * GRID + anchor[1]]
+        image = ax.imshow(similarity.reshape(GRID, GRID).numpy(), cmap="viridis")
+        ax.set_title(f"{title}:\ncosine similarity to the patch at {anchor}")
+        ax.set_xlabel("column")
+        ax.set_ylabel("row")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    path = os.path.join(args.out, "patch_positions.png")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def main(argv: Optional[List[str]] = None) -> Tuple[List[Result], List[PatchResult]]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--codes", nargs="+", default=ALL_CODES, choices=ALL_CODES)
@@ -281,6 +446,9 @@ def main(argv: Optional[List[str]] = None) -> List[Result]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="demo_output", help="folder for the PNG plots")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--image-steps", type=int, default=600,
+                        help="training steps of each image model (0: no image task)")
+    parser.add_argument("--image-codes", nargs="+", default=IMAGE_CODES, choices=IMAGE_CODES)
     args = parser.parse_args(argv)
 
     print(f"posenc demo: reverse {args.seq_len} random tokens (vocabulary {args.vocab}); "
@@ -300,10 +468,29 @@ def main(argv: Optional[List[str]] = None) -> List[Result]:
               f"{r.step_ms:>9.1f}{r.saved_mib:>11.2f}")
     print("\naccuracy: tokens reversed correctly on fresh sequences of the training length; "
           f"len {args.long_len}: on longer ones. saved MiB: activations autograd keeps per step.")
+
+    patch_results: List[PatchResult] = []
+    if args.image_steps > 0:
+        print(f"\nImages: name the row and column of the marked patch of {GRID} x {GRID}; "
+              f"{len(args.image_codes)} models x {args.image_steps} steps, trained on 48 of the "
+              f"64 cells")
+        progress = Progress(len(args.image_codes) * args.image_steps)
+        for code in args.image_codes:
+            progress.set_description(f"{code:>16}")
+            patch_results.append(train_locator(code, args, progress))
+        progress.close()
+        print(f"\n{'code':<18}{'final loss':>11}{'training cells':>16}{'held-out cells':>16}"
+              f"{'step ms':>9}")
+        for r in patch_results:
+            final = sum(r.losses[-10:]) / len(r.losses[-10:])
+            print(f"{r.code:<18}{final:>11.3f}{r.seen_accuracy:>16.1%}"
+                  f"{r.held_out_accuracy:>16.1%}{r.step_ms:>9.1f}")
+        print("\naccuracy: row and column both right, on fresh images whose mark is in a cell "
+              "seen in training, or in one of the 16 held out.")
     if not args.no_plots:
-        for path in write_plots(results, args):
+        for path in write_plots(results, args, patch_results):
             print(f"wrote {path}")
-    return results
+    return results, patch_results
 
 
 if __name__ == "__main__":
