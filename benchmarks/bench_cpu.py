@@ -272,8 +272,71 @@ def bench_patch(repeat: int) -> None:
            "x.clone()")
 
 
+def bench_mrope(repeat: int) -> None:
+    """M-RoPE of Qwen2-VL's language model (28 query and 4 key heads of 128, mrope_section
+    16/24/24) on 4096 tokens of an image and text: transformers' Qwen2VLRotaryEmbedding and
+    apply_rotary_pos_emb against posenc.rotary with the same (3, B, S) positions."""
+    import warnings
+
+    try:
+        from transformers import Qwen2VLTextConfig
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import (Qwen2VLRotaryEmbedding,
+                                                                    apply_rotary_pos_emb)
+    except ImportError:
+        print("\nmrope: transformers is not installed; skipped")
+        return
+    B, S, Hq, Hk, D, section = 1, 4096, 28, 4, 128, [16, 24, 24]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = Qwen2VLTextConfig(hidden_size=Hq * D, num_attention_heads=Hq,
+                                   num_key_value_heads=Hk, rope_parameters={
+                                       "rope_type": "default", "rope_theta": 1000000.0,
+                                       "mrope_section": section})
+    hf_rope = Qwen2VLRotaryEmbedding(config)
+    # A 48 x 64 image (3072 tokens) between text: temporal/height/width rows as get_rope_index.
+    text = torch.arange(512)
+    rows, columns = torch.meshgrid(torch.arange(48), torch.arange(64), indexing="ij")
+    image = torch.stack([torch.full((3072,), 512), 512 + rows.flatten(), 512 + columns.flatten()])
+    tail = 512 + 64 + torch.arange(S - 512 - 3072)
+    positions = torch.cat([text.expand(3, -1), image, tail.expand(3, -1)], dim=1)[:, None]
+    inv_freq = posenc.rope_frequencies(D, base=1000000.0)[0]
+
+    def hf(q: torch.Tensor, k: torch.Tensor):
+        cos, sin = hf_rope(q, positions)
+        return apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+
+    def ours(q: torch.Tensor, k: torch.Tensor):
+        return posenc.rotary(q, k, positions=positions, inv_freq=inv_freq, layout="bhsd",
+                             mrope_section=section)
+
+    compiled = torch.compile(hf)
+    for backward in (False, True):
+        q = torch.randn(B, Hq, S, D, requires_grad=backward)
+        k = torch.randn(B, Hk, S, D, requires_grad=backward)
+        gq, gk = torch.randn_like(q), torch.randn_like(k)
+
+        def run(fn):
+            def step():
+                out = fn(q, k)
+                if backward:
+                    torch.autograd.backward(out, (gq, gk))
+            return step
+
+        rows_ms = {
+            "posenc.rotary (mrope_section)": timeit(run(ours), repeat),
+            "eager HF (Qwen2-VL cos/sin + apply)": timeit(run(hf), repeat),
+            "torch.compile(eager HF)": timeit(run(compiled), repeat),
+            "q.clone(); k.clone()": timeit(lambda: (q.detach().clone(), k.detach().clone()),
+                                            repeat),
+        }
+        report(f"M-RoPE {'forward+backward' if backward else 'forward'}, q=({B}, {Hq}, {S}, {D}),"
+               f" k=({B}, {Hk}, {S}, {D}), float32", rows_ms, "posenc.rotary (mrope_section)",
+               "q.clone(); k.clone()")
+
+
 BENCHMARKS = {"add_positional": bench_add_positional, "embedding": bench_embedding,
-              "rotary": bench_rotary, "llama_step": bench_llama_step, "patch": bench_patch}
+              "rotary": bench_rotary, "llama_step": bench_llama_step, "patch": bench_patch,
+              "mrope": bench_mrope}
 
 
 def main(argv: List[str] | None = None) -> None:
