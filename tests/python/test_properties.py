@@ -193,3 +193,73 @@ def test_apply_rotary_pos_emb_property(B, S, H, half, unsqueeze_dim, dtype, seed
     for x, y in [(q, qo), (k, ko)]:
         want = x.double() * c + rotate_half(x.double()) * s
         assert_close(y, want, dtype, scale=float(want.abs().max()))
+
+
+def mrope_axis(pairs, section, interleaved):
+    """The position row of each pair: contiguous sections (Qwen2/2.5-VL), or Qwen3-VL's
+    interleaving (height on pairs 1, 4, ... below 3 * section[1], width on 2, 5, ... below
+    3 * section[2], temporal elsewhere)."""
+    i = torch.arange(pairs)
+    if not interleaved:
+        return (i >= section[0]).long() + (i >= section[0] + section[1]).long()
+    axis = torch.zeros(pairs, dtype=torch.long)
+    axis[(i % 3 == 1) & (i < 3 * section[1])] = 1
+    axis[(i % 3 == 2) & (i < 3 * section[2])] = 2
+    return axis
+
+
+@st.composite
+def mrope_cases(draw):
+    B, S = draw(st.integers(1, 3)), draw(st.integers(0, 6))
+    Hq, Hk = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    section = [draw(st.integers(0, 3)) for _ in range(3)]
+    r = 2 * sum(section)
+    D = r + 2 * draw(st.integers(0, 2))
+    if D == 0:
+        D = r = 2
+        section = [1, 0, 0]
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**16))
+    layout = draw(st.sampled_from(["bshd", "bhsd", "sbhd"]))
+
+    def make(heads, offset):
+        t = strided(draw, (B, S, heads, D), dtype, seed + offset)
+        return {"bshd": t, "bhsd": t.transpose(1, 2), "sbhd": t.transpose(0, 1)}[layout]
+
+    gen = torch.Generator().manual_seed(seed)
+    low = draw(st.sampled_from([0, -1000]))  # rows may be negative coordinates
+    shape = draw(st.sampled_from([(3, B, S), (3, 1, S), (3, S)]))
+    positions = torch.randint(low, 10**6, shape, generator=gen)
+    return make(Hq, 0), make(Hk, 1), layout, positions, dict(
+        rotary_dim=r, interleaved=draw(st.booleans()), mrope_section=section,
+        mrope_interleaved=draw(st.booleans()), base=draw(st.sampled_from([100.0, 10000.0])))
+
+
+@SETTINGS
+@given(mrope_cases())
+def test_mrope_property(case):
+    q, k, layout, positions, options = case
+    qo, ko = posenc.rotary(q, k, positions=positions, layout=layout, **options)
+    view = {"bshd": lambda t: t, "bhsd": lambda t: t.transpose(1, 2),
+            "sbhd": lambda t: t.transpose(0, 1)}[layout]
+    B, S = view(q).shape[:2]
+    r = options["rotary_dim"]
+    inv_freq = options["base"] ** (-torch.arange(0, r, 2, dtype=torch.float64) / max(r, 1))
+    rows = positions.reshape(3, positions.numel() // (3 * S) if S else 1, S)
+    rows = rows.expand(3, B, S).double()  # (3, B, S)
+    axis = mrope_axis(r // 2, options["mrope_section"], options["mrope_interleaved"])
+    angle = rows[axis].permute(1, 2, 0) * inv_freq  # (B, S, r/2)
+    cos, sin = angle.cos()[:, :, None], angle.sin()[:, :, None]
+    for x, y in [(q, qo), (k, ko)]:
+        x = view(x).double()
+        rot, rest = x[..., :r], x[..., r:]
+        if options["interleaved"]:
+            x1, x2 = rot[..., 0::2], rot[..., 1::2]
+            want = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).flatten(-2)
+        else:
+            x1, x2 = rot[..., : r // 2], rot[..., r // 2:]
+            want = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+        want = torch.cat([want, rest], -1)
+        magnitude = float(x.abs().max()) if x.numel() else 1.0
+        assert_close(view(y), want, y.dtype, scale=magnitude,
+                     largest_angle=largest(rows.abs()) * max(magnitude, 1.0))

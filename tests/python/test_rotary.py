@@ -279,6 +279,13 @@ def _samples():
                                                                  rotary_dim=4)
     yield (torch.randn(7, 2, 6), torch.randn(7, 1, 6), None, torch.tensor([3, 0]), torch.rand(3),
            torch.tensor([0, 4, 7])), dict(layout="thd", attention_factor=0.5, inverse=True)
+    # M-RoPE: (3, B, S) rows, contiguous (with negative coordinates) and interleaved sections.
+    yield (torch.randn(2, 5, 3, 12, requires_grad=True), torch.randn(2, 5, 1, 12),
+           torch.randint(-9, 99, (3, 1, 5)), None, None, None), dict(mrope_section=[2, 2, 2])
+    yield (torch.randn(2, 3, 5, 16, dtype=torch.float64, requires_grad=True), None,
+           torch.randint(-40, 40, (3, 2, 5)), None, None, None), dict(
+               layout="bhsd", mrope_section=[2, 1, 1], mrope_interleaved=True, interleaved=True,
+               rotary_dim=8)
 
 
 @pytest.mark.parametrize("sample", list(_samples()), ids=lambda s: str(s[1]))
@@ -291,3 +298,17 @@ def test_opcheck_rotary_tables():
     cos, sin = hf_cos_sin(default_inv_freq(8).float(), torch.arange(5)[None])
     opcheck(torch.ops.posenc.rotary_tables.default,
             (torch.randn(1, 2, 5, 8, requires_grad=True), torch.randn(1, 1, 5, 8), cos, sin), {})
+
+
+@pytest.mark.parametrize("mrope_interleaved", [False, True])
+def test_mrope_gradcheck(mrope_interleaved):
+    q = torch.randn(2, 5, 3, 12, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 5, 1, 12, dtype=torch.float64, requires_grad=True)
+    positions = torch.randint(-50, 50, (3, 2, 5))
+
+    def f(q, k):
+        return posenc.rotary(q, k, positions=positions, mrope_section=[2, 2, 1], rotary_dim=10,
+                             mrope_interleaved=mrope_interleaved)
+
+    assert torch.autograd.gradcheck(f, (q, k))
+    assert torch.autograd.gradgradcheck(f, (q, k))
