@@ -279,9 +279,10 @@ class PositionCodeRows {
     int64_t values = 0;
     for (int s = 0; s < grid.axis_count; ++s) {
       const int64_t width = grid.segment_ends[s] - (s == 0 ? 0 : grid.segment_ends[s - 1]);
-      values += grid.sizes[grid.segment_axes[s]] * width;
+      const int64_t size = grid.sizes[grid.segment_axes[s]];
+      if (width > 0 && size > (kMaxGridRowValues - values) / width) return;  // too many
+      values += size * width;
     }
-    if (values > kMaxGridRowValues) return;
     grid_rows_.resize(static_cast<size_t>(grid.axis_count));
     for (int s = 0; s < grid.axis_count; ++s) {
       const int axis = grid.segment_axes[s];

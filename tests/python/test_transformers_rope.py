@@ -345,6 +345,24 @@ def test_mrope_position_ids_equal_qwen2_5_vl_with_video_time_intervals():
     assert not torch.equal(posenc.mrope_position_ids(types, images, videos)[0], expected[0])
 
 
+def test_mrope_position_ids_equal_qwen3_vl_with_timestamps():
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
+    get_rope_index = _rope_index_of(Qwen3VLModel, spatial_merge_size=2)
+    # Text, a 3-frame 4x6 video whose frames follow timestamp tokens, an image, text.
+    frame = [0, 0] + [2] * 6  # <t_i> <vision_start>, then 6 merged tokens
+    types = torch.tensor([[0, 0, 0] + frame * 3 + [0] + [1] * 4 + [0, 0]])
+    images = torch.tensor([[1, 4, 4]])
+    videos = torch.tensor([[3, 4, 6]])
+    expected = get_rope_index(torch.zeros_like(types), mm_token_type_ids=types,
+                              image_grid_thw=images, video_grid_thw=videos.clone())
+    got = posenc.mrope_position_ids(types, images, videos, spatial_merge_size=2,
+                                    split_video_frames=True)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    # Unsplit, the first frame's span is too short for the whole video's grid.
+    with pytest.raises(ValueError, match="needs 18 tokens, the sequence has 6"):
+        posenc.mrope_position_ids(types, images, videos, spatial_merge_size=2)
+
+
 def test_mrope_position_ids_bad_inputs():
     types = torch.tensor([[0, 1, 1, 1, 0]])
     with pytest.raises(ValueError, match="needs 4 tokens, the sequence has 3"):

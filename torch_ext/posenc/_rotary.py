@@ -307,6 +307,7 @@ def mrope_position_ids(
     *,
     spatial_merge_size: int = 2,
     video_time_intervals: Optional[Sequence[float]] = None,
+    split_video_frames: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     r"""The ``(3, B, S)`` M-RoPE position ids (temporal, height, width) of a text + vision
     sequence, as the Qwen2-VL processor and ``get_rope_index`` build them, for
@@ -325,6 +326,9 @@ def mrope_position_ids(
         spatial_merge_size: the vision encoder's merge size (``vision_config.spatial_merge_size``).
         video_time_intervals: per video, the step of the temporal index (Qwen2.5-VL:
             ``second_per_grid_t * tokens_per_second``); default 1.
+        split_video_frames: Qwen3-VL: each frame of a video is its own span (timestamp tokens
+            separate the frames), so a ``(t, h, w)`` video grid stands for ``t`` grids
+            ``(1, h, w)``.
 
     Returns:
         ``(position_ids (3, B, S), deltas (B, 1))``, where ``deltas`` is the largest position plus
@@ -342,6 +346,9 @@ def mrope_position_ids(
     intervals = {1: [1.0] * len(grids[1]),
                  2: [1.0] * len(grids[2]) if video_time_intervals is None
                  else list(video_time_intervals)}
+    if split_video_frames:
+        intervals[2] = [v for (t, _, _), v in zip(grids[2], intervals[2]) for _ in range(t)]
+        grids[2] = [[1, h, w] for t, h, w in grids[2] for _ in range(t)]
     used = {1: 0, 2: 0}
     batch, length = mm_token_type_ids.shape
     position_ids = torch.zeros(3, batch, length, dtype=torch.long)
