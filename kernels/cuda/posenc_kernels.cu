@@ -127,8 +127,6 @@ __device__ int64_t checked_position(const AddPositionalParams& p, const int64_t*
   POSENC_DEVICE_CHECK(position >= 0, "posenc: positions must be >= 0");
   POSENC_DEVICE_CHECK(p.source.kind != PositionKind::kLearned || position < p.source.table_rows,
                       "posenc: positions must be < the table's rows");
-  POSENC_DEVICE_CHECK(p.source.grid.axis_count == 0 || position < grid_token_count(p.source.grid),
-                      "posenc: positions must be < extra_tokens + the grid's patches");
   return position;
 }
 
@@ -164,8 +162,8 @@ __device__ acc combine_value(Combine combine, acc scale, acc x, acc pe) {
 }
 
 // The per-channel codes of a computed kind, once per launch: out[d] for d < dim.
-__global__ void channel_codes_kernel(PositionCodeOptions code, GridCode grid, int64_t dim,
-                                     ChannelCode* out) {
+__global__ void channel_codes_kernel(PositionCodeOptions code, const POSENC_GRID_CONSTANT GridCode grid,
+                                     int64_t dim, ChannelCode* out) {
   for (int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; d < dim;
        d += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[d] = grid_channel_code(code, grid, dim, d);
@@ -206,13 +204,17 @@ __device__ void load_group(GroupRow<scalar_t>& row, int64_t d0, int count) {
 // (slot k at pe[k * pe_stride]). Unrolled by 4, so that table loads and evaluations overlap
 // (a rolled loop waits for each load in turn) at the register count of the rolled loop (ptxas:
 // 114 for bf16; a full unroll takes 130, which halves the resident blocks).
-template <typename scalar_t>
+// kGrid: positions index a patch grid (a separate instantiation, so that the 1-D kernel keeps
+// its register count).
+template <typename scalar_t, bool kGrid>
 __device__ void group_codes(const AddPositionalParams& p, const ChannelCode* __restrict__ channels,
                             int64_t position, int64_t d0, int count, acc_t<scalar_t>* pe,
                             int pe_stride) {
-  if (p.source.grid.axis_count > 0) {
+  if (kGrid) {
     // On a grid: the token's coordinates once, then each channel at its segment's axis.
     const GridCode& grid = p.source.grid;
+    POSENC_DEVICE_CHECK(position < grid_token_count(grid),
+                        "posenc: positions must be < extra_tokens + the grid's patches");
     const GridPoint point = grid_point(grid, position);
 #pragma unroll 4
     for (int k = 0; k < count; ++k) {
@@ -278,7 +280,7 @@ __device__ void finish_group(const AddPositionalParams& p, const Dropout& dropou
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool kGrid>
 __global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p, const int64_t* seed,
                                       const ChannelCode* __restrict__ channels,
                                       const int64_t* fairseq) {
@@ -322,7 +324,7 @@ __global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalPa
             if (with_code) {
               const int64_t position = checked_position(p, fairseq, shared ? 0 : rows[r].b, t);
               if (position != pe_position) {
-                group_codes<scalar_t>(p, channels, position, d0, count, pe, pe_stride);
+                group_codes<scalar_t, kGrid>(p, channels, position, d0, count, pe, pe_stride);
                 pe_position = position;
               }
             }
@@ -821,8 +823,10 @@ int add_positional(const AddPositionalParams& params, const int64_t* seed, void*
                   blocks_for(groups, lanes, max_grid_yz()), static_cast<unsigned int>(row_blocks));
   return dispatch_dtype(params.dtype, [&](auto tag) {
     const size_t code_bytes = sizeof(acc_t<decltype(tag)>) * kElementsPerThread * kThreads;
-    POSENC_LAUNCH(add_positional_kernel<decltype(tag)>, grid, block, code_bytes, stream, params,
-                  seed, channels, fairseq);
+    const auto kernel = params.source.grid.axis_count > 0
+                            ? add_positional_kernel<decltype(tag), true>
+                            : add_positional_kernel<decltype(tag), false>;
+    POSENC_LAUNCH(kernel, grid, block, code_bytes, stream, params, seed, channels, fairseq);
     return launch_status();
   });
 }

@@ -580,6 +580,24 @@ TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
             std::string::npos);
   ids[5] = 4;
   EXPECT_EQ(emu::add_positional(params, nullptr, aligned(workspace), nullptr), 0);
+  // A token index past a patch grid of 1 cls token and 1 x 1 patches.
+  {
+    std::vector<int64_t> tokens{0, 1, 2};
+    pk::AddPositionalParams grid_params = params;
+    grid_params.positions = {tokens.data(), pk::IndexType::kInt64, {0}, 1};
+    grid_params.source.grid.axis_count = 2;
+    grid_params.source.grid.extra_tokens = 1;
+    grid_params.source.grid.sizes[0] = grid_params.source.grid.sizes[1] = 1;
+    grid_params.source.grid.segment_axes[0] = 1;
+    grid_params.source.grid.segment_ends[0] = 2;
+    grid_params.source.grid.segment_ends[1] = 4;
+    EXPECT_EQ(emu::add_positional(grid_params, nullptr, aligned(workspace), nullptr),
+              ce::cudaErrorAssert);
+    EXPECT_NE(std::string(ce::last_assert_message()).find("extra_tokens + the grid's patches"),
+              std::string::npos);
+    tokens[2] = 1;
+    EXPECT_EQ(emu::add_positional(grid_params, nullptr, aligned(workspace), nullptr), 0);
+  }
   // A negative position, and a position past a learned table, in the forward and the scatter.
   std::vector<int64_t> positions{0, -1, 2};
   params.positions = {positions.data(), pk::IndexType::kInt64, {0}, 1};
