@@ -332,3 +332,37 @@ def test_mrope_parity(interleaved):
     cuda = posenc.rotary(q.cuda(), k.cuda(), positions=positions.cuda(), **kwargs)
     for a, b in zip(cuda, cpu):
         close(a, b, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_patch_grid_parity_and_no_sync(dtype):
+    grid = dict(grid=[3, 4, 5], extra_tokens=2, grid_dims=[16, 24, 24], grid_axes=[0, 2, 1],
+                grid_origin=[1, 3, 0], grid_scale=[0.5, 1.25, 1.0], layout="concat")
+    x = torch.randn(3, 62, 64).to(dtype)
+    positions = torch.randint(0, 62, (3, 17))
+    op = torch.ops.posenc.add_positional
+    for p, rows, kwargs in [(None, x, dict(dropout=0.2)),
+                            (positions, x[:, :17], dict(combine="mul"))]:
+        cpu = op(rows, p, None, seed(), **grid, **kwargs)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            cuda = op(rows.cuda(), None if p is None else p.cuda(), None, seed().cuda(), **grid,
+                      **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        close(cuda, cpu, dtype)
+        assert torch.equal(cuda.cpu() == 0, cpu == 0)
+    module = posenc.nn.PatchPositionalEncoding(64, 6, extra_tokens=1, base_size=4,
+                                               pos_embed_max_size=8)
+    x = torch.randn(2, 37, 64).to(dtype)
+    close(module(x.cuda()), module(x), dtype)
+
+
+def test_axial_rotary_parity_negative_rows():
+    module = posenc.nn.AxialRotaryEmbedding(64, (6, 7), style="dinov3", base=100.0,
+                                            extra_tokens=5)
+    q, k = torch.randn(2, 4, 47, 64), torch.randn(2, 4, 47, 64)
+    cpu = module(q, k, layout="bhsd")
+    cuda = module.cuda()(q.cuda(), k.cuda(), layout="bhsd")
+    for a, b in zip(cuda, cpu):
+        close(a, b, torch.float32)
