@@ -254,5 +254,78 @@ at::Tensor PatchPositionalEncodingImpl::forward(const at::Tensor& x,
              is_training()));
 }
 
+AxialRotaryEmbeddingImpl::AxialRotaryEmbeddingImpl(AxialRotaryEmbeddingOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void AxialRotaryEmbeddingImpl::reset() {
+  const char* name = "AxialRotaryEmbedding";
+  const std::string& style = options.style();
+  TORCH_CHECK_VALUE(style == "pixtral" || style == "llama4" || style == "dinov3", name,
+                    ": style must be one of 'dinov3', 'llama4', 'pixtral', got '", style, "'");
+  TORCH_CHECK_VALUE(style != "dinov3" || options.precision() == "exact", name,
+                    ": style 'dinov3' supports precision='exact' only (its float32 coordinates "
+                    "are not integer positions)");
+  TORCH_CHECK_VALUE(options.extra_tokens() >= 0, name, ": extra_tokens must be >= 0, got ",
+                    options.extra_tokens());
+  TORCH_CHECK_VALUE(options.grid_size().size() == 2 && options.grid_size()[0] >= 1 &&
+                        options.grid_size()[1] >= 1,
+                    name, ": grid_size must be (H, W) with sizes >= 1, got ",
+                    options.grid_size());
+  rope = register_module(
+      "rope", RotaryEmbedding(RotaryEmbeddingOptions(options.head_dim())
+                                  .base(options.base())
+                                  .interleaved(style == "llama4")
+                                  .scaling(RopeFrequenciesOptions()
+                                               .rope_type(style == "pixtral" ? "axial"
+                                                                             : "axial_shared")
+                                               .precision(options.precision()))));
+}
+
+std::pair<at::Tensor, at::Tensor> AxialRotaryEmbeddingImpl::position_ids(
+    const std::vector<int64_t>& grid, const at::Device& device) const {
+  TORCH_CHECK_VALUE(grid.size() == 2 && grid[0] >= 1 && grid[1] >= 1,
+                    "AxialRotaryEmbedding: grid_size must be (H, W) with sizes >= 1, got ", grid);
+  const int64_t height = grid[0], width = grid[1];
+  const auto longs = torch::TensorOptions().dtype(torch::kLong).device(device);
+  const at::Tensor rows = torch::arange(height, longs).repeat_interleave(width);
+  const at::Tensor columns = torch::arange(width, longs).repeat({height});
+  at::Tensor inv_freq = rope->inv_freq;
+  at::Tensor first, second;
+  if (options.style() == "pixtral") {
+    first = rows, second = columns;
+  } else if (options.style() == "llama4") {
+    first = columns + 1, second = rows + 1;
+  } else {  // dinov3: 2 pi ((2i + 1)/n - 1) f = (2i + 1 - n) * (2 pi f / n)
+    first = 2 * rows + 1 - height, second = 2 * columns + 1 - width;
+    const int64_t quarter = options.head_dim() / 4;
+    const at::Tensor per_axis = torch::cat(
+        {torch::full({quarter}, 2 * M_PI / static_cast<double>(height), inv_freq.options()),
+         torch::full({quarter}, 2 * M_PI / static_cast<double>(width), inv_freq.options())});
+    inv_freq = inv_freq * per_axis;
+  }
+  const at::Tensor patches = torch::stack({torch::zeros_like(rows), first, second});
+  const at::Tensor extra = torch::zeros({3, options.extra_tokens()}, longs);
+  at::Tensor positions = options.style() == "llama4" ? torch::cat({patches, extra}, 1)
+                                                     : torch::cat({extra, patches}, 1);
+  return {positions, inv_freq};
+}
+
+std::vector<at::Tensor> AxialRotaryEmbeddingImpl::forward(
+    const at::Tensor& q, const std::optional<at::Tensor>& k,
+    const std::optional<std::vector<int64_t>>& grid, const std::string& layout) {
+  auto [positions, inv_freq] = position_ids(grid.value_or(options.grid_size()), q.device());
+  const int64_t quarter = options.head_dim() / 4;
+  return rotary(q, k,
+                RotaryOptions()
+                    .positions(positions)
+                    .inv_freq(inv_freq)
+                    .layout(layout)
+                    .interleaved(rope->options.interleaved())
+                    .mrope_section(std::vector<int64_t>{0, quarter, quarter})
+                    .precision(options.precision()));
+}
+
 }  // namespace nn
 }  // namespace posenc

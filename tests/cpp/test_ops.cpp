@@ -473,3 +473,42 @@ TEST(PosencApi, GridCodesAndPatchModule) {
         << e.what();
   }
 }
+
+// The C++ AxialRotaryEmbedding: DINOv3's centred patch coordinates (prefix tokens first and
+// unrotated) against the definition in float64, half-split pairs.
+TEST(Modules, AxialRotaryEmbeddingDinov3) {
+  const int64_t head_dim = 16, height = 3, width = 5, extra = 2, quarter = head_dim / 4;
+  posenc::nn::AxialRotaryEmbedding module(
+      posenc::nn::AxialRotaryEmbeddingOptions(head_dim, {height, width})
+          .style("dinov3")
+          .base(100.0)
+          .extra_tokens(extra));
+  const int64_t tokens = extra + height * width;
+  const torch::Tensor q = torch::randn({2, tokens, 3, head_dim}, torch::kFloat64);
+  const torch::Tensor got = module->forward(q)[0];
+  auto angles = torch::zeros({tokens, head_dim / 2}, torch::kFloat64);
+  auto a = angles.accessor<double, 2>();
+  for (int64_t t = extra; t < tokens; ++t) {
+    const int64_t i = (t - extra) / width, j = (t - extra) % width;
+    const double centre[2] = {(2.0 * i + 1) / height - 1, (2.0 * j + 1) / width - 1};
+    for (int axis = 0; axis < 2; ++axis) {
+      for (int64_t k = 0; k < quarter; ++k) {
+        a[t][axis * quarter + k] =
+            2 * M_PI * centre[axis] * std::pow(100.0, -4.0 * static_cast<double>(k) / head_dim);
+      }
+    }
+  }
+  const torch::Tensor cos = angles.cos().view({1, tokens, 1, head_dim / 2});
+  const torch::Tensor sin = angles.sin().view({1, tokens, 1, head_dim / 2});
+  const torch::Tensor x1 = q.slice(-1, 0, head_dim / 2), x2 = q.slice(-1, head_dim / 2);
+  const torch::Tensor want = torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+  EXPECT_TRUE(torch::allclose(got, want, 0.0, 1e-12));
+  EXPECT_TRUE(torch::equal(got.slice(1, 0, extra), q.slice(1, 0, extra)));
+  try {
+    posenc::nn::AxialRotaryEmbedding(
+        posenc::nn::AxialRotaryEmbeddingOptions(head_dim, {3, 5}).style("vit"));
+    ADD_FAILURE() << "expected an error for style 'vit'";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("style must be one of"), std::string::npos) << e.what();
+  }
+}

@@ -384,17 +384,10 @@ class AxialRotaryEmbedding(nn.Module):
         self.base = base
         self.extra_tokens = extra_tokens
         self.precision = precision
-        inv_freq, _ = rope_frequencies(head_dim, base=base,
-                                       scaling={"rope_type": self._STYLES[style]},
-                                       precision=precision)
-        self._frequencies = inv_freq
-        self.register_buffer("inv_freq", inv_freq.clone(), persistent=False)
-
-    def _apply(self, fn, recurse=True):
-        # As RotaryEmbedding: the frequencies keep their precision across dtype moves.
-        super()._apply(fn, recurse)
-        self.inv_freq = self._frequencies.to(self.inv_freq.device)
-        return self
+        # The frequencies, kept in their precision across dtype moves by RotaryEmbedding.
+        self.rope = RotaryEmbedding(head_dim, base=base, interleaved=style == "llama4",
+                                    scaling={"rope_type": self._STYLES[style]},
+                                    precision=precision)
 
     def position_ids(self, grid_size: Union[int, Sequence[int], None] = None,
                      device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
@@ -405,7 +398,7 @@ class AxialRotaryEmbedding(nn.Module):
         rows, columns = torch.meshgrid(torch.arange(height, device=device),
                                        torch.arange(width, device=device), indexing="ij")
         rows, columns = rows.flatten(), columns.flatten()
-        inv_freq = self.inv_freq
+        inv_freq = self.rope.inv_freq
         if self.style == "pixtral":
             axes = (rows, columns)
         elif self.style == "llama4":
@@ -413,8 +406,9 @@ class AxialRotaryEmbedding(nn.Module):
         else:  # dinov3: 2 pi ((2i + 1)/n - 1) f = (2i + 1 - n) * (2 pi f / n)
             axes = (2 * rows + 1 - height, 2 * columns + 1 - width)
             quarter = self.head_dim // 4
-            per_axis = torch.tensor([2 * math.pi / height] * quarter + [2 * math.pi / width] * quarter,
-                                    dtype=inv_freq.dtype, device=inv_freq.device)
+            per_axis = torch.tensor(
+                [2 * math.pi / height] * quarter + [2 * math.pi / width] * quarter,
+                dtype=inv_freq.dtype, device=inv_freq.device)
             inv_freq = inv_freq * per_axis
         patches = torch.stack([torch.zeros_like(rows), *axes])
         extra = torch.zeros(3, self.extra_tokens, dtype=patches.dtype, device=patches.device)
@@ -426,7 +420,7 @@ class AxialRotaryEmbedding(nn.Module):
         positions, inv_freq = self.position_ids(grid_size, q.device)
         quarter = self.head_dim // 4
         return rotary(q, k, positions=positions, inv_freq=inv_freq, layout=layout,
-                      interleaved=self.style == "llama4", mrope_section=[0, quarter, quarter],
+                      interleaved=self.rope.interleaved, mrope_section=[0, quarter, quarter],
                       precision=self.precision)
 
     def extra_repr(self) -> str:

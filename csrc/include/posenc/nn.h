@@ -5,6 +5,8 @@
 //   posenc::nn::RotaryEmbedding rope(posenc::nn::RotaryEmbeddingOptions(128));
 //   posenc::nn::PatchPositionalEncoding pe(
 //       posenc::nn::PatchPositionalEncodingOptions(768, {14, 14}).extra_tokens(1));
+//   posenc::nn::AxialRotaryEmbedding rope2d(
+//       posenc::nn::AxialRotaryEmbeddingOptions(64, {16, 16}).style("llama4").extra_tokens(1));
 #pragma once
 
 #include <torch/arg.h>
@@ -155,6 +157,39 @@ class PatchPositionalEncodingImpl : public torch::nn::Cloneable<PatchPositionalE
   PatchPositionalEncodingOptions options;
 };
 TORCH_MODULE(PatchPositionalEncoding);
+
+struct AxialRotaryEmbeddingOptions {
+  AxialRotaryEmbeddingOptions(int64_t head_dim, std::vector<int64_t> grid_size)
+      : head_dim_(head_dim), grid_size_(std::move(grid_size)) {}
+  TORCH_ARG(int64_t, head_dim);                // divisible by 4
+  TORCH_ARG(std::vector<int64_t>, grid_size);  // (H, W)
+  TORCH_ARG(std::string, style) = "pixtral";   // pixtral, llama4, dinov3
+  TORCH_ARG(double, base) = 10000.0;
+  TORCH_ARG(int64_t, extra_tokens) = 0;  // unrotated: after the patches (llama4), else before
+  TORCH_ARG(std::string, precision) = "exact";
+};
+
+// The 2D rotary embedding of vision transformers (posenc.nn.AxialRotaryEmbedding): rotary's
+// M-RoPE with one position row per grid axis and mrope_section {0, D/4, D/4}, in Pixtral's,
+// Llama 4's or DINOv3's convention. `rope` holds the frequencies in their precision.
+class AxialRotaryEmbeddingImpl : public torch::nn::Cloneable<AxialRotaryEmbeddingImpl> {
+ public:
+  explicit AxialRotaryEmbeddingImpl(AxialRotaryEmbeddingOptions options);
+  void reset() override;
+  // (positions [3, extra_tokens + H * W], inv_freq [D / 2]) of the style for a grid.
+  std::pair<at::Tensor, at::Tensor> position_ids(const std::vector<int64_t>& grid_size,
+                                                 const at::Device& device) const;
+  // q, k: extra_tokens + H * W tokens in `layout` -> {q_out} or {q_out, k_out}
+  std::vector<at::Tensor> forward(const at::Tensor& q,
+                                  const std::optional<at::Tensor>& k = std::nullopt,
+                                  const std::optional<std::vector<int64_t>>& grid_size =
+                                      std::nullopt,
+                                  const std::string& layout = "bshd");
+
+  AxialRotaryEmbeddingOptions options;
+  RotaryEmbedding rope{nullptr};
+};
+TORCH_MODULE(AxialRotaryEmbedding);
 
 }  // namespace nn
 }  // namespace posenc
