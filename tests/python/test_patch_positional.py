@@ -265,3 +265,54 @@ def test_property_grid_codes_match_float64_reference(case):
     want = x.to(torch.float64) + pe
     tolerance = TOLERANCE[dtype] * (1 + want.abs())
     assert ((y.to(torch.float64) - want).abs() <= tolerance).all()
+
+
+# ---- against the real diffusers package (SD3's PatchEmbed, CogVideoX's 3D table) -------------
+
+
+@pytest.mark.parametrize("height,width,interpolation_scale", [(8, 8, 1.0), (6, 10, 2.0),
+                                                             (12, 4, 0.5)])
+def test_diffusers_get_2d_sincos_pos_embed(height, width, interpolation_scale):
+    embeddings = pytest.importorskip("diffusers.models.embeddings")
+    want = embeddings.get_2d_sincos_pos_embed(64, (height, width), cls_token=True,
+                                              extra_tokens=1,
+                                              interpolation_scale=interpolation_scale,
+                                              base_size=16, output_type="pt")
+    module = PatchPositionalEncoding(64, (height, width), extra_tokens=1, base_size=16,
+                                     interpolation_scale=interpolation_scale)
+    x = torch.randn(2, 1 + height * width, 64, dtype=torch.float64)
+    # diffusers' coordinates are float32 (up to base_size / interpolation_scale).
+    torch.testing.assert_close(module(x) - x, want.double().expand_as(x), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("max_size", [None, 12])
+@pytest.mark.parametrize("latent", [(16, 16), (12, 20), (24, 8)])
+def test_diffusers_sd3_patch_embed(max_size, latent):
+    """diffusers' PatchEmbed (SD3: patch 2, built for 32 x 32 latents) at other resolutions:
+    its projection then posenc's code equals its forward."""
+    embeddings = pytest.importorskip("diffusers.models.embeddings")
+    torch.manual_seed(0)
+    patch_embed = embeddings.PatchEmbed(height=32, width=32, patch_size=2, in_channels=4,
+                                        embed_dim=64, pos_embed_max_size=max_size)
+    image = torch.randn(2, 4, *latent)
+    grid = (latent[0] // 2, latent[1] // 2)
+    module = PatchPositionalEncoding(64, grid, base_size=16,
+                                     interpolation_scale=patch_embed.interpolation_scale,
+                                     pos_embed_max_size=max_size)
+    with torch.no_grad():
+        want = patch_embed(image)
+        tokens = patch_embed.proj(image).flatten(2).transpose(1, 2)
+        got = module(tokens, grid_size=grid)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-6)
+
+
+def test_diffusers_get_3d_sincos_pos_embed():
+    embeddings = pytest.importorskip("diffusers.models.embeddings")
+    # CogVideoX: spatial_size is (W, H); interpolation scales of its 2B model.
+    want = embeddings.get_3d_sincos_pos_embed(64, (6, 4), 3, spatial_interpolation_scale=1.875,
+                                              temporal_interpolation_scale=1.0,
+                                              output_type="pt")
+    module = PatchPositionalEncoding(64, (3, 4, 6), interpolation_scale=1.875)
+    x = torch.randn(2, 3 * 4 * 6, 64, dtype=torch.float64)
+    torch.testing.assert_close(module(x) - x, want.reshape(1, -1, 64).double().expand_as(x),
+                               atol=2e-6, rtol=0)
