@@ -210,9 +210,8 @@ AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
                                   .layout("concat")
                                   .base(options.base())
                                   .convention(options.convention())
-                                  .extra_tokens(options.extra_tokens())
-                                  .dropout(options.dropout())
-                                  .grid(grid);
+                                  .dropout(options.dropout());
+  GridOptions grid_options = GridOptions(grid).extra_tokens(options.extra_tokens());
   if (grid.size() == 3) {  // CogVideoX: [time D/4 | w 3D/8 | h 3D/8]
     TORCH_CHECK_VALUE(!options.base_size().has_value() && !options.pos_embed_max_size(), name,
                       ": base_size and pos_embed_max_size apply to 2D grids");
@@ -220,10 +219,10 @@ AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
                       ": a 3D grid needs embed_dim divisible by 16 (D/4 time channels, 3D/8 for "
                       "each spatial axis), got ", dim);
     const double spatial = 1.0 / options.interpolation_scale();
-    return call.grid_dims(std::vector<int64_t>{dim / 4, 3 * dim / 8, 3 * dim / 8})
-        .grid_axes(std::vector<int64_t>{0, 2, 1})
-        .grid_scale(std::vector<double>{1.0 / options.temporal_interpolation_scale(), spatial,
-                                        spatial});
+    return call.grid(grid_options.dims(std::vector<int64_t>{dim / 4, 3 * dim / 8, 3 * dim / 8})
+                         .axes(std::vector<int64_t>{0, 2, 1})
+                         .scale(std::vector<double>{1.0 / options.temporal_interpolation_scale(),
+                                                    spatial, spatial}));
   }
   TORCH_CHECK_VALUE(dim % 4 == 0, name, ": a 2D grid needs embed_dim divisible by 4, got ", dim);
   std::vector<int64_t> sizes = grid, origin = {0, 0};
@@ -243,7 +242,7 @@ AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
                                  : 1.0;
     scale[a] = base_size / options.interpolation_scale();
   }
-  return call.grid_origin(origin).grid_scale(scale);
+  return call.grid(grid_options.origin(origin).scale(scale));
 }
 
 at::Tensor PatchPositionalEncodingImpl::forward(const at::Tensor& x,

@@ -63,19 +63,19 @@ NamedArguments named_row_options(const Options& o) {
           {"training", o.training()}};
 }
 
-// The grid arguments of add_positional and positional_encoding.
-template <typename Options>
-NamedArguments named_grid_options(const Options& o) {
-  return {{"grid", o.grid()},
-          {"extra_tokens", o.extra_tokens()},
-          {"grid_dims", o.grid_dims()},
-          {"grid_axes", o.grid_axes()},
-          {"grid_origin", o.grid_origin()},
-          {"grid_scale", o.grid_scale()}};
+// The grid arguments of add_positional and positional_encoding (none: their defaults).
+NamedArguments named(const std::optional<GridOptions>& grid) {
+  if (!grid.has_value()) return {};
+  return {{"grid", grid->sizes()},
+          {"extra_tokens", grid->extra_tokens()},
+          {"grid_dims", grid->dims()},
+          {"grid_axes", grid->axes()},
+          {"grid_origin", grid->origin()},
+          {"grid_scale", grid->scale()}};
 }
 
 NamedArguments named(const AddPositionalOptions& o) {
-  return with(named_row_options(o), named_grid_options(o));
+  return with(named_row_options(o), named(o.grid()));
 }
 
 NamedArguments named(const EmbeddingOptions& o) {
@@ -210,7 +210,7 @@ std::vector<at::Tensor> rotary_tables(const at::Tensor& q, const std::optional<a
 
 at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim,
                                const PositionCodeOptions& o) {
-  return call_operator("positional_encoding", with(named_grid_options(o),
+  return call_operator("positional_encoding", with(named(o.grid()),
                                                     {{"positions", positions},
                                                      {"dim", dim},
                                                      {"kind", o.kind()},

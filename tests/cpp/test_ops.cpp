@@ -430,8 +430,7 @@ TEST(PosencApi, GridCodesAndPatchModule) {
       torch::arange(1 + height * width), dim,
       posenc::PositionCodeOptions()
           .layout("concat")
-          .grid(std::vector<int64_t>{height, width})
-          .extra_tokens(1)
+          .grid(posenc::GridOptions({height, width}).extra_tokens(1))
           .dtype(torch::kFloat64));
   auto want = torch::zeros({1 + height * width, dim}, torch::kFloat64);
   auto w = want.accessor<double, 2>();
@@ -455,8 +454,7 @@ TEST(PosencApi, GridCodesAndPatchModule) {
       torch::arange(36), dim,
       posenc::PositionCodeOptions()
           .layout("concat")
-          .grid(std::vector<int64_t>{6, 6})
-          .grid_scale(std::vector<double>{0.5, 0.5})
+          .grid(posenc::GridOptions({6, 6}).scale(std::vector<double>{0.5, 0.5}))
           .dtype(torch::kFloat64));
   const torch::Tensor crop =
       full.view({6, 6, dim}).slice(0, 2, 4).slice(1, 0, 5).reshape({10, dim});

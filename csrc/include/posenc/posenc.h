@@ -26,6 +26,20 @@ extern "C" int posenc_library_abi_version();
 
 namespace posenc {
 
+// A patch grid of a vision or video transformer, for add_positional and positional_encoding:
+// positions become token indices, the first extra_tokens get no code, and channel segment s
+// (dims[s] wide, default D / axes) codes axis axes[s] (default: the last axis first, as MAE)
+// at (index + origin) * scale. See the Python docstring of posenc.add_positional.
+struct GridOptions {
+  /* implicit */ GridOptions(std::vector<int64_t> sizes) : sizes_(std::move(sizes)) {}
+  TORCH_ARG(std::vector<int64_t>, sizes);  // (H, W) or (T, H, W), the last axis fastest
+  TORCH_ARG(int64_t, extra_tokens) = 0;
+  TORCH_ARG(std::optional<std::vector<int64_t>>, dims) = std::nullopt;
+  TORCH_ARG(std::optional<std::vector<int64_t>>, axes) = std::nullopt;
+  TORCH_ARG(std::optional<std::vector<int64_t>>, origin) = std::nullopt;
+  TORCH_ARG(std::optional<std::vector<double>>, scale) = std::nullopt;
+};
+
 // Options of add_positional: y = dropout_p(combine(scale * x, PE(pos))).
 struct AddPositionalOptions {
   TORCH_ARG(std::string, kind) = "sinusoidal";  // sinusoidal, linear, damped, cosine, learned
@@ -37,16 +51,7 @@ struct AddPositionalOptions {
   TORCH_ARG(std::string, convention) = "vaswani";  // vaswani, tensor2tensor
   TORCH_ARG(std::string, layout) = "interleaved";  // interleaved, concat
   TORCH_ARG(std::optional<at::Tensor>, table) = std::nullopt;  // [P, D] for kind "learned"
-  // A patch grid ((H, W) or (T, H, W)): positions become token indices, the first extra_tokens
-  // without a code, channel segment s (grid_dims[s] wide, default D / axes) codes axis
-  // grid_axes[s] (default: the last axis first) at (index + grid_origin) * grid_scale. See the
-  // Python docstring of posenc.add_positional.
-  TORCH_ARG(std::optional<std::vector<int64_t>>, grid) = std::nullopt;
-  TORCH_ARG(int64_t, extra_tokens) = 0;
-  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_dims) = std::nullopt;
-  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_axes) = std::nullopt;
-  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_origin) = std::nullopt;
-  TORCH_ARG(std::optional<std::vector<double>>, grid_scale) = std::nullopt;
+  TORCH_ARG(std::optional<GridOptions>, grid) = std::nullopt;  // codes on a patch grid
   TORCH_ARG(double, dropout) = 0.0;                            // in [0, 1]
   TORCH_ARG(bool, training) = true;
   TORCH_ARG(std::optional<at::Generator>, generator) = std::nullopt;  // for a drawn seed
@@ -134,16 +139,7 @@ struct PositionCodeOptions {
   TORCH_ARG(double, base) = 10000.0;
   TORCH_ARG(std::string, convention) = "vaswani";
   TORCH_ARG(std::string, layout) = "interleaved";
-  // A patch grid ((H, W) or (T, H, W)): positions become token indices, the first extra_tokens
-  // without a code, channel segment s (grid_dims[s] wide, default D / axes) codes axis
-  // grid_axes[s] (default: the last axis first) at (index + grid_origin) * grid_scale. See the
-  // Python docstring of posenc.add_positional.
-  TORCH_ARG(std::optional<std::vector<int64_t>>, grid) = std::nullopt;
-  TORCH_ARG(int64_t, extra_tokens) = 0;
-  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_dims) = std::nullopt;
-  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_axes) = std::nullopt;
-  TORCH_ARG(std::optional<std::vector<int64_t>>, grid_origin) = std::nullopt;
-  TORCH_ARG(std::optional<std::vector<double>>, grid_scale) = std::nullopt;
+  TORCH_ARG(std::optional<GridOptions>, grid) = std::nullopt;  // codes on a patch grid
   TORCH_ARG(at::ScalarType, dtype) = at::kFloat;
 };
 
