@@ -66,6 +66,12 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
   for (int k = 0; k < params.operand_count; ++k) heads += params.operands[k].heads;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, heads * params.head_dim));
 
+  // M-RoPE: each pair's axis, once per call (the angle loops below then vectorize).
+  std::vector<int> pair_axes(static_cast<size_t>(params.mrope ? half : 0));
+  for (size_t i = 0; i < pair_axes.size(); ++i) {
+    pair_axes[i] = rotary_pair_axis(params, static_cast<int64_t>(i));
+  }
+
   cpu::dispatch_dtype(params.dtype, [&](auto scalar_tag) {
     using scalar_t = decltype(scalar_tag);
     using acc = acc_t<scalar_t>;
@@ -73,8 +79,10 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
     const acc sin_sign = params.inverse ? acc(-1) : acc(1);
     parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
       std::vector<acc> cos_values(static_cast<size_t>(half)), sin_values(static_cast<size_t>(half));
+      std::vector<int64_t> pair_position_values(pair_axes.size());
       acc* __restrict cosines = cos_values.data();
       acc* __restrict sines = sin_values.data();
+      int64_t* __restrict pair_positions = pair_position_values.data();
       int64_t cached_position = -1;
       int64_t cached_axes[kMropeAxes] = {-1, -1, -1};
       for (int64_t token = begin; token < end; ++token) {
@@ -85,12 +93,21 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
           int64_t axes[kMropeAxes];
           for (int a = 0; a < kMropeAxes; ++a) axes[a] = rotary_token_position(params, b, s, a);
           if (!std::equal(axes, axes + kMropeAxes, cached_axes)) {
-            for (int64_t i = 0; i < half; ++i) {
-              const SinCos<acc> sc =
-                  rotary_sincos<acc>(params.frequencies[i], params.float32_frequencies, i,
-                                     axes[rotary_pair_axis(params, i)]);
-              cosines[i] = factor * sc.cos;
-              sines[i] = sin_sign * factor * sc.sin;
+            for (int64_t i = 0; i < half; ++i) pair_positions[i] = axes[pair_axes[i]];
+            const TurnFrequency* f = params.frequencies;
+            if (params.float32_frequencies == nullptr) {  // as below: the exact loop vectorizes
+              for (int64_t i = 0; i < half; ++i) {
+                const SinCos<acc> sc = rotary_sincos<acc>(f[i], nullptr, i, pair_positions[i]);
+                cosines[i] = factor * sc.cos;
+                sines[i] = sin_sign * factor * sc.sin;
+              }
+            } else {
+              for (int64_t i = 0; i < half; ++i) {
+                const SinCos<acc> sc = rotary_sincos<acc>(f[i], params.float32_frequencies, i,
+                                                          pair_positions[i]);
+                cosines[i] = factor * sc.cos;
+                sines[i] = sin_sign * factor * sc.sin;
+              }
             }
             std::copy(axes, axes + kMropeAxes, cached_axes);
           }
