@@ -65,6 +65,11 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
   int64_t heads = 0;
   for (int k = 0; k < params.operand_count; ++k) heads += params.operands[k].heads;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, heads * params.head_dim));
+  // Tokens are rotated kTile at a time: their cos/sin rows first, then the heads. Where a head's
+  // rows follow each other across tokens ([B, H, S, D], transformers' layout), each head's tile
+  // is one stream; token-major order would interleave a stream per head, more than the
+  // hardware prefetchers follow.
+  constexpr int64_t kTile = 32;
 
   // M-RoPE: each pair's axis, once per call (the angle loops below then vectorize).
   std::vector<int> pair_axes(static_cast<size_t>(params.mrope ? half : 0));
@@ -78,69 +83,84 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
     const acc factor = static_cast<acc>(params.attention_factor);
     const acc sin_sign = params.inverse ? acc(-1) : acc(1);
     parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc> cos_values(static_cast<size_t>(half)), sin_values(static_cast<size_t>(half));
+      // [kTile, half] cos and sin rows of the tile's tokens.
+      std::vector<acc> cos_values(static_cast<size_t>(kTile * half));
+      std::vector<acc> sin_values(cos_values.size());
       std::vector<int64_t> pair_position_values(pair_axes.size());
-      acc* __restrict cosines = cos_values.data();
-      acc* __restrict sines = sin_values.data();
       int64_t* __restrict pair_positions = pair_position_values.data();
-      int64_t cached_position = -1;
-      int64_t cached_axes[kMropeAxes] = {-1, -1, -1};
-      for (int64_t token = begin; token < end; ++token) {
-        const int64_t b = token / params.seq_len;
-        const int64_t s = token % params.seq_len;
-        if (params.mrope) {
-          // Three positions per token; each pair takes the one of its axis.
-          int64_t axes[kMropeAxes];
-          for (int a = 0; a < kMropeAxes; ++a) axes[a] = rotary_token_position(params, b, s, a);
-          if (!std::equal(axes, axes + kMropeAxes, cached_axes)) {
-            for (int64_t i = 0; i < half; ++i) pair_positions[i] = axes[pair_axes[i]];
-            const TurnFrequency* f = params.frequencies;
-            if (params.float32_frequencies == nullptr) {  // as below: the exact loop vectorizes
-              for (int64_t i = 0; i < half; ++i) {
-                const SinCos<acc> sc = rotary_sincos<acc>(f[i], nullptr, i, pair_positions[i]);
-                cosines[i] = factor * sc.cos;
-                sines[i] = sin_sign * factor * sc.sin;
-              }
-            } else {
-              for (int64_t i = 0; i < half; ++i) {
-                const SinCos<acc> sc = rotary_sincos<acc>(f[i], params.float32_frequencies, i,
-                                                          pair_positions[i]);
-                cosines[i] = factor * sc.cos;
-                sines[i] = sin_sign * factor * sc.sin;
-              }
-            }
-            std::copy(axes, axes + kMropeAxes, cached_axes);
-          }
-        } else if (const int64_t position = rotary_token_position(params, b, s);
-                   position != cached_position) {
+      // The last computed row and its positions: consecutive tokens at the same positions
+      // (decoding a batch one step at a time) reuse it.
+      const acc* last_cos = nullptr;
+      const acc* last_sin = nullptr;
+      int64_t last_axes[kMropeAxes] = {0, 0, 0};
+
+      // cosines/sines[i] for token (b, s).
+      auto angles = [&](int64_t b, int64_t s, acc* __restrict cosines, acc* __restrict sines) {
+        int64_t axes[kMropeAxes] = {0, 0, 0};
+        const int axis_count = params.mrope ? kMropeAxes : 1;
+        for (int a = 0; a < axis_count; ++a) axes[a] = rotary_token_position(params, b, s, a);
+        if (last_cos != nullptr && std::equal(axes, axes + kMropeAxes, last_axes)) {
+          std::copy(last_cos, last_cos + half, cosines);
+          std::copy(last_sin, last_sin + half, sines);
+        } else {
           const TurnFrequency* f = params.frequencies;
+          // Each pair's position: its axis' under M-RoPE.
+          for (int64_t i = 0; i < static_cast<int64_t>(pair_axes.size()); ++i) {
+            pair_positions[i] = axes[pair_axes[i]];
+          }
           // Two loops rather than a branch inside one, so the exact one vectorizes.
           if (params.float32_frequencies == nullptr) {
             for (int64_t i = 0; i < half; ++i) {
-              const SinCos<acc> sc = rotary_sincos<acc>(f[i], nullptr, i, position);
+              const SinCos<acc> sc = rotary_sincos<acc>(
+                  f[i], nullptr, i, params.mrope ? pair_positions[i] : axes[0]);
               cosines[i] = factor * sc.cos;
               sines[i] = sin_sign * factor * sc.sin;
             }
           } else {
             for (int64_t i = 0; i < half; ++i) {
-              const SinCos<acc> sc =
-                  rotary_sincos<acc>(f[i], params.float32_frequencies, i, position);
+              const SinCos<acc> sc = rotary_sincos<acc>(
+                  f[i], params.float32_frequencies, i, params.mrope ? pair_positions[i] : axes[0]);
               cosines[i] = factor * sc.cos;
               sines[i] = sin_sign * factor * sc.sin;
             }
           }
-          cached_position = position;
+          std::copy(axes, axes + kMropeAxes, last_axes);
+        }
+        last_cos = cosines;
+        last_sin = sines;
+      };
+
+      for (int64_t tile_start = begin; tile_start < end; tile_start += kTile) {
+        const int64_t count = std::min(kTile, end - tile_start);
+        for (int64_t j = 0; j < count; ++j) {
+          const int64_t token = tile_start + j;
+          // Tiles before the chunk's last are full, so the row reused at j = 0 (the last
+          // tile's row kTile - 1) is not overwritten before it is read.
+          angles(token / params.seq_len, token % params.seq_len, cos_values.data() + j * half,
+                 sin_values.data() + j * half);
         }
         for (int k = 0; k < params.operand_count; ++k) {
           const RotaryOperand& op = params.operands[k];
-          const scalar_t* in = static_cast<const scalar_t*>(op.in) + b * op.in_strides[0] +
-                               s * op.in_strides[1];
-          scalar_t* out = static_cast<scalar_t*>(op.out) + b * op.out_strides[0] +
-                          s * op.out_strides[1];
-          for (int64_t h = 0; h < op.heads; ++h) {
-            rotate_row(in + h * op.in_strides[2], op.in_strides[3], out + h * op.out_strides[2],
-                       op.out_strides[3], cosines, sines, cosines, sines, half,
-                       params.interleaved, params.head_dim);
+          auto rotate = [&](int64_t j, int64_t h) {
+            const int64_t token = tile_start + j;
+            const int64_t b = token / params.seq_len, s = token % params.seq_len;
+            const scalar_t* in = static_cast<const scalar_t*>(op.in) + b * op.in_strides[0] +
+                                 s * op.in_strides[1] + h * op.in_strides[2];
+            scalar_t* out = static_cast<scalar_t*>(op.out) + b * op.out_strides[0] +
+                            s * op.out_strides[1] + h * op.out_strides[2];
+            const acc* cosines = cos_values.data() + j * half;
+            const acc* sines = sin_values.data() + j * half;
+            rotate_row(in, op.in_strides[3], out, op.out_strides[3], cosines, sines, cosines,
+                       sines, half, params.interleaved, params.head_dim);
+          };
+          if (std::abs(op.in_strides[1]) < std::abs(op.in_strides[2])) {
+            for (int64_t h = 0; h < op.heads; ++h) {
+              for (int64_t j = 0; j < count; ++j) rotate(j, h);
+            }
+          } else {
+            for (int64_t j = 0; j < count; ++j) {
+              for (int64_t h = 0; h < op.heads; ++h) rotate(j, h);
+            }
           }
         }
       }

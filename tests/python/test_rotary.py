@@ -312,3 +312,29 @@ def test_mrope_gradcheck(mrope_interleaved):
 
     assert torch.autograd.gradcheck(f, (q, k))
     assert torch.autograd.gradgradcheck(f, (q, k))
+
+
+def test_token_tiles_and_repeated_positions():
+    """The CPU kernel rotates 32 tokens at a time (head-major where heads are the outer
+    stride) and reuses a row for consecutive tokens at the same positions: across tile
+    boundaries, in every layout, the result is the reference's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: one chunk of tokens, many tiles
+    try:
+        inv_freq = default_inv_freq(8)
+        # Decoding 70 sequences one step each: 70 consecutive tokens at position 5.
+        q = torch.randn(70, 1, 2, 8, dtype=torch.float64)
+        got = posenc.rotary(q, offset=5)
+        want = reference_rotary(q, torch.full((70, 1), 5), inv_freq, 8, False)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+        # Runs of repeated positions that straddle tiles, in bshd and bhsd.
+        positions = torch.arange(100).div(7, rounding_mode="floor").expand(2, 100)
+        x = torch.randn(2, 100, 3, 8, dtype=torch.float64)
+        want = reference_rotary(x, positions, inv_freq, 8, True)
+        got = posenc.rotary(x, positions=positions, interleaved=True)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+        got = posenc.rotary(x.transpose(1, 2).contiguous(), positions=positions,
+                            interleaved=True, layout="bhsd")
+        torch.testing.assert_close(got.transpose(1, 2), want, atol=1e-12, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
