@@ -129,6 +129,30 @@ def bench_embedding(repeat: int) -> None:
           f"eager {eager_bytes / 2**20:.2f} MiB, ratio {ours_bytes / max(eager_bytes, 1):.3f}")
 
 
+def report_qk(title: str, q_shape: tuple, k_shape: tuple, dtype: torch.dtype,
+              variants: Dict[str, Callable], repeat: int) -> None:
+    """Times each variant fn(q, k) -> (q_out, k_out) forward, then forward + backward, on
+    random q and k, with q.clone(); k.clone() as the floor; the first variant is posenc's."""
+    for backward in (False, True):
+        q = torch.randn(q_shape, dtype=dtype, requires_grad=backward)
+        k = torch.randn(k_shape, dtype=dtype, requires_grad=backward)
+        gq, gk = torch.randn_like(q), torch.randn_like(k)
+
+        def run(fn):
+            def step():
+                out = fn(q, k)
+                if backward:
+                    torch.autograd.backward(out, (gq, gk))
+            return step
+
+        rows = {name: timeit(run(fn), repeat) for name, fn in variants.items()}
+        rows["q.clone(); k.clone()"] = timeit(lambda: (q.detach().clone(), k.detach().clone()),
+                                              repeat)
+        report(f"{title} {'forward+backward' if backward else 'forward'}, q={tuple(q_shape)}, "
+               f"k={tuple(k_shape)}, {dtype}", rows, next(iter(variants)),
+               "q.clone(); k.clone()")
+
+
 def bench_rotary(repeat: int) -> None:
     B, S, Hq, Hk, D = 4, 2048, 32, 8, 128
     base = 10000.0
@@ -147,28 +171,10 @@ def bench_rotary(repeat: int) -> None:
 
     compiled = torch.compile(hf)
     for dtype in (torch.float32, torch.bfloat16):
-        for backward in (False, True):
-            q = torch.randn(B, S, Hq, D, dtype=dtype, requires_grad=backward)
-            k = torch.randn(B, S, Hk, D, dtype=dtype, requires_grad=backward)
-            gq, gk = torch.randn_like(q), torch.randn_like(k)
-
-            def run(fn):
-                def step():
-                    out = fn(q, k)
-                    if backward:
-                        torch.autograd.backward(out, (gq, gk))
-                return step
-
-            rows = {
-                "posenc.rotary": timeit(run(lambda q, k: posenc.rotary(q, k)), repeat),
-                "eager HF (cos/sin + apply)": timeit(run(hf), repeat),
-                "torch.compile(eager HF)": timeit(run(compiled), repeat),
-                "q.clone(); k.clone()": timeit(lambda: (q.detach().clone(), k.detach().clone()),
-                                                repeat),
-            }
-            report(f"rotary {'forward+backward' if backward else 'forward'}, q=({B}, {S}, {Hq}, "
-                   f"{D}), k=({B}, {S}, {Hk}, {D}), {dtype}", rows, "posenc.rotary",
-                   "q.clone(); k.clone()")
+        report_qk("rotary", (B, S, Hq, D), (B, S, Hk, D), dtype,
+                  {"posenc.rotary": lambda q, k: posenc.rotary(q, k),
+                   "eager HF (cos/sin + apply)": hf, "torch.compile(eager HF)": compiled},
+                  repeat)
 
 
 def bench_llama_step(repeat: int) -> None:
@@ -309,29 +315,10 @@ def bench_mrope(repeat: int) -> None:
         return posenc.rotary(q, k, positions=positions, inv_freq=inv_freq, layout="bhsd",
                              mrope_section=section)
 
-    compiled = torch.compile(hf)
-    for backward in (False, True):
-        q = torch.randn(B, Hq, S, D, requires_grad=backward)
-        k = torch.randn(B, Hk, S, D, requires_grad=backward)
-        gq, gk = torch.randn_like(q), torch.randn_like(k)
-
-        def run(fn):
-            def step():
-                out = fn(q, k)
-                if backward:
-                    torch.autograd.backward(out, (gq, gk))
-            return step
-
-        rows_ms = {
-            "posenc.rotary (mrope_section)": timeit(run(ours), repeat),
-            "eager HF (Qwen2-VL cos/sin + apply)": timeit(run(hf), repeat),
-            "torch.compile(eager HF)": timeit(run(compiled), repeat),
-            "q.clone(); k.clone()": timeit(lambda: (q.detach().clone(), k.detach().clone()),
-                                            repeat),
-        }
-        report(f"M-RoPE {'forward+backward' if backward else 'forward'}, q=({B}, {Hq}, {S}, {D}),"
-               f" k=({B}, {Hk}, {S}, {D}), float32", rows_ms, "posenc.rotary (mrope_section)",
-               "q.clone(); k.clone()")
+    report_qk("M-RoPE", (B, Hq, S, D), (B, Hk, S, D), torch.float32,
+              {"posenc.rotary (mrope_section)": ours,
+               "eager HF (Qwen2-VL cos/sin + apply)": hf,
+               "torch.compile(eager HF)": torch.compile(hf)}, repeat)
 
 
 BENCHMARKS = {"add_positional": bench_add_positional, "embedding": bench_embedding,

@@ -327,6 +327,17 @@ class Progress:
             print()
 
 
+def train_all(codes: List[str], steps: int, train_one: Callable, args: argparse.Namespace):
+    """train_one(code, args, progress) for each code, under one progress bar."""
+    progress = Progress(len(codes) * steps)
+    results = []
+    for code in codes:
+        progress.set_description(f"{code:>16}")
+        results.append(train_one(code, args, progress))
+    progress.close()
+    return results
+
+
 def write_plots(results: List[Result], args: argparse.Namespace,
                 patch_results: Optional[List[PatchResult]] = None) -> List[str]:
     try:
@@ -453,12 +464,7 @@ def main(argv: Optional[List[str]] = None) -> Tuple[List[Result], List[PatchResu
 
     print(f"posenc demo: reverse {args.seq_len} random tokens (vocabulary {args.vocab}); "
           f"{len(args.codes)} models x {args.steps} steps on {torch.get_num_threads()} CPU threads")
-    progress = Progress(len(args.codes) * args.steps)
-    results = []
-    for code in args.codes:
-        progress.set_description(f"{code:>16}")
-        results.append(train(code, args, progress))
-    progress.close()
+    results = train_all(args.codes, args.steps, train, args)
 
     print(f"\n{'code':<18}{'final loss':>11}{'accuracy':>10}{f'len {args.long_len}':>10}"
           f"{'step ms':>9}{'saved MiB':>11}")
@@ -474,11 +480,7 @@ def main(argv: Optional[List[str]] = None) -> Tuple[List[Result], List[PatchResu
         print(f"\nImages: name the row and column of the marked patch of {GRID} x {GRID}; "
               f"{len(args.image_codes)} models x {args.image_steps} steps, trained on 48 of the "
               f"64 cells")
-        progress = Progress(len(args.image_codes) * args.image_steps)
-        for code in args.image_codes:
-            progress.set_description(f"{code:>16}")
-            patch_results.append(train_locator(code, args, progress))
-        progress.close()
+        patch_results = train_all(args.image_codes, args.image_steps, train_locator, args)
         print(f"\n{'code':<18}{'final loss':>11}{'training cells':>16}{'held-out cells':>16}"
               f"{'step ms':>9}")
         for r in patch_results:

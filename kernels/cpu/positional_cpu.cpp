@@ -61,7 +61,7 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
     using scalar_t = decltype(scalar_tag);
     using acc = acc_t<scalar_t>;
     const acc scale = static_cast<acc>(params.scale);
-    const cpu::PositionCodeRows<scalar_t> code(params.source, dim);
+    const cpu::PositionCodeRows<scalar_t> code(params.source, dim, needs_code);
     // Work item = (block of `block` steps t, batch index b), t-block major. A block's PE rows
     // (about 64 KiB) are computed once and reused for every b when positions do not depend on
     // b, and each item streams `block` consecutive rows of x and out, which the hardware

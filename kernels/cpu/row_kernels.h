@@ -34,7 +34,10 @@ class PositionCodeRows {
  public:
   using acc = acc_t<scalar_t>;
 
-  PositionCodeRows(const PositionSource& source, int64_t dim) : source_(source), dim_(dim) {
+  // evaluated: whether rows will be evaluated (a kScaleOnly call needs none, so a grid's axis
+  // rows are not built for it).
+  PositionCodeRows(const PositionSource& source, int64_t dim, bool evaluated = true)
+      : source_(source), dim_(dim) {
     if (source.kind == PositionKind::kLearned || source.channels == nullptr) return;
     const size_t n = static_cast<size_t>(dim);
     high_.resize(n);
@@ -59,7 +62,7 @@ class PositionCodeRows {
       step_cos_[d] = step.cos;
     }
     detect_pairs();
-    if (source.grid.axis_count > 0) build_grid_tables();
+    if (evaluated && source.grid.axis_count > 0) build_grid_tables();
   }
 
   bool computed() const { return source_.kind != PositionKind::kLearned && !high_.empty(); }
