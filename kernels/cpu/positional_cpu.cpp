@@ -45,6 +45,10 @@ class RowPositions {
   std::vector<int64_t> storage_;
 };
 
+// Elements per chunk of a row whose code or dropout multipliers are made on the fly: each
+// chunk's are made just before it is combined, so that the arithmetic overlaps the loads of x.
+constexpr int64_t kRowChunk = 256;
+
 }  // namespace
 
 void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& parallel_for) {
@@ -66,7 +70,8 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
     // (about 64 KiB) are computed once and reused for every b when positions do not depend on
     // b, and each item streams `block` consecutive rows of x and out, which the hardware
     // prefetchers follow (a t-major walk would jump a whole [T, D] slice per row).
-    // With one batch row nothing is reused: one PE row at a time stays in L1 next to x.
+    // With one batch row nothing is reused: each row's code is made chunk by chunk next to its
+    // combine, from its anchor row where positions are consecutive (see anchored_row).
     const int64_t block =
         batch == 1 ? 1 : std::max<int64_t>(1, std::min<int64_t>(seq_len, 16384 / dim));
     const int64_t block_count = (seq_len + block - 1) / block;
@@ -75,15 +80,17 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
       std::vector<acc> pe_block(needs_code ? static_cast<size_t>(block * dim) : 0);
       int64_t pe_block_index = -1;   // which t-block pe_block holds (shared positions)
       int64_t pe_row_position = -1;  // which position pe_block's first row holds (otherwise)
-      std::vector<acc> mask(params.dropout.active ? static_cast<size_t>(dim) : 0);
-      std::vector<uint16_t> draws;
+      std::vector<acc> code_chunk(kRowChunk), mask_chunk(kRowChunk);
       typename cpu::PositionCodeRows<scalar_t>::Recurrence recurrence_state;
+      // One batch row walking consecutive positions: rows from their anchors.
+      const bool walk_anchors = needs_code && batch == 1 && code.anchored() &&
+                                positions.consecutive(begin, end);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t_block = item / batch;
         const int64_t b = item % batch;
         const int64_t t_begin = t_block * block;
         const int64_t t_end = std::min(seq_len, t_begin + block);
-        if (needs_code && shared && pe_block_index != t_block) {
+        if (needs_code && shared && !walk_anchors && pe_block_index != t_block) {
           if (positions.consecutive(t_begin, t_end)) {
             code.evaluate_consecutive(positions.at(0, t_begin), t_end - t_begin,
                                       pe_block.data(), recurrence_state);
@@ -98,24 +105,44 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
         for (int64_t t = t_begin; t < t_end; ++t) {
           const InputRow<scalar_t> in = input_row<scalar_t>(params, params.x, b, t);
           const bool with_code = needs_code && !in.padding;
-          const acc* pe = nullptr;
-          if (with_code && shared) {
-            pe = pe_block.data() + (t - t_begin) * dim;
+          cpu::RowCode<acc> pe;
+          if (with_code && walk_anchors) {
+            pe = code.anchored_row(positions.at(0, t), recurrence_state);
+          } else if (with_code && shared) {
+            pe.row = pe_block.data() + (t - t_begin) * dim;
           } else if (with_code) {
             const int64_t position = positions.at(b, t);
             if (position != pe_row_position) code.evaluate(position, pe_block.data());
             pe_row_position = position;
-            pe = pe_block.data();
+            pe.row = pe_block.data();
           }
-          if (params.dropout.active) {
-            const uint64_t first = static_cast<uint64_t>((b * seq_len + t) * dim);
-            cpu::fill_dropout_multipliers(params.dropout, first, dim, draws, mask.data());
-          }
+          const Combine combine = with_code ? params.combine : Combine::kScaleOnly;
           scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(params.out.data)) + out_base +
                           t * params.out.seq_stride;
-          cpu::combine_row(with_code ? params.combine : Combine::kScaleOnly, in.data, in.stride,
-                           pe, params.dropout.active ? mask.data() : nullptr, scale, out,
-                           params.out.dim_stride, dim);
+          const int64_t out_stride = params.out.dim_stride;
+          const bool rotated = pe.row == nullptr && pe.anchor_sin != nullptr;
+          if (!rotated && !params.dropout.active) {
+            cpu::combine_row(combine, in.data, in.stride, pe.row, static_cast<const acc*>(nullptr),
+                             scale, out, out_stride, dim);
+            continue;
+          }
+          const uint64_t first_element = static_cast<uint64_t>((b * seq_len + t) * dim);
+          for (int64_t d0 = 0; d0 < dim; d0 += kRowChunk) {
+            const int64_t count = std::min(kRowChunk, dim - d0);
+            const acc* chunk_code = pe.row == nullptr ? nullptr : pe.row + d0;
+            if (rotated) {
+              cpu::rotate_from_anchor(pe.anchor_sin + d0, pe.anchor_cos + d0, pe.turn_cos + d0,
+                                      pe.turn_sin + d0, code_chunk.data(), count);
+              chunk_code = code_chunk.data();
+            }
+            if (params.dropout.active) {
+              cpu::dropout_multipliers(params.dropout, first_element + static_cast<uint64_t>(d0),
+                                       count, mask_chunk.data());
+            }
+            cpu::combine_row(combine, in.data + d0 * in.stride, in.stride, chunk_code,
+                             params.dropout.active ? mask_chunk.data() : nullptr, scale,
+                             out + d0 * out_stride, out_stride, count);
+          }
         }
       }
     });
@@ -143,7 +170,6 @@ void for_rows_by_channel_block(const AddPositionalParams& params, const Parallel
   parallel_for(0, block_count, 1, [&](int64_t block_begin, int64_t block_end) {
     std::vector<acc> mask(kChannelBlock);
     std::vector<acc> scratch(kChannelBlock);
-    std::vector<uint16_t> draws;
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t d0 = block * kChannelBlock;
       const int64_t width = std::min(kChannelBlock, dim - d0);
@@ -154,7 +180,7 @@ void for_rows_by_channel_block(const AddPositionalParams& params, const Parallel
                                  t * params.x.seq_stride + d0 * params.x.dim_stride;
           if (params.dropout.active) {
             const uint64_t first = static_cast<uint64_t>((b * seq_len + t) * dim + d0);
-            cpu::fill_dropout_multipliers(params.dropout, first, width, draws, mask.data());
+            cpu::dropout_multipliers(params.dropout, first, width, mask.data());
           }
           body(b, t, d0, width, grad, params.dropout.active ? mask.data() : nullptr,
                scratch.data());

@@ -4,10 +4,17 @@
 // and uses the wider units where they exist.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #if defined(__x86_64__)
+// GCC 12 warns inside its own AVX-512 headers about the undefined vectors they start from
+// (GCC bug 105593); the diagnostics are located in the header, so they are silenced there.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
 
 #include "cpu/row_kernels.h"
@@ -16,83 +23,284 @@
 namespace posenc {
 namespace kernels {
 namespace cpu {
-namespace {
 
-// The AVX2 build of a loop where the CPU has AVX2, else the baseline build (the same function
-// off x86-64, where the AVX2 names alias the baseline).
-template <typename Function>
-Function choose_build(Function baseline, [[maybe_unused]] Function avx2) {
+CpuCapability cpu_capability() {
+  static const CpuCapability capability = [] {
+    CpuCapability supported = CpuCapability::kDefault;
 #if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx2")) return avx2;
+    if (__builtin_cpu_supports("avx2")) supported = CpuCapability::kAvx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl")) {
+      supported = CpuCapability::kAvx512;
+    }
 #endif
-  return baseline;
+    const char* cap = std::getenv("POSENC_CPU_CAPABILITY");
+    if (cap == nullptr) return supported;
+    const std::string name(cap);
+    const CpuCapability wanted = name == "default" ? CpuCapability::kDefault
+                                 : name == "avx2"  ? CpuCapability::kAvx2
+                                                   : CpuCapability::kAvx512;  // or unknown
+    return std::min(wanted, supported);
+  }();
+  return capability;
 }
 
-void philox_draws_scalar(uint64_t first_counter, int64_t counters, uint64_t seed,
-                         uint16_t* out) {
-  for (int64_t c = 0; c < counters; ++c) {
-    const Philox4 four = philox4x32_10(first_counter + static_cast<uint64_t>(c), seed);
-    for (int slot = 0; slot < 8; ++slot) {
-      out[c * 8 + slot] = static_cast<uint16_t>(dropout_draw(four, slot));
+namespace {
+
+// The build of a loop for the widest instruction set cpu_capability() allows (AVX2 and
+// AVX-512 builds exist on x86-64 only; elsewhere their names alias the baseline).
+template <typename Function>
+Function choose_build(Function baseline, [[maybe_unused]] Function avx2) {
+  return cpu_capability() >= CpuCapability::kAvx2 ? avx2 : baseline;
+}
+
+template <typename Function>
+Function choose_build(Function baseline, [[maybe_unused]] Function avx2,
+                      [[maybe_unused]] Function avx512) {
+  return cpu_capability() >= CpuCapability::kAvx512 ? avx512 : choose_build(baseline, avx2);
+}
+
+// Calls write_group(counter, destination) for each group of kCounters Philox counters that the
+// elements [first, first + count) touch, counter being the group's first: a whole group is
+// written straight to out, a cut one to a buffer whose part in the range is then copied.
+template <int64_t kCounters, typename acc_t, typename WriteGroup>
+inline __attribute__((always_inline)) void for_dropout_groups(uint64_t first, int64_t count,
+                                                             acc_t* out, WriteGroup&& write_group) {
+  constexpr uint64_t kGroup = kCounters * kDropoutElementsPerCounter;
+  const uint64_t end = first + static_cast<uint64_t>(count);
+  alignas(64) acc_t cut_group[kGroup];
+  for (uint64_t group_first = first - first % kDropoutElementsPerCounter; group_first < end;
+       group_first += kGroup) {
+    const uint64_t counter = group_first / kDropoutElementsPerCounter;
+    if (group_first >= first && group_first + kGroup <= end) {
+      write_group(counter, out + (group_first - first));
+      continue;
+    }
+    write_group(counter, cut_group);
+    const uint64_t begin = std::max(first, group_first);
+    const uint64_t stop = std::min(end, group_first + kGroup);
+    std::copy(cut_group + (begin - group_first), cut_group + (stop - group_first),
+              out + (begin - first));
+  }
+}
+
+template <typename acc_t>
+void dropout_multipliers_scalar(const Dropout& dropout, uint64_t first, int64_t count,
+                                acc_t* out) {
+  const acc_t keep_scale = static_cast<acc_t>(dropout.keep_scale);
+  int64_t k = 0;
+  while (k < count) {
+    const uint64_t element = first + static_cast<uint64_t>(k);
+    const Philox4 four = philox4x32_10(element / kDropoutElementsPerCounter, dropout.seed);
+    for (int slot = static_cast<int>(element % kDropoutElementsPerCounter);
+         slot < kDropoutElementsPerCounter && k < count; ++slot, ++k) {
+      out[k] = dropout_draw(four, slot) < dropout.keep_threshold ? keep_scale : acc_t(0);
     }
   }
 }
 
 #if defined(__x86_64__)
-// Philox4x32-10 of 4 counters at once in the 64-bit lanes of AVX2 registers: each round's two
-// 32 x 32 -> 64-bit products are one vpmuludq each. The same rounds as philox4x32_10.
-__attribute__((target("avx2"))) void philox_draws_avx2(uint64_t first_counter, int64_t counters,
-                                                       uint64_t seed, uint16_t* out) {
+// The drop masks of the 32 elements of counters first_counter .. first_counter + 3: 16-bit
+// lanes, all ones where the element is dropped, elements 0-15 in drop[0] and 16-31 in drop[1].
+// Philox4x32-10 runs on the 4 counters at once in the 64-bit lanes of AVX2 registers (each
+// round's two 32 x 32 -> 64-bit products are one vpmuludq each): the same rounds as
+// philox4x32_10.
+// The Philox keys of each round, in every 64-bit lane: the same for every counter of a call.
+struct PhiloxRoundKeys {
+  __m256i key0[10];
+  __m256i key1[10];
+};
+
+__attribute__((target("avx2"))) inline PhiloxRoundKeys philox_round_keys(uint64_t seed) {
+  PhiloxRoundKeys keys;
+  uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    keys.key0[round] = _mm256_set1_epi64x(key0);
+    keys.key1[round] = _mm256_set1_epi64x(key1);
+    key0 += 0x9E3779B9u;
+    key1 += 0xBB67AE85u;
+  }
+  return keys;
+}
+
+__attribute__((target("avx2"))) inline void drop_masks_avx2(uint64_t first_counter,
+                                                            const Dropout& dropout,
+                                                            const PhiloxRoundKeys& keys,
+                                                            __m256i drop[2]) {
   const __m256i multiplier0 = _mm256_set1_epi64x(0xD2511F53);
   const __m256i multiplier1 = _mm256_set1_epi64x(0xCD9E8D57);
   const __m256i low32 = _mm256_set1_epi64x(0xffffffff);
-  int64_t c = 0;
-  for (; c + 4 <= counters; c += 4) {
-    const uint64_t base = first_counter + static_cast<uint64_t>(c);
-    const __m256i counter = _mm256_set_epi64x(static_cast<int64_t>(base + 3),
-                                              static_cast<int64_t>(base + 2),
-                                              static_cast<int64_t>(base + 1),
-                                              static_cast<int64_t>(base));
-    __m256i x0 = _mm256_and_si256(counter, low32);
-    __m256i x1 = _mm256_srli_epi64(counter, 32);
-    __m256i x2 = _mm256_setzero_si256();
-    __m256i x3 = _mm256_setzero_si256();
-    uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      const __m256i product0 = _mm256_mul_epu32(x0, multiplier0);
-      const __m256i product1 = _mm256_mul_epu32(x2, multiplier1);
-      const __m256i k0 = _mm256_set1_epi64x(key0), k1 = _mm256_set1_epi64x(key1);
-      x0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(product1, 32), x1), k0);
-      x1 = _mm256_and_si256(product1, low32);
-      x2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(product0, 32), x3), k1);
-      x3 = _mm256_and_si256(product0, low32);
-      key0 += 0x9E3779B9u;
-      key1 += 0xBB67AE85u;
-    }
-    // Counter l's words (x0[l], x1[l], x2[l], x3[l]) hold its 8 little-endian 16-bit draws.
-    alignas(32) uint64_t words[4][4];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(words[0]), x0);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(words[1]), x1);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(words[2]), x2);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(words[3]), x3);
-    for (int l = 0; l < 4; ++l) {
-      const uint32_t lane[4] = {static_cast<uint32_t>(words[0][l]), static_cast<uint32_t>(words[1][l]),
-                                static_cast<uint32_t>(words[2][l]), static_cast<uint32_t>(words[3][l])};
-      std::memcpy(out + (c + l) * 8, lane, sizeof(lane));
+  const __m256i counter = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<int64_t>(first_counter)),
+                                           _mm256_set_epi64x(3, 2, 1, 0));
+  __m256i x0 = _mm256_and_si256(counter, low32);
+  __m256i x1 = _mm256_srli_epi64(counter, 32);
+  __m256i x2 = _mm256_setzero_si256();
+  __m256i x3 = _mm256_setzero_si256();
+  for (int round = 0; round < 10; ++round) {
+    const __m256i product0 = _mm256_mul_epu32(x0, multiplier0);
+    const __m256i product1 = _mm256_mul_epu32(x2, multiplier1);
+    x0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(product1, 32), x1), keys.key0[round]);
+    x1 = _mm256_and_si256(product1, low32);
+    x2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(product0, 32), x3), keys.key1[round]);
+    x3 = _mm256_and_si256(product0, low32);
+  }
+  // Counter l's draws, slots 0-3 (words 0, 1) and 4-7 (words 2, 3), as 64-bit lanes l; then
+  // counters 0 and 2 (unpacklo) and 1 and 3 (unpackhi) per 128-bit half, put in order.
+  const __m256i slots0to3 = _mm256_or_si256(x0, _mm256_slli_epi64(x1, 32));
+  const __m256i slots4to7 = _mm256_or_si256(x2, _mm256_slli_epi64(x3, 32));
+  const __m256i counters02 = _mm256_unpacklo_epi64(slots0to3, slots4to7);
+  const __m256i counters13 = _mm256_unpackhi_epi64(slots0to3, slots4to7);
+  const __m256i draws[2] = {_mm256_permute2x128_si256(counters02, counters13, 0x20),
+                            _mm256_permute2x128_si256(counters02, counters13, 0x31)};
+  // Kept when draw < keep_threshold: (threshold - draw) saturates to 0 exactly when dropped.
+  // A threshold of 2^16 keeps every draw.
+  for (int h = 0; h < 2; ++h) {
+    if (dropout.keep_threshold > 0xffffu) {
+      drop[h] = _mm256_setzero_si256();
+    } else {
+      const __m256i threshold = _mm256_set1_epi16(static_cast<int16_t>(dropout.keep_threshold));
+      drop[h] = _mm256_cmpeq_epi16(_mm256_subs_epu16(threshold, draws[h]), _mm256_setzero_si256());
     }
   }
-  philox_draws_scalar(first_counter + static_cast<uint64_t>(c), counters - c, seed, out + c * 8);
+}
+
+// The 32 multipliers of counters first_counter .. + 3 (0 or keep_scale) into out.
+__attribute__((target("avx2"))) inline void multipliers_avx2(uint64_t first_counter,
+                                                             const Dropout& dropout,
+                                                             const PhiloxRoundKeys& keys,
+                                                             float* out) {
+  __m256i drop[2];
+  drop_masks_avx2(first_counter, dropout, keys, drop);
+  const __m256 keep_scale = _mm256_set1_ps(static_cast<float>(dropout.keep_scale));
+  for (int h = 0; h < 2; ++h) {
+    for (int q = 0; q < 2; ++q) {
+      const __m128i half = q == 0 ? _mm256_castsi256_si128(drop[h]) : _mm256_extracti128_si256(drop[h], 1);
+      const __m256 dropped = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(half));
+      _mm256_storeu_ps(out + 16 * h + 8 * q, _mm256_andnot_ps(dropped, keep_scale));
+    }
+  }
+}
+
+__attribute__((target("avx2"))) inline void multipliers_avx2(uint64_t first_counter,
+                                                             const Dropout& dropout,
+                                                             const PhiloxRoundKeys& keys,
+                                                             double* out) {
+  __m256i drop[2];
+  drop_masks_avx2(first_counter, dropout, keys, drop);
+  const __m256d keep_scale = _mm256_set1_pd(dropout.keep_scale);
+  for (int h = 0; h < 2; ++h) {
+    for (int q = 0; q < 2; ++q) {
+      const __m128i half = q == 0 ? _mm256_castsi256_si128(drop[h]) : _mm256_extracti128_si256(drop[h], 1);
+      for (int e = 0; e < 2; ++e) {
+        const __m128i quarter = e == 0 ? half : _mm_srli_si128(half, 8);
+        const __m256d dropped = _mm256_castsi256_pd(_mm256_cvtepi16_epi64(quarter));
+        _mm256_storeu_pd(out + 16 * h + 8 * q + 4 * e, _mm256_andnot_pd(dropped, keep_scale));
+      }
+    }
+  }
+}
+
+template <typename acc_t>
+__attribute__((target("avx2"))) void dropout_multipliers_avx2(const Dropout& dropout,
+                                                              uint64_t first, int64_t count,
+                                                              acc_t* out) {
+  const PhiloxRoundKeys keys = philox_round_keys(dropout.seed);
+  for_dropout_groups<4>(first, count, out,
+                        [&](uint64_t counter, acc_t* group) __attribute__((target("avx2"))) {
+                          multipliers_avx2(counter, dropout, keys, group);
+                        });
+}
+
+// The 64 multipliers of counters first_counter .. + 7 with AVX-512: Philox on 8 counters in the
+// 64-bit lanes (each round's XORs of three terms one vpternlogq), and the keep test of 32 draws
+// at once into a mask register.
+template <typename acc_t>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void multipliers_avx512(
+    uint64_t first_counter, const Dropout& dropout, const __m512i (&round_keys)[2][10],
+    acc_t* out) {
+  const __m512i multiplier0 = _mm512_set1_epi64(0xD2511F53);
+  const __m512i multiplier1 = _mm512_set1_epi64(0xCD9E8D57);
+  const __m512i low32 = _mm512_set1_epi64(0xffffffff);
+  const __m512i counter = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(first_counter)),
+                                           _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+  __m512i x0 = _mm512_and_si512(counter, low32);
+  __m512i x1 = _mm512_srli_epi64(counter, 32);
+  __m512i x2 = _mm512_setzero_si512();
+  __m512i x3 = _mm512_setzero_si512();
+  constexpr int kXor3 = 0x96;  // a ^ b ^ c
+  for (int round = 0; round < 10; ++round) {
+    const __m512i product0 = _mm512_mul_epu32(x0, multiplier0);
+    const __m512i product1 = _mm512_mul_epu32(x2, multiplier1);
+    x0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(product1, 32), x1, round_keys[0][round], kXor3);
+    x1 = _mm512_and_si512(product1, low32);
+    x2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(product0, 32), x3, round_keys[1][round], kXor3);
+    x3 = _mm512_and_si512(product0, low32);
+  }
+  // Counter l's draws, slots 0-3 and 4-7, as 64-bit lanes l; unpacklo gives counters 0, 2, 4, 6
+  // and unpackhi 1, 3, 5, 7 (one per 128-bit lane), which the permutes put in order.
+  const __m512i slots0to3 = _mm512_or_si512(x0, _mm512_slli_epi64(x1, 32));
+  const __m512i slots4to7 = _mm512_or_si512(x2, _mm512_slli_epi64(x3, 32));
+  const __m512i even = _mm512_unpacklo_epi64(slots0to3, slots4to7);
+  const __m512i odd = _mm512_unpackhi_epi64(slots0to3, slots4to7);
+  const __m512i draws[2] = {
+      _mm512_permutex2var_epi64(even, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), odd),
+      _mm512_permutex2var_epi64(even, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), odd)};
+  const bool keep_all = dropout.keep_threshold > 0xffffu;
+  const __m512i threshold = _mm512_set1_epi16(static_cast<int16_t>(dropout.keep_threshold));
+  for (int h = 0; h < 2; ++h) {
+    const __mmask32 keep = keep_all ? ~__mmask32{0} : _mm512_cmplt_epu16_mask(draws[h], threshold);
+    if constexpr (sizeof(acc_t) == 4) {
+      const __m512 keep_scale = _mm512_set1_ps(static_cast<float>(dropout.keep_scale));
+      for (int q = 0; q < 2; ++q) {
+        _mm512_storeu_ps(out + 32 * h + 16 * q,
+                         _mm512_maskz_mov_ps(static_cast<__mmask16>(keep >> (16 * q)), keep_scale));
+      }
+    } else {
+      const __m512d keep_scale = _mm512_set1_pd(dropout.keep_scale);
+      for (int q = 0; q < 4; ++q) {
+        _mm512_storeu_pd(out + 32 * h + 8 * q,
+                         _mm512_maskz_mov_pd(static_cast<__mmask8>(keep >> (8 * q)), keep_scale));
+      }
+    }
+  }
+}
+
+template <typename acc_t>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void dropout_multipliers_avx512(
+    const Dropout& dropout, uint64_t first, int64_t count, acc_t* out) {
+  __m512i round_keys[2][10];
+  uint32_t key0 = static_cast<uint32_t>(dropout.seed), key1 = static_cast<uint32_t>(dropout.seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    round_keys[0][round] = _mm512_set1_epi64(key0);
+    round_keys[1][round] = _mm512_set1_epi64(key1);
+    key0 += 0x9E3779B9u;
+    key1 += 0xBB67AE85u;
+  }
+  for_dropout_groups<8>(
+      first, count, out,
+      [&](uint64_t counter, acc_t* group) __attribute__((target("avx512f,avx512bw,avx512vl"))) {
+        multipliers_avx512(counter, dropout, round_keys, group);
+      });
 }
 #else
-constexpr auto philox_draws_avx2 = philox_draws_scalar;
+template <typename acc_t>
+constexpr auto dropout_multipliers_avx2 = dropout_multipliers_scalar<acc_t>;
+template <typename acc_t>
+constexpr auto dropout_multipliers_avx512 = dropout_multipliers_scalar<acc_t>;
 #endif
 
 }  // namespace
 
-void philox_draws(uint64_t first_counter, int64_t counters, uint64_t seed, uint16_t* out) {
-  static const auto chosen = choose_build(philox_draws_scalar, philox_draws_avx2);
-  chosen(first_counter, counters, seed, out);
+template <typename acc_t>
+void dropout_multipliers(const Dropout& dropout, uint64_t first, int64_t count, acc_t* out) {
+  static const auto chosen =
+      choose_build(dropout_multipliers_scalar<acc_t>, dropout_multipliers_avx2<acc_t>,
+                   dropout_multipliers_avx512<acc_t>);
+  chosen(dropout, first, count, out);
 }
+
+template void dropout_multipliers<float>(const Dropout&, uint64_t, int64_t, float*);
+template void dropout_multipliers<double>(const Dropout&, uint64_t, int64_t, double*);
 
 namespace {
 
@@ -130,6 +338,53 @@ void rotate_channels(const double* step_sin, const double* step_cos, double* s, 
                      int64_t n) {
   static const auto chosen = choose_build(rotate_baseline, rotate_avx2);
   chosen(step_sin, step_cos, s, c, n);
+}
+
+namespace {
+
+template <typename acc_t>
+inline __attribute__((always_inline)) void rotate_from_anchor_loop(
+    const acc_t* __restrict anchor_sin, const acc_t* __restrict anchor_cos,
+    const acc_t* __restrict turn_cos, const acc_t* __restrict turn_sin, acc_t* __restrict row,
+    int64_t n) {
+  for (int64_t d = 0; d < n; ++d) row[d] = anchor_sin[d] * turn_cos[d] + anchor_cos[d] * turn_sin[d];
+}
+
+template <typename acc_t>
+void rotate_from_anchor_baseline(const acc_t* anchor_sin, const acc_t* anchor_cos,
+                                 const acc_t* turn_cos, const acc_t* turn_sin, acc_t* row,
+                                 int64_t n) {
+  rotate_from_anchor_loop(anchor_sin, anchor_cos, turn_cos, turn_sin, row, n);
+}
+
+#if defined(__x86_64__)
+template <typename acc_t>
+__attribute__((target("avx2"))) void rotate_from_anchor_avx2(const acc_t* anchor_sin,
+                                                             const acc_t* anchor_cos,
+                                                             const acc_t* turn_cos,
+                                                             const acc_t* turn_sin, acc_t* row,
+                                                             int64_t n) {
+  rotate_from_anchor_loop(anchor_sin, anchor_cos, turn_cos, turn_sin, row, n);
+}
+#else
+template <typename acc_t>
+constexpr auto rotate_from_anchor_avx2 = rotate_from_anchor_baseline<acc_t>;
+#endif
+
+}  // namespace
+
+void rotate_from_anchor(const float* anchor_sin, const float* anchor_cos, const float* turn_cos,
+                        const float* turn_sin, float* row, int64_t n) {
+  static const auto chosen =
+      choose_build(rotate_from_anchor_baseline<float>, rotate_from_anchor_avx2<float>);
+  chosen(anchor_sin, anchor_cos, turn_cos, turn_sin, row, n);
+}
+
+void rotate_from_anchor(const double* anchor_sin, const double* anchor_cos,
+                        const double* turn_cos, const double* turn_sin, double* row, int64_t n) {
+  static const auto chosen =
+      choose_build(rotate_from_anchor_baseline<double>, rotate_from_anchor_avx2<double>);
+  chosen(anchor_sin, anchor_cos, turn_cos, turn_sin, row, n);
 }
 
 }  // namespace cpu

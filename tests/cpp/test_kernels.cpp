@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <limits>
 #include <random>
 #include <thread>
@@ -698,35 +701,157 @@ TEST(EmbeddingKernel, GatherPaddingFairseqAndWeightGradient) {
 
 #include "cpu/row_kernels.h"
 
-TEST(PositionCodeRecurrence, MatchesExactEvaluationAtAnyPosition) {
-  for (const pk::PositionKind kind : {pk::PositionKind::kSinusoidal, pk::PositionKind::kLinear,
-                                      pk::PositionKind::kDamped, pk::PositionKind::kCosine}) {
-    pk::PositionCodeOptions options;
-    options.kind = kind;
-    options.base = kind == pk::PositionKind::kSinusoidal ? 10000.0 : 37.0;
-    const int64_t dim = 70;
-    const std::vector<pk::ChannelCode> channels = pk::make_channel_codes(options, dim);
-    pk::PositionSource source;
-    source.kind = kind;
-    source.code = options;
-    source.channels = channels.data();
-    const pk::cpu::PositionCodeRows<double> code(source, dim);
-    pk::cpu::PositionCodeRows<double>::Recurrence state;
-    for (const int64_t first : {int64_t{0}, int64_t{12345}, (int64_t{1} << 24) - 700,
-                                (int64_t{1} << 31) - 700}) {
-      // 600 rows in calls of 37 that continue each other: anchors, and continued state.
-      const int64_t rows = 600;
-      std::vector<double> recurrence(rows * dim, kNaN), exact(dim);
-      for (int64_t r = 0; r < rows; r += 37) {
-        code.evaluate_consecutive(first + r, std::min<int64_t>(37, rows - r),
-                                  recurrence.data() + r * dim, state);
+// Consecutive rows (exact anchors every 256 positions, a double rotation between anchors, then
+// a rotation from the anchor in acc) against the exact evaluation in double, for every pairing
+// of channels (interleaved, concat halves, none) and widths whose turn tables hold 16, 8 and 1
+// rows. Calls of 37 rows continue each other's state.
+template <typename scalar_t>
+void check_consecutive_rows(double tolerance) {
+  struct Layout {
+    pk::PositionKind kind;
+    pk::Layout layout;
+    pk::Convention convention;
+  };
+  const Layout layouts[] = {
+      {pk::PositionKind::kSinusoidal, pk::Layout::kInterleaved, pk::Convention::kVaswani},
+      {pk::PositionKind::kSinusoidal, pk::Layout::kConcat, pk::Convention::kTensor2Tensor},
+      {pk::PositionKind::kLinear, pk::Layout::kInterleaved, pk::Convention::kVaswani},
+      {pk::PositionKind::kDamped, pk::Layout::kInterleaved, pk::Convention::kVaswani},
+      {pk::PositionKind::kCosine, pk::Layout::kInterleaved, pk::Convention::kVaswani}};
+  for (const Layout& layout : layouts) {
+    for (const int64_t dim : {int64_t{70}, int64_t{71}, int64_t{3000}, int64_t{40000}}) {
+      pk::PositionCodeOptions options;
+      options.kind = layout.kind;
+      options.layout = layout.layout;
+      options.convention = layout.convention;
+      options.base = layout.kind == pk::PositionKind::kSinusoidal ? 10000.0 : 37.0;
+      const std::vector<pk::ChannelCode> channels = pk::make_channel_codes(options, dim);
+      pk::PositionSource source;
+      source.kind = layout.kind;
+      source.code = options;
+      source.channels = channels.data();
+      const pk::cpu::PositionCodeRows<scalar_t> code(source, dim);
+      const pk::cpu::PositionCodeRows<double> exact_code(source, dim);
+      using acc = pk::acc_t<scalar_t>;
+      typename pk::cpu::PositionCodeRows<scalar_t>::Recurrence state;
+      const int64_t rows = dim > 1000 ? 40 : 600;
+      for (const int64_t first : {int64_t{0}, int64_t{12345}, (int64_t{1} << 24) - 300,
+                                  (int64_t{1} << 31) - 700}) {
+        std::vector<acc> recurrence(rows * dim, static_cast<acc>(kNaN));
+        std::vector<double> exact(dim);
+        for (int64_t r = 0; r < rows; r += 37) {
+          code.evaluate_consecutive(first + r, std::min<int64_t>(37, rows - r),
+                                    recurrence.data() + r * dim, state);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          exact_code.evaluate(first + r, exact.data());
+          for (int64_t d = 0; d < dim; ++d) {
+            ASSERT_NEAR(recurrence[r * dim + d], exact[d], tolerance)
+                << "kind " << static_cast<int>(layout.kind) << " layout "
+                << static_cast<int>(layout.layout) << " dim " << dim << " position " << first + r
+                << " channel " << d;
+          }
+        }
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        code.evaluate(first + r, exact.data());
+    }
+  }
+}
+
+TEST(PositionCodeRecurrence, MatchesExactEvaluationAtAnyPosition) {
+  check_consecutive_rows<double>(1e-12);
+  // A few float roundings of values <= 1 (the comment on evaluate_consecutive says 2.4e-7).
+  check_consecutive_rows<float>(3e-7);
+}
+
+// The vectorized multipliers against the documented mask, element by element: every start
+// within a Philox counter, ranges that cut the 32-element groups at both ends, and thresholds
+// of 2^16 (keep all, p < 2^-17), 0 (p = 1) and between.
+template <typename acc_t>
+void check_dropout_multipliers() {
+  for (const double p : {1e-6, 0.1, 0.5, 0.97, 1.0}) {
+    const pk::Dropout dropout = pk::make_dropout(p, true, 0x5eed5eedULL);
+    for (const uint64_t first : {uint64_t{0}, uint64_t{1}, uint64_t{5}, uint64_t{7}, uint64_t{8},
+                                 uint64_t{31}, uint64_t{1000003}, (uint64_t{1} << 40) + 3}) {
+      for (const int64_t count : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{31}, int64_t{32},
+                                  int64_t{33}, int64_t{100}, int64_t{257}}) {
+        std::vector<acc_t> out(count + 1, static_cast<acc_t>(kNaN));
+        pk::cpu::dropout_multipliers(dropout, first, count, out.data());
+        for (int64_t k = 0; k < count; ++k) {
+          const double want = reference_dropout_multiplier(0x5eed5eedULL, first + k, p);
+          ASSERT_EQ(static_cast<double>(out[k]), static_cast<double>(static_cast<acc_t>(want)))
+              << "p " << p << " first " << first << " count " << count << " k " << k;
+        }
+        ASSERT_TRUE(std::isnan(static_cast<double>(out[count]))) << "wrote past the range";
+      }
+    }
+  }
+}
+
+// The build that runs is the one POSENC_CPU_CAPABILITY asks for where the CPU has it.
+TEST(CpuCapability, FollowsTheEnvironment) {
+  const char* cap = std::getenv("POSENC_CPU_CAPABILITY");
+  const pk::cpu::CpuCapability capability = pk::cpu::cpu_capability();
+  RecordProperty("cpu_capability", static_cast<int>(capability));
+  if (cap == nullptr) return;
+  if (std::string(cap) == "default") EXPECT_EQ(capability, pk::cpu::CpuCapability::kDefault);
+#if defined(__x86_64__)
+  if (std::string(cap) == "avx2" && __builtin_cpu_supports("avx2")) {
+    EXPECT_EQ(capability, pk::cpu::CpuCapability::kAvx2);
+  }
+#endif
+}
+
+TEST(DropoutMultipliers, MatchTheDocumentedMask) {
+  check_dropout_multipliers<float>();
+  check_dropout_multipliers<double>();
+}
+
+// One batch row makes its rows' codes chunk by chunk from their anchors (kRowChunk = 256), and
+// more batch rows make whole rows once for the batch: the same bits either way, and within the
+// exact-angle contract of the float64 reference. D = 600 ends in a partial chunk; odd D = 71 has
+// a spare channel.
+TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
+  for (const int64_t dim : {int64_t{600}, int64_t{71}}) {
+    for (const pk::Layout layout : {pk::Layout::kInterleaved, pk::Layout::kConcat}) {
+      const int64_t seq = 300, offset = (int64_t{1} << 24) - 150;
+      std::vector<float> x(2 * seq * dim);
+      std::mt19937 rng(static_cast<unsigned>(dim));
+      std::normal_distribution<float> normal;
+      for (auto& v : x) v = normal(rng);
+      pk::PositionCodeOptions options;
+      options.layout = layout;
+      const auto codes = pk::make_channel_codes(options, dim);
+      auto run = [&](int64_t batch) {
+        std::vector<float> out(batch * seq * dim, std::nanf(""));
+        pk::AddPositionalParams params;
+        params.shape.batch_ndim = 1;
+        params.shape.batch_sizes[0] = batch;
+        params.shape.seq_len = seq;
+        params.shape.dim = dim;
+        params.x.data = x.data();
+        params.x.batch_strides[0] = seq * dim;
+        params.x.seq_stride = dim;
+        params.out = params.x;
+        params.out.data = out.data();
+        params.offset = offset;
+        params.scale = 1.75;
+        params.source.code = options;
+        params.source.channels = codes.data();
+        pk::add_positional_cpu(params, four_threads);
+        return out;
+      };
+      const std::vector<float> one = run(1), two = run(2);
+      ASSERT_EQ(0, std::memcmp(one.data(), two.data(), one.size() * sizeof(float)))
+          << "dim " << dim;
+      for (int64_t t = 0; t < seq; ++t) {
         for (int64_t d = 0; d < dim; ++d) {
-          ASSERT_NEAR(recurrence[r * dim + d], exact[d], 1e-12)
-              << "kind " << static_cast<int>(kind) << " position " << first + r << " channel "
-              << d;
+          const double want =
+              1.75 * x[t * dim + d] + reference_code(pk::PositionKind::kSinusoidal,
+                                                     pk::Convention::kVaswani, layout, 10000.0,
+                                                     dim, static_cast<double>(offset + t), d);
+          // The code within 2e-6, plus float's rounding of the sum.
+          ASSERT_NEAR(one[t * dim + d], want, 2e-6 + 1.2e-7 * std::fabs(want))
+              << "dim " << dim << " t " << t << " d " << d;
         }
       }
     }
