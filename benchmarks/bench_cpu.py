@@ -19,16 +19,21 @@ import torch.nn.functional as F
 import posenc
 
 
-def timeit(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
-    """Median wall time in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    samples = []
+def time_alternated(variants: Dict[str, Callable[[], object]], repeat: int,
+                    warmup: int = 3) -> Dict[str, float]:
+    """Median wall time in milliseconds of each variant. The variants take turns call by call,
+    so that the machine's drift during the run (large on shared machines) hits all of them
+    alike instead of whichever ran in a slow stretch."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    samples: Dict[str, List[float]] = {name: [] for name in variants}
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
@@ -64,12 +69,12 @@ def bench_add_positional_shape(repeat: int, B: int, T: int, D: int, p: float = 0
 
     compiled = torch.compile(eager)
     for p_case in (p, 0.0):
-        rows = {
-            "posenc.add_positional": timeit(lambda: posenc.add_positional(x, dropout=p_case), repeat),
-            "eager (pe buffer + F.dropout)": timeit(lambda: eager(x, p_case), repeat),
-            "torch.compile(eager)": timeit(lambda: compiled(x, p_case), repeat),
-            "x.clone()": timeit(lambda: x.clone(), repeat),
-        }
+        rows = time_alternated({
+            "posenc.add_positional": lambda: posenc.add_positional(x, dropout=p_case),
+            "eager (pe buffer + F.dropout)": lambda: eager(x, p_case),
+            "torch.compile(eager)": lambda: compiled(x, p_case),
+            "x.clone()": lambda: x.clone(),
+        }, repeat)
         report(f"add_positional forward, x=({B}, {T}, {D}) float32, training, p={p_case}, "
                f"threads={torch.get_num_threads()}", rows, "posenc.add_positional", "x.clone()")
 
@@ -113,11 +118,11 @@ def bench_embedding(repeat: int) -> None:
             fn().backward(grad)
         return run
 
-    rows = {
-        "posenc.embedding": timeit(step(ours), repeat),
-        "eager (F.embedding, pe, F.dropout)": timeit(step(eager), repeat),
-        "torch.compile(eager)": timeit(step(compiled), repeat),
-    }
+    rows = time_alternated({
+        "posenc.embedding": step(ours),
+        "eager (F.embedding, pe, F.dropout)": step(eager),
+        "torch.compile(eager)": step(compiled),
+    }, repeat)
     print(f"\nembedding forward+backward, ids=({B}, {T}), V={V}, D={D}, float32, training, "
           f"p={p}, threads={torch.get_num_threads()}")
     print(f"  {'variant':<38}{'ms':>10}{'ours is x faster':>18}")
@@ -145,9 +150,9 @@ def report_qk(title: str, q_shape: tuple, k_shape: tuple, dtype: torch.dtype,
                     torch.autograd.backward(out, (gq, gk))
             return step
 
-        rows = {name: timeit(run(fn), repeat) for name, fn in variants.items()}
-        rows["q.clone(); k.clone()"] = timeit(lambda: (q.detach().clone(), k.detach().clone()),
-                                              repeat)
+        steps = {name: run(fn) for name, fn in variants.items()}
+        steps["q.clone(); k.clone()"] = lambda: (q.detach().clone(), k.detach().clone())
+        rows = time_alternated(steps, repeat)
         report(f"{title} {'forward+backward' if backward else 'forward'}, q={tuple(q_shape)}, "
                f"k={tuple(k_shape)}, {dtype}", rows, next(iter(variants)),
                "q.clone(); k.clone()")
@@ -206,16 +211,9 @@ def bench_llama_step(repeat: int) -> None:
         model.zero_grad(set_to_none=True)
         model(ids, labels=ids).loss.backward()
 
-    repeat = max(3, min(repeat, 6))
-    samples: Dict[str, List[float]] = {"transformers": [], "transformers + posenc": []}
-    for _ in range(2):
-        step(reference), step(patched)  # warm up
-    for _ in range(repeat):  # alternated, so that drift hits both alike
-        for name, model in (("transformers", reference), ("transformers + posenc", patched)):
-            start = time.perf_counter()
-            step(model)
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    rows = {name: statistics.median(values) for name, values in samples.items()}
+    rows = time_alternated({"transformers": lambda: step(reference),
+                            "transformers + posenc": lambda: step(patched)},
+                           max(3, min(repeat, 6)), warmup=2)
     print("\nLlama training step (transformers LlamaForCausalLM, 2 layers, hidden 256, "
           "4 heads of 64), batch 1, seq 2048, float32, forward + backward")
     for name, ms in rows.items():
@@ -247,12 +245,12 @@ def bench_patch(repeat: int) -> None:
         return x + pos_embed
 
     compiled = torch.compile(mae)
-    rows = {
-        "posenc PatchPositionalEncoding": timeit(lambda: module(x), repeat),
-        "eager (pos_embed buffer + add)": timeit(lambda: mae(x), repeat),
-        "torch.compile(eager)": timeit(lambda: compiled(x), repeat),
-        "x.clone()": timeit(lambda: x.clone(), repeat),
-    }
+    rows = time_alternated({
+        "posenc PatchPositionalEncoding": lambda: module(x),
+        "eager (pos_embed buffer + add)": lambda: mae(x),
+        "torch.compile(eager)": lambda: compiled(x),
+        "x.clone()": lambda: x.clone(),
+    }, repeat)
     report(f"MAE/DiT pos_embed add, x=({B}, {1 + side * side}, {D}) float32, "
            f"threads={torch.get_num_threads()}", rows, "posenc PatchPositionalEncoding",
            "x.clone()")
@@ -267,12 +265,12 @@ def bench_patch(repeat: int) -> None:
         return x + table.float().unsqueeze(0)
 
     compiled = torch.compile(diffusers)
-    rows = {
-        "posenc PatchPositionalEncoding": timeit(lambda: module(x, grid_size=side), repeat),
-        "eager (table rebuilt + add)": timeit(lambda: diffusers(x), repeat),
-        "torch.compile(eager)": timeit(lambda: compiled(x), repeat),
-        "x.clone()": timeit(lambda: x.clone(), repeat),
-    }
+    rows = time_alternated({
+        "posenc PatchPositionalEncoding": lambda: module(x, grid_size=side),
+        "eager (table rebuilt + add)": lambda: diffusers(x),
+        "torch.compile(eager)": lambda: compiled(x),
+        "x.clone()": lambda: x.clone(),
+    }, repeat)
     report(f"SD3/PixArt PatchEmbed at a new resolution, x=({B}, {side * side}, {D}) float32, "
            f"threads={torch.get_num_threads()}", rows, "posenc PatchPositionalEncoding",
            "x.clone()")

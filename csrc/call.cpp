@@ -45,8 +45,12 @@ Arguments::Arguments(const c10::OperatorHandle& op, const torch::jit::Stack& sta
   const size_t count = schema_.arguments().size();
   TORCH_INTERNAL_ASSERT(stack.size() >= count);
   first_ = stack.data() + (stack.size() - count);
-  op_name_ = schema_.name();
-  op_name_.replace(op_name_.find("::"), 2, ".");
+  // "posenc::rotary" -> "posenc.rotary", as torch.ops spells it.
+  const std::string& qualified = schema_.name();
+  const size_t separator = qualified.find("::");
+  TORCH_INTERNAL_ASSERT(separator != std::string::npos, "an operator without a namespace: ",
+                        qualified);
+  op_name_ = qualified.substr(0, separator) + "." + qualified.substr(separator + 2);
 }
 
 int Arguments::index_of(std::string_view name) const {

@@ -210,7 +210,7 @@ template <typename scalar_t, bool kGrid>
 __device__ void group_codes(const AddPositionalParams& p, const ChannelCode* __restrict__ channels,
                             int64_t position, int64_t d0, int count, acc_t<scalar_t>* pe,
                             int pe_stride) {
-  if (kGrid) {
+  if constexpr (kGrid) {
     // On a grid: the token's coordinates once, then each channel at its segment's axis.
     const GridCode& grid = p.source.grid;
     POSENC_DEVICE_CHECK(position < grid_token_count(grid),
@@ -223,13 +223,13 @@ __device__ void group_codes(const AddPositionalParams& p, const ChannelCode* __r
                                                                           point.along(axis))
                                       : acc_t<scalar_t>(0);
     }
-    return;
-  }
+  } else {
 #pragma unroll 4
-  for (int k = 0; k < count; ++k) {
-    pe[k * pe_stride] = p.source.kind == PositionKind::kLearned
-                            ? code_value<scalar_t>(p.source, nullptr, position, d0 + k)
-                            : evaluate_channel<acc_t<scalar_t>>(channels[d0 + k], position);
+    for (int k = 0; k < count; ++k) {
+      pe[k * pe_stride] = p.source.kind == PositionKind::kLearned
+                              ? code_value<scalar_t>(p.source, nullptr, position, d0 + k)
+                              : evaluate_channel<acc_t<scalar_t>>(channels[d0 + k], position);
+    }
   }
 }
 
