@@ -48,8 +48,8 @@ Arguments::Arguments(const c10::OperatorHandle& op, const torch::jit::Stack& sta
   // "posenc::rotary" -> "posenc.rotary", as torch.ops spells it.
   const std::string& qualified = schema_.name();
   const size_t separator = qualified.find("::");
-  TORCH_INTERNAL_ASSERT(separator != std::string::npos, "an operator without a namespace: ",
-                        qualified);
+  TORCH_INTERNAL_ASSERT(separator != std::string::npos,
+                        "an operator without a namespace: ", qualified);
   op_name_ = qualified.substr(0, separator) + "." + qualified.substr(separator + 2);
 }
 

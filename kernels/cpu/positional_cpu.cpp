@@ -87,8 +87,8 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
       std::vector<acc> code_chunk(kRowChunk), mask_chunk(kRowChunk);
       typename cpu::PositionCodeRows<scalar_t>::Recurrence recurrence_state;
       // One batch row walking consecutive positions: rows from their anchors.
-      const bool walk_anchors = needs_code && batch == 1 && code.anchored() &&
-                                positions.consecutive(begin, end);
+      const bool walk_anchors =
+          needs_code && batch == 1 && code.anchored() && positions.consecutive(begin, end);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t_block = item / batch;
         const int64_t b = item % batch;
@@ -134,7 +134,8 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
                   : nullptr;
           auto prefetch_ahead = [&](int64_t begin, int64_t end) {
             if (row_ahead == nullptr) return;
-            for (int64_t d = begin; d < end; d += kCacheLine / static_cast<int64_t>(sizeof(scalar_t))) {
+            for (int64_t d = begin; d < end;
+                 d += kCacheLine / static_cast<int64_t>(sizeof(scalar_t))) {
               __builtin_prefetch(row_ahead + d);
             }
           };

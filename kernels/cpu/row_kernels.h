@@ -38,8 +38,8 @@ void rotate_channels(const double* step_sin, const double* step_cos, double* s, 
 // rotation from the anchor to the row (vectorized, built for AVX2 too).
 void rotate_from_anchor(const float* anchor_sin, const float* anchor_cos, const float* turn_cos,
                         const float* turn_sin, float* row, int64_t n);
-void rotate_from_anchor(const double* anchor_sin, const double* anchor_cos,
-                        const double* turn_cos, const double* turn_sin, double* row, int64_t n);
+void rotate_from_anchor(const double* anchor_sin, const double* anchor_cos, const double* turn_cos,
+                        const double* turn_sin, double* row, int64_t n);
 
 // Where a row's position code comes from: a row of values, or its anchor row and the rotation
 // from the anchor (see PositionCodeRows::anchored_row). None of them set: no code.
@@ -96,8 +96,8 @@ class PositionCodeRows {
 
   // The state of evaluate_consecutive between rows and calls: the code at the last anchor.
   struct Recurrence {
-    std::vector<double> sin_cos;  // [2 * rotating channels]: sin, then cos, of their angles
-    std::vector<acc> anchor;      // [2 * dim]: amplitude * sin, then amplitude * cos, per channel
+    std::vector<double> sin_cos;   // [2 * rotating channels]: sin, then cos, of their angles
+    std::vector<acc> anchor;       // [2 * dim]: amplitude * sin, then amplitude * cos, per channel
     int64_t anchor_position = -1;  // the position they hold (-1: none)
   };
 
@@ -214,8 +214,8 @@ class PositionCodeRows {
   // rotation over turn_rows_ positions that moves the anchors.
   void build_turn_tables() {
     turn_rows_ = kMaxTurnRows;
-    while (turn_rows_ > 1 && 2 * turn_rows_ * dim_ * static_cast<int64_t>(sizeof(acc)) >
-                                 kMaxTurnTableBytes) {
+    while (turn_rows_ > 1 &&
+           2 * turn_rows_ * dim_ * static_cast<int64_t>(sizeof(acc)) > kMaxTurnTableBytes) {
       turn_rows_ /= 2;
     }
     const size_t n = static_cast<size_t>(dim_);
@@ -316,8 +316,8 @@ class PositionCodeRows {
   Pairing pairing_ = Pairing::kNone;
   bool sin_first_ = true;
   int64_t turn_rows_ = 1;
-  std::vector<acc> turn_cos_, turn_sin_;                      // [turn_rows_, dim]
-  std::vector<double> anchor_step_sin_, anchor_step_cos_;     // [rotating channels]
+  std::vector<acc> turn_cos_, turn_sin_;                   // [turn_rows_, dim]
+  std::vector<double> anchor_step_sin_, anchor_step_cos_;  // [rotating channels]
 
  public:
 

@@ -65,7 +65,8 @@ Function choose_build(Function baseline, [[maybe_unused]] Function avx2,
 // written straight to out, a cut one to a buffer whose part in the range is then copied.
 template <int64_t kCounters, typename acc_t, typename WriteGroup>
 inline __attribute__((always_inline)) void for_dropout_groups(uint64_t first, int64_t count,
-                                                             acc_t* out, WriteGroup&& write_group) {
+                                                              acc_t* out,
+                                                              WriteGroup&& write_group) {
   constexpr uint64_t kGroup = kCounters * kDropoutElementsPerCounter;
   const uint64_t end = first + static_cast<uint64_t>(count);
   alignas(64) acc_t cut_group[kGroup];
@@ -85,8 +86,7 @@ inline __attribute__((always_inline)) void for_dropout_groups(uint64_t first, in
 }
 
 template <typename acc_t>
-void dropout_multipliers_scalar(const Dropout& dropout, uint64_t first, int64_t count,
-                                acc_t* out) {
+void dropout_multipliers_scalar(const Dropout& dropout, uint64_t first, int64_t count, acc_t* out) {
   const acc_t keep_scale = static_cast<acc_t>(dropout.keep_scale);
   int64_t k = 0;
   while (k < count) {
@@ -174,7 +174,8 @@ __attribute__((target("avx2"))) inline void multipliers_avx2(uint64_t first_coun
   const __m256 keep_scale = _mm256_set1_ps(static_cast<float>(dropout.keep_scale));
   for (int h = 0; h < 2; ++h) {
     for (int q = 0; q < 2; ++q) {
-      const __m128i half = q == 0 ? _mm256_castsi256_si128(drop[h]) : _mm256_extracti128_si256(drop[h], 1);
+      const __m128i half =
+          q == 0 ? _mm256_castsi256_si128(drop[h]) : _mm256_extracti128_si256(drop[h], 1);
       const __m256 dropped = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(half));
       _mm256_storeu_ps(out + 16 * h + 8 * q, _mm256_andnot_ps(dropped, keep_scale));
     }
@@ -190,7 +191,8 @@ __attribute__((target("avx2"))) inline void multipliers_avx2(uint64_t first_coun
   const __m256d keep_scale = _mm256_set1_pd(dropout.keep_scale);
   for (int h = 0; h < 2; ++h) {
     for (int q = 0; q < 2; ++q) {
-      const __m128i half = q == 0 ? _mm256_castsi256_si128(drop[h]) : _mm256_extracti128_si256(drop[h], 1);
+      const __m128i half =
+          q == 0 ? _mm256_castsi256_si128(drop[h]) : _mm256_extracti128_si256(drop[h], 1);
       for (int e = 0; e < 2; ++e) {
         const __m128i quarter = e == 0 ? half : _mm_srli_si128(half, 8);
         const __m256d dropped = _mm256_castsi256_pd(_mm256_cvtepi16_epi64(quarter));
@@ -231,9 +233,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void multipliers_avx512(
   for (int round = 0; round < 10; ++round) {
     const __m512i product0 = _mm512_mul_epu32(x0, multiplier0);
     const __m512i product1 = _mm512_mul_epu32(x2, multiplier1);
-    x0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(product1, 32), x1, round_keys[0][round], kXor3);
+    x0 =
+        _mm512_ternarylogic_epi64(_mm512_srli_epi64(product1, 32), x1, round_keys[0][round], kXor3);
     x1 = _mm512_and_si512(product1, low32);
-    x2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(product0, 32), x3, round_keys[1][round], kXor3);
+    x2 =
+        _mm512_ternarylogic_epi64(_mm512_srli_epi64(product0, 32), x3, round_keys[1][round], kXor3);
     x3 = _mm512_and_si512(product0, low32);
   }
   // Counter l's draws, slots 0-3 and 4-7, as 64-bit lanes l; unpacklo gives counters 0, 2, 4, 6
@@ -269,18 +273,19 @@ template <typename acc_t>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void dropout_multipliers_avx512(
     const Dropout& dropout, uint64_t first, int64_t count, acc_t* out) {
   __m512i round_keys[2][10];
-  uint32_t key0 = static_cast<uint32_t>(dropout.seed), key1 = static_cast<uint32_t>(dropout.seed >> 32);
+  uint32_t key0 = static_cast<uint32_t>(dropout.seed),
+           key1 = static_cast<uint32_t>(dropout.seed >> 32);
   for (int round = 0; round < 10; ++round) {
     round_keys[0][round] = _mm512_set1_epi64(key0);
     round_keys[1][round] = _mm512_set1_epi64(key1);
     key0 += 0x9E3779B9u;
     key1 += 0xBB67AE85u;
   }
-  for_dropout_groups<8>(
-      first, count, out,
-      [&](uint64_t counter, acc_t* group) __attribute__((target("avx512f,avx512bw,avx512vl"))) {
-        multipliers_avx512(counter, dropout, round_keys, group);
-      });
+  for_dropout_groups<8>(first, count, out,
+                        [&](uint64_t counter, acc_t* group)
+                            __attribute__((target("avx512f,avx512bw,avx512vl"))) {
+                              multipliers_avx512(counter, dropout, round_keys, group);
+                            });
 }
 #else
 template <typename acc_t>
@@ -347,7 +352,8 @@ inline __attribute__((always_inline)) void rotate_from_anchor_loop(
     const acc_t* __restrict anchor_sin, const acc_t* __restrict anchor_cos,
     const acc_t* __restrict turn_cos, const acc_t* __restrict turn_sin, acc_t* __restrict row,
     int64_t n) {
-  for (int64_t d = 0; d < n; ++d) row[d] = anchor_sin[d] * turn_cos[d] + anchor_cos[d] * turn_sin[d];
+  for (int64_t d = 0; d < n; ++d)
+    row[d] = anchor_sin[d] * turn_cos[d] + anchor_cos[d] * turn_sin[d];
 }
 
 template <typename acc_t>
@@ -380,8 +386,8 @@ void rotate_from_anchor(const float* anchor_sin, const float* anchor_cos, const 
   chosen(anchor_sin, anchor_cos, turn_cos, turn_sin, row, n);
 }
 
-void rotate_from_anchor(const double* anchor_sin, const double* anchor_cos,
-                        const double* turn_cos, const double* turn_sin, double* row, int64_t n) {
+void rotate_from_anchor(const double* anchor_sin, const double* anchor_cos, const double* turn_cos,
+                        const double* turn_sin, double* row, int64_t n) {
   static const auto chosen =
       choose_build(rotate_from_anchor_baseline<double>, rotate_from_anchor_avx2<double>);
   chosen(anchor_sin, anchor_cos, turn_cos, turn_sin, row, n);

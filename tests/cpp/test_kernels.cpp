@@ -5,20 +5,20 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <limits>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "angle.h"
 #include "common.h"
+#include "grid_case.h"
 #include "philox.h"
 #include "position_code.h"
 #include "positional.h"
 #include "rope_scaling.h"
 #include "rotary.h"
-#include "grid_case.h"
 
 namespace pk = posenc::kernels;
 
@@ -735,8 +735,8 @@ void check_consecutive_rows(double tolerance) {
       using acc = pk::acc_t<scalar_t>;
       typename pk::cpu::PositionCodeRows<scalar_t>::Recurrence state;
       const int64_t rows = dim > 1000 ? 40 : 600;
-      for (const int64_t first : {int64_t{0}, int64_t{12345}, (int64_t{1} << 24) - 300,
-                                  (int64_t{1} << 31) - 700}) {
+      for (const int64_t first :
+           {int64_t{0}, int64_t{12345}, (int64_t{1} << 24) - 300, (int64_t{1} << 31) - 700}) {
         std::vector<acc> recurrence(rows * dim, static_cast<acc>(kNaN));
         std::vector<double> exact(dim);
         for (int64_t r = 0; r < rows; r += 37) {
@@ -847,8 +847,8 @@ TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
         for (int64_t d = 0; d < dim; ++d) {
           const double want =
               1.75 * x[t * dim + d] + reference_code(pk::PositionKind::kSinusoidal,
-                                                     pk::Convention::kVaswani, layout, 10000.0,
-                                                     dim, static_cast<double>(offset + t), d);
+                                                     pk::Convention::kVaswani, layout, 10000.0, dim,
+                                                     static_cast<double>(offset + t), d);
           // The code within 2e-6, plus float's rounding of the sum.
           ASSERT_NEAR(one[t * dim + d], want, 2e-6 + 1.2e-7 * std::fabs(want))
               << "dim " << dim << " t " << t << " d " << d;
