@@ -164,41 +164,34 @@ __attribute__((target("avx2"))) inline void drop_masks_avx2(uint64_t first_count
   }
 }
 
-// The 32 multipliers of counters first_counter .. + 3 (0 or keep_scale) into out.
-__attribute__((target("avx2"))) inline void multipliers_avx2(uint64_t first_counter,
-                                                             const Dropout& dropout,
-                                                             const PhiloxRoundKeys& keys,
-                                                             float* out) {
-  __m256i drop[2];
-  drop_masks_avx2(first_counter, dropout, keys, drop);
-  const __m256 keep_scale = _mm256_set1_ps(static_cast<float>(dropout.keep_scale));
-  for (int h = 0; h < 2; ++h) {
-    for (int q = 0; q < 2; ++q) {
-      const __m128i half =
-          q == 0 ? _mm256_castsi256_si128(drop[h]) : _mm256_extracti128_si256(drop[h], 1);
-      const __m256 dropped = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(half));
-      _mm256_storeu_ps(out + 16 * h + 8 * q, _mm256_andnot_ps(dropped, keep_scale));
-    }
+// The multipliers (0 or keep_scale) of 8 elements from their 16-bit drop masks.
+__attribute__((target("avx2"))) inline void store_eight_multipliers(__m128i drop, double keep_scale,
+                                                                    float* out) {
+  const __m256 dropped = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(drop));
+  _mm256_storeu_ps(out, _mm256_andnot_ps(dropped, _mm256_set1_ps(static_cast<float>(keep_scale))));
+}
+
+__attribute__((target("avx2"))) inline void store_eight_multipliers(__m128i drop, double keep_scale,
+                                                                    double* out) {
+  for (int e = 0; e < 2; ++e) {
+    const __m128i four = e == 0 ? drop : _mm_srli_si128(drop, 8);
+    const __m256d dropped = _mm256_castsi256_pd(_mm256_cvtepi16_epi64(four));
+    _mm256_storeu_pd(out + 4 * e, _mm256_andnot_pd(dropped, _mm256_set1_pd(keep_scale)));
   }
 }
 
+// The 32 multipliers of counters first_counter .. + 3 into out.
+template <typename acc_t>
 __attribute__((target("avx2"))) inline void multipliers_avx2(uint64_t first_counter,
                                                              const Dropout& dropout,
                                                              const PhiloxRoundKeys& keys,
-                                                             double* out) {
+                                                             acc_t* out) {
   __m256i drop[2];
   drop_masks_avx2(first_counter, dropout, keys, drop);
-  const __m256d keep_scale = _mm256_set1_pd(dropout.keep_scale);
   for (int h = 0; h < 2; ++h) {
-    for (int q = 0; q < 2; ++q) {
-      const __m128i half =
-          q == 0 ? _mm256_castsi256_si128(drop[h]) : _mm256_extracti128_si256(drop[h], 1);
-      for (int e = 0; e < 2; ++e) {
-        const __m128i quarter = e == 0 ? half : _mm_srli_si128(half, 8);
-        const __m256d dropped = _mm256_castsi256_pd(_mm256_cvtepi16_epi64(quarter));
-        _mm256_storeu_pd(out + 16 * h + 8 * q + 4 * e, _mm256_andnot_pd(dropped, keep_scale));
-      }
-    }
+    store_eight_multipliers(_mm256_castsi256_si128(drop[h]), dropout.keep_scale, out + 16 * h);
+    store_eight_multipliers(_mm256_extracti128_si256(drop[h], 1), dropout.keep_scale,
+                            out + 16 * h + 8);
   }
 }
 

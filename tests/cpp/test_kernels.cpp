@@ -85,6 +85,26 @@ void four_threads(int64_t begin, int64_t end, int64_t,
   for (auto& t : threads) t.join();
 }
 
+// add_positional's parameters for contiguous float32 x and out of [batch, seq, dim] and the
+// default sinusoidal code (channels from make_channel_codes).
+pk::AddPositionalParams contiguous_float_params(const std::vector<float>& x,
+                                                std::vector<float>& out, int64_t batch,
+                                                int64_t seq, int64_t dim,
+                                                const std::vector<pk::ChannelCode>& channels) {
+  pk::AddPositionalParams params;
+  params.shape.batch_ndim = 1;
+  params.shape.batch_sizes[0] = batch;
+  params.shape.seq_len = seq;
+  params.shape.dim = dim;
+  params.x.data = x.data();
+  params.x.batch_strides[0] = seq * dim;
+  params.x.seq_stride = dim;
+  params.out = params.x;
+  params.out.data = out.data();
+  params.source.channels = channels.data();
+  return params;
+}
+
 struct Case {
   pk::PositionKind kind;
   pk::Convention convention;
@@ -291,18 +311,8 @@ TEST_P(AddPositionalKernelThreads, SameBitsForAnySplit) {
   const auto codes = pk::make_channel_codes(pk::PositionCodeOptions{}, dim);
   auto run = [&](const pk::ParallelFor& pf) {
     std::vector<float> out(x.size(), std::nanf(""));
-    pk::AddPositionalParams params;
-    params.shape.batch_ndim = 1;
-    params.shape.batch_sizes[0] = batch;
-    params.shape.seq_len = seq;
-    params.shape.dim = dim;
-    params.x.data = x.data();
-    params.x.batch_strides[0] = seq * dim;
-    params.x.seq_stride = dim;
-    params.out = params.x;
-    params.out.data = out.data();
+    pk::AddPositionalParams params = contiguous_float_params(x, out, batch, seq, dim, codes);
     params.offset = 1000;
-    params.source.channels = codes.data();
     params.dropout = pk::make_dropout(0.1, true, 99);
     pk::add_positional_cpu(params, pf);
     return out;
@@ -823,20 +833,10 @@ TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
       const auto codes = pk::make_channel_codes(options, dim);
       auto run = [&](int64_t batch) {
         std::vector<float> out(batch * seq * dim, std::nanf(""));
-        pk::AddPositionalParams params;
-        params.shape.batch_ndim = 1;
-        params.shape.batch_sizes[0] = batch;
-        params.shape.seq_len = seq;
-        params.shape.dim = dim;
-        params.x.data = x.data();
-        params.x.batch_strides[0] = seq * dim;
-        params.x.seq_stride = dim;
-        params.out = params.x;
-        params.out.data = out.data();
+        pk::AddPositionalParams params = contiguous_float_params(x, out, batch, seq, dim, codes);
         params.offset = offset;
         params.scale = 1.75;
         params.source.code = options;
-        params.source.channels = codes.data();
         pk::add_positional_cpu(params, four_threads);
         return out;
       };
