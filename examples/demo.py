@@ -169,26 +169,37 @@ def accuracy(model: nn.Module, length: int, vocab: int, generator: torch.Generat
     return correct
 
 
-def train(code: str, args: argparse.Namespace, progress: Callable[[int], None]) -> Result:
-    torch.manual_seed(args.seed)
-    data = torch.Generator().manual_seed(args.seed)
-    model = Reverser(code, args.vocab, args.d_model, args.layers, args.heads, args.dropout,
-                     max_len=2 * args.seq_len)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps,
+def fit(model: nn.Module, batch_loss: Callable[[], Tensor], steps: int, lr: float,
+        progress: Callable[[int], None]) -> Tuple[List[float], float]:
+    """`steps` AdamW steps on batch_loss() under a one-cycle schedule peaking at `lr`. Returns
+    the losses and the mean step time in ms."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps,
                                                    pct_start=0.1)
     losses = []
     start = time.perf_counter()
-    for _ in range(args.steps):
-        ids, target = make_batch(args.batch, args.seq_len, args.vocab, data)
-        loss = nn.functional.cross_entropy(model(ids).flatten(0, 1), target.flatten())
+    for _ in range(steps):
+        loss = batch_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
         progress(1)
-    step_ms = (time.perf_counter() - start) / args.steps * 1e3
+    return losses, (time.perf_counter() - start) / steps * 1e3
+
+
+def train(code: str, args: argparse.Namespace, progress: Callable[[int], None]) -> Result:
+    torch.manual_seed(args.seed)
+    data = torch.Generator().manual_seed(args.seed)
+    model = Reverser(code, args.vocab, args.d_model, args.layers, args.heads, args.dropout,
+                     max_len=2 * args.seq_len)
+
+    def batch_loss() -> Tensor:
+        ids, target = make_batch(args.batch, args.seq_len, args.vocab, data)
+        return nn.functional.cross_entropy(model(ids).flatten(0, 1), target.flatten())
+
+    losses, step_ms = fit(model, batch_loss, args.steps, args.lr, progress)
     ids, _ = make_batch(args.batch, args.seq_len, args.vocab, data)
     return Result(code, losses, accuracy(model, args.seq_len, args.vocab, data),
                   accuracy(model, args.long_len, args.vocab, data), step_ms,
@@ -270,23 +281,14 @@ def train_locator(code: str, args: argparse.Namespace,
     data = torch.Generator().manual_seed(args.seed + 1)
     held_out, seen = held_out_cells(args.seed)
     model = PatchLocator(code, IMAGE_WIDTH, args.heads)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3,
-                                                   total_steps=args.image_steps, pct_start=0.1)
-    losses = []
-    start = time.perf_counter()
-    for _ in range(args.image_steps):
+
+    def batch_loss() -> Tensor:
         patches, row, column = make_images(IMAGE_BATCH, seen, data)
         row_logits, column_logits = model(patches)
-        loss = (nn.functional.cross_entropy(row_logits, row)
+        return (nn.functional.cross_entropy(row_logits, row)
                 + nn.functional.cross_entropy(column_logits, column))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        progress(1)
-    step_ms = (time.perf_counter() - start) / args.image_steps * 1e3
+
+    losses, step_ms = fit(model, batch_loss, args.image_steps, 2e-3, progress)
     model.eval()
     accuracies = []
     with torch.no_grad():
@@ -325,6 +327,11 @@ class Progress:
             self.bar.close()
         else:
             print()
+
+
+def final_loss(losses: List[float]) -> float:
+    """The mean of the last 10 training losses."""
+    return sum(losses[-10:]) / len(losses[-10:])
 
 
 def train_all(codes: List[str], steps: int, train_one: Callable, args: argparse.Namespace):
@@ -469,9 +476,8 @@ def main(argv: Optional[List[str]] = None) -> Tuple[List[Result], List[PatchResu
     print(f"\n{'code':<18}{'final loss':>11}{'accuracy':>10}{f'len {args.long_len}':>10}"
           f"{'step ms':>9}{'saved MiB':>11}")
     for r in results:
-        final = sum(r.losses[-10:]) / len(r.losses[-10:])
-        print(f"{r.code:<18}{final:>11.3f}{r.accuracy:>10.1%}{r.long_accuracy:>10.1%}"
-              f"{r.step_ms:>9.1f}{r.saved_mib:>11.2f}")
+        print(f"{r.code:<18}{final_loss(r.losses):>11.3f}{r.accuracy:>10.1%}"
+              f"{r.long_accuracy:>10.1%}{r.step_ms:>9.1f}{r.saved_mib:>11.2f}")
     print("\naccuracy: tokens reversed correctly on fresh sequences of the training length; "
           f"len {args.long_len}: on longer ones. saved MiB: activations autograd keeps per step.")
 
@@ -484,8 +490,7 @@ def main(argv: Optional[List[str]] = None) -> Tuple[List[Result], List[PatchResu
         print(f"\n{'code':<18}{'final loss':>11}{'training cells':>16}{'held-out cells':>16}"
               f"{'step ms':>9}")
         for r in patch_results:
-            final = sum(r.losses[-10:]) / len(r.losses[-10:])
-            print(f"{r.code:<18}{final:>11.3f}{r.seen_accuracy:>16.1%}"
+            print(f"{r.code:<18}{final_loss(r.losses):>11.3f}{r.seen_accuracy:>16.1%}"
                   f"{r.held_out_accuracy:>16.1%}{r.step_ms:>9.1f}")
         print("\naccuracy: row and column both right, on fresh images whose mark is in a cell "
               "seen in training, or in one of the 16 held out.")

@@ -31,6 +31,13 @@ def strided(draw, shape, dtype, seed):
     return torch.randn(*shape, generator=gen).to(dtype)
 
 
+def strided_qk(draw, bshd_shape, dtype, seed, layout):
+    """A q or k of `bshd_shape` ([B, S, H, D]) laid out as `layout` ("bshd", "bhsd" or
+    "sbhd"), built by `strided`."""
+    t = strided(draw, bshd_shape, dtype, seed)
+    return {"bshd": t, "bhsd": t.transpose(1, 2), "sbhd": t.transpose(0, 1)}[layout]
+
+
 def assert_close(got, want, dtype, scale=1.0, largest_angle=0.0):
     """`scale`: size of the combined values; `largest_angle`: the largest pos * w in radians,
     whose float64 rounding (about angle * 2^-53) bounds even the reference's own error."""
@@ -133,8 +140,7 @@ def rotary_cases(draw):
     layout = draw(st.sampled_from(["bshd", "bhsd", "sbhd"]))
 
     def make(heads, offset):
-        t = strided(draw, (B, S, heads, D), dtype, seed + offset)
-        return {"bshd": t, "bhsd": t.transpose(1, 2), "sbhd": t.transpose(0, 1)}[layout]
+        return strided_qk(draw, (B, S, heads, D), dtype, seed + offset, layout)
 
     q, k = make(Hq, 0), make(Hk, 1)
     gen = torch.Generator().manual_seed(seed)
@@ -223,8 +229,7 @@ def mrope_cases(draw):
     layout = draw(st.sampled_from(["bshd", "bhsd", "sbhd"]))
 
     def make(heads, offset):
-        t = strided(draw, (B, S, heads, D), dtype, seed + offset)
-        return {"bshd": t, "bhsd": t.transpose(1, 2), "sbhd": t.transpose(0, 1)}[layout]
+        return strided_qk(draw, (B, S, heads, D), dtype, seed + offset, layout)
 
     gen = torch.Generator().manual_seed(seed)
     low = draw(st.sampled_from([0, -1000]))  # rows may be negative coordinates

@@ -375,10 +375,9 @@ def test_mrope_position_ids_bad_inputs():
         posenc.mrope_position_ids(types, torch.tensor([[1, 6, 2]]), spatial_merge_size=0)
 
 
-@pytest.mark.parametrize("precision", ["transformers", "exact"])
-def test_pixtral_axial_2d_rope_through_mrope(precision):
-    """Pixtral's axial 2D rope: rope_type "axial" frequencies, positions (0, row, column) and
-    mrope_section (0, D/4, D/4) reproduce transformers' PixtralVisionRotaryEmbedding."""
+def pixtral_rope():
+    """A small PixtralVisionConfig (4 heads of 32), its PixtralVisionRotaryEmbedding and
+    pixtral's apply_rotary_pos_emb."""
     from transformers import PixtralVisionConfig
     from transformers.models.pixtral.modeling_pixtral import (
         PixtralVisionRotaryEmbedding, apply_rotary_pos_emb)
@@ -386,12 +385,24 @@ def test_pixtral_axial_2d_rope_through_mrope(precision):
         warnings.simplefilter("ignore")
         config = PixtralVisionConfig(hidden_size=128, num_attention_heads=4, head_dim=32,
                                      intermediate_size=64, num_hidden_layers=1)
-    hf = PixtralVisionRotaryEmbedding(config)
+    return config, PixtralVisionRotaryEmbedding(config), apply_rotary_pos_emb
+
+
+def pixtral_position_ids():
+    """Pixtral's (row, column) of each patch of a 5 x 7 grid, row-major: (35, 2)."""
+    rows, columns = torch.meshgrid(torch.arange(5), torch.arange(7), indexing="ij")
+    return torch.stack([rows.flatten(), columns.flatten()], dim=-1)
+
+
+@pytest.mark.parametrize("precision", ["transformers", "exact"])
+def test_pixtral_axial_2d_rope_through_mrope(precision):
+    """Pixtral's axial 2D rope: rope_type "axial" frequencies, positions (0, row, column) and
+    mrope_section (0, D/4, D/4) reproduce transformers' PixtralVisionRotaryEmbedding."""
+    config, hf, apply_rotary_pos_emb = pixtral_rope()
     inv_freq, _ = posenc.rope_frequencies(config, precision=precision)
     if precision == "transformers":
         assert torch.equal(inv_freq, hf.inv_freq)
-    rows, columns = torch.meshgrid(torch.arange(5), torch.arange(7), indexing="ij")
-    position_ids = torch.stack([rows.flatten(), columns.flatten()], dim=-1)  # (35, 2)
+    position_ids = pixtral_position_ids()  # (35, 2)
     q = torch.randn(1, 4, 35, 32, dtype=torch.float64)
     k = torch.randn(1, 4, 35, 32, dtype=torch.float64)
     cos, sin = hf(q.float(), position_ids)
@@ -409,16 +420,8 @@ def test_pixtral_axial_2d_rope_through_mrope(precision):
 
 @pytest.mark.parametrize("precision", ["transformers", "exact"])
 def test_pixtral_axial_rotary_module(precision):
-    from transformers import PixtralVisionConfig
-    from transformers.models.pixtral.modeling_pixtral import (
-        PixtralVisionRotaryEmbedding, apply_rotary_pos_emb)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        config = PixtralVisionConfig(hidden_size=128, num_attention_heads=4, head_dim=32,
-                                     intermediate_size=64, num_hidden_layers=1)
-    hf = PixtralVisionRotaryEmbedding(config)
-    rows, columns = torch.meshgrid(torch.arange(5), torch.arange(7), indexing="ij")
-    position_ids = torch.stack([rows.flatten(), columns.flatten()], dim=-1)
+    config, hf, apply_rotary_pos_emb = pixtral_rope()
+    position_ids = pixtral_position_ids()
     q = torch.randn(2, 35, 4, 32, dtype=torch.float64)
     k = torch.randn(2, 35, 2, 32, dtype=torch.float64)
     cos, sin = hf(q.float(), position_ids)
