@@ -10,6 +10,10 @@
 #define POSENC_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   kernel<<<grid, block, shared_bytes, static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)
 #define POSENC_LAUNCH_SYNC POSENC_LAUNCH
+// __launch_bounds__: caps the registers a kernel's threads use, so that `blocks` blocks of
+// `threads` threads fit on an SM together.
+#define POSENC_LAUNCH_BOUNDS(threads, blocks) __launch_bounds__(threads, blocks)
+#define POSENC_CHECK_VECTOR_ACCESS(address) static_cast<void>(address)
 // Kernel parameter structs read in place (their batch-stride arrays are indexed with loop
 // variables, which would otherwise copy the whole struct to local memory).
 #define POSENC_GRID_CONSTANT __grid_constant__
@@ -59,6 +63,9 @@ using posenc::cuda_emulation::dim3;
 #define POSENC_DYNAMIC_SHARED(type, name) \
   type* name = reinterpret_cast<type*>(::posenc::cuda_emulation::dynamic_shared())
 #define POSENC_GRID_CONSTANT
+#define POSENC_LAUNCH_BOUNDS(threads, blocks)
+// The host twin of a 16-byte vector access checks its alignment, as the GPU would.
+#define POSENC_CHECK_VECTOR_ACCESS(address) ::posenc::cuda_emulation::check_vector_access(address)
 #define POSENC_DEVICE_CHECK(condition, message) \
   do {                                          \
     if (!(condition)) ::posenc::cuda_emulation::device_assert_fail(message); \

@@ -36,15 +36,25 @@ enum cudaError_t : int {
   cudaErrorInvalidValue = 1,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorAssert = 710,
+  cudaErrorMisalignedAddress = 716,
 };
 
 // A failed POSENC_DEVICE_CHECK: the thread stops, and the launch reports cudaErrorAssert, as a
-// device-side assert does on a GPU.
+// device-side assert does on a GPU. Also a misaligned vector access, which a GPU reports as
+// cudaErrorMisalignedAddress (a host memcpy would not notice it).
 struct DeviceAssert {
   const char* message;
+  cudaError_t error = cudaErrorAssert;
 };
 
 [[noreturn]] inline void device_assert_fail(const char* message) { throw DeviceAssert{message}; }
+
+// A 16-byte vector load or store must be 16-byte aligned on a GPU.
+inline void check_vector_access(const void* address) {
+  if (reinterpret_cast<uintptr_t>(address) % 16 != 0) {
+    throw DeviceAssert{"misaligned 16-byte vector access", cudaErrorMisalignedAddress};
+  }
+}
 
 // The message of the last failed device check (for tests).
 inline const char*& last_assert_message() {
@@ -146,6 +156,8 @@ inline const char* cudaGetErrorString(cudaError_t error) {
       return "invalid configuration argument (emulated launch)";
     case cudaErrorAssert:
       return "device-side assert triggered (emulated launch)";
+    case cudaErrorMisalignedAddress:
+      return "misaligned address (emulated launch)";
     default:
       return "invalid argument (emulated launch)";
   }
@@ -232,7 +244,7 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
         } catch (const DeviceAssert& failure) {
           // A GPU stops the whole kernel and poisons the context; here the launch stops.
           s = saved;
-          last_error() = cudaErrorAssert;
+          last_error() = failure.error;
           last_assert_message() = failure.message;
           return;
         }
@@ -242,6 +254,7 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
     return;
   }
   const char* failed_message = nullptr;
+  cudaError_t failed_error = cudaSuccess;
   std::mutex failure_mutex;
   BlockBarrier kernel_barrier(static_cast<int>(threads));
   BlockBarrier block_end(static_cast<int>(threads));
@@ -261,7 +274,10 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
           kernel();
         } catch (const DeviceAssert& failure) {
           const std::lock_guard<std::mutex> lock(failure_mutex);
-          if (failed_message == nullptr) failed_message = failure.message;
+          if (failed_message == nullptr) {
+            failed_message = failure.message;
+            failed_error = failure.error;
+          }
         }
         kernel_barrier.arrive_and_drop();
         // Every thread has left this block: reset the barrier and start the next one.
@@ -279,7 +295,7 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
   }
   for (std::thread& worker : workers) worker.join();
   if (failed_message != nullptr) {
-    last_error() = cudaErrorAssert;
+    last_error() = failed_error;
     last_assert_message() = failed_message;
   }
 }

@@ -81,14 +81,22 @@ struct alignas(kVectorBytes) Pack8 {
   scalar_t v[kElementsPerThread];
 };
 
+// The 8 elements from `p` as stored (16-byte aligned, unit stride).
 template <typename scalar_t>
-__device__ void load8(const scalar_t* p, acc_t<scalar_t>* out) {
+__device__ Pack8<scalar_t> load_pack(const scalar_t* p) {
 #if defined(__CUDA_ARCH__)
-  const Pack8<scalar_t> pack = *reinterpret_cast<const Pack8<scalar_t>*>(p);
+  return *reinterpret_cast<const Pack8<scalar_t>*>(p);
 #else
+  POSENC_CHECK_VECTOR_ACCESS(p);
   Pack8<scalar_t> pack;
   std::memcpy(&pack, p, sizeof(pack));
+  return pack;
 #endif
+}
+
+template <typename scalar_t>
+__device__ void load8(const scalar_t* p, acc_t<scalar_t>* out) {
+  const Pack8<scalar_t> pack = load_pack(p);
 #pragma unroll
   for (int k = 0; k < kElementsPerThread; ++k) out[k] = load_as_acc(&pack.v[k]);
 }
@@ -101,6 +109,7 @@ __device__ void store8(scalar_t* p, const acc_t<scalar_t>* values) {
 #if defined(__CUDA_ARCH__)
   *reinterpret_cast<Pack8<scalar_t>*>(p) = pack;
 #else
+  POSENC_CHECK_VECTOR_ACCESS(p);
   std::memcpy(p, &pack, sizeof(pack));
 #endif
 }
@@ -130,20 +139,44 @@ __device__ int64_t checked_position(const AddPositionalParams& p, const int64_t*
   return position;
 }
 
+// ---- the channel table -------------------------------------------------------------------------
+// The per-channel codes of a computed kind, once per launch, laid out so that a warp reads them
+// coalesced. A thread owns a group of 8 channels, so in a [D] array of 40-byte ChannelCode
+// structs the 32 lanes of a warp would read 320 bytes apart: 32 cache lines per load, 40 loads
+// per thread. Here field f of channel d = 8 g + k sits at values[(f * 8 + k) * groups + g], so
+// lanes with consecutive groups read consecutive doubles (two lines per load).
+constexpr int kChannelFields = 5;  // frequency high, middle and low; phase; amplitude
+static_assert(kElementsPerThread == 8, "channel_at splits d with a shift and a mask");
+
+struct ChannelTable {
+  const double* values;  // [kChannelFields, 8, groups]
+  int64_t groups;        // ceil(D / 8)
+};
+
+__host__ __device__ int64_t channel_table_groups(int64_t dim) {
+  return (dim + kElementsPerThread - 1) / kElementsPerThread;
+}
+
+__device__ ChannelCode channel_at(const ChannelTable& table, int64_t d) {
+  const int64_t field = kElementsPerThread * table.groups;
+  const double* v = table.values + (d & 7) * table.groups + (d >> 3);
+  return ChannelCode{{v[0], v[field], v[2 * field]}, v[3 * field], v[4 * field]};
+}
+
 // PE(position)[d] from the channel table (computed kinds) or the learned table.
 template <typename scalar_t>
-__device__ acc_t<scalar_t> code_value(const PositionSource& source, const ChannelCode* channels,
+__device__ acc_t<scalar_t> code_value(const PositionSource& source, const ChannelTable& channels,
                                       int64_t position, int64_t d) {
   using acc = acc_t<scalar_t>;
   if (source.kind == PositionKind::kLearned) {
     return load_as_acc(static_cast<const scalar_t*>(source.table) +
                        position * source.table_row_stride + d * source.table_dim_stride);
   }
-  if (source.grid.axis_count == 0) return evaluate_channel<acc>(channels[d], position);
+  if (source.grid.axis_count == 0) return evaluate_channel<acc>(channel_at(channels, d), position);
   const GridPoint point = grid_point(source.grid, position);
   if (!point.coded) return acc(0);
   return evaluate_channel<acc>(
-      channels[d], point.along(source.grid.segment_axes[grid_segment(source.grid, d)]));
+      channel_at(channels, d), point.along(source.grid.segment_axes[grid_segment(source.grid, d)]));
 }
 
 template <typename acc>
@@ -161,53 +194,56 @@ __device__ acc combine_value(Combine combine, acc scale, acc x, acc pe) {
   return x;
 }
 
-// The per-channel codes of a computed kind, once per launch: out[d] for d < dim.
+// The channel table of a launch (see ChannelTable); channels past dim in the last group get a
+// zero code, so that every entry is written.
 __global__ void channel_codes_kernel(PositionCodeOptions code, const POSENC_GRID_CONSTANT GridCode grid,
-                                     int64_t dim, ChannelCode* out) {
-  for (int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; d < dim;
+                                     int64_t dim, double* out) {
+  const int64_t groups = channel_table_groups(dim);
+  const int64_t field = kElementsPerThread * groups;
+  for (int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; d < field;
        d += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[d] = grid_channel_code(code, grid, dim, d);
+    const ChannelCode c = d < dim ? grid_channel_code(code, grid, dim, d) : ChannelCode{};
+    double* v = out + (d & 7) * groups + (d >> 3);
+    v[0] = c.frequency.high;
+    v[field] = c.frequency.middle;
+    v[2 * field] = c.frequency.low;
+    v[3 * field] = c.phase;
+    v[4 * field] = c.amplitude;
   }
 }
 
 // ---- add_positional / embedding forward ---------------------------------------------------------
 // grid: (step blocks, channel-group blocks, batch blocks), block: (group lanes, steps). A thread
-// owns a group of 8 consecutive channels at one step t and walks the batch rows b with it: the
-// 8 codes are evaluated once per (t, group) from the channel table and reused for every row
-// whose position is the same, the 8 dropout draws come from at most two Philox calls, rows move
-// as 16-byte vectors when contiguous and aligned, and two rows are loaded before either is
-// stored so that more loads are in flight. Loops over the 8 channels are unrolled with
-// predication, so the per-thread arrays stay in registers (no local memory).
-template <typename scalar_t>
-struct GroupRow {
-  InputRow<scalar_t> in;
-  int64_t b;
-  acc_t<scalar_t> values[kElementsPerThread];
-};
+// owns a group of 8 consecutive channels at one step t and walks the batch rows b with it. The
+// 8 codes are evaluated once per (t, group) from the channel table, before any row is loaded
+// (so that their registers never add to the rows'), into the thread's column of shared memory,
+// and reused for every row whose position is the same. The 8 dropout draws come from at most
+// two Philox calls. Loops over the 8 channels are unrolled with predication, so the per-thread
+// arrays stay in registers (no local memory).
+//
+// Two kernels share that math:
+// - add_positional_dense_kernel, for launches whose rows all move as 16-byte vectors (see
+//   dense_rows): rows are held as stored (a bf16 group is 4 registers) and kDenseRows of them
+//   are loaded before any is stored, so that 64 bytes of loads per thread are in flight (4 rows
+//   of 16-bit types, 2 of float, 1 of double). ptxas, sm_90: 110 registers for bf16 and 88 for
+//   float, no spills: 2 blocks of 256 threads per SM, 32 KiB of loads in flight per SM. (A cap
+//   of 80 registers for 3 blocks spilled.)
+// - add_positional_kernel, for every other launch (gathered rows, per-row positions, grids,
+//   strided or unaligned rows, D % 8 != 0): two rows at a time, each as 16-byte vectors where
+//   the row allows it, else element by element.
+constexpr int kDenseBlocksPerSm = 2;
+constexpr int kGeneralRows = 2;  // rows add_positional_kernel loads before it stores any
 
 template <typename scalar_t>
-__device__ void load_group(GroupRow<scalar_t>& row, int64_t d0, int count) {
-#pragma unroll
-  for (int k = 0; k < kElementsPerThread; ++k) row.values[k] = acc_t<scalar_t>(0);
-  if (row.in.data == nullptr) return;
-  if (count == kElementsPerThread && vector_row(row.in.data + d0, row.in.stride)) {
-    load8(row.in.data + d0, row.values);
-    return;
-  }
-#pragma unroll
-  for (int k = 0; k < kElementsPerThread; ++k) {
-    if (k < count) row.values[k] = load_as_acc(row.in.data + (d0 + k) * row.in.stride);
-  }
-}
+constexpr int kDenseRows = 64 / static_cast<int>(sizeof(Pack8<scalar_t>));  // 4, 2 or 1
 
 // The codes of channels d0 .. d0 + count - 1 at `position`, into the thread's column of `pe`
-// (slot k at pe[k * pe_stride]). Unrolled by 4, so that table loads and evaluations overlap
-// (a rolled loop waits for each load in turn) at the register count of the rolled loop (ptxas:
-// 114 for bf16; a full unroll takes 130, which halves the resident blocks).
-// kGrid: positions index a patch grid (a separate instantiation, so that the 1-D kernel keeps
-// its register count).
+// (slot k at pe[k * pe_stride]). Unrolled by 2, so that table loads and evaluations overlap (a
+// rolled loop waits for each load in turn) within the dense kernel's registers.
+// kGrid: positions index a patch grid (a separate instantiation, so that the 1-D kernels keep
+// their register counts).
 template <typename scalar_t, bool kGrid>
-__device__ void group_codes(const AddPositionalParams& p, const ChannelCode* __restrict__ channels,
+__device__ void group_codes(const AddPositionalParams& p, const ChannelTable& channels,
                             int64_t position, int64_t d0, int count, acc_t<scalar_t>* pe,
                             int pe_stride) {
   if constexpr (kGrid) {
@@ -216,73 +252,175 @@ __device__ void group_codes(const AddPositionalParams& p, const ChannelCode* __r
     POSENC_DEVICE_CHECK(position < grid_token_count(grid),
                         "posenc: positions must be < extra_tokens + the grid's patches");
     const GridPoint point = grid_point(grid, position);
-#pragma unroll 4
+#pragma unroll 2
     for (int k = 0; k < count; ++k) {
       const int axis = grid.segment_axes[grid_segment(grid, d0 + k)];
-      pe[k * pe_stride] = point.coded ? evaluate_channel<acc_t<scalar_t>>(channels[d0 + k],
-                                                                          point.along(axis))
+      pe[k * pe_stride] = point.coded ? evaluate_channel<acc_t<scalar_t>>(
+                                            channel_at(channels, d0 + k), point.along(axis))
                                       : acc_t<scalar_t>(0);
     }
-  } else {
-#pragma unroll 4
+  } else if (p.source.kind == PositionKind::kLearned) {
+    const scalar_t* row = static_cast<const scalar_t*>(p.source.table) +
+                          position * p.source.table_row_stride;
+    if (count == kElementsPerThread && vector_row(row + d0, p.source.table_dim_stride)) {
+      const Pack8<scalar_t> pack = load_pack(row + d0);
+#pragma unroll
+      for (int k = 0; k < kElementsPerThread; ++k) pe[k * pe_stride] = load_as_acc(&pack.v[k]);
+      return;
+    }
+#pragma unroll 2
     for (int k = 0; k < count; ++k) {
-      pe[k * pe_stride] = p.source.kind == PositionKind::kLearned
-                              ? code_value<scalar_t>(p.source, nullptr, position, d0 + k)
-                              : evaluate_channel<acc_t<scalar_t>>(channels[d0 + k], position);
+      pe[k * pe_stride] = load_as_acc(row + (d0 + k) * p.source.table_dim_stride);
+    }
+  } else {
+#pragma unroll 2
+    for (int k = 0; k < count; ++k) {
+      pe[k * pe_stride] =
+          evaluate_channel<acc_t<scalar_t>>(channel_at(channels, d0 + k), position);
     }
   }
 }
 
-// Combines, drops out and stores one loaded row of the group.
-template <typename scalar_t>
-__device__ void finish_group(const AddPositionalParams& p, const Dropout& dropout,
-                             GroupRow<scalar_t>& row, bool with_code, const acc_t<scalar_t>* pe,
-                             int pe_stride, int64_t t, int64_t d0, int count) {
+// Combines, drops out and stores the group of batch row b at step t, from its elements as
+// stored (`raw`, 0 past the row's end), into `out` (the output row of (b, t)). kDense: a
+// dense_rows launch, where the group starts at a multiple of 8 (one Philox counter) and the
+// output moves as a 16-byte vector.
+template <typename scalar_t, bool kDense>
+__device__ __forceinline__ void finish_group(const AddPositionalParams& p, const Dropout& dropout,
+                             const Pack8<scalar_t>& raw, int64_t b, bool with_code,
+                             const acc_t<scalar_t>* pe, int pe_stride, int64_t t, int64_t d0,
+                             int count, scalar_t* out) {
   using acc = acc_t<scalar_t>;
   const acc scale = static_cast<acc>(p.scale);
   const Combine combine = with_code ? p.combine : Combine::kScaleOnly;
-  const uint64_t first = static_cast<uint64_t>((row.b * p.shape.seq_len + t) * p.shape.dim + d0);
+  const uint64_t first = static_cast<uint64_t>((b * p.shape.seq_len + t) * p.shape.dim + d0);
+  // One counter covers the group when it starts at a multiple of 8 (D % 8 == 0): one call.
+  const bool one_counter = kDense || first % kDropoutElementsPerCounter == 0;
   Philox4 draws_low, draws_high;
   if (dropout.active) {
-    // One counter covers the group when it starts at a multiple of 8 (D % 8 == 0): one call.
     const uint64_t low_counter = first / kDropoutElementsPerCounter;
     const uint64_t high_counter = (first + count - 1) / kDropoutElementsPerCounter;
     draws_low = philox4x32_10(low_counter, dropout.seed);
-    draws_high = high_counter == low_counter ? draws_low
-                                             : philox4x32_10(high_counter, dropout.seed);
+    draws_high = one_counter || high_counter == low_counter
+                     ? draws_low
+                     : philox4x32_10(high_counter, dropout.seed);
   }
   const acc keep_scale = static_cast<acc>(dropout.keep_scale);
-  const int low_slots = static_cast<int>(kDropoutElementsPerCounter -
-                                         first % kDropoutElementsPerCounter);
+  const int low_slots = one_counter ? kElementsPerThread
+                                    : static_cast<int>(kDropoutElementsPerCounter -
+                                                       first % kDropoutElementsPerCounter);
+  acc values[kElementsPerThread];
 #pragma unroll
   for (int k = 0; k < kElementsPerThread; ++k) {
     const acc code = with_code && k < count ? pe[k * pe_stride] : acc(0);
-    acc y = combine_value(combine, scale, row.values[k], code);
+    acc y = combine_value(combine, scale, load_as_acc(&raw.v[k]), code);
     if (dropout.active) {
-      const int slot = static_cast<int>((first + k) % kDropoutElementsPerCounter);
+      const int slot =
+          one_counter ? k : static_cast<int>((first + k) % kDropoutElementsPerCounter);
       // Both draws, then a select: selecting the struct would put both in local memory.
       const uint32_t low_draw = dropout_draw(draws_low, slot);
       const uint32_t high_draw = dropout_draw(draws_high, slot);
       const uint32_t draw = k < low_slots ? low_draw : high_draw;
       y = draw < dropout.keep_threshold ? y * keep_scale : acc(0);
     }
-    row.values[k] = y;
+    values[k] = y;
   }
-  scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(p.out.data)) +
-                  batch_offset(p.shape, p.out.batch_strides, row.b) + t * p.out.seq_stride;
-  if (count == kElementsPerThread && vector_row(out + d0, p.out.dim_stride)) {
-    store8(out + d0, row.values);
-    return;
-  }
+  if constexpr (kDense) {
+    store8(out + d0, values);
+  } else if (count == kElementsPerThread && vector_row(out + d0, p.out.dim_stride)) {
+    store8(out + d0, values);
+  } else {
 #pragma unroll
-  for (int k = 0; k < kElementsPerThread; ++k) {
-    if (k < count) store_from_acc(out + (d0 + k) * p.out.dim_stride, row.values[k]);
+    for (int k = 0; k < kElementsPerThread; ++k) {
+      if (k < count) store_from_acc(out + (d0 + k) * p.out.dim_stride, values[k]);
+    }
   }
 }
 
+// The thread's column of the block's code slots, and its stride (see the kernels below).
+template <typename acc>
+__device__ acc* code_column(int* pe_stride) {
+  // Conflict-free: consecutive threads, consecutive words; written and read by one thread only.
+  POSENC_DYNAMIC_SHARED(acc, codes);
+  *pe_stride = static_cast<int>(blockDim.x * blockDim.y);
+  return codes + threadIdx.y * blockDim.x + threadIdx.x;
+}
+
+// Launches where every row, in and out, moves as 16-byte vectors and the codes are the same for
+// every batch row: rows of x (or none), positions offset + t or broadcast over the batch, a 1-D
+// code, at most one batch dimension (no division), D % 8 == 0, unit channel strides, 16-byte
+// aligned bases and row strides. Checked on the host by the launcher (dense_rows).
+template <typename scalar_t>
+__global__ void POSENC_LAUNCH_BOUNDS(kThreads, kDenseBlocksPerSm)
+    add_positional_dense_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p,
+                                const int64_t* seed, ChannelTable channels) {
+  using acc = acc_t<scalar_t>;
+  constexpr int kRows = kDenseRows<scalar_t>;
+  const int64_t seq_len = p.shape.seq_len;
+  const int64_t groups = p.shape.dim / kElementsPerThread;
+  const int64_t batch = p.shape.batch_count();
+  const int64_t x_batch_stride = p.shape.batch_ndim == 1 ? p.x.batch_strides[0] : 0;
+  const int64_t out_batch_stride = p.shape.batch_ndim == 1 ? p.out.batch_strides[0] : 0;
+  const bool needs_code = p.combine != Combine::kScaleOnly;
+  const Dropout dropout = device_dropout(p.dropout, seed);
+  int pe_stride;
+  acc* pe = code_column<acc>(&pe_stride);
+  const int64_t row_step = gridDim.z;
+  for (int64_t g = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; g < groups;
+       g += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+    const int64_t d0 = g * kElementsPerThread;
+    for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; t < seq_len;
+         t += static_cast<int64_t>(gridDim.x) * blockDim.y) {
+      if (needs_code) {
+        group_codes<scalar_t, false>(p, channels, checked_position(p, nullptr, 0, t), d0,
+                                     kElementsPerThread, pe, pe_stride);
+      }
+      const scalar_t* x = p.x.data == nullptr
+                              ? nullptr
+                              : static_cast<const scalar_t*>(p.x.data) + t * p.x.seq_stride + d0;
+      scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(p.out.data)) + t * p.out.seq_stride;
+      for (int64_t b = blockIdx.z; b < batch; b += kRows * row_step) {
+        Pack8<scalar_t> raw[kRows];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          const int64_t row = b + r * row_step;
+          if (row < batch && x != nullptr) {
+            raw[r] = load_pack(x + row * x_batch_stride);
+          } else {
+#pragma unroll
+            for (int k = 0; k < kElementsPerThread; ++k) raw[r].v[k] = scalar_t{};
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          const int64_t row = b + r * row_step;
+          if (row < batch) {
+            finish_group<scalar_t, true>(p, dropout, raw[r], row, needs_code, pe, pe_stride, t,
+                                         d0, kElementsPerThread, out + row * out_batch_stride);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The group's elements of a row as stored, 0 past the row's end (none for kPositionOnly).
+template <typename scalar_t>
+__device__ Pack8<scalar_t> load_group(const InputRow<scalar_t>& in, int64_t d0, int count) {
+  if (in.data != nullptr && count == kElementsPerThread && vector_row(in.data + d0, in.stride)) {
+    return load_pack(in.data + d0);
+  }
+  Pack8<scalar_t> raw;
+#pragma unroll
+  for (int k = 0; k < kElementsPerThread; ++k) {
+    raw.v[k] = in.data != nullptr && k < count ? in.data[(d0 + k) * in.stride] : scalar_t{};
+  }
+  return raw;
+}
+
 template <typename scalar_t, bool kGrid>
-__global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p, const int64_t* seed,
-                                      const ChannelCode* __restrict__ channels,
+__global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p,
+                                      const int64_t* seed, ChannelTable channels,
                                       const int64_t* fairseq) {
   using acc = acc_t<scalar_t>;
   const int64_t seq_len = p.shape.seq_len;
@@ -292,12 +430,8 @@ __global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalPa
   const bool needs_code = p.combine != Combine::kScaleOnly;
   const bool shared = !p.gather.fairseq_positions && shared_across_batch(p.shape, p.positions);
   const Dropout dropout = device_dropout(p.dropout, seed);
-  const int64_t row_step = gridDim.z;
-  // The thread's 8 codes live in a column of shared memory (conflict-free: consecutive threads,
-  // consecutive words), written and read by that thread only.
-  POSENC_DYNAMIC_SHARED(acc, codes);
-  const int pe_stride = static_cast<int>(blockDim.x * blockDim.y);
-  acc* pe = codes + threadIdx.y * blockDim.x + threadIdx.x;
+  int pe_stride;
+  acc* pe = code_column<acc>(&pe_stride);
   for (int64_t g = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; g < groups;
        g += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     const int64_t d0 = g * kElementsPerThread;
@@ -305,31 +439,34 @@ __global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalPa
         static_cast<int>(dim - d0 < kElementsPerThread ? dim - d0 : kElementsPerThread);
     for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; t < seq_len;
          t += static_cast<int64_t>(gridDim.x) * blockDim.y) {
-      int64_t pe_position = -1;
-      for (int64_t b = blockIdx.z; b < batch; b += 2 * row_step) {
-        GroupRow<scalar_t> rows[2];
-        const int row_count = b + row_step < batch ? 2 : 1;
+      int64_t pe_position = -1;  // positions are >= 0
+      for (int64_t b = blockIdx.z; b < batch; b += kGeneralRows * gridDim.z) {
+        InputRow<scalar_t> in[kGeneralRows];
+        Pack8<scalar_t> raw[kGeneralRows];
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          if (r < row_count) {
-            rows[r].b = b + r * row_step;
-            rows[r].in = checked_input_row<scalar_t>(p, p.x, rows[r].b, t);
-            load_group(rows[r], d0, count);
+        for (int r = 0; r < kGeneralRows; ++r) {
+          const int64_t row = b + r * gridDim.z;
+          if (row < batch) {
+            in[r] = checked_input_row<scalar_t>(p, p.x, row, t);
+            raw[r] = load_group(in[r], d0, count);
           }
         }
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          if (r < row_count) {
-            const bool with_code = needs_code && !rows[r].in.padding;
-            if (with_code) {
-              const int64_t position = checked_position(p, fairseq, shared ? 0 : rows[r].b, t);
-              if (position != pe_position) {
-                group_codes<scalar_t, kGrid>(p, channels, position, d0, count, pe, pe_stride);
-                pe_position = position;
-              }
+        for (int r = 0; r < kGeneralRows; ++r) {
+          const int64_t row = b + r * gridDim.z;
+          if (row >= batch) continue;
+          const bool with_code = needs_code && !in[r].padding;
+          if (with_code) {
+            const int64_t position = checked_position(p, fairseq, shared ? 0 : row, t);
+            if (position != pe_position) {
+              group_codes<scalar_t, kGrid>(p, channels, position, d0, count, pe, pe_stride);
+              pe_position = position;
             }
-            finish_group(p, dropout, rows[r], with_code, pe, pe_stride, t, d0, count);
           }
+          scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(p.out.data)) +
+                          batch_offset(p.shape, p.out.batch_strides, row) + t * p.out.seq_stride;
+          finish_group<scalar_t, false>(p, dropout, raw[r], row, with_code, pe, pe_stride, t, d0,
+                                        count, out);
         }
       }
     }
@@ -374,7 +511,7 @@ __global__ void fairseq_positions_kernel(const POSENC_GRID_CONSTANT AddPositiona
 template <typename scalar_t>
 __device__ bool contribution(const AddPositionalParams& p, const StridedRows& input,
                              ScatterTarget target, const Dropout& dropout,
-                             const int64_t* fairseq, const ChannelCode* channels,
+                             const int64_t* fairseq, const ChannelTable& channels,
                              int64_t b, int64_t t, int64_t d, int64_t* target_row,
                              acc_t<scalar_t>* value) {
   using acc = acc_t<scalar_t>;
@@ -411,7 +548,7 @@ template <typename scalar_t>
 __global__ void scatter_atomic_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p,
                                       const POSENC_GRID_CONSTANT StridedRows input,
                                       ScatterTarget target, const int64_t* seed,
-                                      const int64_t* fairseq, const ChannelCode* channels,
+                                      const int64_t* fairseq, ChannelTable channels,
                                       acc_t<scalar_t>* grad) {
   using acc = acc_t<scalar_t>;
   const int64_t rows = p.shape.batch_count() * p.shape.seq_len;
@@ -442,7 +579,7 @@ template <typename scalar_t>
 __global__ void scatter_chunks_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p,
                                       const POSENC_GRID_CONSTANT StridedRows input,
                                       ScatterTarget target, const int64_t* seed,
-                                      const int64_t* fairseq, const ChannelCode* channels,
+                                      const int64_t* fairseq, ChannelTable channels,
                                       const int64_t* sorted_rows, const int64_t* sorted_targets,
                                       int64_t rows, acc_t<scalar_t>* head, acc_t<scalar_t>* tail,
                                       acc_t<scalar_t>* grad) {
@@ -561,66 +698,101 @@ __global__ void rotary_check_kernel(const POSENC_GRID_CONSTANT RotaryParams p) {
 // (the launch's frequency table, no per-element setup), then every (token, operand, head,
 // group) item of the tile, where a group is 8 consecutive elements moved as one 16-byte-aligned
 // pack when the rows allow it (8 half-split pairs: two packs, the low and the high half; or 4
-// interleaved pairs: one pack), else element by element. Channels past rotary_dim are copied.
+// interleaved pairs: one pack), else element by element. A thread of 16-bit types loads two
+// items before it rotates and stores either, so that 64 bytes of loads per thread (half-split)
+// are in flight (ptxas: 72 registers for bf16, 3 blocks per SM). Channels past rotary_dim are
+// copied.
 template <typename scalar_t>
-__device__ void rotate_group(const RotaryParams& p, const RotaryOperand& op, const scalar_t* x,
-                             scalar_t* y, int64_t first_pair, int64_t pairs_in_chunk,
-                             int64_t half, const acc_t<scalar_t>* cosines,
-                             const acc_t<scalar_t>* sines, int64_t chunk_start) {
-  using acc = acc_t<scalar_t>;
+constexpr int kRotaryItemsInFlight = sizeof(scalar_t) == 2 ? 2 : 1;
+
+// One item: where its group comes from and goes, and its packs when it moves as vectors.
+template <typename scalar_t>
+struct RotaryItem {
+  const scalar_t* x;  // the head's input row
+  scalar_t* y;        // the head's output row
+  uint32_t token;     // within the tile: the row of cosines and sines
+  uint32_t first_pair;  // within the chunk
+  bool vector;
+  Pack8<scalar_t> first, second;  // half-split: the low and the high half; interleaved: first
+};
+
+// The item's group: its packs when every pack of it is a whole, aligned, unit-stride group.
+template <typename scalar_t>
+__device__ void load_item(const RotaryParams& p, const RotaryOperand& op, RotaryItem<scalar_t>& item,
+                          int64_t pairs_in_chunk, int64_t half, int64_t chunk_start) {
   const int pairs_per_group = p.interleaved ? kElementsPerThread / 2 : kElementsPerThread;
-  const int64_t remaining = pairs_in_chunk - first_pair;
-  const int count = static_cast<int>(remaining < pairs_per_group ? remaining : pairs_per_group);
-  const int64_t pair = chunk_start + first_pair;  // pair index within rotary_dim / 2
-  const int64_t in_step = op.in_strides[3], out_step = op.out_strides[3];
-  if (count == pairs_per_group && in_step == 1 && out_step == 1) {
-    if (p.interleaved) {
-      const scalar_t* source = x + 2 * pair;
-      scalar_t* target = y + 2 * pair;
-      if (vector_row(source, 1) && vector_row(target, 1)) {
-        acc v[kElementsPerThread];
-        load8(source, v);
-#pragma unroll
-        for (int j = 0; j < kElementsPerThread / 2; ++j) {
-          const acc c = cosines[first_pair + j], s = sines[first_pair + j];
-          const acc x1 = v[2 * j], x2 = v[2 * j + 1];
-          v[2 * j] = x1 * c - x2 * s;
-          v[2 * j + 1] = x2 * c + x1 * s;
-        }
-        store8(target, v);
-        return;
-      }
-    } else {
-      const scalar_t *low = x + pair, *high = x + pair + half;
-      scalar_t *low_out = y + pair, *high_out = y + pair + half;
-      if (vector_row(low, 1) && vector_row(high, 1) && vector_row(low_out, 1) &&
-          vector_row(high_out, 1)) {
-        acc v1[kElementsPerThread], v2[kElementsPerThread];
-        load8(low, v1);
-        load8(high, v2);
-#pragma unroll
-        for (int j = 0; j < kElementsPerThread; ++j) {
-          const acc c = cosines[first_pair + j], s = sines[first_pair + j];
-          const acc x1 = v1[j], x2 = v2[j];
-          v1[j] = x1 * c - x2 * s;
-          v2[j] = x2 * c + x1 * s;
-        }
-        store8(low_out, v1);
-        store8(high_out, v2);
-        return;
-      }
+  const int64_t pair = chunk_start + item.first_pair;  // pair index within rotary_dim / 2
+  item.vector = false;
+  if (pairs_in_chunk - item.first_pair < pairs_per_group || op.in_strides[3] != 1 ||
+      op.out_strides[3] != 1) {
+    return;
+  }
+  if (p.interleaved) {
+    const scalar_t* source = item.x + 2 * pair;
+    item.vector = vector_row(source, 1) && vector_row(item.y + 2 * pair, 1);
+    if (item.vector) item.first = load_pack(source);
+  } else {
+    const scalar_t *low = item.x + pair, *high = item.x + pair + half;
+    item.vector = vector_row(low, 1) && vector_row(high, 1) && vector_row(item.y + pair, 1) &&
+                  vector_row(item.y + pair + half, 1);
+    if (item.vector) {
+      item.first = load_pack(low);
+      item.second = load_pack(high);
     }
   }
+}
+
+// Rotates and stores the item's group (from its packs, or element by element).
+template <typename scalar_t>
+__device__ void rotate_item(const RotaryParams& p, const RotaryOperand& op,
+                            const RotaryItem<scalar_t>& item, int64_t pairs_in_chunk,
+                            int64_t half, const acc_t<scalar_t>* cosines,
+                            const acc_t<scalar_t>* sines, int64_t chunk_start) {
+  using acc = acc_t<scalar_t>;
+  const int pairs_per_group = p.interleaved ? kElementsPerThread / 2 : kElementsPerThread;
+  const uint32_t first_pair = item.first_pair;
+  const int64_t pair = chunk_start + first_pair;  // pair index within rotary_dim / 2
+  if (item.vector) {
+    acc v1[kElementsPerThread], v2[kElementsPerThread];
+#pragma unroll
+    for (int j = 0; j < kElementsPerThread; ++j) v1[j] = load_as_acc(&item.first.v[j]);
+    if (p.interleaved) {
+#pragma unroll
+      for (int j = 0; j < kElementsPerThread / 2; ++j) {
+        const acc c = cosines[first_pair + j], s = sines[first_pair + j];
+        const acc x1 = v1[2 * j], x2 = v1[2 * j + 1];
+        v1[2 * j] = x1 * c - x2 * s;
+        v1[2 * j + 1] = x2 * c + x1 * s;
+      }
+      store8(item.y + 2 * pair, v1);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kElementsPerThread; ++j) v2[j] = load_as_acc(&item.second.v[j]);
+#pragma unroll
+      for (int j = 0; j < kElementsPerThread; ++j) {
+        const acc c = cosines[first_pair + j], s = sines[first_pair + j];
+        const acc x1 = v1[j], x2 = v2[j];
+        v1[j] = x1 * c - x2 * s;
+        v2[j] = x2 * c + x1 * s;
+      }
+      store8(item.y + pair, v1);
+      store8(item.y + pair + half, v2);
+    }
+    return;
+  }
+  const int64_t remaining = pairs_in_chunk - first_pair;
+  const int count = static_cast<int>(remaining < pairs_per_group ? remaining : pairs_per_group);
+  const int64_t in_step = op.in_strides[3], out_step = op.out_strides[3];
   const int64_t first_step = p.interleaved ? 2 : 1;
   const int64_t second_offset = p.interleaved ? 1 : half;
   for (int j = 0; j < count; ++j) {
     const int64_t first = (pair + j) * first_step;
     const int64_t second = first + second_offset;
     const acc c = cosines[first_pair + j], s = sines[first_pair + j];
-    const acc x1 = load_as_acc(x + first * in_step);
-    const acc x2 = load_as_acc(x + second * in_step);
-    store_from_acc(y + first * out_step, x1 * c - x2 * s);
-    store_from_acc(y + second * out_step, x2 * c + x1 * s);
+    const acc x1 = load_as_acc(item.x + first * in_step);
+    const acc x2 = load_as_acc(item.x + second * in_step);
+    store_from_acc(item.y + first * out_step, x1 * c - x2 * s);
+    store_from_acc(item.y + second * out_step, x2 * c + x1 * s);
   }
 }
 
@@ -694,16 +866,30 @@ __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
       for (int k = 0; k < p.operand_count; ++k) {
         const RotaryOperand& op = p.operands[k];
         const uint32_t heads = static_cast<uint32_t>(op.heads);
-        for (uint32_t e = tid; e < tile_tokens * heads * groups; e += threads) {
-          const TileItem item = tile_item(e, heads, groups);  // index: the group
-          rotate_group<scalar_t>(
-              p, op,
-              static_cast<const scalar_t*>(op.in) + in_rows[k * tile + item.token] +
-                  item.head * op.in_strides[2],
-              static_cast<scalar_t*>(op.out) + out_rows[k * tile + item.token] +
-                  item.head * op.out_strides[2],
-              item.index * pairs_per_group, count, half, cosines + item.token * chunk,
-              sines + item.token * chunk, start);
+        const uint32_t items = tile_tokens * heads * groups;
+        for (uint32_t e = tid; e < items; e += kRotaryItemsInFlight<scalar_t> * threads) {
+          RotaryItem<scalar_t> batch[kRotaryItemsInFlight<scalar_t>];
+#pragma unroll
+          for (int i = 0; i < kRotaryItemsInFlight<scalar_t>; ++i) {
+            if (e + i * threads < items) {
+              const TileItem where = tile_item(e + i * threads, heads, groups);  // index: group
+              RotaryItem<scalar_t>& item = batch[i];
+              item.x = static_cast<const scalar_t*>(op.in) + in_rows[k * tile + where.token] +
+                       where.head * op.in_strides[2];
+              item.y = static_cast<scalar_t*>(op.out) + out_rows[k * tile + where.token] +
+                       where.head * op.out_strides[2];
+              item.token = where.token;
+              item.first_pair = where.index * pairs_per_group;
+              load_item(p, op, item, count, half, start);
+            }
+          }
+#pragma unroll
+          for (int i = 0; i < kRotaryItemsInFlight<scalar_t>; ++i) {
+            if (e + i * threads < items) {
+              rotate_item(p, op, batch[i], count, half, cosines + batch[i].token * chunk,
+                          sines + batch[i].token * chunk, start);
+            }
+          }
         }
       }
       __syncthreads();  // the next chunk overwrites cosines and sines
@@ -771,16 +957,56 @@ bool needs_channel_table(const AddPositionalParams& params) {
 // Fills the channel table at the start of `workspace` when the launch needs one.
 int fill_channel_table(const AddPositionalParams& params, void* workspace, void* stream) {
   if (!needs_channel_table(params)) return 0;
-  POSENC_LAUNCH(channel_codes_kernel, blocks_for(params.shape.dim, kThreads, max_grid_x()),
-                kThreads, 0, stream, params.source.code, params.source.grid, params.shape.dim,
-                static_cast<ChannelCode*>(workspace));
+  const int64_t entries = kElementsPerThread * channel_table_groups(params.shape.dim);
+  POSENC_LAUNCH(channel_codes_kernel, blocks_for(entries, kThreads, max_grid_x()), kThreads, 0,
+                stream, params.source.code, params.source.grid, params.shape.dim,
+                static_cast<double*>(workspace));
   return launch_status();
 }
 
 int64_t channel_table_bytes(const AddPositionalParams& params) {
+  const int64_t entries = kElementsPerThread * channel_table_groups(params.shape.dim);
   return needs_channel_table(params)
-             ? aligned_bytes(params.shape.dim * static_cast<int64_t>(sizeof(ChannelCode)))
+             ? aligned_bytes(kChannelFields * entries * static_cast<int64_t>(sizeof(double)))
              : 0;
+}
+
+// The channel table at the start of `workspace` (unused when the launch needs none).
+ChannelTable channel_table(const AddPositionalParams& params, void* workspace) {
+  return ChannelTable{static_cast<const double*>(workspace),
+                      channel_table_groups(params.shape.dim)};
+}
+
+int64_t element_bytes(DType dtype) {
+  return dispatch_dtype(dtype, [](auto tag) { return static_cast<int64_t>(sizeof(tag)); });
+}
+
+// Whether rows at `data` + batch * batch_stride + t * seq_stride + d (d < D, unit stride) are
+// 16-byte aligned for every d that is a multiple of 8.
+bool aligned_rows(const void* data, int64_t batch_stride, int64_t seq_stride, int64_t bytes) {
+  return reinterpret_cast<uintptr_t>(data) % kVectorBytes == 0 &&
+         batch_stride * bytes % kVectorBytes == 0 && seq_stride * bytes % kVectorBytes == 0;
+}
+
+// Whether a launch takes add_positional_dense_kernel (see its comment).
+bool dense_rows(const AddPositionalParams& params) {
+  const RowShape& shape = params.shape;
+  const int64_t bytes = element_bytes(params.dtype);
+  const bool one_batch_dim = shape.batch_ndim == 1;
+  if (params.gather.weight != nullptr || params.gather.fairseq_positions ||
+      params.source.grid.axis_count > 0 || shape.batch_ndim > 1 ||
+      shape.dim % kElementsPerThread != 0 || !shared_across_batch(shape, params.positions)) {
+    return false;
+  }
+  const StridedRows& out = params.out;
+  if (out.dim_stride != 1 ||
+      !aligned_rows(out.data, one_batch_dim ? out.batch_strides[0] : 0, out.seq_stride, bytes)) {
+    return false;
+  }
+  const StridedRows& x = params.x;
+  return x.data == nullptr ||
+         (x.dim_stride == 1 &&
+          aligned_rows(x.data, one_batch_dim ? x.batch_strides[0] : 0, x.seq_stride, bytes));
 }
 
 }  // namespace
@@ -798,8 +1024,7 @@ int add_positional(const AddPositionalParams& params, const int64_t* seed, void*
   if (batch == 0 || params.shape.seq_len == 0 || params.shape.dim == 0) return 0;
   int status = fill_channel_table(params, workspace, stream);
   if (status != 0) return status;
-  const ChannelCode* channels =
-      needs_channel_table(params) ? static_cast<const ChannelCode*>(workspace) : nullptr;
+  const ChannelTable channels = channel_table(params, workspace);
   int64_t* fairseq = nullptr;
   if (params.gather.fairseq_positions) {
     fairseq = reinterpret_cast<int64_t*>(static_cast<unsigned char*>(workspace) +
@@ -807,26 +1032,35 @@ int add_positional(const AddPositionalParams& params, const int64_t* seed, void*
     status = fairseq_positions(params, fairseq, stream);
     if (status != 0) return status;
   }
+  const bool dense = dense_rows(params);
   // A block's lanes cover channel groups of 8, its rows steps t. Batch rows are split over
   // blocks only when the (t, group) items alone cannot fill the GPU: every split evaluates the
-  // codes again.
+  // codes again, and a dense thread should keep its kDenseRows rows in flight.
   const int64_t groups = (params.shape.dim + kElementsPerThread - 1) / kElementsPerThread;
   const unsigned int lanes =
       groups >= kThreads ? kThreads : static_cast<unsigned int>((groups + 31) / 32 * 32);
   const dim3 block(lanes, kThreads / lanes);
   const int64_t items = params.shape.seq_len * groups;
-  const int64_t wanted_row_blocks = (kTargetThreads + items - 1) / items;
-  int64_t row_blocks = batch < wanted_row_blocks ? batch : wanted_row_blocks;
-  if (row_blocks > kMaxBatchBlocks) row_blocks = kMaxBatchBlocks;
-  if (row_blocks > max_grid_yz()) row_blocks = max_grid_yz();
-  const dim3 grid(blocks_for(params.shape.seq_len, block.y, max_grid_x()),
-                  blocks_for(groups, lanes, max_grid_yz()), static_cast<unsigned int>(row_blocks));
   return dispatch_dtype(params.dtype, [&](auto tag) {
-    const size_t code_bytes = sizeof(acc_t<decltype(tag)>) * kElementsPerThread * kThreads;
-    const auto kernel = params.source.grid.axis_count > 0
-                            ? add_positional_kernel<decltype(tag), true>
-                            : add_positional_kernel<decltype(tag), false>;
-    POSENC_LAUNCH(kernel, grid, block, code_bytes, stream, params, seed, channels, fairseq);
+    using scalar_t = decltype(tag);
+    const int64_t rows_per_thread = dense ? kDenseRows<scalar_t> : 1;
+    int64_t row_blocks = (kTargetThreads + items - 1) / items;
+    const int64_t row_groups = (batch + rows_per_thread - 1) / rows_per_thread;
+    if (row_blocks > row_groups) row_blocks = row_groups;
+    if (row_blocks > kMaxBatchBlocks) row_blocks = kMaxBatchBlocks;
+    if (row_blocks > max_grid_yz()) row_blocks = max_grid_yz();
+    const dim3 grid(blocks_for(params.shape.seq_len, block.y, max_grid_x()),
+                    blocks_for(groups, lanes, max_grid_yz()),
+                    static_cast<unsigned int>(row_blocks));
+    const size_t code_bytes = sizeof(acc_t<scalar_t>) * kElementsPerThread * kThreads;
+    if (dense) {
+      POSENC_LAUNCH(add_positional_dense_kernel<scalar_t>, grid, block, code_bytes, stream,
+                    params, seed, channels);
+    } else {
+      const auto kernel = params.source.grid.axis_count > 0 ? add_positional_kernel<scalar_t, true>
+                                                            : add_positional_kernel<scalar_t, false>;
+      POSENC_LAUNCH(kernel, grid, block, code_bytes, stream, params, seed, channels, fairseq);
+    }
     return launch_status();
   });
 }
@@ -856,7 +1090,7 @@ int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows
   if (rows == 0 || params.shape.dim == 0) return 0;
   const int status = fill_channel_table(params, workspace, stream);
   if (status != 0) return status;
-  const auto* channels = static_cast<const ChannelCode*>(workspace);
+  const ChannelTable channels = channel_table(params, workspace);
   const dim3 grid(blocks_for(rows, 1, max_grid_x()),
                   blocks_for(params.shape.dim, kThreads, max_grid_yz()));
   return dispatch_dtype(params.dtype, [&](auto tag) {
@@ -876,7 +1110,7 @@ int scatter_backward_deterministic(const AddPositionalParams& params, const Stri
   if (rows == 0 || params.shape.dim == 0) return 0;
   int status = fill_channel_table(params, workspace, stream);
   if (status != 0) return status;
-  const auto* channels = static_cast<const ChannelCode*>(workspace);
+  const ChannelTable channels = channel_table(params, workspace);
   const int64_t chunks = (rows + kScatterChunk - 1) / kScatterChunk;
   const dim3 grid(blocks_for(chunks, 1, max_grid_x()),
                   blocks_for(params.shape.dim, kThreads, max_grid_yz()));

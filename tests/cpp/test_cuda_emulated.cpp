@@ -104,9 +104,11 @@ struct RowsCase {
   bool explicit_positions;
   bool embedding;  // rows gathered from a weight by ids (with padding)
   bool fairseq;
-  bool strided;    // x and out with padded rows (non-contiguous)
+  bool strided;  // x, out and a learned table with padded rows (non-contiguous)
   bool lowered_limits;
   bool grid = false;  // positions are token indices of test_grid() (D = 38)
+  bool contiguous_out = false;  // with `strided`: x and the table padded, out not
+  bool contiguous_x = false;    // with `strided`: out and the table padded, x not
 };
 
 std::string name_of(const RowsCase& c) {
@@ -138,13 +140,14 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
     SCOPED_TRACE(static_cast<int>(dtype));
     std::mt19937_64 rng(static_cast<uint64_t>(c.batch * 1000 + c.dim));
     const int64_t row_stride = c.strided ? c.dim + 3 : c.dim;
+    const int64_t x_row_stride = c.contiguous_x ? c.dim : row_stride;
     const int64_t rows = c.batch * c.seq_len;
     const int64_t vocab = 11, padding = 2, table_rows = c.seq_len + 40;
-    Buffer x(dtype, static_cast<size_t>(rows * row_stride));
+    Buffer x(dtype, static_cast<size_t>(rows * x_row_stride));
     x.fill_random(rng);
     Buffer weight(dtype, static_cast<size_t>(vocab * c.dim));
     weight.fill_random(rng);
-    Buffer table(dtype, static_cast<size_t>(table_rows * c.dim));
+    Buffer table(dtype, static_cast<size_t>(table_rows * row_stride));
     table.fill_random(rng);
     std::vector<int64_t> ids(static_cast<size_t>(rows)), positions(static_cast<size_t>(rows));
     for (auto& id : ids) id = static_cast<int64_t>(rng() % vocab);
@@ -154,8 +157,9 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
       for (auto& p : positions) p = static_cast<int64_t>(rng() % pk::grid_token_count(grid));
     }
 
-    pk::AddPositionalParams params = rows_params(c, dtype, x.data(), row_stride);
-    params.out = {nullptr, {c.seq_len * row_stride}, row_stride, 1};
+    pk::AddPositionalParams params = rows_params(c, dtype, x.data(), x_row_stride);
+    const int64_t out_row_stride = c.contiguous_out ? c.dim : row_stride;
+    params.out = {nullptr, {c.seq_len * out_row_stride}, out_row_stride, 1};
     params.offset = c.explicit_positions || c.fairseq || c.grid ? 0 : 5;
     params.scale = 1.5;
     params.dropout = pk::make_dropout(c.dropout, true, 1234567);
@@ -169,7 +173,7 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
     if (c.kind == pk::PositionKind::kLearned) {
       params.source.table = table.data();
       params.source.table_rows = table_rows;
-      params.source.table_row_stride = c.dim;
+      params.source.table_row_stride = row_stride;
     } else {
       params.source.grid = grid;
       params.source.code.layout = c.grid ? pk::Layout::kConcat : pk::Layout::kInterleaved;
@@ -184,8 +188,8 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
       params.gather.padding_idx = padding;
       params.gather.fairseq_positions = c.fairseq;
     }
-    Buffer cpu_out(dtype, static_cast<size_t>(rows * row_stride));
-    Buffer emulated_out(dtype, static_cast<size_t>(rows * row_stride));
+    Buffer cpu_out(dtype, static_cast<size_t>(rows * out_row_stride));
+    Buffer emulated_out(dtype, static_cast<size_t>(rows * out_row_stride));
     cpu_out.poison();
     emulated_out.poison();
     params.out.data = cpu_out.data();
@@ -304,6 +308,7 @@ TEST_P(CudaEmulatedRows, ScatterMatchesCpu) {
   }
 }
 
+// clang-format off: one case per line.
 const RowsCase kRowsCases[] = {
     // batch, T, D, kind, combine, dropout, explicit, embedding, fairseq, strided, lowered
     {3, 5, 6, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.0, false, false, false, false, false},
@@ -318,11 +323,25 @@ const RowsCase kRowsCases[] = {
     {5, 8, 6, pk::PositionKind::kSinusoidal, pk::Combine::kPositionOnly, 0.0, true, false, false, false, true},
     // 1024 rows over 7 positions: segments of the deterministic sum span several chunks.
     {64, 16, 3, pk::PositionKind::kCosine, pk::Combine::kMul, 0.1, true, false, false, false, true},
+    // Rows that all move as 16-byte vectors (D % 8 == 0, contiguous, positions offset + t): the
+    // dense kernel, with batches that end inside its groups of rows in flight, batch blocks,
+    // two channel-group blocks (D = 2064) and lowered grid limits.
+    {5, 7, 16, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, false, false},
+    {70, 3, 24, pk::PositionKind::kLearned, pk::Combine::kMul, 0.25, false, false, false, false, false},
+    {3, 4, 2064, pk::PositionKind::kCosine, pk::Combine::kPositionOnly, 0.0, false, false, false, false, false},
+    {9, 13, 32, pk::PositionKind::kDamped, pk::Combine::kScaleOnly, 0.5, false, false, false, false, true},
+    {6, 5, 8, pk::PositionKind::kLinear, pk::Combine::kAdd, 0.0, false, false, false, false, true},
+    // D % 8 == 0 but rows of x (and of the table) 19 elements apart: not 16-byte aligned, so
+    // the general kernel, also when the output is contiguous; the table element by element.
+    {4, 6, 16, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, true, false},
+    {3, 5, 16, pk::PositionKind::kLearned, pk::Combine::kAdd, 0.0, false, false, false, true, false, false, true},
+    {2, 5, 24, pk::PositionKind::kCosine, pk::Combine::kMul, 0.2, false, false, false, true, false, false, false, true},
     // 2D/3D codes on test_grid(): every token of the grid (2 cls + 2 x 3 x 5), and token indices.
     {3, 32, 38, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, true, false, true},
     {70, 9, 38, pk::PositionKind::kSinusoidal, pk::Combine::kMul, 0.0, true, false, false, false, true, true},
     {2, 11, 38, pk::PositionKind::kCosine, pk::Combine::kPositionOnly, 0.0, true, false, false, false, false, true},
 };
+// clang-format on
 
 INSTANTIATE_TEST_SUITE_P(CudaEmulated, CudaEmulatedRows, ::testing::ValuesIn(kRowsCases),
                          [](const auto& info) {
@@ -659,7 +678,14 @@ TEST(CudaEmulatedLaunch, RejectsWhatAGpuRejects) {
   ce::launch(ce::dim3(2, 3), ce::dim3(4, 2), 48 * 1024, count, /*barriers=*/true);
   EXPECT_EQ(ce::cudaGetLastError(), ce::cudaSuccess);
   EXPECT_EQ(runs, 2 * 2 * 3 * 4 * 2);
-
+  // A 16-byte vector access must be aligned, as on a GPU (cudaErrorMisalignedAddress).
+  alignas(16) unsigned char bytes[32] = {};
+  for (const bool barriers : {false, true}) {
+    ce::launch(ce::dim3(1), ce::dim3(2), 0, [&] { ce::check_vector_access(bytes + 8); }, barriers);
+    EXPECT_EQ(ce::cudaGetLastError(), ce::cudaErrorMisalignedAddress);
+    ce::launch(ce::dim3(1), ce::dim3(2), 0, [&] { ce::check_vector_access(bytes + 16); }, barriers);
+    EXPECT_EQ(ce::cudaGetLastError(), ce::cudaSuccess);
+  }
 }
 
 // __syncthreads orders shared-memory writes before reads, across the threads of a block.

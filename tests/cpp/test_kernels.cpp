@@ -189,6 +189,24 @@ TEST(Angle, DoubleSinCosNearlyExact) {
   }
 }
 
+// At whole quarter turns the small angle is 0, so sin and cos are the quadrant coefficients
+// themselves: they must be exactly 0 or +-1 (products with rounded reciprocals, not divisions).
+template <typename acc_t>
+void expect_exact_quadrants() {
+  const acc_t expected_sin[] = {0, -1, 0, 1, 0};  // q = -2 .. 2
+  const acc_t expected_cos[] = {-1, 0, 1, 0, -1};
+  for (int q = -2; q <= 2; ++q) {
+    const pk::SinCos<acc_t> sc = pk::sincos_turns<acc_t>(0.25 * q);
+    EXPECT_EQ(sc.sin, expected_sin[q + 2]) << "q = " << q;
+    EXPECT_EQ(sc.cos, expected_cos[q + 2]) << "q = " << q;
+  }
+}
+
+TEST(Angle, QuarterTurnsAreExact) {
+  expect_exact_quadrants<float>();
+  expect_exact_quadrants<double>();
+}
+
 class AddPositionalKernel : public ::testing::TestWithParam<Case> {};
 
 // x: [B=3, T=5, D] stored transposed as [T, B, D'] with D' > D (strided rows, padded channels),
