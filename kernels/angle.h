@@ -49,9 +49,8 @@ POSENC_HOST_DEVICE TurnFrequency turn_frequency_from_radians(double radians_per_
 }
 
 // Round to nearest (ties to even) for |v| < 2^51, as rint does, with two additions: loops
-// vectorize on the CPU, and on the GPU they run on the fp64 pipe, which an H100/H200 SM issues
-// at 4x the rate of rint's rounding instruction. Built without fast-math, so the two roundings
-// stay as written.
+// vectorize on the CPU, and on the GPU they are plain fp64 adds rather than a rounding
+// instruction. Built without fast-math, so the two roundings stay as written.
 POSENC_HOST_DEVICE double round_to_integer(double v) {
   const double magic = 6755399441055744.0;  // 1.5 * 2^52
   return (v + magic) - magic;

@@ -10,13 +10,15 @@
 // that has not returned, in kernels launched with POSENC_LAUNCH_SYNC; atomicAdd on float and double; launches through POSENC_LAUNCH; grids
 // planned with max_grid_x()/max_grid_yz() and walked with grid-stride loops; device-only
 // intrinsics (16-byte vector memory operations, hardware fp16/bf16 conversion) behind
-// __CUDA_ARCH__ with a host twin; values the kernels index with checked by POSENC_DEVICE_CHECK.
-// No warp intrinsics, no cooperative groups, no static __shared__ arrays.
+// __CUDA_ARCH__ with a host twin (the twin of a vector access checks its 16-byte alignment);
+// register caps through POSENC_LAUNCH_BOUNDS; values the kernels index with checked by
+// POSENC_DEVICE_CHECK. No warp intrinsics, no cooperative groups, no static __shared__ arrays.
 //
 // Bandwidth by design: per-channel codes and rotary frequency splits are computed once per launch
-// into a device table (no double-precision transcendentals per element); a thread owns 8
-// consecutive channels, moves them with 16-byte loads and stores when the row allows it, and
-// walks many steps and batch rows with them; no 64-bit division in the per-element loops.
+// into a device table (no double-precision transcendentals per element), laid out so that a warp
+// reads it coalesced; a thread owns 8 consecutive channels, moves them with 16-byte loads and
+// stores when the row allows it, keeps several rows' loads in flight, and walks many steps and
+// batch rows with them; no 64-bit division in the per-element loops.
 #include "cuda/cuda_compat.h"
 
 #include <cstdint>
