@@ -227,12 +227,12 @@ __global__ void channel_codes_kernel(PositionCodeOptions code, const POSENC_GRID
 // - add_positional_dense_kernel, for launches whose rows all move as 16-byte vectors (see
 //   dense_rows): rows are held as stored (a bf16 group is 4 registers) and kDenseRows of them
 //   are loaded before any is stored, so that 64 bytes of loads per thread are in flight (4 rows
-//   of 16-bit types, 2 of float, 1 of double). ptxas, sm_90: 110 registers for bf16 and 88 for
+//   of 16-bit types, 2 of float, 1 of double). ptxas, sm_90: 125 registers for bf16 and 96 for
 //   float, no spills: 2 blocks of 256 threads per SM, 32 KiB of loads in flight per SM. (A cap
 //   of 80 registers for 3 blocks spilled.)
-// - add_positional_kernel, for every other launch (gathered rows, per-row positions, grids,
-//   strided or unaligned rows, D % 8 != 0): two rows at a time, each as 16-byte vectors where
-//   the row allows it, else element by element.
+// - add_positional_kernel, for every other launch (per-row or fairseq positions, grids, strided
+//   or unaligned rows, D % 8 != 0): two rows at a time, each as 16-byte vectors where the row
+//   allows it, else element by element.
 constexpr int kDenseBlocksPerSm = 2;
 constexpr int kGeneralRows = 2;  // rows add_positional_kernel loads before it stores any
 
@@ -349,9 +349,10 @@ __device__ acc* code_column(int* pe_stride) {
 }
 
 // Launches where every row, in and out, moves as 16-byte vectors and the codes are the same for
-// every batch row: rows of x (or none), positions offset + t or broadcast over the batch, a 1-D
-// code, at most one batch dimension (no division), D % 8 == 0, unit channel strides, 16-byte
-// aligned bases and row strides. Checked on the host by the launcher (dense_rows).
+// every batch row: rows of x, rows of a weight gathered by ids (padding rows get no code), or
+// none; positions offset + t or broadcast over the batch (not fairseq's); a 1-D code; at most
+// one batch dimension (no division); D % 8 == 0; unit channel strides; 16-byte aligned bases and
+// row strides. Checked on the host by the launcher (dense_rows).
 template <typename scalar_t>
 __global__ void POSENC_LAUNCH_BOUNDS(kThreads, kDenseBlocksPerSm)
     add_positional_dense_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p,
@@ -363,6 +364,8 @@ __global__ void POSENC_LAUNCH_BOUNDS(kThreads, kDenseBlocksPerSm)
   const int64_t batch = p.shape.batch_count();
   const int64_t x_batch_stride = p.shape.batch_ndim == 1 ? p.x.batch_strides[0] : 0;
   const int64_t out_batch_stride = p.shape.batch_ndim == 1 ? p.out.batch_strides[0] : 0;
+  const bool gather = p.gather.weight != nullptr;
+  const int64_t ids_batch_stride = p.shape.batch_ndim == 1 ? p.gather.ids.batch_strides[0] : 0;
   const bool needs_code = p.combine != Combine::kScaleOnly;
   const Dropout dropout = device_dropout(p.dropout, seed);
   int pe_stride;
@@ -373,21 +376,41 @@ __global__ void POSENC_LAUNCH_BOUNDS(kThreads, kDenseBlocksPerSm)
     const int64_t d0 = g * kElementsPerThread;
     for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; t < seq_len;
          t += static_cast<int64_t>(gridDim.x) * blockDim.y) {
-      if (needs_code) {
-        group_codes<scalar_t, false>(p, channels, checked_position(p, nullptr, 0, t), d0,
-                                     kElementsPerThread, pe, pe_stride);
-      }
+      // The codes once per (t, group), with the first rows that take them (gathered padding
+      // rows do not), after their sources and before their loads.
+      bool codes_ready = !needs_code;
       const scalar_t* x = p.x.data == nullptr
                               ? nullptr
                               : static_cast<const scalar_t*>(p.x.data) + t * p.x.seq_stride + d0;
       scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(p.out.data)) + t * p.out.seq_stride;
       for (int64_t b = blockIdx.z; b < batch; b += kRows * row_step) {
-        Pack8<scalar_t> raw[kRows];
+        const scalar_t* source[kRows];
+        bool padding[kRows];
+        bool any_coded = false;
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
           const int64_t row = b + r * row_step;
-          if (row < batch && x != nullptr) {
-            raw[r] = load_pack(x + row * x_batch_stride);
+          source[r] = row < batch ? x + row * x_batch_stride : nullptr;
+          padding[r] = false;
+          if (gather && row < batch) {
+            const int64_t id = load_index(p.gather.ids.data, p.gather.ids.type,
+                                          row * ids_batch_stride + t * p.gather.ids.seq_stride);
+            POSENC_DEVICE_CHECK(id >= 0 && id < p.gather.vocab, "posenc: ids must be in [0, V)");
+            source[r] = static_cast<const scalar_t*>(p.gather.weight) + id * p.gather.row_stride + d0;
+            padding[r] = id == p.gather.padding_idx;
+          }
+          any_coded = any_coded || (row < batch && !padding[r]);
+        }
+        if (!codes_ready && any_coded) {
+          group_codes<scalar_t, false>(p, channels, checked_position(p, nullptr, 0, t), d0,
+                                       kElementsPerThread, pe, pe_stride);
+          codes_ready = true;
+        }
+        Pack8<scalar_t> raw[kRows];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          if (source[r] != nullptr) {
+            raw[r] = load_pack(source[r]);
           } else {
 #pragma unroll
             for (int k = 0; k < kElementsPerThread; ++k) raw[r].v[k] = scalar_t{};
@@ -397,8 +420,9 @@ __global__ void POSENC_LAUNCH_BOUNDS(kThreads, kDenseBlocksPerSm)
         for (int r = 0; r < kRows; ++r) {
           const int64_t row = b + r * row_step;
           if (row < batch) {
-            finish_group<scalar_t, true>(p, dropout, raw[r], row, needs_code, pe, pe_stride, t,
-                                         d0, kElementsPerThread, out + row * out_batch_stride);
+            finish_group<scalar_t, true>(p, dropout, raw[r], row, needs_code && !padding[r], pe,
+                                         pe_stride, t, d0, kElementsPerThread,
+                                         out + row * out_batch_stride);
           }
         }
       }
@@ -995,8 +1019,8 @@ bool dense_rows(const AddPositionalParams& params) {
   const RowShape& shape = params.shape;
   const int64_t bytes = element_bytes(params.dtype);
   const bool one_batch_dim = shape.batch_ndim == 1;
-  if (params.gather.weight != nullptr || params.gather.fairseq_positions ||
-      params.source.grid.axis_count > 0 || shape.batch_ndim > 1 ||
+  if (params.gather.fairseq_positions || params.source.grid.axis_count > 0 ||
+      shape.batch_ndim > 1 ||
       shape.dim % kElementsPerThread != 0 || !shared_across_batch(shape, params.positions)) {
     return false;
   }
@@ -1004,6 +1028,10 @@ bool dense_rows(const AddPositionalParams& params) {
   if (out.dim_stride != 1 ||
       !aligned_rows(out.data, one_batch_dim ? out.batch_strides[0] : 0, out.seq_stride, bytes)) {
     return false;
+  }
+  const EmbeddingGather& gather = params.gather;
+  if (gather.weight != nullptr) {
+    return gather.dim_stride == 1 && aligned_rows(gather.weight, 0, gather.row_stride, bytes);
   }
   const StridedRows& x = params.x;
   return x.data == nullptr ||

@@ -331,6 +331,9 @@ const RowsCase kRowsCases[] = {
     {3, 4, 2064, pk::PositionKind::kCosine, pk::Combine::kPositionOnly, 0.0, false, false, false, false, false},
     {9, 13, 32, pk::PositionKind::kDamped, pk::Combine::kScaleOnly, 0.5, false, false, false, false, true},
     {6, 5, 8, pk::PositionKind::kLinear, pk::Combine::kAdd, 0.0, false, false, false, false, true},
+    // The dense kernel with rows gathered from a weight by ids, padding ids among them.
+    {5, 6, 16, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, true, false, false, false},
+    {70, 4, 24, pk::PositionKind::kLearned, pk::Combine::kMul, 0.0, false, true, false, false, true},
     // D % 8 == 0 but rows of x (and of the table) 19 elements apart: not 16-byte aligned, so
     // the general kernel, also when the output is contiguous; the table element by element.
     {4, 6, 16, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, true, false},
@@ -599,6 +602,24 @@ TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
             std::string::npos);
   ids[5] = 4;
   EXPECT_EQ(emu::add_positional(params, nullptr, aligned(workspace), nullptr), 0);
+  // The same through the dense kernel (D % 8 == 0, aligned rows).
+  {
+    const int64_t wide = 8;
+    std::vector<float> wide_weight(vocab * wide, 1.0f), wide_out(batch * seq_len * wide);
+    std::vector<int64_t> wide_ids{0, 1, 2, 3, 4, 5};
+    pk::AddPositionalParams dense = params;
+    dense.shape.dim = wide;
+    dense.out = {wide_out.data(), {seq_len * wide}, wide, 1};
+    dense.gather.weight = wide_weight.data();
+    dense.gather.row_stride = wide;
+    dense.gather.ids.data = wide_ids.data();
+    EXPECT_EQ(emu::add_positional(dense, nullptr, aligned(workspace), nullptr),
+              ce::cudaErrorAssert);
+    EXPECT_NE(std::string(ce::last_assert_message()).find("ids must be in [0, V)"),
+              std::string::npos);
+    wide_ids[5] = 4;
+    EXPECT_EQ(emu::add_positional(dense, nullptr, aligned(workspace), nullptr), 0);
+  }
   // A token index past a patch grid of 1 cls token and 1 x 1 patches.
   {
     std::vector<int64_t> tokens{0, 1, 2};
