@@ -96,13 +96,18 @@ def bench_add_positional(repeat: int, copies: int) -> None:
     clone_ms = cuda_time_ms(lambda i: xs[i % copies].clone(), repeat)
 
     # Diagnostics: the same kernel without codes (the backward of "add" only scales), and with a
-    # learned table read instead of codes evaluated; the gap to the first row is the codes'.
+    # learned table read instead of codes evaluated; the gap to the first row is the codes'. Rows
+    # D + 1 elements apart are not 16-byte aligned, so they take the general kernel instead of
+    # the dense one.
     table = torch.randn(T, D, device=DEVICE, dtype=dtype)
+    unaligned = torch.randn(B, T, D + 1, device=DEVICE, dtype=dtype)[..., :D]
     for name, fn in (
             ("add_positional_backward (same kernel, no codes)",
              lambda i: torch.ops.posenc.add_positional_backward(xs[i % copies])),
             ("add_positional, learned table", lambda i: posenc.add_positional(
-                xs[i % copies], kind="learned", table=table))):
+                xs[i % copies], kind="learned", table=table)),
+            ("add_positional, general kernel (unaligned rows)",
+             lambda i: posenc.add_positional(unaligned))):
         ms = cuda_time_ms(fn, repeat)
         DIAGNOSTICS.append((f"{name} ({B}, {T}, {D}) bf16", ms, clone_ms / ms))
         print(f"{name:<62} {ms:8.3f} ms  {100 * clone_ms / ms:5.1f}% of clone", flush=True)
