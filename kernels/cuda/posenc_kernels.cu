@@ -97,13 +97,6 @@ __device__ Pack8<scalar_t> load_pack(const scalar_t* p) {
 }
 
 template <typename scalar_t>
-__device__ void load8(const scalar_t* p, acc_t<scalar_t>* out) {
-  const Pack8<scalar_t> pack = load_pack(p);
-#pragma unroll
-  for (int k = 0; k < kElementsPerThread; ++k) out[k] = load_as_acc(&pack.v[k]);
-}
-
-template <typename scalar_t>
 __device__ void store8(scalar_t* p, const acc_t<scalar_t>* values) {
   Pack8<scalar_t> pack;
 #pragma unroll
