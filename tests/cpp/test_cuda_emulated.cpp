@@ -577,49 +577,42 @@ TEST(CudaEmulatedRotaryTables, MatchesCpuForwardAndTranspose) {
   }
 }
 
+// `status` is a launch stopped by a device-side assert whose message contains `what`.
+void expect_device_assert(int status, const char* what) {
+  EXPECT_EQ(status, ce::cudaErrorAssert);
+  EXPECT_NE(std::string(ce::last_assert_message()).find(what), std::string::npos)
+      << ce::last_assert_message();
+}
+
 // Values the kernels index with are checked on the device (no host synchronisation): a bad id,
 // position, offset or cu_seqlens stops the launch with a device-side assert naming it.
 TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
-  const int64_t batch = 2, seq_len = 3, dim = 4, vocab = 5;
-  std::vector<float> weight(vocab * dim, 1.0f), out(batch * seq_len * dim);
-  std::vector<int64_t> ids{0, 1, 2, 3, 4, 5};  // 5 is out of range
+  const int64_t batch = 2, seq_len = 3, vocab = 5, widest = 8;
+  std::vector<float> weight(vocab * widest, 1.0f), out(batch * seq_len * widest);
+  std::vector<int64_t> ids(batch * seq_len);
   pk::AddPositionalParams params;
   params.shape.batch_ndim = 1;
   params.shape.batch_sizes[0] = batch;
   params.shape.seq_len = seq_len;
-  params.shape.dim = dim;
-  params.out = {out.data(), {seq_len * dim}, dim, 1};
   params.gather.weight = weight.data();
   params.gather.vocab = vocab;
-  params.gather.row_stride = dim;
   params.gather.ids = {ids.data(), pk::IndexType::kInt64, {seq_len}, 1};
-  std::vector<pk::ChannelCode> channels = pk::make_channel_codes(params.source.code, dim);
+  std::vector<pk::ChannelCode> channels = pk::make_channel_codes(params.source.code, widest);
   params.source.channels = channels.data();
   std::vector<unsigned char> workspace(4096);
-  EXPECT_EQ(emu::add_positional(params, nullptr, aligned(workspace), nullptr),
-            ce::cudaErrorAssert);
-  EXPECT_NE(std::string(ce::last_assert_message()).find("ids must be in [0, V)"),
-            std::string::npos);
-  ids[5] = 4;
-  EXPECT_EQ(emu::add_positional(params, nullptr, aligned(workspace), nullptr), 0);
-  // The same through the dense kernel (D % 8 == 0, aligned rows).
-  {
-    const int64_t wide = 8;
-    std::vector<float> wide_weight(vocab * wide, 1.0f), wide_out(batch * seq_len * wide);
-    std::vector<int64_t> wide_ids{0, 1, 2, 3, 4, 5};
-    pk::AddPositionalParams dense = params;
-    dense.shape.dim = wide;
-    dense.out = {wide_out.data(), {seq_len * wide}, wide, 1};
-    dense.gather.weight = wide_weight.data();
-    dense.gather.row_stride = wide;
-    dense.gather.ids.data = wide_ids.data();
-    EXPECT_EQ(emu::add_positional(dense, nullptr, aligned(workspace), nullptr),
-              ce::cudaErrorAssert);
-    EXPECT_NE(std::string(ce::last_assert_message()).find("ids must be in [0, V)"),
-              std::string::npos);
-    wide_ids[5] = 4;
-    EXPECT_EQ(emu::add_positional(dense, nullptr, aligned(workspace), nullptr), 0);
+  // A bad id through the dense kernel (D = 8: whole, aligned groups), then the general one.
+  for (const int64_t dim : {widest, int64_t{4}}) {
+    SCOPED_TRACE(dim);
+    ids = {0, 1, 2, 3, 4, 5};  // 5 is out of range
+    params.shape.dim = dim;
+    params.out = {out.data(), {seq_len * dim}, dim, 1};
+    params.gather.row_stride = dim;
+    expect_device_assert(emu::add_positional(params, nullptr, aligned(workspace), nullptr),
+                         "ids must be in [0, V)");
+    ids[5] = 4;
+    EXPECT_EQ(emu::add_positional(params, nullptr, aligned(workspace), nullptr), 0);
   }
+  const int64_t dim = params.shape.dim;  // 4, with valid ids, for the cases below
   // A token index past a patch grid of 1 cls token and 1 x 1 patches.
   {
     std::vector<int64_t> tokens{0, 1, 2};
@@ -631,30 +624,25 @@ TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
     grid_params.source.grid.segment_axes[0] = 1;
     grid_params.source.grid.segment_ends[0] = 2;
     grid_params.source.grid.segment_ends[1] = 4;
-    EXPECT_EQ(emu::add_positional(grid_params, nullptr, aligned(workspace), nullptr),
-              ce::cudaErrorAssert);
-    EXPECT_NE(std::string(ce::last_assert_message()).find("extra_tokens + the grid's patches"),
-              std::string::npos);
+    expect_device_assert(emu::add_positional(grid_params, nullptr, aligned(workspace), nullptr),
+                         "extra_tokens + the grid's patches");
     tokens[2] = 1;
     EXPECT_EQ(emu::add_positional(grid_params, nullptr, aligned(workspace), nullptr), 0);
   }
   // A negative position, and a position past a learned table, in the forward and the scatter.
   std::vector<int64_t> positions{0, -1, 2};
   params.positions = {positions.data(), pk::IndexType::kInt64, {0}, 1};
-  EXPECT_EQ(emu::add_positional(params, nullptr, aligned(workspace), nullptr),
-            ce::cudaErrorAssert);
-  EXPECT_NE(std::string(ce::last_assert_message()).find("positions must be >= 0"),
-            std::string::npos);
+  expect_device_assert(emu::add_positional(params, nullptr, aligned(workspace), nullptr),
+                       "positions must be >= 0");
   positions[1] = 7;
   params.source.kind = pk::PositionKind::kLearned;
   params.source.table_rows = 4;
   std::vector<float> grad_table(4 * dim, 0.0f);
   params.x = {out.data(), {seq_len * dim}, dim, 1};
-  EXPECT_EQ(emu::scatter_backward_atomic(params, {}, emu::ScatterTarget::kTable, nullptr, nullptr,
-                                         aligned(workspace), grad_table.data(), nullptr),
-            ce::cudaErrorAssert);
-  EXPECT_NE(std::string(ce::last_assert_message()).find("positions must be < the table"),
-            std::string::npos);
+  expect_device_assert(
+      emu::scatter_backward_atomic(params, {}, emu::ScatterTarget::kTable, nullptr, nullptr,
+                                   aligned(workspace), grad_table.data(), nullptr),
+      "positions must be < the table");
   // Rotary: cu_seqlens that decrease, and negative offsets.
   std::vector<float> q(6 * 2, 1.0f), q_out(q.size());
   std::vector<int64_t> cu{0, 4, 3, 6}, offsets{0, 0, -2};
@@ -666,16 +654,12 @@ TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
   rotary.sequences = 3;
   rotary.operand_count = 1;
   rotary.operands[0] = {q.data(), q_out.data(), 1, {12, 2, 2, 1}, {12, 2, 2, 1}};
-  EXPECT_EQ(emu::rotary(rotary, nullptr, 10000.0, aligned(workspace), nullptr),
-            ce::cudaErrorAssert);
-  EXPECT_NE(std::string(ce::last_assert_message()).find("cu_seqlens must be non-decreasing"),
-            std::string::npos);
+  expect_device_assert(emu::rotary(rotary, nullptr, 10000.0, aligned(workspace), nullptr),
+                       "cu_seqlens must be non-decreasing");
   cu = {0, 3, 4, 6};
   rotary.offsets = offsets.data();
-  EXPECT_EQ(emu::rotary(rotary, nullptr, 10000.0, aligned(workspace), nullptr),
-            ce::cudaErrorAssert);
-  EXPECT_NE(std::string(ce::last_assert_message()).find("offsets must be >= 0"),
-            std::string::npos);
+  expect_device_assert(emu::rotary(rotary, nullptr, 10000.0, aligned(workspace), nullptr),
+                       "offsets must be >= 0");
   offsets[2] = 5;
   EXPECT_EQ(emu::rotary(rotary, nullptr, 10000.0, aligned(workspace), nullptr), 0);
 }
