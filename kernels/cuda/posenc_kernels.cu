@@ -383,7 +383,7 @@ __global__ void POSENC_LAUNCH_BOUNDS(kThreads, kDenseBlocksPerSm)
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
           const int64_t row = b + r * row_step;
-          source[r] = row < batch ? x + row * x_batch_stride : nullptr;
+          source[r] = row < batch && x != nullptr ? x + row * x_batch_stride : nullptr;
           padding[r] = false;
           if (gather && row < batch) {
             const int64_t id = load_index(p.gather.ids.data, p.gather.ids.type,

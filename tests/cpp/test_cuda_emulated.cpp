@@ -158,6 +158,8 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
     }
 
     pk::AddPositionalParams params = rows_params(c, dtype, x.data(), x_row_stride);
+    // Codes alone read no x (as the binding passes them: no data, strides left as they are).
+    if (c.combine == pk::Combine::kPositionOnly) params.x.data = nullptr;
     const int64_t out_row_stride = c.contiguous_out ? c.dim : row_stride;
     params.out = {nullptr, {c.seq_len * out_row_stride}, out_row_stride, 1};
     params.offset = c.explicit_positions || c.fairseq || c.grid ? 0 : 5;
