@@ -3,13 +3,13 @@
 // The math (exact angle reduction, channel codes, Philox dropout, indexing) is the CPU kernels'
 // shared host/device code, so both backends compute the same values and the same masks.
 //
-// The same source also compiles as host C++ and runs under the CUDA emulation of
-// cuda/emulation.h (kernels/cuda/emulated.cpp; the CudaEmulated* GoogleTests). So the kernels
-// keep to this subset: blockIdx/threadIdx/blockDim/gridDim; dynamic shared memory through
-// POSENC_DYNAMIC_SHARED (no static __shared__ arrays); __syncthreads reached by every thread
-// that has not returned, in kernels launched with POSENC_LAUNCH_SYNC; atomicAdd on float and double; launches through POSENC_LAUNCH; grids
-// planned with max_grid_x()/max_grid_yz() and walked with grid-stride loops; device-only
-// intrinsics (16-byte vector memory operations, hardware fp16/bf16 conversion) behind
+// The same source also compiles as host C++ and runs under the CUDA emulation of cuda/emulation.h
+// (kernels/cuda/emulated.cpp; the CudaEmulated* GoogleTests). So the kernels keep to this subset:
+// blockIdx/threadIdx/blockDim/gridDim; dynamic shared memory through POSENC_DYNAMIC_SHARED (no
+// static __shared__ arrays); __syncthreads reached by every thread that has not returned, in
+// kernels launched with POSENC_LAUNCH_SYNC; atomicAdd on float and double; launches through
+// POSENC_LAUNCH; grids planned with max_grid_x()/max_grid_yz() and walked with grid-stride loops;
+// device-only intrinsics (16-byte vector memory operations, hardware fp16/bf16 conversion) behind
 // __CUDA_ARCH__ with a host twin (the twin of a vector access checks its 16-byte alignment);
 // register caps through POSENC_LAUNCH_BOUNDS; values the kernels index with checked by
 // POSENC_DEVICE_CHECK. No warp intrinsics, no cooperative groups, no static __shared__ arrays.
@@ -170,8 +170,8 @@ __device__ acc_t<scalar_t> code_value(const PositionSource& source, const Channe
   if (source.grid.axis_count == 0) return evaluate_channel<acc>(channel_at(channels, d), position);
   const GridPoint point = grid_point(source.grid, position);
   if (!point.coded) return acc(0);
-  return evaluate_channel<acc>(
-      channel_at(channels, d), point.along(source.grid.segment_axes[grid_segment(source.grid, d)]));
+  return evaluate_channel<acc>(channel_at(channels, d),
+                               point.along(source.grid.segment_axes[grid_segment(source.grid, d)]));
 }
 
 template <typename acc>
@@ -191,8 +191,9 @@ __device__ acc combine_value(Combine combine, acc scale, acc x, acc pe) {
 
 // The channel table of a launch (see ChannelTable); channels past dim in the last group get a
 // zero code, so that every entry is written.
-__global__ void channel_codes_kernel(PositionCodeOptions code, const POSENC_GRID_CONSTANT GridCode grid,
-                                     int64_t dim, double* out) {
+__global__ void channel_codes_kernel(PositionCodeOptions code,
+                                     const POSENC_GRID_CONSTANT GridCode grid, int64_t dim,
+                                     double* out) {
   const int64_t groups = channel_table_groups(dim);
   const int64_t field = kElementsPerThread * groups;
   for (int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; d < field;
@@ -255,8 +256,8 @@ __device__ void group_codes(const AddPositionalParams& p, const ChannelTable& ch
                                       : acc_t<scalar_t>(0);
     }
   } else if (p.source.kind == PositionKind::kLearned) {
-    const scalar_t* row = static_cast<const scalar_t*>(p.source.table) +
-                          position * p.source.table_row_stride;
+    const scalar_t* row =
+        static_cast<const scalar_t*>(p.source.table) + position * p.source.table_row_stride;
     if (count == kElementsPerThread && vector_row(row + d0, p.source.table_dim_stride)) {
       const Pack8<scalar_t> pack = load_pack(row + d0);
 #pragma unroll
@@ -270,8 +271,7 @@ __device__ void group_codes(const AddPositionalParams& p, const ChannelTable& ch
   } else {
 #pragma unroll 2
     for (int k = 0; k < count; ++k) {
-      pe[k * pe_stride] =
-          evaluate_channel<acc_t<scalar_t>>(channel_at(channels, d0 + k), position);
+      pe[k * pe_stride] = evaluate_channel<acc_t<scalar_t>>(channel_at(channels, d0 + k), position);
     }
   }
 }
@@ -282,9 +282,9 @@ __device__ void group_codes(const AddPositionalParams& p, const ChannelTable& ch
 // output moves as a 16-byte vector.
 template <typename scalar_t, bool kDense>
 __device__ __forceinline__ void finish_group(const AddPositionalParams& p, const Dropout& dropout,
-                             const Pack8<scalar_t>& raw, int64_t b, bool with_code,
-                             const acc_t<scalar_t>* pe, int pe_stride, int64_t t, int64_t d0,
-                             int count, scalar_t* out) {
+                                             const Pack8<scalar_t>& raw, int64_t b, bool with_code,
+                                             const acc_t<scalar_t>* pe, int pe_stride, int64_t t,
+                                             int64_t d0, int count, scalar_t* out) {
   using acc = acc_t<scalar_t>;
   const acc scale = static_cast<acc>(p.scale);
   const Combine combine = with_code ? p.combine : Combine::kScaleOnly;
@@ -301,17 +301,17 @@ __device__ __forceinline__ void finish_group(const AddPositionalParams& p, const
                      : philox4x32_10(high_counter, dropout.seed);
   }
   const acc keep_scale = static_cast<acc>(dropout.keep_scale);
-  const int low_slots = one_counter ? kElementsPerThread
-                                    : static_cast<int>(kDropoutElementsPerCounter -
-                                                       first % kDropoutElementsPerCounter);
+  const int low_slots =
+      one_counter
+          ? kElementsPerThread
+          : static_cast<int>(kDropoutElementsPerCounter - first % kDropoutElementsPerCounter);
   acc values[kElementsPerThread];
 #pragma unroll
   for (int k = 0; k < kElementsPerThread; ++k) {
     const acc code = with_code && k < count ? pe[k * pe_stride] : acc(0);
     acc y = combine_value(combine, scale, load_as_acc(&raw.v[k]), code);
     if (dropout.active) {
-      const int slot =
-          one_counter ? k : static_cast<int>((first + k) % kDropoutElementsPerCounter);
+      const int slot = one_counter ? k : static_cast<int>((first + k) % kDropoutElementsPerCounter);
       // Both draws, then a select: selecting the struct would put both in local memory.
       const uint32_t low_draw = dropout_draw(draws_low, slot);
       const uint32_t high_draw = dropout_draw(draws_high, slot);
@@ -389,7 +389,8 @@ __global__ void POSENC_LAUNCH_BOUNDS(kThreads, kDenseBlocksPerSm)
             const int64_t id = load_index(p.gather.ids.data, p.gather.ids.type,
                                           row * ids_batch_stride + t * p.gather.ids.seq_stride);
             POSENC_DEVICE_CHECK(id >= 0 && id < p.gather.vocab, "posenc: ids must be in [0, V)");
-            source[r] = static_cast<const scalar_t*>(p.gather.weight) + id * p.gather.row_stride + d0;
+            source[r] =
+                static_cast<const scalar_t*>(p.gather.weight) + id * p.gather.row_stride + d0;
             padding[r] = id == p.gather.padding_idx;
           }
           any_coded = any_coded || (row < batch && !padding[r]);
@@ -495,7 +496,8 @@ __global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalPa
 // fairseq's make_positions (see fairseq_positions_row) as a parallel scan: a block per batch row
 // counts the non-pad tokens of blockDim steps at a time with a scan in shared memory
 // (blockDim int64 counts), carrying the running total from tile to tile.
-__global__ void fairseq_positions_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p, int64_t* out) {
+__global__ void fairseq_positions_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p,
+                                         int64_t* out) {
   POSENC_DYNAMIC_SHARED(int64_t, counts);
   const int64_t batch = p.shape.batch_count();
   const int64_t seq_len = p.shape.seq_len;
@@ -529,10 +531,9 @@ __global__ void fairseq_positions_kernel(const POSENC_GRID_CONSTANT AddPositiona
 // The contribution of grad[b, t, d] to its target row, or false when it contributes nothing.
 template <typename scalar_t>
 __device__ bool contribution(const AddPositionalParams& p, const StridedRows& input,
-                             ScatterTarget target, const Dropout& dropout,
-                             const int64_t* fairseq, const ChannelTable& channels,
-                             int64_t b, int64_t t, int64_t d, int64_t* target_row,
-                             acc_t<scalar_t>* value) {
+                             ScatterTarget target, const Dropout& dropout, const int64_t* fairseq,
+                             const ChannelTable& channels, int64_t b, int64_t t, int64_t d,
+                             int64_t* target_row, acc_t<scalar_t>* value) {
   using acc = acc_t<scalar_t>;
   const bool multiply = p.combine == Combine::kMul;
   const acc scale = static_cast<acc>(p.scale);
@@ -674,8 +675,8 @@ __global__ void scatter_join_kernel(const int64_t* sorted_targets, int64_t rows,
 // ---- rotary -------------------------------------------------------------------------------------
 
 // The frequency splits of the launch, once: out[i] for i < rotary_dim / 2.
-__global__ void rotary_frequencies_kernel(const POSENC_GRID_CONSTANT RotaryParams p, const double* inv_freq, double base,
-                                          TurnFrequency* out) {
+__global__ void rotary_frequencies_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
+                                          const double* inv_freq, double base, TurnFrequency* out) {
   const int64_t half = p.rotary_dim / 2;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < half;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -727,9 +728,9 @@ constexpr int kRotaryItemsInFlight = sizeof(scalar_t) == 2 ? 2 : 1;
 // One item: where its group comes from and goes, and its packs when it moves as vectors.
 template <typename scalar_t>
 struct RotaryItem {
-  const scalar_t* x;  // the head's input row
-  scalar_t* y;        // the head's output row
-  uint32_t token;     // within the tile: the row of cosines and sines
+  const scalar_t* x;    // the head's input row
+  scalar_t* y;          // the head's output row
+  uint32_t token;       // within the tile: the row of cosines and sines
   uint32_t first_pair;  // within the chunk
   bool vector;
   Pack8<scalar_t> first, second;  // half-split: the low and the high half; interleaved: first
@@ -737,8 +738,9 @@ struct RotaryItem {
 
 // The item's group: its packs when every pack of it is a whole, aligned, unit-stride group.
 template <typename scalar_t>
-__device__ void load_item(const RotaryParams& p, const RotaryOperand& op, RotaryItem<scalar_t>& item,
-                          int64_t pairs_in_chunk, int64_t half, int64_t chunk_start) {
+__device__ void load_item(const RotaryParams& p, const RotaryOperand& op,
+                          RotaryItem<scalar_t>& item, int64_t pairs_in_chunk, int64_t half,
+                          int64_t chunk_start) {
   const int pairs_per_group = p.interleaved ? kElementsPerThread / 2 : kElementsPerThread;
   const int64_t pair = chunk_start + item.first_pair;  // pair index within rotary_dim / 2
   item.vector = false;
@@ -764,9 +766,9 @@ __device__ void load_item(const RotaryParams& p, const RotaryOperand& op, Rotary
 // Rotates and stores the item's group (from its packs, or element by element).
 template <typename scalar_t>
 __device__ void rotate_item(const RotaryParams& p, const RotaryOperand& op,
-                            const RotaryItem<scalar_t>& item, int64_t pairs_in_chunk,
-                            int64_t half, const acc_t<scalar_t>* cosines,
-                            const acc_t<scalar_t>* sines, int64_t chunk_start) {
+                            const RotaryItem<scalar_t>& item, int64_t pairs_in_chunk, int64_t half,
+                            const acc_t<scalar_t>* cosines, const acc_t<scalar_t>* sines,
+                            int64_t chunk_start) {
   using acc = acc_t<scalar_t>;
   const int pairs_per_group = p.interleaved ? kElementsPerThread / 2 : kElementsPerThread;
   const uint32_t first_pair = item.first_pair;
@@ -934,7 +936,8 @@ __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
 // grid: row blocks, block: (pairs, rows) over one operand with given cos/sin tables; the row's
 // offsets are found once per row, not per element.
 template <typename scalar_t>
-__global__ void rotary_tables_kernel(const POSENC_GRID_CONSTANT RotaryTableParams p, int operand_index, int64_t rows) {
+__global__ void rotary_tables_kernel(const POSENC_GRID_CONSTANT RotaryTableParams p,
+                                     int operand_index, int64_t rows) {
   using acc = acc_t<scalar_t>;
   const RotaryTableOperand& op = p.operands[operand_index];
   const int last = op.ndim - 1;
@@ -1013,8 +1016,8 @@ bool dense_rows(const AddPositionalParams& params) {
   const int64_t bytes = element_bytes(params.dtype);
   const bool one_batch_dim = shape.batch_ndim == 1;
   if (params.gather.fairseq_positions || params.source.grid.axis_count > 0 ||
-      shape.batch_ndim > 1 ||
-      shape.dim % kElementsPerThread != 0 || !shared_across_batch(shape, params.positions)) {
+      shape.batch_ndim > 1 || shape.dim % kElementsPerThread != 0 ||
+      !shared_across_batch(shape, params.positions)) {
     return false;
   }
   const StridedRows& out = params.out;
@@ -1077,11 +1080,12 @@ int add_positional(const AddPositionalParams& params, const int64_t* seed, void*
                     static_cast<unsigned int>(row_blocks));
     const size_t code_bytes = sizeof(acc_t<scalar_t>) * kElementsPerThread * kThreads;
     if (dense) {
-      POSENC_LAUNCH(add_positional_dense_kernel<scalar_t>, grid, block, code_bytes, stream,
-                    params, seed, channels);
+      POSENC_LAUNCH(add_positional_dense_kernel<scalar_t>, grid, block, code_bytes, stream, params,
+                    seed, channels);
     } else {
-      const auto kernel = params.source.grid.axis_count > 0 ? add_positional_kernel<scalar_t, true>
-                                                            : add_positional_kernel<scalar_t, false>;
+      const auto kernel = params.source.grid.axis_count > 0
+                              ? add_positional_kernel<scalar_t, true>
+                              : add_positional_kernel<scalar_t, false>;
       POSENC_LAUNCH(kernel, grid, block, code_bytes, stream, params, seed, channels, fairseq);
     }
     return launch_status();
