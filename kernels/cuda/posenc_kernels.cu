@@ -148,7 +148,8 @@ struct ChannelTable {
   int64_t groups;        // ceil(D / 8)
 };
 
-__host__ __device__ int64_t channel_table_groups(int64_t dim) {
+// The groups of 8 channels a thread owns in a D-wide row (the last one may be partial).
+__host__ __device__ int64_t channel_groups(int64_t dim) {
   return (dim + kElementsPerThread - 1) / kElementsPerThread;
 }
 
@@ -194,7 +195,7 @@ __device__ acc combine_value(Combine combine, acc scale, acc x, acc pe) {
 __global__ void channel_codes_kernel(PositionCodeOptions code,
                                      const POSENC_GRID_CONSTANT GridCode grid, int64_t dim,
                                      double* out) {
-  const int64_t groups = channel_table_groups(dim);
+  const int64_t groups = channel_groups(dim);
   const int64_t field = kElementsPerThread * groups;
   for (int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; d < field;
        d += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -446,7 +447,7 @@ __global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalPa
   const int64_t seq_len = p.shape.seq_len;
   const int64_t dim = p.shape.dim;
   const int64_t batch = p.shape.batch_count();
-  const int64_t groups = (dim + kElementsPerThread - 1) / kElementsPerThread;
+  const int64_t groups = channel_groups(dim);
   const bool needs_code = p.combine != Combine::kScaleOnly;
   const bool shared = !p.gather.fairseq_positions && shared_across_batch(p.shape, p.positions);
   const Dropout dropout = device_dropout(p.dropout, seed);
@@ -979,7 +980,7 @@ bool needs_channel_table(const AddPositionalParams& params) {
 // Fills the channel table at the start of `workspace` when the launch needs one.
 int fill_channel_table(const AddPositionalParams& params, void* workspace, void* stream) {
   if (!needs_channel_table(params)) return 0;
-  const int64_t entries = kElementsPerThread * channel_table_groups(params.shape.dim);
+  const int64_t entries = kElementsPerThread * channel_groups(params.shape.dim);
   POSENC_LAUNCH(channel_codes_kernel, blocks_for(entries, kThreads, max_grid_x()), kThreads, 0,
                 stream, params.source.code, params.source.grid, params.shape.dim,
                 static_cast<double*>(workspace));
@@ -987,7 +988,7 @@ int fill_channel_table(const AddPositionalParams& params, void* workspace, void*
 }
 
 int64_t channel_table_bytes(const AddPositionalParams& params) {
-  const int64_t entries = kElementsPerThread * channel_table_groups(params.shape.dim);
+  const int64_t entries = kElementsPerThread * channel_groups(params.shape.dim);
   return needs_channel_table(params)
              ? aligned_bytes(kChannelFields * entries * static_cast<int64_t>(sizeof(double)))
              : 0;
@@ -995,8 +996,7 @@ int64_t channel_table_bytes(const AddPositionalParams& params) {
 
 // The channel table at the start of `workspace` (unused when the launch needs none).
 ChannelTable channel_table(const AddPositionalParams& params, void* workspace) {
-  return ChannelTable{static_cast<const double*>(workspace),
-                      channel_table_groups(params.shape.dim)};
+  return ChannelTable{static_cast<const double*>(workspace), channel_groups(params.shape.dim)};
 }
 
 int64_t element_bytes(DType dtype) {
@@ -1062,7 +1062,7 @@ int add_positional(const AddPositionalParams& params, const int64_t* seed, void*
   // A block's lanes cover channel groups of 8, its rows steps t. Batch rows are split over
   // blocks only when the (t, group) items alone cannot fill the GPU: every split evaluates the
   // codes again, and a dense thread should keep its kDenseRows rows in flight.
-  const int64_t groups = (params.shape.dim + kElementsPerThread - 1) / kElementsPerThread;
+  const int64_t groups = channel_groups(params.shape.dim);
   const unsigned int lanes =
       groups >= kThreads ? kThreads : static_cast<unsigned int>((groups + 31) / 32 * 32);
   const dim3 block(lanes, kThreads / lanes);

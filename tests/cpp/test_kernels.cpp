@@ -676,14 +676,9 @@ TEST(EmbeddingKernel, GatherPaddingFairseqAndWeightGradient) {
   std::normal_distribution<float> normal;
   for (auto& v : weight) v = normal(rng);
   const auto codes = pk::make_channel_codes(pk::PositionCodeOptions{}, D);
-  pk::AddPositionalParams params;
-  params.shape.batch_ndim = 1;
-  params.shape.batch_sizes[0] = B;
-  params.shape.seq_len = T;
-  params.shape.dim = D;
-  params.out.data = out.data();
-  params.out.batch_strides[0] = T * D;
-  params.out.seq_stride = D;
+  // x is the gradient of the backward below; the forward gathers its rows from the weight.
+  std::vector<float> grad(B * T * D);
+  pk::AddPositionalParams params = contiguous_float_params(grad, out, B, T, D, codes);
   params.gather.weight = weight.data();
   params.gather.vocab = V;
   params.gather.row_stride = D;
@@ -693,7 +688,6 @@ TEST(EmbeddingKernel, GatherPaddingFairseqAndWeightGradient) {
   params.gather.padding_idx = pad;
   params.gather.fairseq_positions = true;
   params.scale = 2.0;
-  params.source.channels = codes.data();
   pk::add_positional_cpu(params, serial_chunks_of_one);
   for (int64_t b = 0; b < B; ++b) {
     int64_t count = 0;
@@ -712,11 +706,8 @@ TEST(EmbeddingKernel, GatherPaddingFairseqAndWeightGradient) {
     }
   }
   // Weight gradient (add mode): scale * grad summed per id, nothing for the padding row.
-  std::vector<float> grad(B * T * D), grad_weight(V * D, 0.0f), want(V * D, 0.0f);
+  std::vector<float> grad_weight(V * D, 0.0f), want(V * D, 0.0f);
   for (auto& v : grad) v = normal(rng);
-  params.x.data = grad.data();
-  params.x.batch_strides[0] = T * D;
-  params.x.seq_stride = D;
   pk::embedding_weight_backward_cpu(params, grad_weight.data(), four_threads);
   for (int64_t i = 0; i < B * T; ++i) {
     if (ids[i] == pad) continue;
