@@ -9,6 +9,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -121,11 +122,11 @@ RowCall parse_row_call(OpId op, const Arguments& args);
 // the device instead (reading it here would synchronise).
 void check_row_values(const RowCall& call, bool read_data);
 
-// Kernel parameters plus the per-channel codes they point into. Not copyable: params points
-// into channels.
+// Kernel parameters plus the per-channel codes they point into (host codes: CPU calls of a
+// computed kind only). Not copyable: params points into channels.
 struct KernelCall {
   kernels::AddPositionalParams params;
-  std::vector<kernels::ChannelCode> channels;
+  std::shared_ptr<const std::vector<kernels::ChannelCode>> channels;
 
   KernelCall() = default;
   KernelCall(const KernelCall&) = delete;

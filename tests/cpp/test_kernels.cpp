@@ -749,11 +749,12 @@ void check_consecutive_rows(double tolerance) {
       source.kind = layout.kind;
       source.code = options;
       source.channels = channels.data();
-      const pk::cpu::PositionCodeRows<scalar_t> code(source, dim);
-      const pk::cpu::PositionCodeRows<double> exact_code(source, dim);
+      const int64_t rows = dim > 1000 ? 40 : 600;
+      const pk::cpu::PositionCodeRows<scalar_t> code(source, dim, rows);
+      ASSERT_TRUE(code.anchored());
+      const pk::cpu::PositionCodeRows<double> exact_code(source, dim, /*walk_rows=*/1);
       using acc = pk::acc_t<scalar_t>;
       typename pk::cpu::PositionCodeRows<scalar_t>::Recurrence state;
-      const int64_t rows = dim > 1000 ? 40 : 600;
       for (const int64_t first :
            {int64_t{0}, int64_t{12345}, (int64_t{1} << 24) - 300, (int64_t{1} << 31) - 700}) {
         std::vector<acc> recurrence(rows * dim, static_cast<acc>(kNaN));
@@ -780,6 +781,28 @@ TEST(PositionCodeRecurrence, MatchesExactEvaluationAtAnyPosition) {
   check_consecutive_rows<double>(1e-12);
   // A few float roundings of values <= 1 (the comment on evaluate_consecutive says 2.4e-7).
   check_consecutive_rows<float>(3e-7);
+}
+
+// A call of fewer rows than kMinWalkRows builds no turn tables (their setup would cost more
+// than its rows): its consecutive rows are the exact evaluation's, bit for bit.
+TEST(PositionCodeRecurrence, ShortWalksEvaluateExactly) {
+  const int64_t dim = 70;
+  const std::vector<pk::ChannelCode> channels = pk::make_channel_codes({}, dim);
+  pk::PositionSource source;
+  source.channels = channels.data();
+  using Rows = pk::cpu::PositionCodeRows<float>;
+  const Rows short_walk(source, dim, Rows::kMinWalkRows - 1);
+  ASSERT_FALSE(short_walk.anchored());
+  ASSERT_TRUE(Rows(source, dim, Rows::kMinWalkRows).anchored());
+  const int64_t rows = 5, first = (int64_t{1} << 24) - 2;
+  std::vector<float> walked(rows * dim, kNaN), exact(dim, kNaN);
+  Rows::Recurrence state;
+  short_walk.evaluate_consecutive(first, rows, walked.data(), state);
+  for (int64_t r = 0; r < rows; ++r) {
+    short_walk.evaluate(first + r, exact.data());
+    ASSERT_EQ(0, std::memcmp(exact.data(), walked.data() + r * dim, dim * sizeof(float)))
+        << "row " << r;
+  }
 }
 
 // The vectorized multipliers against the documented mask, element by element: every start
