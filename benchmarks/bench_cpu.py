@@ -319,7 +319,27 @@ def bench_mrope(repeat: int) -> None:
                "torch.compile(eager HF)": torch.compile(hf)}, repeat)
 
 
-BENCHMARKS = {"add_positional": bench_add_positional, "embedding": bench_embedding,
+def bench_decode_step(repeat: int) -> None:
+    """One new token per call (autoregressive decoding with absolute codes): the per-call cost
+    of posenc's setup against the eager lookup of a stored table row."""
+    for D in (1024, 4096):
+        x = torch.randn(8, 1, D)
+        pe = sinusoidal_table(4096, D)
+        offset = 3000
+        rows = time_alternated({
+            "posenc.add_positional(offset=...)":
+                lambda: posenc.add_positional(x, offset=offset, training=False),
+            "eager (x + pe[offset])": lambda: x + pe[offset:offset + 1],
+        }, repeat * 20)
+        print(f"\ndecode step: add_positional, x=(8, 1, {D}) float32, inference")
+        print(f"  {'variant':<38}{'us':>10}{'ours is x faster':>18}")
+        ours = rows["posenc.add_positional(offset=...)"]
+        for name, ms in rows.items():
+            print(f"  {name:<38}{ms * 1e3:>10.1f}{ms / ours:>18.2f}")
+
+
+BENCHMARKS = {"add_positional": bench_add_positional, "decode_step": bench_decode_step,
+              "embedding": bench_embedding,
               "rotary": bench_rotary, "llama_step": bench_llama_step, "patch": bench_patch,
               "mrope": bench_mrope}
 
