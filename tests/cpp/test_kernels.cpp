@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "angle.h"
@@ -85,13 +86,16 @@ void four_threads(int64_t begin, int64_t end, int64_t,
   for (auto& t : threads) t.join();
 }
 
-// add_positional's parameters for contiguous float32 x and out of [batch, seq, dim] and the
-// default sinusoidal code (channels from make_channel_codes).
-pk::AddPositionalParams contiguous_float_params(const std::vector<float>& x,
-                                                std::vector<float>& out, int64_t batch,
-                                                int64_t seq, int64_t dim,
-                                                const std::vector<pk::ChannelCode>& channels) {
+// add_positional's parameters for contiguous float32 or float64 x and out of [batch, seq, dim]
+// and the default sinusoidal code (channels from make_channel_codes; none for a learned table).
+template <typename scalar_t>
+pk::AddPositionalParams contiguous_params(const std::vector<scalar_t>& x,
+                                          std::vector<scalar_t>& out, int64_t batch, int64_t seq,
+                                          int64_t dim,
+                                          const std::vector<pk::ChannelCode>& channels = {}) {
+  static_assert(std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>);
   pk::AddPositionalParams params;
+  params.dtype = std::is_same_v<scalar_t, double> ? pk::DType::kFloat64 : pk::DType::kFloat32;
   params.shape.batch_ndim = 1;
   params.shape.batch_sizes[0] = batch;
   params.shape.seq_len = seq;
@@ -329,7 +333,7 @@ TEST_P(AddPositionalKernelThreads, SameBitsForAnySplit) {
   const auto codes = pk::make_channel_codes(pk::PositionCodeOptions{}, dim);
   auto run = [&](const pk::ParallelFor& pf) {
     std::vector<float> out(x.size(), std::nanf(""));
-    pk::AddPositionalParams params = contiguous_float_params(x, out, batch, seq, dim, codes);
+    pk::AddPositionalParams params = contiguous_params(x, out, batch, seq, dim, codes);
     params.offset = 1000;
     params.dropout = pk::make_dropout(0.1, true, 99);
     pk::add_positional_cpu(params, pf);
@@ -476,15 +480,8 @@ TEST(AddPositionalKernel, TableBackwardMatchesReference) {
     for (auto& v : x) v = normal(rng);
     std::vector<int64_t> positions(batch * seq);
     for (auto& v : positions) v = static_cast<int64_t>(rng() % rows);
-    pk::AddPositionalParams params;
-    params.dtype = pk::DType::kFloat64;
-    params.shape.batch_ndim = 1;
-    params.shape.batch_sizes[0] = batch;
-    params.shape.seq_len = seq;
-    params.shape.dim = dim;
-    params.x.data = grad.data();
-    params.x.batch_strides[0] = seq * dim;
-    params.x.seq_stride = dim;
+    // The backward reads the gradient as x and writes no rows.
+    pk::AddPositionalParams params = contiguous_params(grad, grad, batch, seq, dim);
     pk::StridedRows input = params.x;
     input.data = x.data();
     params.positions.data = positions.data();
@@ -678,7 +675,7 @@ TEST(EmbeddingKernel, GatherPaddingFairseqAndWeightGradient) {
   const auto codes = pk::make_channel_codes(pk::PositionCodeOptions{}, D);
   // x is the gradient of the backward below; the forward gathers its rows from the weight.
   std::vector<float> grad(B * T * D);
-  pk::AddPositionalParams params = contiguous_float_params(grad, out, B, T, D, codes);
+  pk::AddPositionalParams params = contiguous_params(grad, out, B, T, D, codes);
   params.gather.weight = weight.data();
   params.gather.vocab = V;
   params.gather.row_stride = D;
@@ -865,7 +862,7 @@ TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
       const auto codes = pk::make_channel_codes(options, dim);
       auto run = [&](int64_t batch) {
         std::vector<float> out(batch * seq * dim, std::nanf(""));
-        pk::AddPositionalParams params = contiguous_float_params(x, out, batch, seq, dim, codes);
+        pk::AddPositionalParams params = contiguous_params(x, out, batch, seq, dim, codes);
         params.offset = offset;
         params.scale = 1.75;
         params.source.code = options;
