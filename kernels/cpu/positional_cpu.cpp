@@ -93,6 +93,11 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
       // One batch row walking consecutive positions: rows from their anchors.
       const bool walk_anchors =
           needs_code && batch == 1 && code.anchored() && positions.consecutive(begin, end);
+      // In a dense out, the rows of one batch index lie back to back, and this range walks each
+      // batch index's rows upwards: one run per batch index.
+      const bool dense_out =
+          params.out.dim_stride == 1 && (seq_len == 1 || params.out.seq_stride == dim);
+      std::vector<cpu::PopulateAhead> populate(dense_out ? static_cast<size_t>(batch) : 0);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t_block = item / batch;
         const int64_t b = item % batch;
@@ -128,6 +133,13 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
           scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(params.out.data)) + out_base +
                           t * params.out.seq_stride;
           const int64_t out_stride = params.out.dim_stride;
+          if (dense_out) {
+            // This range's last row of batch index b ends the run.
+            const int64_t last_item = end - 1 - (end - 1 - b) % batch;
+            const int64_t run_end = std::min(seq_len, (last_item / batch + 1) * block);
+            populate[static_cast<size_t>(b)].at_row(
+                out, (run_end - t) * dim * static_cast<int64_t>(sizeof(scalar_t)));
+          }
           // The x row kPrefetchRows ahead, fetched alongside this one: a row of 4 KiB or more
           // starts on a new page, where the hardware prefetchers stop (measured 0.77 -> 0.86 of
           // clone's speed at one batch row, 0.86 -> 0.90 at eight).

@@ -12,6 +12,14 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#endif
+
 #include "angle.h"
 #include "common.h"
 #include "grid_case.h"
@@ -886,3 +894,188 @@ TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
     }
   }
 }
+
+#if defined(__linux__)
+namespace {
+
+// A fresh anonymous mapping of `pages` pages: none of them resident until written or populated.
+class FreshPages {
+ public:
+  explicit FreshPages(int64_t pages)
+      : bytes_(pages * page_size()),
+        data_(static_cast<char*>(mmap(nullptr, static_cast<size_t>(bytes_), PROT_READ | PROT_WRITE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))) {}
+  ~FreshPages() {
+    if (data_ != MAP_FAILED) munmap(data_, static_cast<size_t>(bytes_));
+  }
+  FreshPages(const FreshPages&) = delete;
+  FreshPages& operator=(const FreshPages&) = delete;
+
+  static int64_t page_size() { return static_cast<int64_t>(sysconf(_SC_PAGESIZE)); }
+  bool ok() const { return data_ != MAP_FAILED; }
+  char* page(int64_t i) const { return data_ + i * page_size(); }
+  int64_t pages() const { return bytes_ / page_size(); }
+  bool resident(int64_t i) const {
+    unsigned char flag = 0;
+    EXPECT_EQ(0, mincore(page(i), static_cast<size_t>(page_size()), &flag));
+    return (flag & 1) != 0;
+  }
+  // The indices of the resident pages.
+  std::vector<int64_t> resident_pages() const {
+    std::vector<int64_t> found;
+    for (int64_t i = 0; i < pages(); ++i) {
+      if (resident(i)) found.push_back(i);
+    }
+    return found;
+  }
+
+ private:
+  int64_t bytes_;
+  char* data_;
+};
+
+std::vector<int64_t> page_range(int64_t first, int64_t end) {
+  std::vector<int64_t> pages;
+  for (int64_t i = first; i < end; ++i) pages.push_back(i);
+  return pages;
+}
+
+// Whether this kernel knows MADV_POPULATE_WRITE (Linux 5.14); the tests below need it.
+bool kernel_populates() {
+  FreshPages probe(1);
+  return probe.ok() && madvise(probe.page(0), static_cast<size_t>(FreshPages::page_size()),
+                               MADV_POPULATE_WRITE) == 0;
+}
+
+}  // namespace
+
+// Only the whole pages inside the range are populated, and contents are kept.
+TEST(PopulateFreshPages, PopulatesTheWholePagesOfAFreshRange) {
+  if (!kernel_populates()) GTEST_SKIP() << "no MADV_POPULATE_WRITE in this kernel";
+  const int64_t page = FreshPages::page_size();
+  FreshPages memory(8);
+  ASSERT_TRUE(memory.ok());
+  ASSERT_TRUE(memory.resident_pages().empty());
+  // From 100 bytes into page 0 to 100 bytes into page 6: pages 1 to 5 are whole.
+  pk::cpu::populate_fresh_pages(memory.page(0) + 100, 6 * page);
+  EXPECT_EQ(page_range(1, 6), memory.resident_pages());
+  for (int64_t i = 0; i < 8 * page; ++i) ASSERT_EQ(0, memory.page(0)[i]);
+  // A range shorter than a whole page populates nothing.
+  FreshPages small(2);
+  pk::cpu::populate_fresh_pages(small.page(0) + 8, page);
+  EXPECT_TRUE(small.resident_pages().empty());
+}
+
+// A range whose first page is resident (a reused allocation) is left alone, and written values
+// stay.
+TEST(PopulateFreshPages, LeavesARangeWhoseFirstPageIsResident) {
+  if (!kernel_populates()) GTEST_SKIP() << "no MADV_POPULATE_WRITE in this kernel";
+  const int64_t page = FreshPages::page_size();
+  FreshPages memory(6);
+  ASSERT_TRUE(memory.ok());
+  std::memset(memory.page(0), 0x5a, static_cast<size_t>(page));
+  pk::cpu::populate_fresh_pages(memory.page(0), 6 * page);
+  EXPECT_EQ(page_range(0, 1), memory.resident_pages());
+  pk::cpu::populate_fresh_pages(memory.page(1), 5 * page);
+  EXPECT_EQ(page_range(0, 6), memory.resident_pages());
+  for (int64_t i = 0; i < page; ++i) ASSERT_EQ(0x5a, static_cast<unsigned char>(memory.page(0)[i]));
+}
+
+// PopulateAhead populates at most kBytes from a row, again only once the rows pass them, never
+// past the run's end, and nothing when less than kMinBytes are left.
+TEST(PopulateAhead, StepsThroughARunAtMostKBytesAtATime) {
+  if (!kernel_populates()) GTEST_SKIP() << "no MADV_POPULATE_WRITE in this kernel";
+  const int64_t page = FreshPages::page_size();
+  const int64_t step = pk::cpu::PopulateAhead::kBytes / page;  // pages per call
+  const int64_t tail = pk::cpu::PopulateAhead::kMinBytes / page + 3;
+  FreshPages memory(3 * step);
+  ASSERT_TRUE(memory.ok());
+  const int64_t run_bytes = (2 * step + tail) * page;  // the run ends inside the third step
+  pk::cpu::PopulateAhead populate;
+  populate.at_row(memory.page(0), run_bytes);
+  EXPECT_EQ(page_range(0, step), memory.resident_pages());
+  // A row inside what was populated: nothing more.
+  populate.at_row(memory.page(step - 1), run_bytes - (step - 1) * page);
+  EXPECT_EQ(page_range(0, step), memory.resident_pages());
+  populate.at_row(memory.page(step), run_bytes - step * page);
+  EXPECT_EQ(page_range(0, 2 * step), memory.resident_pages());
+  populate.at_row(memory.page(2 * step), run_bytes - 2 * step * page);
+  EXPECT_EQ(page_range(0, 2 * step + tail), memory.resident_pages());
+  // A run shorter than kMinBytes.
+  FreshPages short_run(tail);
+  ASSERT_TRUE(short_run.ok());
+  pk::cpu::PopulateAhead().at_row(short_run.page(0), pk::cpu::PopulateAhead::kMinBytes - page);
+  EXPECT_TRUE(short_run.resident_pages().empty());
+}
+
+// add_positional and rotary populate their fresh outputs as they go: the same values as into
+// written memory, and no page past the output's last byte (or before its first) is touched.
+// Outputs of 1.2 MiB and more take several PopulateAhead steps; 4 threads split them.
+TEST(AddPositionalKernel, FreshOutputsArePopulatedOnlyWhereWritten) {
+  const int64_t page = FreshPages::page_size();
+  const int64_t seq = 300, dim = 1040;  // rows of 4160 bytes: not a whole number of pages
+  for (const int64_t batch : {int64_t{1}, int64_t{3}}) {
+    const int64_t count = batch * seq * dim;
+    std::vector<float> x(static_cast<size_t>(count));
+    std::mt19937 rng(static_cast<unsigned>(batch));
+    std::normal_distribution<float> normal;
+    for (auto& v : x) v = normal(rng);
+    const auto codes = pk::make_channel_codes({}, dim);
+    std::vector<float> written(static_cast<size_t>(count), std::nanf(""));
+    pk::AddPositionalParams params = contiguous_params(x, written, batch, seq, dim, codes);
+    params.offset = 5;
+    pk::add_positional_cpu(params, four_threads);
+    // The output starts 64 bytes into page 1 and is followed by 4 spare pages.
+    const int64_t bytes = count * static_cast<int64_t>(sizeof(float));
+    FreshPages memory(1 + (64 + bytes + page - 1) / page + 4);
+    ASSERT_TRUE(memory.ok());
+    float* out = reinterpret_cast<float*>(memory.page(1) + 64);
+    params.out.data = out;
+    pk::add_positional_cpu(params, four_threads);
+    ASSERT_EQ(0, std::memcmp(written.data(), out, static_cast<size_t>(bytes))) << "batch " << batch;
+    EXPECT_EQ(page_range(1, (page + 64 + bytes + page - 1) / page), memory.resident_pages())
+        << "batch " << batch;
+  }
+}
+
+TEST(RotaryKernel, FreshOutputsArePopulatedOnlyWhereWritten) {
+  const int64_t page = FreshPages::page_size();
+  const int64_t B = 2, S = 300, H = 4, D = 130;  // 520-byte head rows
+  const int64_t count = B * S * H * D;
+  std::vector<float> q(static_cast<size_t>(count));
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  for (auto& v : q) v = normal(rng);
+  const auto frequencies = pk::rotary_turn_frequencies(pk::default_inv_freq(D, 10000.0));
+  // bshd and bhsd, in and out alike: a token's heads as one run, or each head's rows as one.
+  const int64_t bshd[4] = {S * H * D, H * D, D, 1};
+  const int64_t bhsd[4] = {H * S * D, D, S * D, 1};
+  for (const int64_t* strides : {bshd, bhsd}) {
+    pk::RotaryParams params;
+    params.dtype = pk::DType::kFloat32;
+    params.batch = B;
+    params.seq_len = S;
+    params.head_dim = D;
+    params.rotary_dim = D;
+    params.attention_factor = 1.0;
+    params.frequencies = frequencies.data();
+    params.operand_count = 1;
+    pk::RotaryOperand& op = params.operands[0];
+    op.in = q.data();
+    op.heads = H;
+    for (int i = 0; i < 4; ++i) op.in_strides[i] = op.out_strides[i] = strides[i];
+    std::vector<float> written(static_cast<size_t>(count), std::nanf(""));
+    op.out = written.data();
+    pk::rotary_cpu(params, four_threads);
+    const int64_t bytes = count * static_cast<int64_t>(sizeof(float));
+    FreshPages memory(1 + (64 + bytes + page - 1) / page + 4);
+    ASSERT_TRUE(memory.ok());
+    op.out = memory.page(1) + 64;
+    pk::rotary_cpu(params, four_threads);
+    ASSERT_EQ(0, std::memcmp(written.data(), op.out, static_cast<size_t>(bytes)))
+        << "strides " << strides[1];
+    EXPECT_EQ(page_range(1, (page + 64 + bytes + page - 1) / page), memory.resident_pages())
+        << "strides " << strides[1];
+  }
+}
+#endif  // __linux__
