@@ -117,6 +117,25 @@ pk::AddPositionalParams contiguous_params(const std::vector<scalar_t>& x,
   return params;
 }
 
+// rotary's parameters for one operand of `heads` heads of `head_dim` channels, the first
+// `rotary_dim` rotated at `frequencies`, attention factor 1; its pointers and strides are the
+// caller's.
+pk::RotaryParams one_operand_rotary(pk::DType dtype, int64_t batch, int64_t seq, int64_t heads,
+                                    int64_t head_dim, int64_t rotary_dim,
+                                    const std::vector<pk::TurnFrequency>& frequencies) {
+  pk::RotaryParams params;
+  params.dtype = dtype;
+  params.batch = batch;
+  params.seq_len = seq;
+  params.head_dim = head_dim;
+  params.rotary_dim = rotary_dim;
+  params.attention_factor = 1.0;
+  params.frequencies = frequencies.data();
+  params.operand_count = 1;
+  params.operands[0].heads = heads;
+  return params;
+}
+
 struct Case {
   pk::PositionKind kind;
   pk::Convention convention;
@@ -529,21 +548,13 @@ TEST(RotaryKernel, MatchesReferenceForwardAndInverse) {
     const std::vector<int64_t> offsets = {3, 1000};
     const auto inv_freq = pk::default_inv_freq(r, 10000.0);
     const auto frequencies = pk::rotary_turn_frequencies(inv_freq);
-    pk::RotaryParams params;
-    params.dtype = pk::DType::kFloat64;
-    params.batch = B;
-    params.seq_len = S;
-    params.head_dim = D;
-    params.rotary_dim = r;
+    pk::RotaryParams params = one_operand_rotary(pk::DType::kFloat64, B, S, H, D, r, frequencies);
     params.interleaved = interleaved;
     params.attention_factor = 1.25;
-    params.frequencies = frequencies.data();
     params.offsets = offsets.data();
-    params.operand_count = 1;
     pk::RotaryOperand& op = params.operands[0];
     op.in = q.data();
     op.out = out.data();
-    op.heads = H;
     const int64_t in_strides[4] = {H * S * D, D, S * D, 1};  // bhsd memory, bshd logical
     const int64_t out_strides[4] = {S * H * D, H * D, D, 1};
     for (int i = 0; i < 4; ++i) {
@@ -1051,18 +1062,9 @@ TEST(RotaryKernel, FreshOutputsArePopulatedOnlyWhereWritten) {
   const int64_t bshd[4] = {S * H * D, H * D, D, 1};
   const int64_t bhsd[4] = {H * S * D, D, S * D, 1};
   for (const int64_t* strides : {bshd, bhsd}) {
-    pk::RotaryParams params;
-    params.dtype = pk::DType::kFloat32;
-    params.batch = B;
-    params.seq_len = S;
-    params.head_dim = D;
-    params.rotary_dim = D;
-    params.attention_factor = 1.0;
-    params.frequencies = frequencies.data();
-    params.operand_count = 1;
+    pk::RotaryParams params = one_operand_rotary(pk::DType::kFloat32, B, S, H, D, D, frequencies);
     pk::RotaryOperand& op = params.operands[0];
     op.in = q.data();
-    op.heads = H;
     for (int i = 0; i < 4; ++i) op.in_strides[i] = op.out_strides[i] = strides[i];
     std::vector<float> written(static_cast<size_t>(count), std::nanf(""));
     op.out = written.data();
