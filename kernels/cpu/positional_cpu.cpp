@@ -94,10 +94,12 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
       const bool walk_anchors =
           needs_code && batch == 1 && code.anchored() && positions.consecutive(begin, end);
       // In a dense out, the rows of one batch index lie back to back, and this range walks each
-      // batch index's rows upwards: one run per batch index.
-      const bool dense_out =
-          params.out.dim_stride == 1 && (seq_len == 1 || params.out.seq_stride == dim);
-      std::vector<cpu::PopulateAhead> populate(dense_out ? static_cast<size_t>(batch) : 0);
+      // batch index's rows upwards: one run per batch index, if runs can be long enough to be
+      // populated (which also bounds the runs' count by the output's size).
+      const bool populate_runs =
+          params.out.dim_stride == 1 && (seq_len == 1 || params.out.seq_stride == dim) &&
+          seq_len * dim * static_cast<int64_t>(sizeof(scalar_t)) >= cpu::PopulateAhead::kMinBytes;
+      std::vector<cpu::PopulateAhead> populate(populate_runs ? static_cast<size_t>(batch) : 0);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t_block = item / batch;
         const int64_t b = item % batch;
@@ -133,7 +135,7 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
           scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(params.out.data)) + out_base +
                           t * params.out.seq_stride;
           const int64_t out_stride = params.out.dim_stride;
-          if (dense_out) {
+          if (populate_runs) {
             // This range's last row of batch index b ends the run.
             const int64_t last_item = end - 1 - (end - 1 - b) % batch;
             const int64_t run_end = std::min(seq_len, (last_item / batch + 1) * block);

@@ -44,9 +44,9 @@ void rotate_from_anchor(const double* anchor_sin, const double* anchor_cos, cons
 // Makes the not yet resident pages of [data, data + bytes) writable in one system call
 // (madvise MADV_POPULATE_WRITE) when its first whole page is not resident, as in a fresh
 // allocation; otherwise, or off Linux, does nothing. The row loops call it on the rows that they
-// are about to write, a few hundred KiB at a time: a fresh 64 MiB output otherwise takes 16384
-// page faults, one per 4 KiB page, which cost more than the loop's own work. Contents are
-// unchanged, and every error is ignored (the stores then fault the pages in as before).
+// are about to write, up to 1 MiB at a time (PopulateAhead): a fresh 64 MiB output otherwise
+// takes 16384 page faults, one per 4 KiB page, which cost more than the loop's own work. Contents
+// are unchanged, and every error is ignored (the stores then fault the pages in as before).
 void populate_fresh_pages(void* data, int64_t bytes);
 
 // Populates one run of output rows that lie back to back, ahead of the writes and at most kBytes
