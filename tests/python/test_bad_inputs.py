@@ -121,6 +121,11 @@ CASES = [
     # Python-level types: the schema-driven argument path names the argument.
     ("scale str", lambda: posenc.add_positional(X, scale="2"), TypeError, "scale must be a float"),
     ("training int", lambda: posenc.add_positional(X, training=1), TypeError, "training must be a bool"),
+    # Values equal to the schema's default but of another type (False == 0, True == 1.0) are
+    # still checked, though the wrapper leaves real defaults out of the call.
+    ("offset bool", lambda: posenc.add_positional(X, offset=False), TypeError, "offset must be an int"),
+    ("scale bool", lambda: posenc.add_positional(X, scale=True), TypeError, "scale must be a float"),
+    ("rotary interleaved int", lambda: posenc.rotary(torch.randn(1, 2, 1, 4), interleaved=0), TypeError, "interleaved must be a bool"),
     ("table list", lambda: posenc.add_positional(X, kind="learned", table=[[0.0] * 8]), TypeError, "table must be a Tensor or None"),
     ("base None", lambda: posenc.add_positional(X, base=None), TypeError, "base must be a float"),
     ("dropout str", lambda: posenc.add_positional(X, dropout="0.1"), TypeError, "dropout must be a float"),
