@@ -386,6 +386,57 @@ void rotate_from_anchor(const double* anchor_sin, const double* anchor_cos, cons
   chosen(anchor_sin, anchor_cos, turn_cos, turn_sin, row, n);
 }
 
+namespace {
+
+template <typename acc_t>
+inline __attribute__((always_inline)) void evaluate_codes_loop(
+    double position, const double* __restrict high, const double* __restrict middle,
+    const double* __restrict low, const double* __restrict phase, const acc_t* __restrict amplitude,
+    acc_t* __restrict out, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) {
+    out[d] = amplitude[d] *
+             sin_turns<acc_t>(reduced_turns(position, high[d], middle[d], low[d], phase[d]));
+  }
+}
+
+template <typename acc_t>
+void evaluate_codes_baseline(double position, const double* high, const double* middle,
+                             const double* low, const double* phase, const acc_t* amplitude,
+                             acc_t* out, int64_t n) {
+  evaluate_codes_loop(position, high, middle, low, phase, amplitude, out, n);
+}
+
+#if defined(__x86_64__)
+// AVX2 without FMA, as rotate_avx2: the same roundings as the baseline, so the same bits.
+template <typename acc_t>
+__attribute__((target("avx2"))) void evaluate_codes_avx2(double position, const double* high,
+                                                         const double* middle, const double* low,
+                                                         const double* phase,
+                                                         const acc_t* amplitude, acc_t* out,
+                                                         int64_t n) {
+  evaluate_codes_loop(position, high, middle, low, phase, amplitude, out, n);
+}
+#else
+template <typename acc_t>
+constexpr auto evaluate_codes_avx2 = evaluate_codes_baseline<acc_t>;
+#endif
+
+}  // namespace
+
+void evaluate_codes(double position, const double* high, const double* middle, const double* low,
+                    const double* phase, const float* amplitude, float* out, int64_t n) {
+  static const auto chosen =
+      choose_build(evaluate_codes_baseline<float>, evaluate_codes_avx2<float>);
+  chosen(position, high, middle, low, phase, amplitude, out, n);
+}
+
+void evaluate_codes(double position, const double* high, const double* middle, const double* low,
+                    const double* phase, const double* amplitude, double* out, int64_t n) {
+  static const auto chosen =
+      choose_build(evaluate_codes_baseline<double>, evaluate_codes_avx2<double>);
+  chosen(position, high, middle, low, phase, amplitude, out, n);
+}
+
 }  // namespace cpu
 }  // namespace kernels
 }  // namespace posenc
