@@ -132,8 +132,11 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
 
       // Runs of output rows that lie back to back (see PopulateAhead): a token's heads form one
       // row when they do, else each head's rows form its own run. Runs end at batch ends.
-      std::vector<std::vector<cpu::PopulateAhead>> populate(
-          static_cast<size_t>(params.operand_count));
+      struct OperandRuns {
+        std::vector<cpu::PopulateAhead> runs;  // one, or one per head; none: not populated
+        int64_t row_elements = 0;              // of a run's row
+      };
+      std::vector<OperandRuns> populate(static_cast<size_t>(params.operand_count));
       for (int k = 0; k < params.operand_count; ++k) {
         const RotaryOperand& op = params.operands[k];
         const bool rows_dense = op.out_strides[3] == 1 || params.head_dim == 1;
@@ -142,24 +145,23 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
                                 op.out_strides[1] == op.heads * params.head_dim;
         const bool head_rows = rows_dense && op.out_strides[1] == params.head_dim;
         if (token_rows) {
-          populate[k].resize(1);
+          populate[k].runs.resize(1);
+          populate[k].row_elements = op.heads * params.head_dim;
         } else if (head_rows) {
-          populate[k].resize(static_cast<size_t>(op.heads));
+          populate[k].runs.resize(static_cast<size_t>(op.heads));
+          populate[k].row_elements = params.head_dim;
         }
       }
       auto populate_tile = [&](int k, int64_t first_token) {
         const RotaryOperand& op = params.operands[k];
-        const int64_t runs = static_cast<int64_t>(populate[k].size());
-        if (runs == 0) return;
+        OperandRuns& operand = populate[k];
         const int64_t b = first_token / params.seq_len;
-        const int64_t run_tokens = std::min(end, (b + 1) * params.seq_len) - first_token;
-        const int64_t row_bytes =
-            (runs == 1 ? op.heads : 1) * params.head_dim * static_cast<int64_t>(sizeof(scalar_t));
+        const int64_t run_bytes = (std::min(end, (b + 1) * params.seq_len) - first_token) *
+                                  operand.row_elements * static_cast<int64_t>(sizeof(scalar_t));
         scalar_t* row = static_cast<scalar_t*>(op.out) + b * op.out_strides[0] +
                         (first_token - b * params.seq_len) * op.out_strides[1];
-        for (int64_t h = 0; h < runs; ++h) {
-          populate[k][static_cast<size_t>(h)].at_row(row + h * op.out_strides[2],
-                                                     run_tokens * row_bytes);
+        for (size_t h = 0; h < operand.runs.size(); ++h) {
+          operand.runs[h].at_row(row + static_cast<int64_t>(h) * op.out_strides[2], run_bytes);
         }
       };
 

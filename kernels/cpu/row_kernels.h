@@ -33,6 +33,15 @@ CpuCapability cpu_capability();
 void rotate_channels(const double* step_sin, const double* step_cos, double* s, double* c,
                      int64_t n);
 
+// A code value from its anchor (amplitude * sin and amplitude * cos of the channel's angle
+// there) and the rotation from the anchor to its row: the one formula of rotate_from_anchor and
+// of the fused combine (combine_row_impl), so that both give the same bits.
+template <typename acc_t>
+inline __attribute__((always_inline)) acc_t rotated_code(acc_t anchor_sin, acc_t anchor_cos,
+                                                         acc_t turn_cos, acc_t turn_sin) {
+  return anchor_sin * turn_cos + anchor_cos * turn_sin;
+}
+
 // row[d] = anchor_sin[d] * turn_cos[d] + anchor_cos[d] * turn_sin[d] for d < n: a code row from
 // its anchor row (amplitude * sin and amplitude * cos of each channel's angle there) and the
 // rotation from the anchor to the row (vectorized, built for AVX2 too).
@@ -490,8 +499,8 @@ template <typename acc_t>
 void dropout_multipliers(const Dropout& dropout, uint64_t first, int64_t count, acc_t* out);
 
 // out[d] = mask[d] * combine(scale * in[d], pe[d]) over one row of `dim` elements, with pe[d]
-// read from pe.row or, for a rotated code, made in the same loop as rotate_from_anchor makes it
-// (the same bits), so that no code row is written and read back.
+// read from pe.row or, for a rotated code, made in the same loop by rotated_code, as
+// rotate_from_anchor makes it, so that no code row is written and read back.
 // Inlined into the caller's row loop: out of line, with the same loop, it measured ~10% slower
 // against freshly allocated outputs (whose page faults dominate there), for reasons not found.
 // The inlining is forced: with the rotated variants GCC stopped inlining, and eight batch rows
@@ -510,7 +519,7 @@ inline __attribute__((always_inline)) void combine_row_impl(const scalar_t* __re
   const acc_t* __restrict turn_sin = pe.turn_sin;
   auto code = [&](int64_t d) {
     if constexpr (kRotated) {
-      return anchor_sin[d] * turn_cos[d] + anchor_cos[d] * turn_sin[d];
+      return rotated_code(anchor_sin[d], anchor_cos[d], turn_cos[d], turn_sin[d]);
     } else {
       return pe_row[d];
     }

@@ -346,7 +346,7 @@ inline __attribute__((always_inline)) void rotate_from_anchor_loop(
     const acc_t* __restrict turn_cos, const acc_t* __restrict turn_sin, acc_t* __restrict row,
     int64_t n) {
   for (int64_t d = 0; d < n; ++d)
-    row[d] = anchor_sin[d] * turn_cos[d] + anchor_cos[d] * turn_sin[d];
+    row[d] = rotated_code(anchor_sin[d], anchor_cos[d], turn_cos[d], turn_sin[d]);
 }
 
 template <typename acc_t>

@@ -153,9 +153,19 @@ __host__ __device__ int64_t channel_groups(int64_t dim) {
   return (dim + kElementsPerThread - 1) / kElementsPerThread;
 }
 
+// The entries of one field of the table: 8 per group. Field f starts at f times this.
+__host__ __device__ int64_t channel_field_entries(int64_t groups) {
+  return kElementsPerThread * groups;
+}
+
+// The entry of channel d within each field.
+__host__ __device__ int64_t channel_entry(int64_t groups, int64_t d) {
+  return (d & 7) * groups + (d >> 3);
+}
+
 __device__ ChannelCode channel_at(const ChannelTable& table, int64_t d) {
-  const int64_t field = kElementsPerThread * table.groups;
-  const double* v = table.values + (d & 7) * table.groups + (d >> 3);
+  const int64_t field = channel_field_entries(table.groups);
+  const double* v = table.values + channel_entry(table.groups, d);
   return ChannelCode{{v[0], v[field], v[2 * field]}, v[3 * field], v[4 * field]};
 }
 
@@ -196,11 +206,11 @@ __global__ void channel_codes_kernel(PositionCodeOptions code,
                                      const POSENC_GRID_CONSTANT GridCode grid, int64_t dim,
                                      double* out) {
   const int64_t groups = channel_groups(dim);
-  const int64_t field = kElementsPerThread * groups;
+  const int64_t field = channel_field_entries(groups);
   for (int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; d < field;
        d += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const ChannelCode c = d < dim ? grid_channel_code(code, grid, dim, d) : ChannelCode{};
-    double* v = out + (d & 7) * groups + (d >> 3);
+    double* v = out + channel_entry(groups, d);
     v[0] = c.frequency.high;
     v[field] = c.frequency.middle;
     v[2 * field] = c.frequency.low;
@@ -980,7 +990,7 @@ bool needs_channel_table(const AddPositionalParams& params) {
 // Fills the channel table at the start of `workspace` when the launch needs one.
 int fill_channel_table(const AddPositionalParams& params, void* workspace, void* stream) {
   if (!needs_channel_table(params)) return 0;
-  const int64_t entries = kElementsPerThread * channel_groups(params.shape.dim);
+  const int64_t entries = channel_field_entries(channel_groups(params.shape.dim));
   POSENC_LAUNCH(channel_codes_kernel, blocks_for(entries, kThreads, max_grid_x()), kThreads, 0,
                 stream, params.source.code, params.source.grid, params.shape.dim,
                 static_cast<double*>(workspace));
@@ -988,7 +998,7 @@ int fill_channel_table(const AddPositionalParams& params, void* workspace, void*
 }
 
 int64_t channel_table_bytes(const AddPositionalParams& params) {
-  const int64_t entries = kElementsPerThread * channel_groups(params.shape.dim);
+  const int64_t entries = channel_field_entries(channel_groups(params.shape.dim));
   return needs_channel_table(params)
              ? aligned_bytes(kChannelFields * entries * static_cast<int64_t>(sizeof(double)))
              : 0;
