@@ -30,6 +30,17 @@ struct PositionCodeOptions {
   Layout layout = Layout::kInterleaved;
 };
 
+// Caches of codes are keyed by these options: a new field must be compared here (the size check
+// fails when a field is added, as a reminder).
+inline bool operator==(const PositionCodeOptions& a, const PositionCodeOptions& b) {
+  static_assert(sizeof(PositionCodeOptions) == 24, "compare the new field of PositionCodeOptions");
+  return a.kind == b.kind && a.base == b.base && a.convention == b.convention &&
+         a.layout == b.layout;
+}
+inline bool operator!=(const PositionCodeOptions& a, const PositionCodeOptions& b) {
+  return !(a == b);
+}
+
 // Angular frequency (radians per position) of sinusoidal pair `pair`.
 POSENC_HOST_DEVICE double sinusoidal_frequency(const PositionCodeOptions& options, int64_t dim,
                                                int64_t pair) {
@@ -107,6 +118,20 @@ struct GridCode {
   int segment_axes[kMaxGridAxes] = {};
   int64_t segment_ends[kMaxGridAxes] = {};
 };
+
+// As for PositionCodeOptions: every field compared, the size check a reminder for new ones.
+inline bool operator==(const GridCode& a, const GridCode& b) {
+  static_assert(sizeof(GridCode) == 128, "compare the new field of GridCode");
+  if (a.axis_count != b.axis_count || a.extra_tokens != b.extra_tokens) return false;
+  for (int i = 0; i < kMaxGridAxes; ++i) {
+    if (a.sizes[i] != b.sizes[i] || a.origins[i] != b.origins[i] || a.scales[i] != b.scales[i] ||
+        a.segment_axes[i] != b.segment_axes[i] || a.segment_ends[i] != b.segment_ends[i]) {
+      return false;
+    }
+  }
+  return true;
+}
+inline bool operator!=(const GridCode& a, const GridCode& b) { return !(a == b); }
 
 // The CPU kernels factorise a grid's codes into rows per axis (kernels/cpu/row_kernels.h) when
 // those hold at most this many values; beyond it each row is evaluated where it is used, so a

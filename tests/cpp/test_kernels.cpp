@@ -1081,3 +1081,45 @@ TEST(RotaryKernel, FreshOutputsArePopulatedOnlyWhereWritten) {
   }
 }
 #endif  // __linux__
+
+// The channel-code cache of the binding is keyed through these operators: each field must count.
+TEST(PositionCodeOptions, EqualityComparesEveryField) {
+  using namespace posenc::kernels;
+  const PositionCodeOptions base;
+  EXPECT_TRUE(base == PositionCodeOptions());
+  PositionCodeOptions other = base;
+  other.kind = PositionKind::kCosine;
+  EXPECT_TRUE(base != other);
+  other = base;
+  other.base = 500.0;
+  EXPECT_TRUE(base != other);
+  other = base;
+  other.convention = Convention::kTensor2Tensor;
+  EXPECT_TRUE(base != other);
+  other = base;
+  other.layout = Layout::kConcat;
+  EXPECT_TRUE(base != other);
+}
+
+TEST(GridCode, EqualityComparesEveryField) {
+  using namespace posenc::kernels;
+  GridCode base;
+  base.axis_count = 2;
+  base.sizes[0] = 3;
+  base.sizes[1] = 4;
+  base.segment_ends[0] = 4;
+  base.segment_ends[1] = 8;
+  base.segment_axes[0] = 1;
+  EXPECT_TRUE(base == GridCode(base));
+  const std::vector<std::function<void(GridCode&)>> changes = {
+      [](GridCode& g) { g.axis_count = 3; },      [](GridCode& g) { g.extra_tokens = 1; },
+      [](GridCode& g) { g.sizes[1] = 5; },        [](GridCode& g) { g.origins[0] = 2; },
+      [](GridCode& g) { g.scales[1] = 0.5; },     [](GridCode& g) { g.segment_axes[1] = 1; },
+      [](GridCode& g) { g.segment_ends[0] = 2; },
+  };
+  for (const auto& change : changes) {
+    GridCode other = base;
+    change(other);
+    EXPECT_TRUE(base != other);
+  }
+}

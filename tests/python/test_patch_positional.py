@@ -164,7 +164,7 @@ def test_dropout_mask_is_the_1d_mask():
     line = torch.ops.posenc.add_positional(x, None, None, seed, dropout=0.3)
     assert torch.equal(grid == 0, line == 0)
     kept = grid != 0
-    pe = grid_code(torch.arange(17), 16, (4, 4), extra_tokens=1)
+    pe = grid_code(torch.arange(17), 16, (4, 4), extra_tokens=1, layout="concat")
     torch.testing.assert_close(grid[kept].double(), ((x.double() + pe) * dropout_scale(0.3))[kept],
                                atol=1e-5, rtol=1e-6)
 

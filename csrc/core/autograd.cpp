@@ -1,71 +1,34 @@
-// Autograd for the posenc operators, in C++ so that gradients work from LibTorch as well as
-// Python. One boxed autograd kernel serves every differentiable operator: it runs the operator
-// below the Autograd key and saves the call (its tensor arguments through save_for_backward,
-// the others as one list). The backward calls each backward operator through the dispatcher
-// with arguments taken by name from the saved call, so no argument list is spelled out here.
+// The one boxed autograd kernel of every differentiable posenc operator (see autograd.h).
+#include "core/autograd.h"
+
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/library.h>
 
-#include <array>
 #include <cstring>
-
-#include "call.h"
+#include <map>
+#include <string>
 
 namespace posenc {
+namespace core {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// One backward operator: which differentiable inputs it gives the gradient of. When it is the
-// forward operator itself (rotary), those inputs take the incoming gradients and `flip` names
-// the bool argument that turns the map into its transpose.
-struct BackwardCall {
-  const char* op;
-  std::array<const char*, 2> computes;
-  const char* flip;
-};
+// The registered derivatives by forward operator name ("posenc::add_positional").
+std::map<std::string, const Derivative*, std::less<>>& derivatives() {
+  static std::map<std::string, const Derivative*, std::less<>> registered;
+  return registered;
+}
 
-// The differentiable inputs of a forward operator (at most two) and the backward calls.
-struct Derivative {
-  const char* forward;
-  std::array<const char*, 2> inputs;
-  std::array<BackwardCall, 2> calls;
-};
-
-constexpr Derivative kDerivatives[] = {
-    {"posenc::add_positional",
-     {"x", "table"},
-     {{{"posenc::add_positional_backward", {"x", nullptr}, nullptr},
-       {"posenc::add_positional_table_backward", {"table", nullptr}, nullptr}}}},
-    {"posenc::embedding",
-     {"weight", "table"},
-     {{{"posenc::embedding_backward", {"weight", nullptr}, nullptr},
-       {"posenc::embedding_table_backward", {"table", nullptr}, nullptr}}}},
-    {"posenc::rotary", {"q", "k"}, {{{"posenc::rotary", {"q", "k"}, "inverse"}, {}}}},
-    {"posenc::rotary_tables",
-     {"q", "k"},
-     {{{"posenc::rotary_tables", {"q", "k"}, "transpose"}, {}}}},
-};
-
-const Derivative& derivative_of(const c10::OperatorHandle& op) {
-  for (const Derivative& d : kDerivatives) {
-    if (op.schema().name() == d.forward) return d;
-  }
-  TORCH_INTERNAL_ASSERT(false, "posenc: no derivative for ", op.schema().name());
+const Derivative& derivative_of(std::string_view op_name) {
+  const auto found = derivatives().find(op_name);
+  TORCH_INTERNAL_ASSERT(found != derivatives().end(), "posenc: no derivative for ", op_name);
+  return *found->second;
 }
 
 c10::OperatorHandle find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
-}
-
-int argument_index(const c10::FunctionSchema& schema, std::string_view name) {
-  const auto& arguments = schema.arguments();
-  for (size_t i = 0; i < arguments.size(); ++i) {
-    if (arguments[i].name() == name) return static_cast<int>(i);
-  }
-  return -1;
 }
 
 int slot_of(const std::array<const char*, 2>& names, std::string_view name) {
@@ -73,6 +36,13 @@ int slot_of(const std::array<const char*, 2>& names, std::string_view name) {
     if (names[i] != nullptr && name == names[i]) return i;
   }
   return -1;
+}
+
+bool is_tensor_argument(const c10::Argument& argument) {
+  const c10::TypePtr& type = argument.type();
+  return type->kind() == c10::TypeKind::TensorType ||
+         (type->kind() == c10::TypeKind::OptionalType &&
+          type->containedType(0)->kind() == c10::TypeKind::TensorType);
 }
 
 // The forward call that apply() receives besides the differentiable tensors.
@@ -89,7 +59,7 @@ class PosencFunction : public torch::autograd::Function<PosencFunction> {
                                const std::optional<at::Tensor>& first,
                                const std::optional<at::Tensor>& second) {
     const c10::FunctionSchema& schema = call.op->schema();
-    const detail::Arguments args(*call.op, *call.stack);
+    const Arguments args(*call.op, *call.stack);
     const Derivative& derivative = *call.derivative;
     const std::array<bool, 2> present{first.has_value(), second.has_value()};
     // Which backward calls may run, and so which saved arguments they read.
@@ -112,11 +82,7 @@ class PosencFunction : public torch::autograd::Function<PosencFunction> {
     c10::impl::GenericList others(c10::AnyType::get());
     for (const c10::Argument& argument : schema.arguments()) {
       const c10::IValue& value = args[argument.name()];
-      const bool is_tensor = argument.type()->kind() == c10::TypeKind::TensorType ||
-                             (argument.type()->kind() == c10::TypeKind::OptionalType &&
-                              argument.type()->containedType(0)->kind() ==
-                                  c10::TypeKind::TensorType);
-      if (!is_tensor) {
+      if (!is_tensor_argument(argument)) {
         tensor_slots.push_back(-1);
         others.push_back(value);
         continue;
@@ -136,9 +102,8 @@ class PosencFunction : public torch::autograd::Function<PosencFunction> {
         if (is_self && slot_of(backward.computes, argument.name()) >= 0) continue;  // a grad
         needed = needed || argument_index(find_op(backward.op).schema(), argument.name()) >= 0;
       }
-      // The table gradient reads x only for combine="mul" (the scaled input multiplies it).
-      if (needed && argument.name() == "x" && args.has("combine")) {
-        needed = args.string("combine") == "mul";
+      if (needed && derivative.needs != nullptr) {
+        needed = derivative.needs(argument.name(), args);
       }
       saved.push_back(needed ? tensor : at::Tensor());
     }
@@ -147,7 +112,8 @@ class PosencFunction : public torch::autograd::Function<PosencFunction> {
     ctx->saved_data["tensor_slots"] = tensor_slots;
     ctx->saved_data["op"] = schema.name();
     ctx->saved_data["second_given"] = second.has_value();
-    if (args.has("table") && args.optional_tensor("table").has_value()) {
+    const int table = argument_index(schema, "table");
+    if (table >= 0 && args.optional_tensor("table").has_value()) {
       ctx->saved_data["table_rows"] = args.tensor("table").sym_size(0);
     }
     {
@@ -160,9 +126,10 @@ class PosencFunction : public torch::autograd::Function<PosencFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const c10::OperatorHandle forward_op = find_op(ctx->saved_data["op"].toStringRef().c_str());
+    const std::string forward_name = ctx->saved_data["op"].toStringRef();
+    const c10::OperatorHandle forward_op = find_op(forward_name.c_str());
     const c10::FunctionSchema& forward_schema = forward_op.schema();
-    const Derivative& derivative = derivative_of(forward_op);
+    const Derivative& derivative = derivative_of(forward_name);
     const variable_list saved = ctx->get_saved_variables();
     const c10::impl::GenericList others = ctx->saved_data["arguments"].toList();
     const std::vector<int64_t> tensor_slots = ctx->saved_data["tensor_slots"].toIntVector();
@@ -221,8 +188,8 @@ class PosencFunction : public torch::autograd::Function<PosencFunction> {
 
 void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys*/,
                      torch::jit::Stack* stack) {
-  const Derivative& derivative = derivative_of(op);
-  const detail::Arguments args(op, *stack);
+  const Derivative& derivative = derivative_of(op.schema().name());
+  const Arguments args(op, *stack);
   const std::optional<at::Tensor> first = args.optional_tensor(derivative.inputs[0]);
   const std::optional<at::Tensor> second = args.optional_tensor(derivative.inputs[1]);
   const c10::FunctionSchema& schema = op.schema();
@@ -239,21 +206,22 @@ void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys*/
   }
 }
 
+constexpr const char* kNamespace = "posenc::";
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
-  for (const Derivative& derivative : kDerivatives) {
-    const std::string name = std::string(derivative.forward).substr(std::strlen("posenc::"));
-    m.impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>());
-  }
-  // Backward operators are not differentiable again: a clear error if double backward reaches
-  // them, instead of silently wrong second derivatives. positional_encoding has no
-  // differentiable input.
-  for (const char* name : {"add_positional_backward", "add_positional_table_backward",
-                           "embedding_backward", "embedding_table_backward",
-                           "positional_encoding"}) {
-    m.impl(name, torch::autograd::autogradNotImplementedFallback());
-  }
+void register_derivative(torch::Library& library, const Derivative& derivative) {
+  const std::string_view forward = derivative.forward;
+  TORCH_INTERNAL_ASSERT(forward.rfind(kNamespace, 0) == 0, "posenc: ", forward);
+  TORCH_INTERNAL_ASSERT(derivatives().emplace(std::string(forward), &derivative).second,
+                        "posenc: two derivatives of ", forward);
+  const std::string name(forward.substr(std::strlen(kNamespace)));
+  library.impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>());
 }
 
+void register_not_differentiable(torch::Library& library, const char* name) {
+  library.impl(name, torch::autograd::autogradNotImplementedFallback());
+}
+
+}  // namespace core
 }  // namespace posenc

@@ -1,3 +1,4 @@
+// The C++ modules of posenc/nn.h, each a thin layer over the posenc functions.
 #include "posenc/nn.h"
 
 #include <torch/nn/init.h>

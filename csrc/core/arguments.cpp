@@ -1,0 +1,115 @@
+// Boxed arguments by schema name, and the registration-time check of each operator's definition.
+#include "core/arguments.h"
+
+#include <torch/csrc/jit/frontend/function_schema_parser.h>
+
+#include <algorithm>
+
+namespace posenc {
+namespace core {
+
+int argument_index(const c10::FunctionSchema& schema, std::string_view name) {
+  const auto& arguments = schema.arguments();
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    if (arguments[i].name() == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+std::string definition_mismatch(const OperatorDefinition& definition) {
+  const c10::FunctionSchema schema = torch::jit::parseSchema(definition.schema);
+  for (const char* name : definition.parsed) {
+    if (argument_index(schema, name) < 0) {
+      return "posenc::" + schema.name() + ": the parser reads '" + name +
+             "', which the schema does not have";
+    }
+  }
+  for (const c10::Argument& argument : schema.arguments()) {
+    const bool parsed =
+        std::any_of(definition.parsed.begin(), definition.parsed.end(),
+                    [&](const char* name) { return argument.name() == name; });
+    if (!parsed) {
+      return "posenc::" + schema.name() + ": the schema's argument '" + argument.name() +
+             "' is not read by the parser";
+    }
+  }
+  return "";
+}
+
+void define(torch::Library& library, const OperatorDefinition& definition) {
+  const std::string mismatch = definition_mismatch(definition);
+  TORCH_INTERNAL_ASSERT(mismatch.empty(), mismatch);
+  library.def(definition.schema);
+}
+
+Arguments::Arguments(const c10::OperatorHandle& op, const torch::jit::Stack& stack)
+    : schema_(op.schema()) {
+  const size_t count = schema_.arguments().size();
+  TORCH_INTERNAL_ASSERT(stack.size() >= count);
+  first_ = stack.data() + (stack.size() - count);
+  // "posenc::rotary" -> "posenc.rotary", as torch.ops spells it.
+  const std::string& qualified = schema_.name();
+  const size_t separator = qualified.find("::");
+  TORCH_INTERNAL_ASSERT(separator != std::string::npos,
+                        "an operator without a namespace: ", qualified);
+  op_name_ = qualified.substr(0, separator) + "." + qualified.substr(separator + 2);
+}
+
+const c10::IValue& Arguments::operator[](std::string_view name) const {
+  const int index = argument_index(schema_, name);
+  TORCH_INTERNAL_ASSERT(index >= 0, op_name_, " has no argument ", name);
+  return first_[index];
+}
+
+at::Tensor Arguments::tensor(std::string_view name) const { return (*this)[name].toTensor(); }
+
+std::optional<at::Tensor> Arguments::optional_tensor(std::string_view name) const {
+  const c10::IValue& value = (*this)[name];
+  if (value.isNone()) return std::nullopt;
+  at::Tensor tensor = value.toTensor();
+  if (!tensor.defined()) return std::nullopt;
+  return tensor;
+}
+
+std::string_view Arguments::string(std::string_view name) const {
+  return (*this)[name].toStringView();
+}
+
+std::optional<std::string_view> Arguments::optional_string(std::string_view name) const {
+  const c10::IValue& value = (*this)[name];
+  if (value.isNone()) return std::nullopt;
+  return value.toStringView();
+}
+
+double Arguments::real(std::string_view name) const { return (*this)[name].toDouble(); }
+
+std::optional<double> Arguments::optional_real(std::string_view name) const {
+  const c10::IValue& value = (*this)[name];
+  if (value.isNone()) return std::nullopt;
+  return value.toDouble();
+}
+
+int64_t Arguments::integer(std::string_view name) const { return (*this)[name].toInt(); }
+
+std::optional<int64_t> Arguments::optional_integer(std::string_view name) const {
+  const c10::IValue& value = (*this)[name];
+  if (value.isNone()) return std::nullopt;
+  return value.toInt();
+}
+
+std::optional<std::vector<int64_t>> Arguments::optional_integers(std::string_view name) const {
+  const c10::IValue& value = (*this)[name];
+  if (value.isNone()) return std::nullopt;
+  return value.toIntVector();
+}
+
+std::optional<std::vector<double>> Arguments::optional_reals(std::string_view name) const {
+  const c10::IValue& value = (*this)[name];
+  if (value.isNone()) return std::nullopt;
+  return value.toDoubleVector();
+}
+
+bool Arguments::boolean(std::string_view name) const { return (*this)[name].toBool(); }
+
+}  // namespace core
+}  // namespace posenc

@@ -1,0 +1,88 @@
+// The boxed arguments of one operator call, read by their schema names, and the definition of an
+// operator: its schema and the names its parser reads, checked against each other when the
+// library registers it.
+#pragma once
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/ivalue.h>
+#include <ATen/core/stack.h>
+#include <torch/library.h>
+
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace posenc {
+namespace core {
+
+// One operator: its schema (without the namespace) and every argument name its parser reads.
+// define() refuses a definition whose two lists differ, when the library is loaded, so a name
+// misspelled in the schema or in the parser never falls back to a default in silence.
+struct OperatorDefinition {
+  const char* schema;                         // "add_positional(Tensor x, ...) -> Tensor"
+  std::initializer_list<const char*> parsed;  // "x", "positions", ...
+};
+
+// The empty string when every name in definition.parsed is an argument of the schema and every
+// argument is parsed; else a message naming the first difference.
+std::string definition_mismatch(const OperatorDefinition& definition);
+
+// Checks the definition (a mismatch is an internal error) and defines the operator.
+void define(torch::Library& library, const OperatorDefinition& definition);
+
+// The boxed arguments of one call (the last schema().arguments().size() entries of a stack),
+// looked up by schema name. Reading a name the schema lacks is an internal error.
+class Arguments {
+ public:
+  Arguments(const c10::OperatorHandle& op, const torch::jit::Stack& stack);
+
+  const char* op_name() const { return op_name_.c_str(); }  // "posenc.add_positional"
+  const c10::IValue& operator[](std::string_view name) const;
+
+  at::Tensor tensor(std::string_view name) const;
+  std::optional<at::Tensor> optional_tensor(std::string_view name) const;
+  std::string_view string(std::string_view name) const;
+  std::optional<std::string_view> optional_string(std::string_view name) const;
+  double real(std::string_view name) const;
+  std::optional<double> optional_real(std::string_view name) const;
+  int64_t integer(std::string_view name) const;
+  std::optional<int64_t> optional_integer(std::string_view name) const;
+  std::optional<std::vector<int64_t>> optional_integers(std::string_view name) const;
+  std::optional<std::vector<double>> optional_reals(std::string_view name) const;
+  bool boolean(std::string_view name) const;
+
+ private:
+  const c10::FunctionSchema& schema_;
+  const c10::IValue* first_;
+  std::string op_name_;
+};
+
+// The index of argument `name` in `schema`, or -1.
+int argument_index(const c10::FunctionSchema& schema, std::string_view name);
+
+// The boxed kernel of `kRun(args)`, which returns the operator's result (an IValue-convertible
+// value, or a vector of IValues for several results): the arguments are dropped from the stack
+// and the results pushed.
+template <auto kRun>
+void boxed(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys*/, torch::jit::Stack* stack) {
+  auto results = [&] {
+    const Arguments args(op, *stack);
+    return kRun(args);
+  }();
+  torch::jit::drop(*stack, op.schema().arguments().size());
+  if constexpr (std::is_same_v<decltype(results), std::vector<c10::IValue>>) {
+    for (c10::IValue& result : results) stack->push_back(std::move(result));
+  } else {
+    stack->emplace_back(std::move(results));
+  }
+}
+
+template <auto kRun>
+torch::CppFunction boxed_function() {
+  return torch::CppFunction::makeFromBoxedFunction<&boxed<kRun>>();
+}
+
+}  // namespace core
+}  // namespace posenc
