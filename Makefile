@@ -10,7 +10,7 @@ export PATH := $(abspath $(VENV))/bin:/usr/local/cuda/bin:$(PATH)
 RUN_PY := PYTHONPATH=$(abspath torch_ext) $(PY)
 
 .PHONY: all deps gtest lib build install test test-cpp test-python test-examples test-large sanitize \
-	tsan demo bench gpu-deps clean
+	tsan demo bench gpu-deps format clean
 
 all: build
 
@@ -96,6 +96,12 @@ tsan: | gtest
 # (carry third_party_cache there).
 gpu-deps:
 	mkdir -p third_party_cache && cd third_party_cache && apt-get download libgtest-dev googletest
+
+# clang-format (Google style at 100 columns, .clang-format) over the C++ and CUDA sources.
+format: $(DEPS_STAMP)
+	git ls-files -co --exclude-standard 'csrc/*.h' 'csrc/*.cpp' 'kernels/*.h' 'kernels/*.cpp' \
+	  'kernels/*.cu' 'kernels/*.cuh' 'tests/cpp/*.h' 'tests/cpp/*.cpp' 'examples/cpp/*.cpp' | \
+	  xargs $(abspath $(VENV))/bin/clang-format -i
 
 clean:
 	rm -rf $(BUILD_DIR) torch_ext/posenc/*.so

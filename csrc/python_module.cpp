@@ -7,8 +7,8 @@ extern "C" int posenc_library_abi_version();
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
-                                   "posenc native library (operators live in torch.ops.posenc)",
-                                   -1, nullptr};
+                                   "posenc native library (operators live in torch.ops.posenc)", -1,
+                                   nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr) {
     PyModule_AddIntConstant(module, "abi_version", posenc_library_abi_version());

@@ -34,8 +34,8 @@ POSENC_HOST_DEVICE double leading_bits(double value, int bits) {
 // significant bits. The quotient is formed in double-double (an fma gives the exact remainder),
 // so the pieces carry about 63 bits of w / (2 pi), not 53. Host and device give the same bits.
 POSENC_HOST_DEVICE TurnFrequency turn_frequency_from_radians(double radians_per_position) {
-  const double two_pi_high = 6.283185307179586;        // nearest double to 2 pi
-  const double two_pi_low = 2.4492935982947064e-16;    // 2 pi - two_pi_high
+  const double two_pi_high = 6.283185307179586;      // nearest double to 2 pi
+  const double two_pi_low = 2.4492935982947064e-16;  // 2 pi - two_pi_high
   const double w = radians_per_position;
   const double quotient = w / two_pi_high;
   const double remainder = ::fma(-quotient, two_pi_high, w);  // exact
@@ -82,9 +82,12 @@ struct SinCos {
 // sin and cos of x for |x| <= pi/4 in float: Cody-Waite style minimax polynomials, below 1 ulp.
 POSENC_HOST_DEVICE SinCos<float> sincos_small(float x) {
   const float x2 = x * x;
-  const float s = x + x * x2 * (-1.6666654611e-1f + x2 * (8.3321608736e-3f + x2 * -1.9515295891e-4f));
-  const float c = 1.0f - 0.5f * x2 +
-                  x2 * x2 * (4.166664568298827e-2f + x2 * (-1.388731625493765e-3f + x2 * 2.443315711809948e-5f));
+  const float s =
+      x + x * x2 * (-1.6666654611e-1f + x2 * (8.3321608736e-3f + x2 * -1.9515295891e-4f));
+  const float c =
+      1.0f - 0.5f * x2 +
+      x2 * x2 *
+          (4.166664568298827e-2f + x2 * (-1.388731625493765e-3f + x2 * 2.443315711809948e-5f));
   return {s, c};
 }
 

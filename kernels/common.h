@@ -95,7 +95,7 @@ POSENC_HOST_DEVICE Float16 float_to_float16(float value) {
   if (magnitude < 0x38800000u) {
     // Result is subnormal (or zero) in half: scale so the rounding to an integer count of
     // 2^-24 units happens in float arithmetic with round-to-nearest-even.
-    const float scaled = bits_float(magnitude) * 16777216.0f;  // * 2^24
+    const float scaled = bits_float(magnitude) * 16777216.0f;    // * 2^24
     const float rounded = (scaled + 12582912.0f) - 12582912.0f;  // rint for |x| < 2^22
     return Float16{static_cast<uint16_t>(sign | static_cast<uint16_t>(rounded))};
   }
@@ -128,8 +128,9 @@ POSENC_HOST_DEVICE void store_from_acc(BFloat16* p, float v) { *p = float_to_bfl
 POSENC_HOST_DEVICE void store_from_acc(Float16* p, float v) { *p = float_to_float16(v); }
 
 POSENC_HOST_DEVICE int64_t load_index(const void* data, IndexType type, int64_t offset) {
-  return type == IndexType::kInt64 ? static_cast<const int64_t*>(data)[offset]
-                                   : static_cast<int64_t>(static_cast<const int32_t*>(data)[offset]);
+  return type == IndexType::kInt64
+             ? static_cast<const int64_t*>(data)[offset]
+             : static_cast<int64_t>(static_cast<const int32_t*>(data)[offset]);
 }
 
 // Calls fn(value) with a value of the storage type of `dtype` and returns fn's result.

@@ -32,8 +32,7 @@ int add_positional(const AddPositionalParams& params, const int64_t* seed, void*
                    void* stream);
 
 // Fills fairseq_workspace ([batch * T] int64) with fairseq's positions of params.gather.ids.
-int fairseq_positions(const AddPositionalParams& params, int64_t* fairseq_workspace,
-                      void* stream);
+int fairseq_positions(const AddPositionalParams& params, int64_t* fairseq_workspace, void* stream);
 
 enum class ScatterTarget : int {
   kTable,   // grad_table[position(b, t)]: learned-table gradient (input rows in `input` or gather)

@@ -47,7 +47,7 @@ POSENC_HOST_DEVICE Philox4 philox4x32_10(uint64_t counter, uint64_t seed) {
 // 2^-16, and kept values are scaled by 2^16 / keep_threshold, which keeps E[y] = x exactly.
 // (16-bit draws halve the generator's cost against 32-bit ones.)
 struct Dropout {
-  bool active = false;        // false: identity (eval mode or p == 0)
+  bool active = false;  // false: identity (eval mode or p == 0)
   uint64_t seed = 0;
   uint32_t keep_threshold = 0;
   double keep_scale = 1.0;

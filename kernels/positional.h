@@ -72,8 +72,8 @@ struct EmbeddingGather {
   int64_t vocab = 0;
   int64_t row_stride = 0;
   int64_t dim_stride = 1;
-  StridedIndex ids;              // [batch..., T], validated in [0, vocab)
-  int64_t padding_idx = -1;      // -1: none
+  StridedIndex ids;          // [batch..., T], validated in [0, vocab)
+  int64_t padding_idx = -1;  // -1: none
   // fairseq's make_positions, computed here: a non-pad token's position is padding_idx plus
   // its running count of non-pad tokens along T. Replaces `positions`.
   bool fairseq_positions = false;
@@ -82,15 +82,15 @@ struct EmbeddingGather {
 struct AddPositionalParams {
   DType dtype = DType::kFloat32;  // of x (or weight), out and table
   RowShape shape;
-  StridedRows x;                   // [batch..., T, D]; unused for kPositionOnly or a gather
+  StridedRows x;  // [batch..., T, D]; unused for kPositionOnly or a gather
   EmbeddingGather gather;
-  StridedRows out;                 // [batch..., T, D]; data is written
-  StridedIndex positions;          // [batch..., T]
+  StridedRows out;         // [batch..., T, D]; data is written
+  StridedIndex positions;  // [batch..., T]
   int64_t offset = 0;
   PositionSource source;
   Combine combine = Combine::kAdd;
   double scale = 1.0;
-  Dropout dropout;                 // mask indexed by the row-major logical element index
+  Dropout dropout;  // mask indexed by the row-major logical element index
 };
 
 // out = dropout(combine(scale * in, PE(pos))) with `in` the rows of x or of the gather. Also

@@ -14,7 +14,15 @@ namespace posenc {
 namespace kernels {
 
 enum class RopeType : int {
-  kDefault, kLinear, kDynamic, kYarn, kLongrope, kLlama3, kProportional, kAxial, kAxialShared
+  kDefault,
+  kLinear,
+  kDynamic,
+  kYarn,
+  kLongrope,
+  kLlama3,
+  kProportional,
+  kAxial,
+  kAxialShared
 };
 
 constexpr const char* kRopeTypeNames =
@@ -29,8 +37,8 @@ constexpr int64_t kMaxRopeDim = int64_t{1} << 20;
 // out[i] = base^exponents[i] in float32 for i < n. transformers evaluates these powers with
 // torch's vectorised pow, whose last bit can differ from std::pow, so the torch binding passes
 // one built on torch; std::pow is the default.
-using Float32Powers = std::function<void(double base, const float* exponents, float* out,
-                                         int64_t n)>;
+using Float32Powers =
+    std::function<void(double base, const float* exponents, float* out, int64_t n)>;
 
 struct RopeScaling {
   RopeType rope_type = RopeType::kDefault;

@@ -20,7 +20,7 @@ struct RotaryOperand {
   const void* in = nullptr;
   void* out = nullptr;
   int64_t heads = 0;
-  int64_t in_strides[4] = {};   // batch, seq, head, dim
+  int64_t in_strides[4] = {};  // batch, seq, head, dim
   int64_t out_strides[4] = {};
 };
 
@@ -29,9 +29,9 @@ struct RotaryParams {
   int64_t batch = 0;
   int64_t seq_len = 0;
   int64_t head_dim = 0;
-  int64_t rotary_dim = 0;          // even, <= head_dim
+  int64_t rotary_dim = 0;  // even, <= head_dim
   bool interleaved = false;
-  bool inverse = false;            // rotate by -angle (the backward)
+  bool inverse = false;  // rotate by -angle (the backward)
   double attention_factor = 1.0;
   const TurnFrequency* frequencies = nullptr;  // [rotary_dim / 2], inv_freq / (2 pi) split
   // [rotary_dim / 2] or nullptr. Given: transformers' float32 angles, float(pos) * inv_freq
@@ -43,9 +43,9 @@ struct RotaryParams {
   IndexType positions_type = IndexType::kInt64;
   int64_t positions_strides[2] = {};  // batch, seq (0 where broadcast)
   int64_t offset = 0;
-  const void* offsets = nullptr;      // [batch], or [sequences] with cu_seqlens
+  const void* offsets = nullptr;  // [batch], or [sequences] with cu_seqlens
   IndexType offsets_type = IndexType::kInt64;
-  const void* cu_seqlens = nullptr;   // [sequences + 1], validated increasing from 0 to seq_len
+  const void* cu_seqlens = nullptr;  // [sequences + 1], validated increasing from 0 to seq_len
   IndexType cu_seqlens_type = IndexType::kInt64;
   int64_t sequences = 0;
   // M-RoPE (Qwen2-VL, Qwen3-VL): positions are [3, batch, seq] (temporal, height, width) and
@@ -86,9 +86,9 @@ POSENC_HOST_DEVICE double default_rotary_frequency(int64_t pair, int64_t rotary_
 POSENC_HOST_DEVICE int64_t rotary_token_position(const RotaryParams& p, int64_t b, int64_t s,
                                                  int axis = 0) {
   if (p.positions != nullptr) {
-    return load_index(p.positions, p.positions_type,
-                      axis * p.positions_axis_stride + b * p.positions_strides[0] +
-                          s * p.positions_strides[1]);
+    return load_index(
+        p.positions, p.positions_type,
+        axis * p.positions_axis_stride + b * p.positions_strides[0] + s * p.positions_strides[1]);
   }
   int64_t sequence = b;
   int64_t local = s;

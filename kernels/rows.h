@@ -22,8 +22,8 @@ POSENC_HOST_DEVICE int64_t batch_offset(const RowShape& shape, const int64_t* st
   return offset;
 }
 
-POSENC_HOST_DEVICE int64_t index_at(const RowShape& shape, const StridedIndex& index,
-                                    int64_t batch, int64_t t) {
+POSENC_HOST_DEVICE int64_t index_at(const RowShape& shape, const StridedIndex& index, int64_t batch,
+                                    int64_t t) {
   return load_index(index.data, index.type,
                     batch_offset(shape, index.batch_strides, batch) + t * index.seq_stride);
 }
@@ -73,7 +73,7 @@ template <typename scalar_t>
 struct InputRow {
   const scalar_t* data;  // nullptr for kPositionOnly
   int64_t stride;
-  bool padding;          // a padding token: no position code
+  bool padding;  // a padding token: no position code
 };
 
 // The input row of (b, t): a row of `x`, or weight[ids[b, t]] for the embedding gather.
@@ -83,8 +83,8 @@ POSENC_HOST_DEVICE InputRow<scalar_t> input_row(const AddPositionalParams& param
   const EmbeddingGather& gather = params.gather;
   if (gather.weight != nullptr) {
     const int64_t id = index_at(params.shape, gather.ids, b, t);
-    return {static_cast<const scalar_t*>(gather.weight) + id * gather.row_stride,
-            gather.dim_stride, id == gather.padding_idx};
+    return {static_cast<const scalar_t*>(gather.weight) + id * gather.row_stride, gather.dim_stride,
+            id == gather.padding_idx};
   }
   const scalar_t* data = static_cast<const scalar_t*>(x.data);
   if (data != nullptr) data += batch_offset(params.shape, x.batch_strides, b) + t * x.seq_stride;

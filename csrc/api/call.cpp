@@ -22,13 +22,14 @@ torch::jit::Stack call_operator(const char* op, const NamedArguments& arguments)
   }
   torch::jit::Stack stack;
   for (const c10::Argument& argument : schema_arguments) {
-    const auto given = std::find_if(arguments.begin(), arguments.end(),
-                                    [&](const auto& entry) { return argument.name() == entry.first; });
+    const auto given = std::find_if(arguments.begin(), arguments.end(), [&](const auto& entry) {
+      return argument.name() == entry.first;
+    });
     if (given != arguments.end()) {
       stack.push_back(given->second);
     } else {
-      TORCH_INTERNAL_ASSERT(argument.default_value().has_value(), "posenc::", op,
-                            ": no value for ", argument.name());
+      TORCH_INTERNAL_ASSERT(argument.default_value().has_value(), "posenc::", op, ": no value for ",
+                            argument.name());
       stack.push_back(*argument.default_value());
     }
   }
@@ -43,12 +44,9 @@ NamedArguments joined(NamedArguments first, const NamedArguments& rest) {
 
 NamedArguments grid_arguments(const std::optional<GridOptions>& grid) {
   if (!grid.has_value()) return {};
-  return {{"grid", grid->sizes()},
-          {"extra_tokens", grid->extra_tokens()},
-          {"grid_dims", grid->dims()},
-          {"grid_axes", grid->axes()},
-          {"grid_origin", grid->origin()},
-          {"grid_scale", grid->scale()}};
+  return {{"grid", grid->sizes()},         {"extra_tokens", grid->extra_tokens()},
+          {"grid_dims", grid->dims()},     {"grid_axes", grid->axes()},
+          {"grid_origin", grid->origin()}, {"grid_scale", grid->scale()}};
 }
 
 }  // namespace api
@@ -56,8 +54,8 @@ NamedArguments grid_arguments(const std::optional<GridOptions>& grid) {
 std::optional<at::Tensor> draw_seed(const at::Device& device, double dropout, bool training,
                                     const std::optional<at::Generator>& generator) {
   if (!training || dropout == 0.0) return std::nullopt;
-  return at::randint(std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
-                     {}, generator, at::TensorOptions().dtype(at::kLong).device(device));
+  return at::randint(std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), {},
+                     generator, at::TensorOptions().dtype(at::kLong).device(device));
 }
 
 }  // namespace posenc

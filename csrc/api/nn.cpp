@@ -90,10 +90,11 @@ void PositionalEmbeddingImpl::reset() {
                              1.0 / std::sqrt(static_cast<double>(options.embedding_dim())));
   }
   // The operator checks the options, on Meta tensors (see PositionalEncodingImpl::reset).
-  forward_with(torch::zeros({1, 1}, torch::TensorOptions().dtype(torch::kLong).device(torch::kMeta)),
-               weight.to(torch::kMeta), std::nullopt, 0,
-               table.defined() ? std::optional<at::Tensor>(table.to(torch::kMeta)) : std::nullopt,
-               /*training=*/false);
+  forward_with(
+      torch::zeros({1, 1}, torch::TensorOptions().dtype(torch::kLong).device(torch::kMeta)),
+      weight.to(torch::kMeta), std::nullopt, 0,
+      table.defined() ? std::optional<at::Tensor>(table.to(torch::kMeta)) : std::nullopt,
+      /*training=*/false);
 }
 
 at::Tensor PositionalEmbeddingImpl::forward(const at::Tensor& ids,
@@ -184,8 +185,8 @@ PatchPositionalEncodingImpl::PatchPositionalEncodingImpl(PatchPositionalEncoding
 
 void PatchPositionalEncodingImpl::reset() {
   const std::vector<int64_t>& grid = options.grid_size();
-  const int64_t patches = std::accumulate(grid.begin(), grid.end(), int64_t{1},
-                                          std::multiplies<int64_t>());
+  const int64_t patches =
+      std::accumulate(grid.begin(), grid.end(), int64_t{1}, std::multiplies<int64_t>());
   // The operator checks the options, on Meta tensors (see PositionalEncodingImpl::reset).
   AddPositionalOptions call = grid_options(grid);
   add_positional(torch::empty({1, options.extra_tokens() + patches, options.embed_dim()},
@@ -218,7 +219,8 @@ AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
                       ": base_size and pos_embed_max_size apply to 2D grids");
     TORCH_CHECK_VALUE(dim % 16 == 0, name,
                       ": a 3D grid needs embed_dim divisible by 16 (D/4 time channels, 3D/8 for "
-                      "each spatial axis), got ", dim);
+                      "each spatial axis), got ",
+                      dim);
     const double spatial = 1.0 / options.interpolation_scale();
     return call.grid(grid_options.dims(std::vector<int64_t>{dim / 4, 3 * dim / 8, 3 * dim / 8})
                          .axes(std::vector<int64_t>{0, 2, 1})
@@ -237,10 +239,10 @@ AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
   // SD3: arange(size) / (size / base_size) / interpolation_scale along each axis.
   std::vector<double> scale(2);
   for (int a = 0; a < 2; ++a) {
-    const double base_size = options.base_size().has_value()
-                                 ? static_cast<double>(*options.base_size()) /
-                                       static_cast<double>(sizes[a])
-                                 : 1.0;
+    const double base_size =
+        options.base_size().has_value()
+            ? static_cast<double>(*options.base_size()) / static_cast<double>(sizes[a])
+            : 1.0;
     scale[a] = base_size / options.interpolation_scale();
   }
   return call.grid(grid_options.origin(origin).scale(scale));
@@ -249,9 +251,9 @@ AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
 at::Tensor PatchPositionalEncodingImpl::forward(const at::Tensor& x,
                                                 const std::optional<std::vector<int64_t>>& grid,
                                                 const std::optional<at::Tensor>& positions) {
-  return add_positional(
-      x, grid_options(grid.value_or(options.grid_size())).positions(positions).training(
-             is_training()));
+  return add_positional(x, grid_options(grid.value_or(options.grid_size()))
+                               .positions(positions)
+                               .training(is_training()));
 }
 
 AxialRotaryEmbeddingImpl::AxialRotaryEmbeddingImpl(AxialRotaryEmbeddingOptions options_)
@@ -269,18 +271,17 @@ void AxialRotaryEmbeddingImpl::reset() {
                     "are not integer positions)");
   TORCH_CHECK_VALUE(options.extra_tokens() >= 0, name, ": extra_tokens must be >= 0, got ",
                     options.extra_tokens());
-  TORCH_CHECK_VALUE(options.grid_size().size() == 2 && options.grid_size()[0] >= 1 &&
-                        options.grid_size()[1] >= 1,
-                    name, ": grid_size must be (H, W) with sizes >= 1, got ",
-                    options.grid_size());
+  TORCH_CHECK_VALUE(
+      options.grid_size().size() == 2 && options.grid_size()[0] >= 1 && options.grid_size()[1] >= 1,
+      name, ": grid_size must be (H, W) with sizes >= 1, got ", options.grid_size());
   rope = register_module(
-      "rope", RotaryEmbedding(RotaryEmbeddingOptions(options.head_dim())
-                                  .base(options.base())
-                                  .interleaved(style == "llama4")
-                                  .scaling(RopeFrequenciesOptions()
-                                               .rope_type(style == "pixtral" ? "axial"
-                                                                             : "axial_shared")
-                                               .precision(options.precision()))));
+      "rope",
+      RotaryEmbedding(RotaryEmbeddingOptions(options.head_dim())
+                          .base(options.base())
+                          .interleaved(style == "llama4")
+                          .scaling(RopeFrequenciesOptions()
+                                       .rope_type(style == "pixtral" ? "axial" : "axial_shared")
+                                       .precision(options.precision()))));
 }
 
 std::pair<at::Tensor, at::Tensor> AxialRotaryEmbeddingImpl::position_ids(

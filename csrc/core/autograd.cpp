@@ -216,11 +216,14 @@ void register_derivative(torch::Library& library, const Derivative& derivative) 
   TORCH_INTERNAL_ASSERT(derivatives().emplace(std::string(forward), &derivative).second,
                         "posenc: two derivatives of ", forward);
   const std::string name(forward.substr(std::strlen(kNamespace)));
-  library.impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>());
+  library.impl(name.c_str(),
+               torch::dispatch(c10::DispatchKey::Autograd,
+                               torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>()));
 }
 
 void register_not_differentiable(torch::Library& library, const char* name) {
-  library.impl(name, torch::autograd::autogradNotImplementedFallback());
+  library.impl(name, torch::dispatch(c10::DispatchKey::Autograd,
+                                     torch::autograd::autogradNotImplementedFallback()));
 }
 
 }  // namespace core

@@ -10,7 +10,7 @@
 #include <array>
 #include <string_view>
 
-#include "core/arguments.h"
+#include "core/operator.h"
 
 namespace posenc {
 namespace core {
@@ -33,8 +33,8 @@ struct Derivative {
   bool (*needs)(std::string_view name, const Arguments& args) = nullptr;
 };
 
-// In a TORCH_LIBRARY_IMPL(posenc, Autograd, m) block: the autograd kernel of
-// derivative.forward. `derivative` must outlive the library (a namespace-scope constant).
+// In the family's TORCH_LIBRARY_FRAGMENT(posenc, m) block, after define(): the autograd kernel
+// of derivative.forward. `derivative` must outlive the library (a namespace-scope constant).
 void register_derivative(torch::Library& library, const Derivative& derivative);
 
 // A backward operator (or one without differentiable inputs): double backward through it raises

@@ -31,8 +31,8 @@ void* current_stream(const at::Device& device) {
 
 void check_launch(int status, const char* what) {
 #ifdef POSENC_WITH_CUDA
-  TORCH_CHECK(status == 0, "posenc: CUDA launch of ", what, " failed: ",
-              kernels::cuda::error_string(status));
+  TORCH_CHECK(status == 0, "posenc: CUDA launch of ", what,
+              " failed: ", kernels::cuda::error_string(status));
 #else
   TORCH_INTERNAL_ASSERT(false, "posenc: built without CUDA, yet ", what, " was launched");
 #endif

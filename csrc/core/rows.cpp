@@ -9,7 +9,6 @@
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
-
 #include <unistd.h>
 
 #include <algorithm>
@@ -107,8 +106,7 @@ kernels::GridCode parse_grid(const Arguments& args, int64_t dim, kernels::Positi
   std::vector<bool> seen(axes, false);
   for (const int64_t axis : segment_axes) {
     TORCH_CHECK_VALUE(axis >= 0 && axis < axes && !seen[axis], op,
-                      ": grid_axes must be a permutation of range(", axes, "), got ",
-                      segment_axes);
+                      ": grid_axes must be a permutation of range(", axes, "), got ", segment_axes);
     seen[axis] = true;
   }
   const std::optional<std::vector<int64_t>> given_dims = args.optional_integers("grid_dims");
@@ -128,8 +126,8 @@ kernels::GridCode parse_grid(const Arguments& args, int64_t dim, kernels::Positi
     grid.segment_axes[s] = static_cast<int>(segment_axes[s]);
   }
   TORCH_CHECK_VALUE(end == dim, op, ": grid_dims must sum to D = ", dim, ", got ", dims);
-  const std::vector<int64_t> origins = per_axis("grid_origin", args.optional_integers("grid_origin"),
-                                                std::vector<int64_t>(axes, 0));
+  const std::vector<int64_t> origins =
+      per_axis("grid_origin", args.optional_integers("grid_origin"), std::vector<int64_t>(axes, 0));
   const std::vector<double> scales =
       per_axis("grid_scale", args.optional_reals("grid_scale"), std::vector<double>(axes, 1.0));
   constexpr int64_t kMaxOrigin = int64_t{1} << 40;
@@ -225,8 +223,8 @@ void parse_positions(const Arguments& args, RowCall& call, const at::Tensor& mai
                       options.offset);
   }
   if (!positions.has_value()) return;
-  TORCH_CHECK_VALUE(options.offset == 0, op, ": give positions or offset, not both (offset = ",
-                    options.offset, ")");
+  TORCH_CHECK_VALUE(options.offset == 0, op,
+                    ": give positions or offset, not both (offset = ", options.offset, ")");
   check_index_tensor(op, *positions, "positions");
   check_same_device(op, main, main_name, *positions, "positions");
   TORCH_CHECK_VALUE(at::is_expandable_to(positions->sym_sizes(), index_sizes), op,
@@ -239,9 +237,8 @@ void parse_positions(const Arguments& args, RowCall& call, const at::Tensor& mai
 
 void check_row_values(const RowCall& call, bool read_data) {
   const char* name = call.name;
-  const int64_t seq_len = call.row_sizes.size() >= 2
-                              ? call.row_sizes[call.row_sizes.size() - 2].expect_int()
-                              : 0;
+  const int64_t seq_len =
+      call.row_sizes.size() >= 2 ? call.row_sizes[call.row_sizes.size() - 2].expect_int() : 0;
   int64_t rows_count = 1;
   for (size_t i = 0; i + 1 < call.row_sizes.size(); ++i) {
     rows_count *= call.row_sizes[i].expect_int();
@@ -249,8 +246,8 @@ void check_row_values(const RowCall& call, bool read_data) {
   if (read_data && call.ids.defined() && call.ids.numel() > 0) {
     const int64_t vocab = call.weight.size(0);
     const auto [lowest, highest] = value_range(call.ids);
-    TORCH_CHECK_INDEX(lowest >= 0 && highest < vocab, name, ": ids must be in [0, V) = [0, ",
-                      vocab, "), got values in [", lowest, ", ", highest, "]");
+    TORCH_CHECK_INDEX(lowest >= 0 && highest < vocab, name, ": ids must be in [0, V) = [0, ", vocab,
+                      "), got values in [", lowest, ", ", highest, "]");
   }
   if (rows_count == 0) return;
   const std::optional<int64_t> table_rows =
@@ -259,10 +256,10 @@ void check_row_values(const RowCall& call, bool read_data) {
   if (call.fairseq_positions) {
     // Positions reach padding_idx + T when a row has no padding.
     if (table_rows.has_value()) {
-      TORCH_CHECK_INDEX(*call.padding_idx + seq_len < *table_rows, name,
-                        ": positions='fairseq' reach padding_idx + T = ",
-                        *call.padding_idx + seq_len, ", outside the table of ", *table_rows,
-                        " rows");
+      TORCH_CHECK_INDEX(
+          *call.padding_idx + seq_len < *table_rows, name,
+          ": positions='fairseq' reach padding_idx + T = ", *call.padding_idx + seq_len,
+          ", outside the table of ", *table_rows, " rows");
     }
     return;
   }
@@ -274,7 +271,8 @@ void check_row_values(const RowCall& call, bool read_data) {
     if (grid.axis_count > 0) {
       TORCH_CHECK_INDEX(highest < kernels::grid_token_count(grid), name,
                         ": positions are token indices and must be < extra_tokens + the grid's "
-                        "patches = ", kernels::grid_token_count(grid), ", got ", highest);
+                        "patches = ",
+                        kernels::grid_token_count(grid), ", got ", highest);
     }
     if (table_rows.has_value()) {
       TORCH_CHECK_INDEX(highest < *table_rows, name, ": positions must be < the table's ",
@@ -478,14 +476,14 @@ void* pointer_of(const at::Tensor& workspace) {
 template <Backend kBackend>
 void run_rows(const RowCall& call, const at::Tensor& out, const at::Tensor& rows,
               kernels::Combine combine) {
-  static_assert(runs_kernels(kBackend));
+  if constexpr (!runs_kernels(kBackend)) return;
   check_row_values(call, !checks_values_on_device(kBackend));
   ChannelCodes channels;
   if constexpr (kBackend == Backend::kCpu) {
     const kernels::AddPositionalParams params =
         kernel_params(call, out, rows, combine, read_seed(call.seed), channels);
     kernels::add_positional_cpu(params, parallel_for());
-  } else {
+  } else if constexpr (kBackend == Backend::kCuda) {
 #ifdef POSENC_WITH_CUDA
     const kernels::AddPositionalParams params =
         kernel_params(call, out, rows, combine, /*seed=*/0, channels);
@@ -501,7 +499,10 @@ void run_rows(const RowCall& call, const at::Tensor& out, const at::Tensor& rows
 
 template <Backend kBackend>
 at::Tensor run_scatter(const RowCall& call, ScatterTarget target) {
-  static_assert(runs_kernels(kBackend));
+  if constexpr (!runs_kernels(kBackend)) {
+    const at::Tensor& like = target == ScatterTarget::kWeight ? call.weight : call.rows;
+    return allocate_sized(call, like.options().dtype(call.dtype), false, false);
+  }
   // Sums in float for half types, else double; zero on entry.
   const at::ScalarType sum_type = call.rows.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor grad = allocate_sized(call, call.rows.options().dtype(sum_type), /*zero=*/true,
@@ -521,7 +522,7 @@ at::Tensor run_scatter(const RowCall& call, ScatterTarget target) {
     } else {
       kernels::embedding_weight_backward_cpu(params, grad.data_ptr(), parallel_for());
     }
-  } else {
+  } else if constexpr (kBackend == Backend::kCuda) {
 #ifdef POSENC_WITH_CUDA
     // Atomics by default; under torch.use_deterministic_algorithms(True), rows sorted by target
     // and summed in chunks joined in a fixed order, bit-identical from run to run.
@@ -546,10 +547,10 @@ at::Tensor run_scatter(const RowCall& call, ScatterTarget target) {
     const at::Tensor workspace =
         workspace_of(kc::scatter_workspace_bytes(params, deterministic), grad);
     if (!deterministic) {
-      check_launch(kc::scatter_backward_atomic(params, input, kernel_target, seed_pointer(seed),
-                                               fairseq_ptr, pointer_of(workspace),
-                                               grad.data_ptr(), stream),
-                   "scatter_backward_atomic");
+      check_launch(
+          kc::scatter_backward_atomic(params, input, kernel_target, seed_pointer(seed), fairseq_ptr,
+                                      pointer_of(workspace), grad.data_ptr(), stream),
+          "scatter_backward_atomic");
     } else {
       // Each row's target: its id (weight) or its position (table), in row order b * T + t.
       at::Tensor targets;
@@ -569,12 +570,12 @@ at::Tensor run_scatter(const RowCall& call, ScatterTarget target) {
       const auto [sorted_targets, sorted_rows] = at::sort(targets, /*stable=*/true, 0, false);
       const at::Tensor sorted_targets_dense = sorted_targets.contiguous();
       const at::Tensor sorted_rows_dense = sorted_rows.contiguous();
-      check_launch(kc::scatter_backward_deterministic(
-                       params, input, kernel_target, seed_pointer(seed), fairseq_ptr,
-                       sorted_rows_dense.data_ptr<int64_t>(),
-                       sorted_targets_dense.data_ptr<int64_t>(), pointer_of(workspace),
-                       grad.data_ptr(), stream),
-                   "scatter_backward_deterministic");
+      check_launch(
+          kc::scatter_backward_deterministic(params, input, kernel_target, seed_pointer(seed),
+                                             fairseq_ptr, sorted_rows_dense.data_ptr<int64_t>(),
+                                             sorted_targets_dense.data_ptr<int64_t>(),
+                                             pointer_of(workspace), grad.data_ptr(), stream),
+          "scatter_backward_deterministic");
     }
 #endif
   }
@@ -583,7 +584,10 @@ at::Tensor run_scatter(const RowCall& call, ScatterTarget target) {
 
 template void run_rows<Backend::kCpu>(const RowCall&, const at::Tensor&, const at::Tensor&,
                                       kernels::Combine);
+template void run_rows<Backend::kMeta>(const RowCall&, const at::Tensor&, const at::Tensor&,
+                                       kernels::Combine);
 template at::Tensor run_scatter<Backend::kCpu>(const RowCall&, ScatterTarget);
+template at::Tensor run_scatter<Backend::kMeta>(const RowCall&, ScatterTarget);
 #ifdef POSENC_WITH_CUDA
 template void run_rows<Backend::kCuda>(const RowCall&, const at::Tensor&, const at::Tensor&,
                                        kernels::Combine);

@@ -10,8 +10,8 @@
 #include <optional>
 #include <vector>
 
-#include "core/arguments.h"
 #include "core/backend.h"
+#include "core/operator.h"
 #include "position_code.h"
 #include "positional.h"
 
@@ -37,15 +37,15 @@ struct RowCall {
   // The [..., T, D] rows the kernel reads: x (add_positional) or grad (backward ops); undefined
   // for embedding's forward (rows gathered from weight) and positional_encoding.
   at::Tensor rows;
-  std::optional<at::Tensor> x;          // [..., T, D]: the forward's x (table backward, mul)
-  at::Tensor ids;                       // [..., T] (embedding ops)
-  at::Tensor weight;                    // [V, D] (embedding ops)
-  std::optional<at::Tensor> positions;  // expanded to [..., T] (positional_encoding: [N])
-  std::optional<at::Tensor> table;      // [P, D] (kind "learned")
-  std::optional<at::Tensor> seed;       // int64, one element
+  std::optional<at::Tensor> x;            // [..., T, D]: the forward's x (table backward, mul)
+  at::Tensor ids;                         // [..., T] (embedding ops)
+  at::Tensor weight;                      // [V, D] (embedding ops)
+  std::optional<at::Tensor> positions;    // expanded to [..., T] (positional_encoding: [N])
+  std::optional<at::Tensor> table;        // [P, D] (kind "learned")
+  std::optional<at::Tensor> seed;         // int64, one element
   std::optional<c10::SymInt> table_rows;  // P, for kind "learned" and the table backward ops
   RowOptions options;
-  std::optional<int64_t> padding_idx;   // normalised to [0, V)
+  std::optional<int64_t> padding_idx;  // normalised to [0, V)
   bool fairseq_positions = false;
   at::ScalarType dtype = at::kFloat;    // of the output
   std::vector<c10::SymInt> out_sizes;   // the output's shape
@@ -99,7 +99,8 @@ void check_row_values(const RowCall& call, bool read_data);
 at::Tensor allocate_sized(const RowCall& call, const at::TensorOptions& options, bool zero,
                           bool runs_kernels);
 
-// out = the row kernel over `rows` (undefined: gathered or none) with `combine`.
+// out = the row kernel over `rows` (undefined: gathered or none) with `combine`, after the
+// checks of the index values; nothing on Meta.
 //   out, rows: [..., T, D] (out laid out as call.row_sizes)
 template <Backend kBackend>
 void run_rows(const RowCall& call, const at::Tensor& out, const at::Tensor& rows,
@@ -108,7 +109,8 @@ void run_rows(const RowCall& call, const at::Tensor& out, const at::Tensor& rows
 enum class ScatterTarget { kTable, kWeight };
 
 // The gradient of a learned table (kTable) or of the embedding weight (kWeight), from call.rows
-// (grad) and, for combine "mul" of add_positional, call.x. Returns [rows, D] in call.dtype.
+// (grad) and, for combine "mul" of add_positional, call.x: [call.out_sizes] in call.dtype (on
+// Meta, its shape only).
 template <Backend kBackend>
 at::Tensor run_scatter(const RowCall& call, ScatterTarget target);
 

@@ -24,7 +24,7 @@ struct ShiftModelImpl : torch::nn::Module {
 
   // ids: (B, T) -> logits (B, T, vocab): one attention head with rotary queries and keys.
   torch::Tensor forward(const torch::Tensor& ids) {
-    auto h = embed(ids);                                  // (B, T, D)
+    auto h = embed(ids);                                      // (B, T, D)
     auto q = query(h).unsqueeze(2), k = key(h).unsqueeze(2);  // (B, T, 1, D)
     auto rotated = rope(q, k);
     auto scores = torch::matmul(rotated[0].squeeze(2), rotated[1].squeeze(2).transpose(1, 2)) /

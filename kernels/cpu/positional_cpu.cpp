@@ -22,9 +22,7 @@ class RowPositions {
     index_ = dense_index(shape_, storage_.data());
   }
 
-  int64_t at(int64_t b, int64_t t) const {
-    return cpu::position_at(shape_, index_, offset_, b, t);
-  }
+  int64_t at(int64_t b, int64_t t) const { return cpu::position_at(shape_, index_, offset_, b, t); }
 
   bool shared_across_batch() const { return kernels::shared_across_batch(shape_, index_); }
 
@@ -107,8 +105,8 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
         const int64_t t_end = std::min(seq_len, t_begin + block);
         if (needs_code && shared && !walk_anchors && pe_block_index != t_block) {
           if (positions.consecutive(t_begin, t_end)) {
-            code.evaluate_consecutive(positions.at(0, t_begin), t_end - t_begin,
-                                      pe_block.data(), recurrence_state);
+            code.evaluate_consecutive(positions.at(0, t_begin), t_end - t_begin, pe_block.data(),
+                                      recurrence_state);
           } else {
             for (int64_t t = t_begin; t < t_end; ++t) {
               code.evaluate(positions.at(0, t), pe_block.data() + (t - t_begin) * dim);
@@ -232,8 +230,8 @@ void add_positional_table_backward_cpu(const AddPositionalParams& params, const 
     const acc scale = static_cast<acc>(params.scale);
     for_rows_by_channel_block<scalar_t>(
         params, parallel_for,
-        [&](int64_t b, int64_t t, int64_t d0, int64_t width, const scalar_t* grad,
-            const acc* mask, acc* /*scratch*/) {
+        [&](int64_t b, int64_t t, int64_t d0, int64_t width, const scalar_t* grad, const acc* mask,
+            acc* /*scratch*/) {
           const InputRow<scalar_t> in = input_row<scalar_t>(params, input, b, t);
           if (in.padding) return;  // padding tokens get no position code
           acc* out = table_grad + positions.at(b, t) * shape.dim + d0;
@@ -263,21 +261,22 @@ void embedding_weight_backward_cpu(const AddPositionalParams& params, void* grad
     acc* weight_grad = static_cast<acc*>(grad_weight);
     const acc scale = static_cast<acc>(params.scale);
     const cpu::PositionCodeRows<scalar_t> code(params.source, shape.dim, /*walk_rows=*/1);
-    for_rows_by_channel_block<scalar_t>(
-        params, parallel_for,
-        [&](int64_t b, int64_t t, int64_t d0, int64_t width, const scalar_t* grad,
-            const acc* mask, acc* pe) {
-          const int64_t id = cpu::index_at(shape, gather.ids, b, t);
-          if (id == gather.padding_idx) return;  // as nn.Embedding: no gradient for padding
-          if (multiply) code.evaluate(positions.at(b, t), pe, d0, d0 + width);
-          acc* out = weight_grad + id * shape.dim + d0;
-          for (int64_t k = 0; k < width; ++k) {
-            acc g = scale * load_as_acc(grad + k * grad_stride);
-            if (mask != nullptr) g *= mask[k];
-            if (multiply) g *= pe[k];
-            out[k] += g;
-          }
-        });
+    for_rows_by_channel_block<scalar_t>(params, parallel_for,
+                                        [&](int64_t b, int64_t t, int64_t d0, int64_t width,
+                                            const scalar_t* grad, const acc* mask, acc* pe) {
+                                          const int64_t id = cpu::index_at(shape, gather.ids, b, t);
+                                          if (id == gather.padding_idx)
+                                            return;  // as nn.Embedding: no gradient for padding
+                                          if (multiply)
+                                            code.evaluate(positions.at(b, t), pe, d0, d0 + width);
+                                          acc* out = weight_grad + id * shape.dim + d0;
+                                          for (int64_t k = 0; k < width; ++k) {
+                                            acc g = scale * load_as_acc(grad + k * grad_stride);
+                                            if (mask != nullptr) g *= mask[k];
+                                            if (multiply) g *= pe[k];
+                                            out[k] += g;
+                                          }
+                                        });
   });
 }
 

@@ -148,8 +148,8 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
         const real pos_freq = pos_freqs[i];
         const real extrapolation = real(1) / pos_freq;
         const real interpolation = real(1) / (static_cast<real>(factor) * pos_freq);
-        inv_freq[i] = interpolation * (real(1) - extrapolation_factor) +
-                      extrapolation * extrapolation_factor;
+        inv_freq[i] =
+            interpolation * (real(1) - extrapolation_factor) + extrapolation * extrapolation_factor;
       }
       return inv_freq;
     }
@@ -159,9 +159,10 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
       if (s.has_attention_factor) {
         attention = s.attention_factor;
       } else {
-        attention = factor <= 1.0 ? 1.0
-                                  : std::sqrt(1.0 + std::log(factor) /
-                                                        std::log(static_cast<double>(original)));
+        attention =
+            factor <= 1.0
+                ? 1.0
+                : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(original)));
       }
       const std::vector<double>& ext = s.seq_len > original ? s.long_factor : s.short_factor;
       const std::vector<real> powers = position_powers<real>(dim, s.base, s);
@@ -241,9 +242,9 @@ std::string check_rope_scaling(int64_t head_dim, const RopeScaling& s) {
   }
   const int64_t dim = rope_rotary_dim(head_dim, s);
   if (dim % 2 != 0) {
-    return dim == head_dim ? "dim must be an even number in [0, 2^20], got " + std::to_string(dim)
-                           : "int(dim * partial_rotary_factor) must be even, got " +
-                                 std::to_string(dim);
+    return dim == head_dim
+               ? "dim must be an even number in [0, 2^20], got " + std::to_string(dim)
+               : "int(dim * partial_rotary_factor) must be even, got " + std::to_string(dim);
   }
   if (!finite_positive(s.base)) return "base must be a finite number > 0";
   if (s.has_attention_factor && !std::isfinite(s.attention_factor)) {
@@ -275,8 +276,8 @@ std::string check_rope_scaling(int64_t head_dim, const RopeScaling& s) {
         return "rope_type 'yarn' needs max_position_embeddings or "
                "scaling['original_max_position_embeddings']";
       }
-      if (!s.has_factor && (s.max_position_embeddings <= 0 ||
-                            s.original_max_position_embeddings <= 0)) {
+      if (!s.has_factor &&
+          (s.max_position_embeddings <= 0 || s.original_max_position_embeddings <= 0)) {
         return "rope_type 'yarn' without scaling['factor'] needs max_position_embeddings and "
                "scaling['original_max_position_embeddings'] (factor is their ratio)";
       }
@@ -334,8 +335,7 @@ std::string check_rope_scaling(int64_t head_dim, const RopeScaling& s) {
   return "unknown rope_type";
 }
 
-std::string compute_rope_frequencies(int64_t head_dim, const RopeScaling& s,
-                                     RopeFrequencies& out) {
+std::string compute_rope_frequencies(int64_t head_dim, const RopeScaling& s, RopeFrequencies& out) {
   std::string error = check_rope_scaling(head_dim, s);
   if (!error.empty()) return error;
   const int64_t dim = rope_rotary_dim(head_dim, s);

@@ -111,15 +111,15 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
           // Two loops rather than a branch inside one, so the exact one vectorizes.
           if (params.float32_frequencies == nullptr) {
             for (int64_t i = 0; i < half; ++i) {
-              const SinCos<acc> sc = rotary_sincos<acc>(
-                  f[i], nullptr, i, params.mrope ? pair_positions[i] : axes[0]);
+              const SinCos<acc> sc =
+                  rotary_sincos<acc>(f[i], nullptr, i, params.mrope ? pair_positions[i] : axes[0]);
               cosines[i] = factor * sc.cos;
               sines[i] = sin_sign * factor * sc.sin;
             }
           } else {
             for (int64_t i = 0; i < half; ++i) {
-              const SinCos<acc> sc = rotary_sincos<acc>(
-                  f[i], params.float32_frequencies, i, params.mrope ? pair_positions[i] : axes[0]);
+              const SinCos<acc> sc = rotary_sincos<acc>(f[i], params.float32_frequencies, i,
+                                                        params.mrope ? pair_positions[i] : axes[0]);
               cosines[i] = factor * sc.cos;
               sines[i] = sin_sign * factor * sc.sin;
             }
@@ -186,8 +186,8 @@ void rotary_cpu(const RotaryParams& params, const ParallelFor& parallel_for) {
                             s * op.out_strides[1] + h * op.out_strides[2];
             const acc* cosines = cos_values.data() + j * half;
             const acc* sines = sin_values.data() + j * half;
-            rotate_row(in, op.in_strides[3], out, op.out_strides[3], cosines, sines, cosines,
-                       sines, half, params.interleaved, params.head_dim);
+            rotate_row(in, op.in_strides[3], out, op.out_strides[3], cosines, sines, cosines, sines,
+                       half, params.interleaved, params.head_dim);
           };
           if (std::abs(op.in_strides[1]) < std::abs(op.in_strides[2])) {
             for (int64_t h = 0; h < op.heads; ++h) {

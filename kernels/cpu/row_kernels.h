@@ -412,10 +412,8 @@ class PositionCodeRows {
   std::vector<double> anchor_step_sin_, anchor_step_cos_;  // [rotating channels]
 
  public:
-
   // out[d - first] = PE(position)[d] for first <= d < end (default: the whole row).
-  void evaluate(int64_t position, acc* __restrict out, int64_t first = 0,
-                int64_t end = -1) const {
+  void evaluate(int64_t position, acc* __restrict out, int64_t first = 0, int64_t end = -1) const {
     if (end < 0) end = dim_;
     const int64_t count = end - first;
     if (source_.kind == PositionKind::kLearned) {
@@ -443,8 +441,8 @@ class PositionCodeRows {
         const int axis = grid.segment_axes[s];
         const int64_t segment_begin = s == 0 ? 0 : grid.segment_ends[s - 1];
         const int64_t width = grid.segment_ends[s] - segment_begin;
-        const acc* row = grid_rows_[s].data() +
-                         (point.along(axis) - grid.origins[axis]) * width + (begin - segment_begin);
+        const acc* row = grid_rows_[s].data() + (point.along(axis) - grid.origins[axis]) * width +
+                         (begin - segment_begin);
         std::copy(row, row + (stop - begin), segment_out);
       } else {
         evaluate_channels(point.along(grid.segment_axes[s]), begin, stop, segment_out);

@@ -304,9 +304,9 @@ namespace {
 
 // The same loop built twice: for the baseline and for AVX2 (4 doubles a vector).
 inline __attribute__((always_inline)) void rotate_loop(const double* __restrict step_sin,
-                                                      const double* __restrict step_cos,
-                                                      double* __restrict s, double* __restrict c,
-                                                      int64_t n) {
+                                                       const double* __restrict step_cos,
+                                                       double* __restrict s, double* __restrict c,
+                                                       int64_t n) {
   for (int64_t d = 0; d < n; ++d) {
     const double sin_next = s[d] * step_cos[d] + c[d] * step_sin[d];
     const double cos_next = c[d] * step_cos[d] - s[d] * step_sin[d];

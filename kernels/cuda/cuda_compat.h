@@ -18,7 +18,7 @@
 // variables, which would otherwise copy the whole struct to local memory).
 #define POSENC_GRID_CONSTANT __grid_constant__
 // The block's dynamic shared memory as `type* name`.
-#define POSENC_DYNAMIC_SHARED(type, name) \
+#define POSENC_DYNAMIC_SHARED(type, name)                \
   extern __shared__ unsigned char posenc_shared_bytes[]; \
   type* name = reinterpret_cast<type*>(posenc_shared_bytes)
 
@@ -26,8 +26,8 @@
 // message is printed, and the next CUDA call reports "device-side assert triggered". Never a
 // host synchronisation.
 #if defined(__CUDA_ARCH__)
-#define POSENC_DEVICE_CHECK(condition, message)                 \
-  do {                                                          \
+#define POSENC_DEVICE_CHECK(condition, message)                             \
+  do {                                                                      \
     if (!(condition)) __assert_fail(message, __FILE__, __LINE__, __func__); \
   } while (0)
 #else
@@ -53,12 +53,12 @@ using posenc::cuda_emulation::cudaGetLastError;
 using posenc::cuda_emulation::cudaStream_t;
 using posenc::cuda_emulation::dim3;
 
-#define POSENC_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                       \
+#define POSENC_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                        \
   ::posenc::cuda_emulation::launch(grid, block, shared_bytes, [&] { kernel(__VA_ARGS__); }); \
   static_cast<void>(stream)
-#define POSENC_LAUNCH_SYNC(kernel, grid, block, shared_bytes, stream, ...)                   \
-  ::posenc::cuda_emulation::launch(                                                          \
-      grid, block, shared_bytes, [&] { kernel(__VA_ARGS__); }, /*barriers=*/true);           \
+#define POSENC_LAUNCH_SYNC(kernel, grid, block, shared_bytes, stream, ...)         \
+  ::posenc::cuda_emulation::launch(                                                \
+      grid, block, shared_bytes, [&] { kernel(__VA_ARGS__); }, /*barriers=*/true); \
   static_cast<void>(stream)
 #define POSENC_DYNAMIC_SHARED(type, name) \
   type* name = reinterpret_cast<type*>(::posenc::cuda_emulation::dynamic_shared())
@@ -66,8 +66,8 @@ using posenc::cuda_emulation::dim3;
 #define POSENC_LAUNCH_BOUNDS(threads, blocks)
 // The host twin of a 16-byte vector access checks its alignment, as the GPU would.
 #define POSENC_CHECK_VECTOR_ACCESS(address) ::posenc::cuda_emulation::check_vector_access(address)
-#define POSENC_DEVICE_CHECK(condition, message) \
-  do {                                          \
+#define POSENC_DEVICE_CHECK(condition, message)                              \
+  do {                                                                       \
     if (!(condition)) ::posenc::cuda_emulation::device_assert_fail(message); \
   } while (0)
 

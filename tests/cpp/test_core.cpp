@@ -7,8 +7,8 @@
 #include <set>
 #include <thread>
 
-#include "core/arguments.h"
 #include "core/backend.h"
+#include "core/operator.h"
 
 namespace {
 
@@ -28,17 +28,18 @@ TEST(OperatorDefinition, NamesAParsedArgumentTheSchemaLacks) {
 
 TEST(OperatorDefinition, NamesASchemaArgumentNoParserReads) {
   // A misspelling in the parser's list, or an argument added to the schema alone.
-  EXPECT_EQ(posenc::core::definition_mismatch(
-                {"f(Tensor x, *, str kind=\"sinusoidal\", float scale=1.0) -> Tensor",
-                 {"x", "kind"}}),
-            "posenc::f: the schema's argument 'scale' is not read by the parser");
+  EXPECT_EQ(
+      posenc::core::definition_mismatch(
+          {"f(Tensor x, *, str kind=\"sinusoidal\", float scale=1.0) -> Tensor", {"x", "kind"}}),
+      "posenc::f: the schema's argument 'scale' is not read by the parser");
 }
 
-TEST(OperatorDefinition, DefineRefusesAMismatch) {
+TEST(OperatorDefinition, DefiningRefusesAMismatch) {
   torch::Library library(torch::Library::FRAGMENT, "posenc_test_definitions", std::nullopt,
                          __FILE__, __LINE__);
-  EXPECT_THROW(posenc::core::define(library, {"g(Tensor x, int knd=0) -> Tensor", {"x", "kind"}}),
-               c10::Error);
+  EXPECT_THROW(
+      posenc::core::define_schema(library, {"g(Tensor x, int knd=0) -> Tensor", {"x", "kind"}}),
+      c10::Error);
 }
 
 // Every CPU kernel gets its threads from core::parallel_for(); built without OpenMP it would run

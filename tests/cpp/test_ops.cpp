@@ -4,8 +4,8 @@
 
 #include <cmath>
 #include <functional>
-#include <sstream>
 #include <limits>
+#include <sstream>
 
 #include "posenc/posenc.h"
 
@@ -57,8 +57,8 @@ TEST(Ops, BackwardFromCpp) {
   auto want_x = upstream * keep / 0.75 * 0.5 * gathered;
   EXPECT_TRUE(torch::allclose(x.grad(), want_x, 1e-10, 1e-12));
   auto contribution = upstream * keep / 0.75 * 0.5 * x.detach();  // [3, 4, 6]
-  auto want_table = torch::zeros({8, 6}, torch::kFloat64)
-                        .index_add_(0, positions, contribution.sum(0));
+  auto want_table =
+      torch::zeros({8, 6}, torch::kFloat64).index_add_(0, positions, contribution.sum(0));
   EXPECT_TRUE(torch::allclose(table.grad(), want_table, 1e-10, 1e-12));
   const auto kept = keep.mean().item<double>();
   EXPECT_GT(kept, 0.5);
@@ -68,7 +68,7 @@ TEST(Ops, BackwardFromCpp) {
 TEST(Ops, PositionalEncodingShape) {
   auto positions = torch::arange(6, torch::kLong).view({2, 3});
   auto pe = posenc::positional_encoding(positions, 10,
-                                       posenc::PositionCodeOptions().dtype(torch::kFloat64));
+                                        posenc::PositionCodeOptions().dtype(torch::kFloat64));
   EXPECT_EQ(pe.sizes(), torch::IntArrayRef({2, 3, 10}));
   EXPECT_TRUE(torch::allclose(pe.view({6, 10}), reference_sinusoidal(6, 10, 0), 0, 1e-12));
 }
@@ -88,7 +88,8 @@ TEST(Ops, ErrorsNameTheArgument) {
                c10::ValueError);
 }
 
-// ---- the public C++ API and modules --------------------------------------------------------------
+// ---- the public C++ API and modules
+// --------------------------------------------------------------
 
 #include "posenc/nn.h"
 #include "posenc/posenc.h"
@@ -125,7 +126,8 @@ TEST(Api, EveryOptionReachesTheKernel) {
   auto b = posenc::add_positional(x, posenc::AddPositionalOptions().dropout(0.5).generator(gen));
   EXPECT_TRUE(torch::equal(a, b));
   EXPECT_GT((a == 0).sum().item<int64_t>(), 0);
-  auto eval = posenc::add_positional(x, posenc::AddPositionalOptions().dropout(0.5).training(false));
+  auto eval =
+      posenc::add_positional(x, posenc::AddPositionalOptions().dropout(0.5).training(false));
   EXPECT_TRUE(torch::equal(eval, posenc::add_positional(x)));
   // Embedding with fairseq positions; rotary with offsets.
   auto ids = torch::tensor({{1, 1, 3, 4}, {5, 6, 1, 2}});
@@ -134,12 +136,13 @@ TEST(Api, EveryOptionReachesTheKernel) {
                              posenc::EmbeddingOptions().padding_idx(1).fairseq_positions(true));
   EXPECT_TRUE(torch::allclose(e[0][0], std::sqrt(6.0) * weight[1]));
   auto q = torch::randn({2, 4, 3, 8});
-  auto rotated = posenc::rotary(q, std::nullopt,
-                                posenc::RotaryOptions().offsets(torch::tensor({0, 10})));
+  auto rotated =
+      posenc::rotary(q, std::nullopt, posenc::RotaryOptions().offsets(torch::tensor({0, 10})));
   EXPECT_EQ(rotated.size(), 1u);
-  EXPECT_TRUE(torch::allclose(rotated[0][1][0], posenc::rotary(q[1].unsqueeze(0), std::nullopt,
-                                                               posenc::RotaryOptions().offset(10))[0][0][0],
-                              1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(
+      rotated[0][1][0],
+      posenc::rotary(q[1].unsqueeze(0), std::nullopt, posenc::RotaryOptions().offset(10))[0][0][0],
+      1e-6, 1e-6));
 }
 
 TEST(Api, ErrorsNameTheArgument) {
@@ -157,7 +160,8 @@ TEST(Api, ErrorsNameTheArgument) {
 TEST(Modules, InitialisationParametersAndBackward) {
   torch::manual_seed(3);
   posenc::nn::PositionalEmbedding emb(
-      posenc::nn::PositionalEmbeddingOptions(20, 8).padding_idx(0).kind("learned").max_positions(16));
+      posenc::nn::PositionalEmbeddingOptions(20, 8).padding_idx(0).kind("learned").max_positions(
+          16));
   auto params = emb->named_parameters();
   EXPECT_TRUE(params.contains("weight"));
   EXPECT_TRUE(params.contains("table"));
@@ -204,8 +208,9 @@ TEST(Api, BadInputThrowsNamingTheArgument) {
     }
   };
   // Forward.
-  expect_error([&] { posenc::add_positional(x, posenc::AddPositionalOptions().dropout(std::nan(""))); },
-               "dropout must be in [0, 1]");
+  expect_error(
+      [&] { posenc::add_positional(x, posenc::AddPositionalOptions().dropout(std::nan(""))); },
+      "dropout must be in [0, 1]");
   expect_error([&] { posenc::add_positional(x, posenc::AddPositionalOptions().base(-1.0)); },
                "base must be a finite number > 0");
   expect_error([&] { posenc::add_positional(x, posenc::AddPositionalOptions(learned).offset(8)); },
@@ -218,17 +223,17 @@ TEST(Api, BadInputThrowsNamingTheArgument) {
       "give positions or offset, not both");
   expect_error(
       [&] {
-        posenc::add_positional(x, posenc::AddPositionalOptions().offset(
-                                      std::numeric_limits<int64_t>::max()));
+        posenc::add_positional(
+            x, posenc::AddPositionalOptions().offset(std::numeric_limits<int64_t>::max()));
       },
       "overflows int64");
   expect_error([&] { posenc::embedding(ids, weight, posenc::EmbeddingOptions().padding_idx(10)); },
                "padding_idx must be within");
   expect_error(
       [&] {
-        posenc::embedding(ids, weight,
-                          posenc::EmbeddingOptions().padding_idx(
-                              std::numeric_limits<int64_t>::min()));
+        posenc::embedding(
+            ids, weight,
+            posenc::EmbeddingOptions().padding_idx(std::numeric_limits<int64_t>::min()));
       },
       "padding_idx must be within");
   // Backward functions: the same checks as the forward, on grad and on the values.
@@ -249,14 +254,12 @@ TEST(Api, BadInputThrowsNamingTheArgument) {
       },
       "needs x");
   expect_error(
-      [&] {
-        posenc::add_positional_table_backward(grad, x, -1, posenc::AddPositionalOptions());
-      },
+      [&] { posenc::add_positional_table_backward(grad, x, -1, posenc::AddPositionalOptions()); },
       "table_rows must be >= 0");
   expect_error(
       [&] {
-        posenc::embedding_backward(grad, torch::tensor({{0, 3, 4, 10, 2}, {1, 1, 5, 6, 7}}),
-                                   weight, posenc::EmbeddingOptions());
+        posenc::embedding_backward(grad, torch::tensor({{0, 3, 4, 10, 2}, {1, 1, 5, 6, 7}}), weight,
+                                   posenc::EmbeddingOptions());
       },
       "ids must be in [0, V)");
   expect_error(
@@ -267,15 +270,16 @@ TEST(Api, BadInputThrowsNamingTheArgument) {
       "grad must have shape ids.shape");
   expect_error(
       [&] {
-        posenc::embedding_table_backward(grad, ids, weight, 12,
-                                         posenc::EmbeddingOptions().positions(
-                                             torch::tensor({0, 1, -1, 2, 3})));
+        posenc::embedding_table_backward(
+            grad, ids, weight, 12,
+            posenc::EmbeddingOptions().positions(torch::tensor({0, 1, -1, 2, 3})));
       },
       "positions must be >= 0");
   // Rotary, including its inverse (the backward), tables and frequencies.
   const auto q = torch::randn({2, 5, 4, 8});
-  expect_error([&] { posenc::rotary(q, std::nullopt, posenc::RotaryOptions().inverse(true).rotary_dim(3)); },
-               "rotary_dim must be even");
+  expect_error(
+      [&] { posenc::rotary(q, std::nullopt, posenc::RotaryOptions().inverse(true).rotary_dim(3)); },
+      "rotary_dim must be even");
   expect_error(
       [&] {
         posenc::rotary(q, std::nullopt,
@@ -284,37 +288,50 @@ TEST(Api, BadInputThrowsNamingTheArgument) {
       "offsets must be >= 0");
   expect_error(
       [&] {
-        posenc::rotary(torch::randn({6, 2, 8}), std::nullopt,
-                       posenc::RotaryOptions().layout("thd").cu_seqlens(torch::tensor({0, 4, 3, 6})));
+        posenc::rotary(
+            torch::randn({6, 2, 8}), std::nullopt,
+            posenc::RotaryOptions().layout("thd").cu_seqlens(torch::tensor({0, 4, 3, 6})));
       },
       "cu_seqlens must be non-decreasing");
   expect_error([&] { posenc::rotary(q, std::nullopt, posenc::RotaryOptions().precision("fast")); },
                "precision must be");
   expect_error(
-      [&] { posenc::rotary_tables(q, std::nullopt, torch::randn({2, 5, 8}), torch::randn({2, 4, 8})); },
+      [&] {
+        posenc::rotary_tables(q, std::nullopt, torch::randn({2, 5, 8}), torch::randn({2, 4, 8}));
+      },
       "cos and sin must have the same shape");
   expect_error([&] { posenc::positional_encoding(torch::tensor({0, -1}), 8); },
                "positions must be >= 0");
   expect_error([&] { posenc::rope_frequencies(int64_t{1} << 40); }, "dim must be an even number");
-  expect_error([&] { posenc::rope_frequencies(16, posenc::RopeFrequenciesOptions().rope_type("linear")); },
-               "needs scaling['factor']");
+  expect_error(
+      [&] { posenc::rope_frequencies(16, posenc::RopeFrequenciesOptions().rope_type("linear")); },
+      "needs scaling['factor']");
   expect_error(
       [&] {
         posenc::rope_frequencies(
-            16, posenc::RopeFrequenciesOptions().rope_type("proportional").partial_rotary_factor(2.0));
+            16,
+            posenc::RopeFrequenciesOptions().rope_type("proportional").partial_rotary_factor(2.0));
       },
       "partial_rotary_factor'] must be in [0, 1]");
   expect_error(
       [&] {
-        posenc::rope_frequencies(16, posenc::RopeFrequenciesOptions().rope_type("yarn").factor(2.0)
-                                         .max_position_embeddings(64).beta_fast(std::nan("")));
+        posenc::rope_frequencies(16, posenc::RopeFrequenciesOptions()
+                                         .rope_type("yarn")
+                                         .factor(2.0)
+                                         .max_position_embeddings(64)
+                                         .beta_fast(std::nan("")));
       },
       "beta_fast");
   // The C++ modules check their options at construction, through the operator.
-  expect_error([&] { posenc::nn::PositionalEncoding(posenc::nn::PositionalEncodingOptions(8).dropout(2.0)); },
-               "dropout must be in [0, 1]");
   expect_error(
-      [&] { posenc::nn::PositionalEncoding(posenc::nn::PositionalEncodingOptions(8).kind("rope")); },
+      [&] {
+        posenc::nn::PositionalEncoding(posenc::nn::PositionalEncodingOptions(8).dropout(2.0));
+      },
+      "dropout must be in [0, 1]");
+  expect_error(
+      [&] {
+        posenc::nn::PositionalEncoding(posenc::nn::PositionalEncodingOptions(8).kind("rope"));
+      },
       "kind must be one of");
   expect_error(
       [&] {
@@ -347,8 +364,8 @@ TEST(Api, BackwardFunctionsMatchAutograd) {
   y.backward(upstream);
   const auto detached = posenc::AddPositionalOptions(options).table(table.detach());
   EXPECT_TRUE(torch::equal(x.grad(), posenc::add_positional_backward(upstream, detached)));
-  EXPECT_TRUE(torch::equal(table.grad(), posenc::add_positional_table_backward(
-                                             upstream, x.detach(), 9, detached)));
+  EXPECT_TRUE(torch::equal(
+      table.grad(), posenc::add_positional_table_backward(upstream, x.detach(), 9, detached)));
 }
 
 TEST(Modules, RotaryKeepsExactFrequenciesThroughDtypeMoves) {
@@ -356,8 +373,8 @@ TEST(Modules, RotaryKeepsExactFrequenciesThroughDtypeMoves) {
   EXPECT_EQ(rope->inv_freq.scalar_type(), torch::kFloat64);
   auto q = torch::randn({1, 4, 2, 16}).to(torch::kBFloat16);
   auto positions = torch::tensor({0, 1000, 1000000, (1 << 24) - 1});
-  auto want = posenc::rotary(q, std::nullopt,
-                             posenc::RotaryOptions().base(500000.0).positions(positions));
+  auto want =
+      posenc::rotary(q, std::nullopt, posenc::RotaryOptions().base(500000.0).positions(positions));
   rope->to(torch::kBFloat16);
   EXPECT_EQ(rope->inv_freq.scalar_type(), torch::kFloat64);
   auto got = rope(q, std::nullopt, posenc::RotaryOptions().positions(positions));
@@ -405,15 +422,16 @@ TEST(PosencApi, MropeSections) {
   const auto plain = posenc::rotary(q, std::nullopt, posenc::RotaryOptions().positions(row));
   EXPECT_TRUE(torch::equal(mrope[0], plain[0]));
   const torch::Tensor distinct = torch::randint(0, 100, {3, 2, 5});
-  const auto interleaved = posenc::rotary(
-      q, std::nullopt,
-      posenc::RotaryOptions().positions(distinct).mrope_section(std::vector<int64_t>{2, 3, 3})
-          .mrope_interleaved(true));
+  const auto interleaved = posenc::rotary(q, std::nullopt,
+                                          posenc::RotaryOptions()
+                                              .positions(distinct)
+                                              .mrope_section(std::vector<int64_t>{2, 3, 3})
+                                              .mrope_interleaved(true));
   EXPECT_FALSE(torch::equal(interleaved[0], plain[0]));
   try {
-    posenc::rotary(q, std::nullopt,
-                   posenc::RotaryOptions().positions(rows).mrope_section(
-                       std::vector<int64_t>{2, 2, 2}));
+    posenc::rotary(
+        q, std::nullopt,
+        posenc::RotaryOptions().positions(rows).mrope_section(std::vector<int64_t>{2, 2, 2}));
     ADD_FAILURE() << "expected an error for mrope_section {2, 2, 2}";
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find("mrope_section must sum to rotary_dim / 2 = 8"),
@@ -426,12 +444,12 @@ TEST(PosencApi, MropeSections) {
 // the C++ module's SD3 centre crop and backward.
 TEST(PosencApi, GridCodesAndPatchModule) {
   const int64_t dim = 16, height = 3, width = 4;
-  const torch::Tensor table = posenc::positional_encoding(
-      torch::arange(1 + height * width), dim,
-      posenc::PositionCodeOptions()
-          .layout("concat")
-          .grid(posenc::GridOptions({height, width}).extra_tokens(1))
-          .dtype(torch::kFloat64));
+  const torch::Tensor table =
+      posenc::positional_encoding(torch::arange(1 + height * width), dim,
+                                  posenc::PositionCodeOptions()
+                                      .layout("concat")
+                                      .grid(posenc::GridOptions({height, width}).extra_tokens(1))
+                                      .dtype(torch::kFloat64));
   auto want = torch::zeros({1 + height * width, dim}, torch::kFloat64);
   auto w = want.accessor<double, 2>();
   for (int64_t t = 1; t <= height * width; ++t) {

@@ -39,8 +39,7 @@ at::Tensor add_positional(const at::Tensor& x, const AddPositionalOptions& optio
 // grad: [..., T, D] -> grad_x: [..., T, D]
 at::Tensor add_positional_backward(const at::Tensor& grad, const AddPositionalOptions& options);
 // grad: [..., T, D], x: [..., T, D] (combine "mul") -> grad_table: [table_rows, D]
-at::Tensor add_positional_table_backward(const at::Tensor& grad,
-                                         const std::optional<at::Tensor>& x,
+at::Tensor add_positional_table_backward(const at::Tensor& grad, const std::optional<at::Tensor>& x,
                                          c10::SymInt table_rows,
                                          const AddPositionalOptions& options);
 

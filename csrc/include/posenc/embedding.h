@@ -18,7 +18,7 @@ namespace posenc {
 struct EmbeddingOptions {
   TORCH_ARG(std::string, kind) = "sinusoidal";
   TORCH_ARG(std::string, combine) = "add";
-  TORCH_ARG(std::optional<double>, scale) = std::nullopt;  // none: sqrt(D)
+  TORCH_ARG(std::optional<double>, scale) = std::nullopt;          // none: sqrt(D)
   TORCH_ARG(std::optional<at::Tensor>, positions) = std::nullopt;  // broadcastable to ids
   TORCH_ARG(bool, fairseq_positions) = false;  // fairseq's make_positions (needs padding_idx)
   TORCH_ARG(int64_t, offset) = 0;

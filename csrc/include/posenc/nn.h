@@ -23,8 +23,8 @@ struct PositionalEncodingOptions {
   explicit PositionalEncodingOptions(int64_t d_model) : d_model_(d_model) {}
   TORCH_ARG(int64_t, d_model);
   TORCH_ARG(double, dropout) = 0.1;
-  TORCH_ARG(int64_t, max_len) = 5000;      // rows of the learned table
-  TORCH_ARG(bool, batch_first) = false;    // x: (B, T, D) if true, else (T, B, D)
+  TORCH_ARG(int64_t, max_len) = 5000;    // rows of the learned table
+  TORCH_ARG(bool, batch_first) = false;  // x: (B, T, D) if true, else (T, B, D)
   TORCH_ARG(std::string, kind) = "sinusoidal";
   TORCH_ARG(std::string, combine) = "add";
   TORCH_ARG(double, scale) = 1.0;
@@ -47,8 +47,7 @@ class PositionalEncodingImpl : public torch::nn::Cloneable<PositionalEncodingImp
 
  private:
   at::Tensor forward_with(const at::Tensor& x, const std::optional<at::Tensor>& positions,
-                          int64_t offset, const std::optional<at::Tensor>& table,
-                          bool training);
+                          int64_t offset, const std::optional<at::Tensor>& table, bool training);
 };
 TORCH_MODULE(PositionalEncoding);
 
@@ -75,8 +74,8 @@ class PositionalEmbeddingImpl : public torch::nn::Cloneable<PositionalEmbeddingI
   explicit PositionalEmbeddingImpl(PositionalEmbeddingOptions options);
   void reset() override;
   // ids: (..., T) -> (..., T, D)
-  at::Tensor forward(const at::Tensor& ids, const std::optional<at::Tensor>& positions = std::nullopt,
-                     int64_t offset = 0);
+  at::Tensor forward(const at::Tensor& ids,
+                     const std::optional<at::Tensor>& positions = std::nullopt, int64_t offset = 0);
 
   PositionalEmbeddingOptions options;
   at::Tensor weight;  // [num_embeddings, embedding_dim]
@@ -180,11 +179,10 @@ class AxialRotaryEmbeddingImpl : public torch::nn::Cloneable<AxialRotaryEmbeddin
   std::pair<at::Tensor, at::Tensor> position_ids(const std::vector<int64_t>& grid_size,
                                                  const at::Device& device) const;
   // q, k: extra_tokens + H * W tokens in `layout` -> {q_out} or {q_out, k_out}
-  std::vector<at::Tensor> forward(const at::Tensor& q,
-                                  const std::optional<at::Tensor>& k = std::nullopt,
-                                  const std::optional<std::vector<int64_t>>& grid_size =
-                                      std::nullopt,
-                                  const std::string& layout = "bshd");
+  std::vector<at::Tensor> forward(
+      const at::Tensor& q, const std::optional<at::Tensor>& k = std::nullopt,
+      const std::optional<std::vector<int64_t>>& grid_size = std::nullopt,
+      const std::string& layout = "bshd");
 
   AxialRotaryEmbeddingOptions options;
   RotaryEmbedding rope{nullptr};

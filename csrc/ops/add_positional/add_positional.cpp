@@ -1,54 +1,54 @@
 // add_positional (y = dropout_p(combine(scale * x, PE(pos)))), its input gradient and its
 // learned-table gradient: schemas, parsing, the implementation on every backend, autograd and the
 // C++ API.
+#include "posenc/add_positional.h"
+
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include "api/call.h"
-#include "core/arguments.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/checks.h"
+#include "core/operator.h"
 #include "core/rows.h"
-#include "posenc/add_positional.h"
 
 namespace posenc {
 namespace {
 
-using core::Arguments;
-using core::Backend;
-using core::RowCall;
+using core::Arguments, core::Backend, core::RowCall;
 
 // grid: the 2D/3D codes of patch tokens ((H, W) or (T, H, W), kernels::GridCode): positions are
 // then token indices, the first extra_tokens (cls) without a code, and channel segment s
 // (grid_dims[s] wide) codes axis grid_axes[s] at (index + grid_origin) * grid_scale.
 const core::OperatorDefinition kForward{
-    "add_positional(Tensor x, Tensor? positions=None, Tensor? table=None, Tensor? seed=None, *, "
-    "str kind=\"sinusoidal\", str combine=\"add\", float scale=1.0, int offset=0, "
-    "float base=10000.0, str convention=\"vaswani\", str? layout=None, int[]? grid=None, "
-    "int extra_tokens=0, int[]? grid_dims=None, int[]? grid_axes=None, int[]? grid_origin=None, "
-    "float[]? grid_scale=None, float dropout=0.0, bool training=True) -> Tensor",
+    R"(add_positional(Tensor x, Tensor? positions=None, Tensor? table=None, Tensor? seed=None,
+    *, str kind="sinusoidal", str combine="add", float scale=1.0, int offset=0,
+    float base=10000.0, str convention="vaswani", str? layout=None, int[]? grid=None,
+    int extra_tokens=0, int[]? grid_dims=None, int[]? grid_axes=None,
+    int[]? grid_origin=None, float[]? grid_scale=None, float dropout=0.0,
+    bool training=True) -> Tensor)",
     {"x", "positions", "table", "seed", "kind", "combine", "scale", "offset", "base", "convention",
      "layout", "grid", "extra_tokens", "grid_dims", "grid_axes", "grid_origin", "grid_scale",
      "dropout", "training"}};
 
 // The gradient with respect to x; grad: [..., T, D].
 const core::OperatorDefinition kInputGradient{
-    "add_positional_backward(Tensor grad, Tensor? positions=None, Tensor? table=None, "
-    "Tensor? seed=None, *, str kind=\"sinusoidal\", str combine=\"add\", float scale=1.0, "
-    "int offset=0, float base=10000.0, str convention=\"vaswani\", str? layout=None, "
-    "int[]? grid=None, int extra_tokens=0, int[]? grid_dims=None, int[]? grid_axes=None, "
-    "int[]? grid_origin=None, float[]? grid_scale=None, float dropout=0.0, "
-    "bool training=True) -> Tensor",
+    R"(add_positional_backward(Tensor grad, Tensor? positions=None, Tensor? table=None,
+    Tensor? seed=None, *, str kind="sinusoidal", str combine="add", float scale=1.0,
+    int offset=0, float base=10000.0, str convention="vaswani", str? layout=None,
+    int[]? grid=None, int extra_tokens=0, int[]? grid_dims=None, int[]? grid_axes=None,
+    int[]? grid_origin=None, float[]? grid_scale=None, float dropout=0.0,
+    bool training=True) -> Tensor)",
     {"grad", "positions", "table", "seed", "kind", "combine", "scale", "offset", "base",
      "convention", "layout", "grid", "extra_tokens", "grid_dims", "grid_axes", "grid_origin",
      "grid_scale", "dropout", "training"}};
 
 // The gradient with respect to the learned table: [table_rows, D]. x is needed for combine="mul".
 const core::OperatorDefinition kTableGradient{
-    "add_positional_table_backward(Tensor grad, Tensor? x, Tensor? positions, Tensor? seed, "
-    "SymInt table_rows, *, str combine=\"add\", float scale=1.0, int offset=0, "
-    "float dropout=0.0, bool training=True) -> Tensor",
+    R"(add_positional_table_backward(Tensor grad, Tensor? x, Tensor? positions, Tensor? seed,
+    SymInt table_rows, *, str combine="add", float scale=1.0, int offset=0,
+    float dropout=0.0, bool training=True) -> Tensor)",
     {"grad", "x", "positions", "seed", "table_rows", "combine", "scale", "offset", "dropout",
      "training"}};
 
@@ -104,40 +104,35 @@ RowCall parse(const Arguments& args, Pass pass) {
   return call;
 }
 
-template <Backend kBackend>
-at::Tensor forward(const Arguments& args) {
-  const RowCall call = parse(args, Pass::kForward);
-  at::Tensor out = at::empty_like(call.rows);
-  if constexpr (core::runs_kernels(kBackend)) {
-    core::run_rows<kBackend>(call, out, call.rows, call.options.combine);
+// The forward, and the input gradient: d/dx of scale*x + PE is scale; of (scale*x)*PE it is
+// scale*PE: the forward kernel with the code dropped (add) or kept (mul), under the same dropout
+// mask.
+// The forward, and the input gradient: d/dx of scale*x + PE is scale; of (scale*x)*PE it is
+// scale*PE: the forward kernel with the code dropped (add) or kept (mul), under the same dropout
+// mask.
+template <Pass kPass>
+struct Rows {
+  template <Backend kBackend>
+  static at::Tensor run(const Arguments& args) {
+    const RowCall call = parse(args, kPass);
+    const kernels::Combine combine = call.options.combine;
+    const bool add = combine == kernels::Combine::kAdd;
+    const at::Tensor out = at::empty_like(call.rows);
+    core::run_rows<kBackend>(call, out, call.rows,
+                             kPass == Pass::kForward ? combine
+                             : add                   ? kernels::Combine::kScaleOnly
+                                                     : kernels::Combine::kMul);
+    return out;
   }
-  return out;
-}
+};
 
-template <Backend kBackend>
-at::Tensor input_gradient(const Arguments& args) {
-  const RowCall call = parse(args, Pass::kInputGradient);
-  at::Tensor out = at::empty_like(call.rows);
-  if constexpr (core::runs_kernels(kBackend)) {
-    // d/dx of scale*x + PE is scale; of (scale*x)*PE it is scale*PE: the forward kernel with the
-    // code dropped (add) or kept (mul), under the same dropout mask.
-    const kernels::Combine combine = call.options.combine == kernels::Combine::kAdd
-                                         ? kernels::Combine::kScaleOnly
-                                         : kernels::Combine::kMul;
-    core::run_rows<kBackend>(call, out, call.rows, combine);
+struct TableGradient {
+  template <Backend kBackend>
+  static at::Tensor run(const Arguments& args) {
+    return core::run_scatter<kBackend>(parse(args, Pass::kTableGradient),
+                                       core::ScatterTarget::kTable);
   }
-  return out;
-}
-
-template <Backend kBackend>
-at::Tensor table_gradient(const Arguments& args) {
-  const RowCall call = parse(args, Pass::kTableGradient);
-  if constexpr (core::runs_kernels(kBackend)) {
-    return core::run_scatter<kBackend>(call, core::ScatterTarget::kTable);
-  } else {
-    return core::allocate_sized(call, call.rows.options().dtype(call.dtype), false, false);
-  }
-}
+};
 
 // The table gradient reads x only for combine="mul" (the scaled input multiplies it).
 bool backward_needs(std::string_view name, const Arguments& args) {
@@ -154,35 +149,9 @@ const core::Derivative kDerivative{
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(posenc, m) {
-  core::define(m, kForward);
-  core::define(m, kInputGradient);
-  core::define(m, kTableGradient);
-}
-
-TORCH_LIBRARY_IMPL(posenc, CPU, m) {
-  m.impl("add_positional", core::boxed_function<&forward<Backend::kCpu>>());
-  m.impl("add_positional_backward", core::boxed_function<&input_gradient<Backend::kCpu>>());
-  m.impl("add_positional_table_backward",
-         core::boxed_function<&table_gradient<Backend::kCpu>>());
-}
-
-TORCH_LIBRARY_IMPL(posenc, Meta, m) {
-  m.impl("add_positional", core::boxed_function<&forward<Backend::kMeta>>());
-  m.impl("add_positional_backward", core::boxed_function<&input_gradient<Backend::kMeta>>());
-  m.impl("add_positional_table_backward",
-         core::boxed_function<&table_gradient<Backend::kMeta>>());
-}
-
-#ifdef POSENC_WITH_CUDA
-TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
-  m.impl("add_positional", core::boxed_function<&forward<Backend::kCuda>>());
-  m.impl("add_positional_backward", core::boxed_function<&input_gradient<Backend::kCuda>>());
-  m.impl("add_positional_table_backward",
-         core::boxed_function<&table_gradient<Backend::kCuda>>());
-}
-#endif
-
-TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
+  core::define<Rows<Pass::kForward>>(m, kForward);
+  core::define<Rows<Pass::kInputGradient>>(m, kInputGradient);
+  core::define<TableGradient>(m, kTableGradient);
   core::register_derivative(m, kDerivative);
   core::register_not_differentiable(m, "add_positional_backward");
   core::register_not_differentiable(m, "add_positional_table_backward");
@@ -192,33 +161,31 @@ TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
 
 namespace {
 
-api::NamedArguments named(const AddPositionalOptions& o) {
-  return api::joined(api::joined(api::code_arguments(o), api::combine_arguments(o)),
-                     api::grid_arguments(o.grid()));
+// The arguments of the forward and of the input gradient, whose rows are `main` (x or grad).
+api::NamedArguments named(const AddPositionalOptions& o, const char* main_name,
+                          const at::Tensor& main, c10::IValue seed) {
+  return api::joined(
+      api::joined(api::code_arguments(o), api::combine_arguments(o)),
+      api::joined(api::grid_arguments(o.grid()), {{main_name, main},
+                                                  {"positions", api::optional_value(o.positions())},
+                                                  {"table", api::optional_value(o.table())},
+                                                  {"seed", std::move(seed)}}));
 }
 
 }  // namespace
 
 at::Tensor add_positional(const at::Tensor& x, const AddPositionalOptions& o) {
-  return api::call_operator("add_positional",
-                            api::joined(named(o), {{"x", x},
-                                                   {"positions", api::optional_value(o.positions())},
-                                                   {"table", api::optional_value(o.table())},
-                                                   {"seed", api::forward_seed(o, x.device())}}))[0]
+  return api::call_operator("add_positional", named(o, "x", x, api::forward_seed(o, x.device())))[0]
       .toTensor();
 }
 
 at::Tensor add_positional_backward(const at::Tensor& grad, const AddPositionalOptions& o) {
   return api::call_operator("add_positional_backward",
-                            api::joined(named(o), {{"grad", grad},
-                                                   {"positions", api::optional_value(o.positions())},
-                                                   {"table", api::optional_value(o.table())},
-                                                   {"seed", api::optional_value(o.seed())}}))[0]
+                            named(o, "grad", grad, api::optional_value(o.seed())))[0]
       .toTensor();
 }
 
-at::Tensor add_positional_table_backward(const at::Tensor& grad,
-                                         const std::optional<at::Tensor>& x,
+at::Tensor add_positional_table_backward(const at::Tensor& grad, const std::optional<at::Tensor>& x,
                                          c10::SymInt table_rows, const AddPositionalOptions& o) {
   return api::call_operator("add_positional_table_backward",
                             api::joined(api::combine_arguments(o),

@@ -1,54 +1,53 @@
 // embedding (y = dropout_p(combine(scale * weight[ids], PE(pos)))), its weight gradient and its
 // learned-table gradient: schemas, parsing, the implementation on every backend, autograd and the
 // C++ API.
+#include "posenc/embedding.h"
+
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>
 
 #include "api/call.h"
-#include "core/arguments.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/checks.h"
+#include "core/operator.h"
 #include "core/rows.h"
-#include "posenc/embedding.h"
 
 namespace posenc {
 namespace {
 
-using core::Arguments;
-using core::Backend;
-using core::RowCall;
+using core::Arguments, core::Backend, core::RowCall;
 
 // ids: [..., T], weight: [V, D] -> [..., T, D]. scale=None means sqrt(D). Tokens equal to
 // padding_idx get no position code. fairseq_positions: positions from fairseq's make_positions
 // (needs padding_idx).
 const core::OperatorDefinition kForward{
-    "embedding(Tensor ids, Tensor weight, Tensor? positions=None, Tensor? table=None, "
-    "Tensor? seed=None, *, str kind=\"sinusoidal\", str combine=\"add\", float? scale=None, "
-    "int offset=0, int? padding_idx=None, bool fairseq_positions=False, float base=10000.0, "
-    "str convention=\"vaswani\", str? layout=None, float dropout=0.0, "
-    "bool training=True) -> Tensor",
+    R"(embedding(Tensor ids, Tensor weight, Tensor? positions=None, Tensor? table=None,
+    Tensor? seed=None, *, str kind="sinusoidal", str combine="add", float? scale=None,
+    int offset=0, int? padding_idx=None, bool fairseq_positions=False,
+    float base=10000.0, str convention="vaswani", str? layout=None, float dropout=0.0,
+    bool training=True) -> Tensor)",
     {"ids", "weight", "positions", "table", "seed", "kind", "combine", "scale", "offset",
      "padding_idx", "fairseq_positions", "base", "convention", "layout", "dropout", "training"}};
 
 // The gradient with respect to weight: [V, D] (weight gives the shape); grad: [..., T, D].
 const core::OperatorDefinition kWeightGradient{
-    "embedding_backward(Tensor grad, Tensor ids, Tensor weight, Tensor? positions, "
-    "Tensor? table, Tensor? seed, *, str kind=\"sinusoidal\", str combine=\"add\", "
-    "float? scale=None, int offset=0, int? padding_idx=None, bool fairseq_positions=False, "
-    "float base=10000.0, str convention=\"vaswani\", str? layout=None, float dropout=0.0, "
-    "bool training=True) -> Tensor",
+    R"(embedding_backward(Tensor grad, Tensor ids, Tensor weight, Tensor? positions,
+    Tensor? table, Tensor? seed, *, str kind="sinusoidal", str combine="add",
+    float? scale=None, int offset=0, int? padding_idx=None,
+    bool fairseq_positions=False, float base=10000.0, str convention="vaswani",
+    str? layout=None, float dropout=0.0, bool training=True) -> Tensor)",
     {"grad", "ids", "weight", "positions", "table", "seed", "kind", "combine", "scale", "offset",
      "padding_idx", "fairseq_positions", "base", "convention", "layout", "dropout", "training"}};
 
 // The gradient with respect to the learned table: [table_rows, D].
 const core::OperatorDefinition kTableGradient{
-    "embedding_table_backward(Tensor grad, Tensor ids, Tensor weight, Tensor? positions, "
-    "Tensor? seed, SymInt table_rows, *, str combine=\"add\", float? scale=None, int offset=0, "
-    "int? padding_idx=None, bool fairseq_positions=False, float dropout=0.0, "
-    "bool training=True) -> Tensor",
+    R"(embedding_table_backward(Tensor grad, Tensor ids, Tensor weight, Tensor? positions,
+    Tensor? seed, SymInt table_rows, *, str combine="add", float? scale=None,
+    int offset=0, int? padding_idx=None, bool fairseq_positions=False,
+    float dropout=0.0, bool training=True) -> Tensor)",
     {"grad", "ids", "weight", "positions", "seed", "table_rows", "combine", "scale", "offset",
      "padding_idx", "fairseq_positions", "dropout", "training"}};
 
@@ -95,8 +94,7 @@ RowCall parse(const Arguments& args, Pass pass) {
     call.rows = args.tensor("grad");
     core::check_rows_tensor(op, call.rows, "grad");
     TORCH_CHECK_VALUE(call.rows.dim() == call.ids.dim() + 1 &&
-                          call.rows.sym_sizes().slice(0, call.ids.dim()) ==
-                              call.ids.sym_sizes() &&
+                          call.rows.sym_sizes().slice(0, call.ids.dim()) == call.ids.sym_sizes() &&
                           call.rows.sym_size(-1) == dim,
                       op, ": grad must have shape ids.shape + (D,) = ", call.row_sizes, ", got ",
                       call.rows.sym_sizes());
@@ -126,27 +124,25 @@ RowCall parse(const Arguments& args, Pass pass) {
   return call;
 }
 
-template <Backend kBackend>
-at::Tensor forward(const Arguments& args) {
-  const RowCall call = parse(args, Pass::kForward);
-  at::Tensor out = at::empty_symint(call.out_sizes, call.weight.options());
-  if constexpr (core::runs_kernels(kBackend)) {
+struct Forward {
+  template <Backend kBackend>
+  static at::Tensor run(const Arguments& args) {
+    const RowCall call = parse(args, Pass::kForward);
+    const at::Tensor out = at::empty_symint(call.out_sizes, call.weight.options());
     core::run_rows<kBackend>(call, out, at::Tensor(), call.options.combine);
+    return out;
   }
-  return out;
-}
+};
 
-template <Backend kBackend, Pass kPass>
-at::Tensor gradient(const Arguments& args) {
-  const RowCall call = parse(args, kPass);
-  if constexpr (core::runs_kernels(kBackend)) {
-    return core::run_scatter<kBackend>(call, kPass == Pass::kWeightGradient
-                                                 ? core::ScatterTarget::kWeight
-                                                 : core::ScatterTarget::kTable);
-  } else {
-    return core::allocate_sized(call, call.weight.options(), false, false);
+template <Pass kPass>
+struct Gradient {
+  template <Backend kBackend>
+  static at::Tensor run(const Arguments& args) {
+    return core::run_scatter<kBackend>(parse(args, kPass), kPass == Pass::kWeightGradient
+                                                               ? core::ScatterTarget::kWeight
+                                                               : core::ScatterTarget::kTable);
   }
-}
+};
 
 const core::Derivative kDerivative{
     "posenc::embedding",
@@ -157,38 +153,9 @@ const core::Derivative kDerivative{
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(posenc, m) {
-  core::define(m, kForward);
-  core::define(m, kWeightGradient);
-  core::define(m, kTableGradient);
-}
-
-TORCH_LIBRARY_IMPL(posenc, CPU, m) {
-  m.impl("embedding", core::boxed_function<&forward<Backend::kCpu>>());
-  m.impl("embedding_backward",
-         core::boxed_function<&gradient<Backend::kCpu, Pass::kWeightGradient>>());
-  m.impl("embedding_table_backward",
-         core::boxed_function<&gradient<Backend::kCpu, Pass::kTableGradient>>());
-}
-
-TORCH_LIBRARY_IMPL(posenc, Meta, m) {
-  m.impl("embedding", core::boxed_function<&forward<Backend::kMeta>>());
-  m.impl("embedding_backward",
-         core::boxed_function<&gradient<Backend::kMeta, Pass::kWeightGradient>>());
-  m.impl("embedding_table_backward",
-         core::boxed_function<&gradient<Backend::kMeta, Pass::kTableGradient>>());
-}
-
-#ifdef POSENC_WITH_CUDA
-TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
-  m.impl("embedding", core::boxed_function<&forward<Backend::kCuda>>());
-  m.impl("embedding_backward",
-         core::boxed_function<&gradient<Backend::kCuda, Pass::kWeightGradient>>());
-  m.impl("embedding_table_backward",
-         core::boxed_function<&gradient<Backend::kCuda, Pass::kTableGradient>>());
-}
-#endif
-
-TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
+  core::define<Forward>(m, kForward);
+  core::define<Gradient<Pass::kWeightGradient>>(m, kWeightGradient);
+  core::define<Gradient<Pass::kTableGradient>>(m, kTableGradient);
   core::register_derivative(m, kDerivative);
   core::register_not_differentiable(m, "embedding_backward");
   core::register_not_differentiable(m, "embedding_table_backward");
@@ -222,22 +189,22 @@ at::Tensor embedding(const at::Tensor& ids, const at::Tensor& weight, const Embe
 
 at::Tensor embedding_backward(const at::Tensor& grad, const at::Tensor& ids,
                               const at::Tensor& weight, const EmbeddingOptions& o) {
-  return api::call_operator("embedding_backward",
-                            api::joined(named(o, ids, weight, true),
-                                        {{"grad", grad},
-                                         {"table", api::optional_value(o.table())},
-                                         {"seed", api::optional_value(o.seed())}}))[0]
+  return api::call_operator(
+             "embedding_backward",
+             api::joined(named(o, ids, weight, true), {{"grad", grad},
+                                                       {"table", api::optional_value(o.table())},
+                                                       {"seed", api::optional_value(o.seed())}}))[0]
       .toTensor();
 }
 
 at::Tensor embedding_table_backward(const at::Tensor& grad, const at::Tensor& ids,
                                     const at::Tensor& weight, c10::SymInt table_rows,
                                     const EmbeddingOptions& o) {
-  return api::call_operator("embedding_table_backward",
-                            api::joined(named(o, ids, weight, false),
-                                        {{"grad", grad},
-                                         {"seed", api::optional_value(o.seed())},
-                                         {"table_rows", std::move(table_rows)}}))[0]
+  return api::call_operator(
+             "embedding_table_backward",
+             api::joined(named(o, ids, weight, false), {{"grad", grad},
+                                                        {"seed", api::optional_value(o.seed())},
+                                                        {"table_rows", std::move(table_rows)}}))[0]
       .toTensor();
 }
 

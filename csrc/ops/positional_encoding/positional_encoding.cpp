@@ -1,28 +1,27 @@
 // positional_encoding (the code PE(positions) itself): schema, parsing, the implementation on
 // every backend and the C++ API.
+#include "posenc/positional_encoding.h"
+
 #include <torch/library.h>
 
 #include "api/call.h"
-#include "core/arguments.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/checks.h"
+#include "core/operator.h"
 #include "core/rows.h"
-#include "posenc/positional_encoding.h"
 
 namespace posenc {
 namespace {
 
-using core::Arguments;
-using core::Backend;
-using core::RowCall;
+using core::Arguments, core::Backend, core::RowCall;
 
 // positions: any shape of integers -> [*positions.shape, dim].
 const core::OperatorDefinition kDefinition{
-    "positional_encoding(Tensor positions, int dim, *, str kind=\"sinusoidal\", "
-    "float base=10000.0, str convention=\"vaswani\", str? layout=None, int[]? grid=None, "
-    "int extra_tokens=0, int[]? grid_dims=None, int[]? grid_axes=None, int[]? grid_origin=None, "
-    "float[]? grid_scale=None, ScalarType? dtype=None) -> Tensor",
+    R"(positional_encoding(Tensor positions, int dim, *, str kind="sinusoidal",
+    float base=10000.0, str convention="vaswani", str? layout=None, int[]? grid=None,
+    int extra_tokens=0, int[]? grid_dims=None, int[]? grid_axes=None,
+    int[]? grid_origin=None, float[]? grid_scale=None, ScalarType? dtype=None) -> Tensor)",
     {"positions", "dim", "kind", "base", "convention", "layout", "grid", "extra_tokens",
      "grid_dims", "grid_axes", "grid_origin", "grid_scale", "dtype"}};
 
@@ -37,8 +36,8 @@ RowCall parse(const Arguments& args) {
                     ": kind='learned' has no computed code; index the table instead");
   const int64_t dim = args.integer("dim");
   call.dtype = args["dtype"].toOptional<at::ScalarType>().value_or(at::kFloat);
-  TORCH_CHECK_TYPE(core::is_supported_float(call.dtype), op, ": dtype must be ",
-                   core::kFloatTypes, ", got ", call.dtype);
+  TORCH_CHECK_TYPE(core::is_supported_float(call.dtype), op, ": dtype must be ", core::kFloatTypes,
+                   ", got ", call.dtype);
   const c10::SymInt count = positions.sym_numel();
   core::check_buffer_size(op, "dim", dim, count.maybe_as_int().value_or(1));
   call.options.grid = core::parse_grid(args, dim, call.options.code.kind);
@@ -50,48 +49,31 @@ RowCall parse(const Arguments& args) {
   return call;
 }
 
-template <Backend kBackend>
-at::Tensor run(const Arguments& args) {
-  const RowCall call = parse(args);
-  at::Tensor out = core::allocate_sized(call, call.positions->options().dtype(call.dtype),
-                                        /*zero=*/false, core::runs_kernels(kBackend));
-  if constexpr (core::runs_kernels(kBackend)) {
+struct Code {
+  template <Backend kBackend>
+  static at::Tensor run(const Arguments& args) {
+    const RowCall call = parse(args);
+    at::Tensor out = core::allocate_sized(call, call.positions->options().dtype(call.dtype),
+                                          /*zero=*/false, core::runs_kernels(kBackend));
     core::run_rows<kBackend>(call, out, at::Tensor(), kernels::Combine::kPositionOnly);
+    return out;
   }
-  return out;
-}
+};
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(posenc, m) { core::define(m, kDefinition); }
-
-TORCH_LIBRARY_IMPL(posenc, CPU, m) {
-  m.impl("positional_encoding", core::boxed_function<&run<Backend::kCpu>>());
-}
-
-TORCH_LIBRARY_IMPL(posenc, Meta, m) {
-  m.impl("positional_encoding", core::boxed_function<&run<Backend::kMeta>>());
-}
-
-#ifdef POSENC_WITH_CUDA
-TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
-  m.impl("positional_encoding", core::boxed_function<&run<Backend::kCuda>>());
-}
-#endif
-
-// No differentiable input: an error, not silence, if a gradient reaches it.
-TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
+TORCH_LIBRARY_FRAGMENT(posenc, m) {
+  core::define<Code>(m, kDefinition);
+  // No differentiable input: an error, not silence, if a gradient reaches it.
   core::register_not_differentiable(m, "positional_encoding");
 }
 
 at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim,
                                const PositionCodeOptions& o) {
-  return api::call_operator("positional_encoding",
-                            api::joined(api::joined(api::code_arguments(o),
-                                                    api::grid_arguments(o.grid())),
-                                        {{"positions", positions},
-                                         {"dim", dim},
-                                         {"dtype", o.dtype()}}))[0]
+  return api::call_operator(
+             "positional_encoding",
+             api::joined(api::joined(api::code_arguments(o), api::grid_arguments(o.grid())),
+                         {{"positions", positions}, {"dim", dim}, {"dtype", o.dtype()}}))[0]
       .toTensor();
 }
 

@@ -10,8 +10,8 @@
 #include <algorithm>
 
 #include "api/call.h"
-#include "core/arguments.h"
 #include "core/checks.h"
+#include "core/operator.h"
 #include "posenc/rope_frequencies.h"
 
 namespace posenc {
@@ -45,18 +45,18 @@ using core::Arguments;
 // (inv_freq [dim / 2], attention_factor) for a Hugging Face rope type: float64 from the formulas
 // in double (precision="exact"), or float32 from transformers' float32 arithmetic.
 const core::OperatorDefinition kDefinition{
-    "rope_frequencies(int dim, *, float base=10000.0, str rope_type=\"default\", "
-    "float? factor=None, int? max_position_embeddings=None, "
-    "int? original_max_position_embeddings=None, int? seq_len=None, "
-    "float? attention_factor=None, float beta_fast=32.0, float beta_slow=1.0, "
-    "float? mscale=None, float? mscale_all_dim=None, bool truncate=True, "
-    "float low_freq_factor=1.0, float high_freq_factor=4.0, float[]? short_factor=None, "
-    "float[]? long_factor=None, str precision=\"exact\", "
-    "float partial_rotary_factor=1.0) -> (Tensor, float)",
+    R"(rope_frequencies(int dim, *, float base=10000.0, str rope_type="default",
+    float? factor=None, int? max_position_embeddings=None,
+    int? original_max_position_embeddings=None, int? seq_len=None,
+    float? attention_factor=None, float beta_fast=32.0, float beta_slow=1.0,
+    float? mscale=None, float? mscale_all_dim=None, bool truncate=True,
+    float low_freq_factor=1.0, float high_freq_factor=4.0, float[]? short_factor=None,
+    float[]? long_factor=None, str precision="exact",
+    float partial_rotary_factor=1.0) -> (Tensor, float))",
     {"dim", "base", "rope_type", "factor", "max_position_embeddings",
      "original_max_position_embeddings", "seq_len", "attention_factor", "beta_fast", "beta_slow",
-     "mscale", "mscale_all_dim", "truncate", "low_freq_factor", "high_freq_factor",
-     "short_factor", "long_factor", "precision", "partial_rotary_factor"}};
+     "mscale", "mscale_all_dim", "truncate", "low_freq_factor", "high_freq_factor", "short_factor",
+     "long_factor", "precision", "partial_rotary_factor"}};
 
 struct Call {
   int64_t dim = 0;
@@ -118,11 +118,7 @@ std::vector<c10::IValue> run(const Arguments& args) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(posenc, m) { core::define(m, kDefinition); }
-
-TORCH_LIBRARY_IMPL(posenc, CompositeExplicitAutograd, m) {
-  m.impl("rope_frequencies", core::boxed_function<&run>());
-}
+TORCH_LIBRARY_FRAGMENT(posenc, m) { core::define_composite<&run>(m, kDefinition); }
 
 std::tuple<at::Tensor, double> rope_frequencies(int64_t dim, const RopeFrequenciesOptions& o) {
   const torch::jit::Stack results = api::call_operator(

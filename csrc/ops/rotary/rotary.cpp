@@ -1,5 +1,7 @@
 // rotary (RoPE of q and k, angles computed in the kernel; inverse=True is its backward): schema,
 // parsing, the implementation on every backend, autograd and the C++ API.
+#include "posenc/rotary.h"
+
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -9,12 +11,11 @@
 #include <torch/library.h>
 
 #include "api/call.h"
-#include "core/arguments.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/checks.h"
+#include "core/operator.h"
 #include "ops/rope_frequencies/rope_frequencies.h"
-#include "posenc/rotary.h"
 #include "rotary.h"
 
 #ifdef POSENC_WITH_CUDA
@@ -24,9 +25,7 @@
 namespace posenc {
 namespace {
 
-using core::Arguments;
-using core::Backend;
-using core::Precision;
+using core::Arguments, core::Backend, core::Precision;
 
 // q, k: [B, S, H, D] (layout "bshd"), [B, H, S, D] ("bhsd"), [S, B, H, D] ("sbhd") or
 // [tokens, H, D] ("thd" with cu_seqlens [sequences + 1]); heads may differ between q and k.
@@ -35,11 +34,11 @@ using core::Precision;
 // precision="transformers" computes the default frequencies and the angles pos * inv_freq in
 // float32, as transformers does.
 const core::OperatorDefinition kDefinition{
-    "rotary(Tensor q, Tensor? k=None, Tensor? positions=None, Tensor? offsets=None, "
-    "Tensor? inv_freq=None, Tensor? cu_seqlens=None, *, float base=10000.0, int offset=0, "
-    "int? rotary_dim=None, bool interleaved=False, str layout=\"bshd\", "
-    "float attention_factor=1.0, bool inverse=False, str precision=\"exact\", "
-    "int[]? mrope_section=None, bool mrope_interleaved=False) -> Tensor[]",
+    R"(rotary(Tensor q, Tensor? k=None, Tensor? positions=None, Tensor? offsets=None,
+    Tensor? inv_freq=None, Tensor? cu_seqlens=None, *, float base=10000.0, int offset=0,
+    int? rotary_dim=None, bool interleaved=False, str layout="bshd",
+    float attention_factor=1.0, bool inverse=False, str precision="exact",
+    int[]? mrope_section=None, bool mrope_interleaved=False) -> Tensor[])",
     {"q", "k", "positions", "offsets", "inv_freq", "cu_seqlens", "base", "offset", "rotary_dim",
      "interleaved", "layout", "attention_factor", "inverse", "precision", "mrope_section",
      "mrope_interleaved"}};
@@ -72,12 +71,12 @@ at::Tensor as_bshd(const at::Tensor& t, Layout layout) {
 
 struct RotaryCall {
   const char* name = "";
-  at::Tensor q;                          // layout's shape
-  std::optional<at::Tensor> k;           // layout's shape, q's batch, sequence and head_dim
-  at::Tensor q4;                         // q as the [B, S, H, D] view
+  at::Tensor q;                 // layout's shape
+  std::optional<at::Tensor> k;  // layout's shape, q's batch, sequence and head_dim
+  at::Tensor q4;                // q as the [B, S, H, D] view
   std::optional<at::Tensor> k4;
-  std::optional<at::Tensor> positions;   // [S], [B, S] or [tokens]; M-RoPE: [3, ...] of those
-  std::vector<int64_t> mrope_section;    // empty, or 3 pair counts summing to rotary_dim / 2
+  std::optional<at::Tensor> positions;  // [S], [B, S] or [tokens]; M-RoPE: [3, ...] of those
+  std::vector<int64_t> mrope_section;   // empty, or 3 pair counts summing to rotary_dim / 2
   bool mrope_interleaved = false;
   std::optional<at::Tensor> offsets;     // [B] or [sequences]
   std::optional<at::Tensor> inv_freq;    // [rotary_dim / 2]
@@ -114,10 +113,10 @@ RotaryCall parse(const Arguments& args) {
                       layout, "', got shape ", k.sym_sizes());
     core::check_same_device(op, call.q, "q", k, "k");
     call.k4 = as_bshd(k, call.layout);
-    TORCH_CHECK_VALUE(call.k4->sym_size(0) == call.q4.sym_size(0) &&
-                          call.k4->sym_size(1) == call.q4.sym_size(1),
-                      op, ": q and k must agree on batch and sequence, got q ", call.q.sym_sizes(),
-                      " and k ", k.sym_sizes());
+    TORCH_CHECK_VALUE(
+        call.k4->sym_size(0) == call.q4.sym_size(0) && call.k4->sym_size(1) == call.q4.sym_size(1),
+        op, ": q and k must agree on batch and sequence, got q ", call.q.sym_sizes(), " and k ",
+        k.sym_sizes());
     TORCH_CHECK_VALUE(call.k4->sym_size(3) == call.q4.sym_size(3), op,
                       ": q and k must have the same head_dim, got ", call.q4.sym_size(3), " and ",
                       call.k4->sym_size(3));
@@ -125,10 +124,9 @@ RotaryCall parse(const Arguments& args) {
   const int64_t head_dim = call.q4.sym_size(3).guard_int(__FILE__, __LINE__);
   const std::optional<int64_t> rotary_dim = args.optional_integer("rotary_dim");
   call.rotary_dim = rotary_dim.value_or(head_dim);
-  TORCH_CHECK_VALUE(call.rotary_dim % 2 == 0 && call.rotary_dim >= 0 &&
-                        call.rotary_dim <= head_dim,
-                    op, ": rotary_dim must be even and within [0, head_dim = ", head_dim,
-                    "], got ", call.rotary_dim,
+  TORCH_CHECK_VALUE(call.rotary_dim % 2 == 0 && call.rotary_dim >= 0 && call.rotary_dim <= head_dim,
+                    op, ": rotary_dim must be even and within [0, head_dim = ", head_dim, "], got ",
+                    call.rotary_dim,
                     rotary_dim.has_value() ? "" : " (the head_dim, which must be even)");
   call.base = args.real("base");
   core::check_base(op, call.base);
@@ -180,19 +178,19 @@ RotaryCall parse(const Arguments& args) {
   if (call.positions.has_value()) {
     const at::Tensor& positions = *call.positions;
     TORCH_CHECK_VALUE(!call.offsets.has_value(), op, ": give positions or offsets, not both");
-    TORCH_CHECK_VALUE(call.offset == 0, op, ": give positions or offset, not both (offset = ",
-                      call.offset, ")");
+    TORCH_CHECK_VALUE(call.offset == 0, op,
+                      ": give positions or offset, not both (offset = ", call.offset, ")");
     if (!call.mrope_section.empty()) {
       // One row of positions per axis: [3, tokens] (thd), [3, S], [3, 1, S] or [3, B, S].
       const bool rows = positions.dim() >= 2 && positions.sym_size(0) == kernels::kMropeAxes &&
                         positions.sym_size(positions.dim() - 1) == seq_len;
-      const bool shaped = thd ? positions.dim() == 2
-                              : positions.dim() == 2 ||
-                                    (positions.dim() == 3 && (positions.sym_size(1) == batch ||
-                                                              positions.sym_size(1) == 1));
+      const bool shaped =
+          thd ? positions.dim() == 2
+              : positions.dim() == 2 || (positions.dim() == 3 && (positions.sym_size(1) == batch ||
+                                                                  positions.sym_size(1) == 1));
       TORCH_CHECK_VALUE(rows && shaped, op, ": positions with mrope_section must have shape ",
-                        thd ? "(3, tokens)" : "(3, S), (3, 1, S) or (3, B, S)", " with S = ",
-                        seq_len, " and B = ", batch, ", got ", positions.sym_sizes());
+                        thd ? "(3, tokens)" : "(3, S), (3, 1, S) or (3, B, S)",
+                        " with S = ", seq_len, " and B = ", batch, ", got ", positions.sym_sizes());
     } else if (thd) {
       TORCH_CHECK_VALUE(positions.dim() == 1 && positions.sym_size(0) == seq_len, op,
                         ": positions must have shape (tokens,) = (", seq_len,
@@ -212,7 +210,8 @@ RotaryCall parse(const Arguments& args) {
     TORCH_CHECK_VALUE(thd, op, ": cu_seqlens is for layout 'thd' only");
     TORCH_CHECK_VALUE(call.cu_seqlens->dim() == 1 && call.cu_seqlens->sym_size(0) >= 2, op,
                       ": cu_seqlens must have shape (sequences + 1,) with at least 2 entries, "
-                      "got ", call.cu_seqlens->sym_sizes());
+                      "got ",
+                      call.cu_seqlens->sym_sizes());
   }
   if (call.offsets.has_value()) {
     const c10::SymInt sequences =
@@ -242,11 +241,11 @@ void check_values(const RotaryCall& call, bool read_data) {
   const int64_t tokens = call.q4.size(1);
   if (!read_data) {
     // Without offsets or cu_seqlens, the last position offset + S - 1 is a host value.
-    if (!call.positions.has_value() && !call.offsets.has_value() &&
-        !call.cu_seqlens.has_value() && tokens > 0) {
+    if (!call.positions.has_value() && !call.offsets.has_value() && !call.cu_seqlens.has_value() &&
+        tokens > 0) {
       TORCH_CHECK_VALUE(call.offset <= core::kInt64Max - (tokens - 1), op,
-                        ": the last position, offset + sequence length - 1 = ", call.offset,
-                        " + ", tokens - 1, ", overflows int64");
+                        ": the last position, offset + sequence length - 1 = ", call.offset, " + ",
+                        tokens - 1, ", overflows int64");
     }
     return;
   }
@@ -263,9 +262,8 @@ void check_values(const RotaryCall& call, bool read_data) {
     TORCH_CHECK_VALUE(values[0] == 0, op, ": cu_seqlens must start at 0, got ", values[0]);
     longest = 0;
     for (int64_t i = 1; i < n; ++i) {
-      TORCH_CHECK_VALUE(values[i] >= values[i - 1], op,
-                        ": cu_seqlens must be non-decreasing, got ", values[i - 1], " then ",
-                        values[i], " at index ", i);
+      TORCH_CHECK_VALUE(values[i] >= values[i - 1], op, ": cu_seqlens must be non-decreasing, got ",
+                        values[i - 1], " then ", values[i], " at index ", i);
       longest = std::max(longest, values[i] - values[i - 1]);
     }
     TORCH_CHECK_VALUE(values[n - 1] == tokens, op, ": cu_seqlens must end at the token count ",
@@ -276,16 +274,18 @@ void check_values(const RotaryCall& call, bool read_data) {
   if (call.offsets.has_value() && call.offsets->numel() > 0) {
     const auto [lowest, highest] = core::value_range(*call.offsets);
     TORCH_CHECK_INDEX(lowest >= 0, op, ": offsets must be >= 0, got ", lowest);
-    TORCH_CHECK_VALUE(highest <= core::kInt64Max - call.offset, op, ": offset + offsets = ",
-                      call.offset, " + ", highest, " overflows int64");
+    TORCH_CHECK_VALUE(highest <= core::kInt64Max - call.offset, op,
+                      ": offset + offsets = ", call.offset, " + ", highest, " overflows int64");
     start += highest;
   }
   TORCH_CHECK_VALUE(start <= core::kInt64Max - (longest - 1), op,
-                    ": the last position, offset + offsets + sequence length - 1 = ", start,
-                    " + ", longest - 1, ", overflows int64");
+                    ": the last position, offset + offsets + sequence length - 1 = ", start, " + ",
+                    longest - 1, ", overflows int64");
 }
 
-kernels::IndexType index_type(const at::Tensor& t) { return core::kernel_index_type(t.scalar_type()); }
+kernels::IndexType index_type(const at::Tensor& t) {
+  return core::kernel_index_type(t.scalar_type());
+}
 
 // in4, out4: [B, S, H, D] views
 kernels::RotaryOperand operand(const at::Tensor& in4, const at::Tensor& out4) {
@@ -353,15 +353,14 @@ kernels::RotaryParams kernel_params(const RotaryCall& call, const std::vector<at
 }
 
 void launch_cpu(kernels::RotaryParams& params, const RotaryCall& call) {
-  const std::vector<double> radians =
-      call.inv_freq.has_value()
-          ? [&] {
-              const at::Tensor host = call.inv_freq->to(at::kCPU, at::kDouble).contiguous();
-              return std::vector<double>(host.data_ptr<double>(),
-                                         host.data_ptr<double>() + host.numel());
-            }()
-          : rope::default_frequencies(call.rotary_dim, call.base,
-                                      call.precision == Precision::kTransformers);
+  std::vector<double> radians;
+  if (call.inv_freq.has_value()) {
+    const at::Tensor host = call.inv_freq->to(at::kCPU, at::kDouble).contiguous();
+    radians.assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+  } else {
+    radians = rope::default_frequencies(call.rotary_dim, call.base,
+                                        call.precision == Precision::kTransformers);
+  }
   const std::vector<kernels::TurnFrequency> frequencies = kernels::rotary_turn_frequencies(radians);
   params.frequencies = frequencies.data();
   std::vector<float> float32_frequencies;
@@ -385,16 +384,16 @@ void launch_cuda(kernels::RotaryParams& params, const RotaryCall& call) {
     float32_frequencies =
         call.inv_freq.has_value()
             ? call.inv_freq->to(at::kFloat).contiguous()
-            : at::reciprocal(at::pow(call.base, at::arange(0, call.rotary_dim, 2,
-                                                           call.q.options().dtype(at::kLong))
-                                                    .to(at::kFloat)
-                                                    .div(static_cast<double>(call.rotary_dim))));
+            : at::reciprocal(at::pow(
+                  call.base, at::arange(0, call.rotary_dim, 2, call.q.options().dtype(at::kLong))
+                                 .to(at::kFloat)
+                                 .div(static_cast<double>(call.rotary_dim))));
     params.float32_frequencies = float32_frequencies.data_ptr<float>();
   }
   const int64_t workspace_bytes = kc::rotary_workspace_bytes(params);
-  const at::Tensor workspace =
-      workspace_bytes > 0 ? at::empty({workspace_bytes}, call.q.options().dtype(at::kByte))
-                          : at::Tensor();
+  const at::Tensor workspace = workspace_bytes > 0
+                                   ? at::empty({workspace_bytes}, call.q.options().dtype(at::kByte))
+                                   : at::Tensor();
   core::check_launch(
       kc::rotary(params, frequencies.defined() ? frequencies.data_ptr<double>() : nullptr,
                  call.base, workspace.defined() ? workspace.data_ptr() : nullptr,
@@ -404,25 +403,27 @@ void launch_cuda(kernels::RotaryParams& params, const RotaryCall& call) {
 #endif
 
 // q, k: [B, S, H, D] in the call's layout (or [tokens, H, D]) -> [q_out] or [q_out, k_out]
-template <Backend kBackend>
-std::vector<at::Tensor> run(const Arguments& args) {
-  const RotaryCall call = parse(args);
-  std::vector<at::Tensor> outputs{at::empty_like(call.q)};
-  if (call.k.has_value()) outputs.push_back(at::empty_like(*call.k));
-  if constexpr (core::runs_kernels(kBackend)) {
-    check_values(call, !core::checks_values_on_device(kBackend));
-    std::vector<at::Tensor> dense;
-    kernels::RotaryParams params = kernel_params(call, outputs, dense);
-    if constexpr (kBackend == Backend::kCpu) {
-      launch_cpu(params, call);
-    } else {
+struct Rotary {
+  template <Backend kBackend>
+  static std::vector<at::Tensor> run(const Arguments& args) {
+    const RotaryCall call = parse(args);
+    std::vector<at::Tensor> outputs{at::empty_like(call.q)};
+    if (call.k.has_value()) outputs.push_back(at::empty_like(*call.k));
+    if constexpr (core::runs_kernels(kBackend)) {
+      check_values(call, !core::checks_values_on_device(kBackend));
+      std::vector<at::Tensor> dense;
+      kernels::RotaryParams params = kernel_params(call, outputs, dense);
+      if constexpr (kBackend == Backend::kCpu) {
+        launch_cpu(params, call);
+      } else {
 #ifdef POSENC_WITH_CUDA
-      launch_cuda(params, call);
+        launch_cuda(params, call);
 #endif
+      }
     }
+    return outputs;
   }
-  return outputs;
-}
+};
 
 // The backward is the forward with inverse flipped: the rotation by the negative angle.
 const core::Derivative kDerivative{
@@ -430,43 +431,29 @@ const core::Derivative kDerivative{
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(posenc, m) { core::define(m, kDefinition); }
-
-TORCH_LIBRARY_IMPL(posenc, CPU, m) {
-  m.impl("rotary", core::boxed_function<&run<Backend::kCpu>>());
+TORCH_LIBRARY_FRAGMENT(posenc, m) {
+  core::define<Rotary>(m, kDefinition);
+  core::register_derivative(m, kDerivative);
 }
-
-TORCH_LIBRARY_IMPL(posenc, Meta, m) {
-  m.impl("rotary", core::boxed_function<&run<Backend::kMeta>>());
-}
-
-#ifdef POSENC_WITH_CUDA
-TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
-  m.impl("rotary", core::boxed_function<&run<Backend::kCuda>>());
-}
-#endif
-
-TORCH_LIBRARY_IMPL(posenc, Autograd, m) { core::register_derivative(m, kDerivative); }
 
 std::vector<at::Tensor> rotary(const at::Tensor& q, const std::optional<at::Tensor>& k,
                                const RotaryOptions& o) {
-  return api::call_operator("rotary",
-                            {{"q", q},
-                             {"k", api::optional_value(k)},
-                             {"positions", api::optional_value(o.positions())},
-                             {"offsets", api::optional_value(o.offsets())},
-                             {"inv_freq", api::optional_value(o.inv_freq())},
-                             {"cu_seqlens", api::optional_value(o.cu_seqlens())},
-                             {"base", o.base()},
-                             {"offset", o.offset()},
-                             {"rotary_dim", o.rotary_dim()},
-                             {"interleaved", o.interleaved()},
-                             {"layout", o.layout()},
-                             {"attention_factor", o.attention_factor()},
-                             {"inverse", o.inverse()},
-                             {"precision", o.precision()},
-                             {"mrope_section", o.mrope_section()},
-                             {"mrope_interleaved", o.mrope_interleaved()}})[0]
+  return api::call_operator("rotary", {{"q", q},
+                                       {"k", api::optional_value(k)},
+                                       {"positions", api::optional_value(o.positions())},
+                                       {"offsets", api::optional_value(o.offsets())},
+                                       {"inv_freq", api::optional_value(o.inv_freq())},
+                                       {"cu_seqlens", api::optional_value(o.cu_seqlens())},
+                                       {"base", o.base()},
+                                       {"offset", o.offset()},
+                                       {"rotary_dim", o.rotary_dim()},
+                                       {"interleaved", o.interleaved()},
+                                       {"layout", o.layout()},
+                                       {"attention_factor", o.attention_factor()},
+                                       {"inverse", o.inverse()},
+                                       {"precision", o.precision()},
+                                       {"mrope_section", o.mrope_section()},
+                                       {"mrope_interleaved", o.mrope_interleaved()}})[0]
       .toTensorVector();
 }
 

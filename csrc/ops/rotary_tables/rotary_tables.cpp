@@ -1,16 +1,17 @@
 // rotary_tables (transformers' apply_rotary_pos_emb with given cos/sin; transpose=True is its
 // backward): schema, parsing, the implementation on every backend, autograd and the C++ API.
+#include "posenc/rotary_tables.h"
+
 #include <ATen/ExpandUtils.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include "api/call.h"
-#include "core/arguments.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/checks.h"
-#include "posenc/rotary_tables.h"
+#include "core/operator.h"
 #include "rotary.h"
 
 #ifdef POSENC_WITH_CUDA
@@ -20,14 +21,13 @@
 namespace posenc {
 namespace {
 
-using core::Arguments;
-using core::Backend;
+using core::Arguments, core::Backend;
 
 // q, k: [..., D]; cos, sin: [B, S, D] (or broadcastable to q after unsqueeze(unsqueeze_dim)).
 // transpose=True applies the transposed map: the backward.
 const core::OperatorDefinition kDefinition{
-    "rotary_tables(Tensor q, Tensor? k, Tensor cos, Tensor sin, *, int unsqueeze_dim=1, "
-    "bool transpose=False) -> Tensor[]",
+    R"(rotary_tables(Tensor q, Tensor? k, Tensor cos, Tensor sin, *, int unsqueeze_dim=1,
+    bool transpose=False) -> Tensor[])",
     {"q", "k", "cos", "sin", "unsqueeze_dim", "transpose"}};
 
 struct TablesCall {
@@ -84,59 +84,62 @@ TablesCall parse(const Arguments& args) {
   const at::Tensor unsqueezed = call.cos.unsqueeze(call.unsqueeze_dim);
   for (const at::Tensor& x : operands) {
     TORCH_CHECK_VALUE(at::is_expandable_to(unsqueezed.sym_sizes(), x.sym_sizes()), op,
-                      ": cos.unsqueeze(", call.unsqueeze_dim, ") of shape ",
-                      unsqueezed.sym_sizes(), " must broadcast to ", x.sym_sizes());
+                      ": cos.unsqueeze(", call.unsqueeze_dim, ") of shape ", unsqueezed.sym_sizes(),
+                      " must broadcast to ", x.sym_sizes());
   }
   return call;
 }
 
 // q, k: [..., D] -> [q_out] or [q_out, k_out]
-template <Backend kBackend>
-std::vector<at::Tensor> run(const Arguments& args) {
-  const TablesCall call = parse(args);
-  std::vector<at::Tensor> inputs{call.q};
-  if (call.k.has_value()) inputs.push_back(*call.k);
-  std::vector<at::Tensor> outputs;
-  for (const at::Tensor& x : inputs) outputs.push_back(at::empty_like(x));
-  if constexpr (core::runs_kernels(kBackend)) {
-    kernels::RotaryTableParams params;
-    params.dtype = core::kernel_dtype(call.q.scalar_type());
-    params.transpose = call.transpose;
-    // cos/sin are [B, S, D]-sized: converting their dtype once is cheap next to q and k.
-    const at::Tensor cos = call.cos.to(call.q.scalar_type());
-    const at::Tensor sin = call.sin.to(call.q.scalar_type());
-    params.cos = cos.data_ptr();
-    params.sin = sin.data_ptr();
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      const at::Tensor& x = inputs[i];
-      const at::Tensor& out = outputs[i];
-      const at::Tensor cos_b = cos.unsqueeze(call.unsqueeze_dim).expand(x.sizes());
-      const at::Tensor sin_b = sin.unsqueeze(call.unsqueeze_dim).expand(x.sizes());
-      kernels::RotaryTableOperand& operand = params.operands[i];
-      operand.in = x.data_ptr();
-      operand.out = out.data_ptr();
-      operand.ndim = static_cast<int>(x.dim());
-      for (int64_t d = 0; d < x.dim(); ++d) {
-        operand.sizes[d] = x.size(d);
-        operand.in_strides[d] = x.stride(d);
-        operand.out_strides[d] = out.stride(d);
-        operand.cos_strides[d] = cos_b.stride(d);
-        operand.sin_strides[d] = sin_b.stride(d);
+struct Tables {
+  template <Backend kBackend>
+  static std::vector<at::Tensor> run(const Arguments& args) {
+    const TablesCall call = parse(args);
+    std::vector<at::Tensor> inputs{call.q};
+    if (call.k.has_value()) inputs.push_back(*call.k);
+    std::vector<at::Tensor> outputs;
+    for (const at::Tensor& x : inputs) outputs.push_back(at::empty_like(x));
+    if constexpr (core::runs_kernels(kBackend)) {
+      kernels::RotaryTableParams params;
+      params.dtype = core::kernel_dtype(call.q.scalar_type());
+      params.transpose = call.transpose;
+      // cos/sin are [B, S, D]-sized: converting their dtype once is cheap next to q and k.
+      const at::Tensor cos = call.cos.to(call.q.scalar_type());
+      const at::Tensor sin = call.sin.to(call.q.scalar_type());
+      params.cos = cos.data_ptr();
+      params.sin = sin.data_ptr();
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        const at::Tensor& x = inputs[i];
+        const at::Tensor& out = outputs[i];
+        const at::Tensor cos_b = cos.unsqueeze(call.unsqueeze_dim).expand(x.sizes());
+        const at::Tensor sin_b = sin.unsqueeze(call.unsqueeze_dim).expand(x.sizes());
+        kernels::RotaryTableOperand& operand = params.operands[i];
+        operand.in = x.data_ptr();
+        operand.out = out.data_ptr();
+        operand.ndim = static_cast<int>(x.dim());
+        for (int64_t d = 0; d < x.dim(); ++d) {
+          operand.sizes[d] = x.size(d);
+          operand.in_strides[d] = x.stride(d);
+          operand.out_strides[d] = out.stride(d);
+          operand.cos_strides[d] = cos_b.stride(d);
+          operand.sin_strides[d] = sin_b.stride(d);
+        }
+      }
+      params.operand_count = static_cast<int>(inputs.size());
+      if constexpr (kBackend == Backend::kCpu) {
+        kernels::rotary_tables_cpu(params, core::parallel_for());
+      } else {
+#ifdef POSENC_WITH_CUDA
+        const c10::DeviceGuard guard(call.q.device());
+        core::check_launch(
+            kernels::cuda::rotary_tables(params, core::current_stream(call.q.device())),
+            "rotary_tables");
+#endif
       }
     }
-    params.operand_count = static_cast<int>(inputs.size());
-    if constexpr (kBackend == Backend::kCpu) {
-      kernels::rotary_tables_cpu(params, core::parallel_for());
-    } else {
-#ifdef POSENC_WITH_CUDA
-      const c10::DeviceGuard guard(call.q.device());
-      core::check_launch(kernels::cuda::rotary_tables(params, core::current_stream(call.q.device())),
-                         "rotary_tables");
-#endif
-    }
+    return outputs;
   }
-  return outputs;
-}
+};
 
 // The backward is the transposed map.
 const core::Derivative kDerivative{"posenc::rotary_tables",
@@ -145,23 +148,10 @@ const core::Derivative kDerivative{"posenc::rotary_tables",
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(posenc, m) { core::define(m, kDefinition); }
-
-TORCH_LIBRARY_IMPL(posenc, CPU, m) {
-  m.impl("rotary_tables", core::boxed_function<&run<Backend::kCpu>>());
+TORCH_LIBRARY_FRAGMENT(posenc, m) {
+  core::define<Tables>(m, kDefinition);
+  core::register_derivative(m, kDerivative);
 }
-
-TORCH_LIBRARY_IMPL(posenc, Meta, m) {
-  m.impl("rotary_tables", core::boxed_function<&run<Backend::kMeta>>());
-}
-
-#ifdef POSENC_WITH_CUDA
-TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
-  m.impl("rotary_tables", core::boxed_function<&run<Backend::kCuda>>());
-}
-#endif
-
-TORCH_LIBRARY_IMPL(posenc, Autograd, m) { core::register_derivative(m, kDerivative); }
 
 std::vector<at::Tensor> rotary_tables(const at::Tensor& q, const std::optional<at::Tensor>& k,
                                       const at::Tensor& cos, const at::Tensor& sin,

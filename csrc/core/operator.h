@@ -1,6 +1,6 @@
-// The boxed arguments of one operator call, read by their schema names, and the definition of an
-// operator: its schema and the names its parser reads, checked against each other when the
-// library registers it.
+// One operator: its definition (the schema and the names its parser reads, checked against each
+// other when the library registers it), the boxed arguments of a call read by schema name, and
+// its registration on every backend of the build.
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -13,6 +13,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "core/backend.h"
 
 namespace posenc {
 namespace core {
@@ -29,8 +31,9 @@ struct OperatorDefinition {
 // argument is parsed; else a message naming the first difference.
 std::string definition_mismatch(const OperatorDefinition& definition);
 
-// Checks the definition (a mismatch is an internal error) and defines the operator.
-void define(torch::Library& library, const OperatorDefinition& definition);
+// Checks the definition (a mismatch is an internal error) and defines the operator's schema;
+// returns the operator's name ("add_positional").
+std::string define_schema(torch::Library& library, const OperatorDefinition& definition);
 
 // The boxed arguments of one call (the last schema().arguments().size() entries of a stack),
 // looked up by schema name. Reading a name the schema lacks is an internal error.
@@ -82,6 +85,32 @@ void boxed(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys*/, torch::j
 template <auto kRun>
 torch::CppFunction boxed_function() {
   return torch::CppFunction::makeFromBoxedFunction<&boxed<kRun>>();
+}
+
+// In a family's TORCH_LIBRARY_FRAGMENT(posenc, m) block: defines the operator and registers
+// Kernel::run<backend>(args) on the CPU, Meta and, in CUDA builds, CUDA.
+template <typename Kernel>
+void define(torch::Library& library, const OperatorDefinition& definition) {
+  const std::string name = define_schema(library, definition);
+  library.impl(name.c_str(),
+               torch::dispatch(c10::DispatchKey::CPU,
+                               boxed_function<&Kernel::template run<Backend::kCpu>>()));
+  library.impl(name.c_str(),
+               torch::dispatch(c10::DispatchKey::Meta,
+                               boxed_function<&Kernel::template run<Backend::kMeta>>()));
+#ifdef POSENC_WITH_CUDA
+  library.impl(name.c_str(),
+               torch::dispatch(c10::DispatchKey::CUDA,
+                               boxed_function<&Kernel::template run<Backend::kCuda>>()));
+#endif
+}
+
+// The same for an operator whose one kernel serves every device (kRun(args), host arithmetic).
+template <auto kRun>
+void define_composite(torch::Library& library, const OperatorDefinition& definition) {
+  const std::string name = define_schema(library, definition);
+  library.impl(name.c_str(), torch::dispatch(c10::DispatchKey::CompositeExplicitAutograd,
+                                             boxed_function<kRun>()));
 }
 
 }  // namespace core

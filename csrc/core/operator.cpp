@@ -1,5 +1,5 @@
 // Boxed arguments by schema name, and the registration-time check of each operator's definition.
-#include "core/arguments.h"
+#include "core/operator.h"
 
 #include <torch/csrc/jit/frontend/function_schema_parser.h>
 
@@ -25,9 +25,8 @@ std::string definition_mismatch(const OperatorDefinition& definition) {
     }
   }
   for (const c10::Argument& argument : schema.arguments()) {
-    const bool parsed =
-        std::any_of(definition.parsed.begin(), definition.parsed.end(),
-                    [&](const char* name) { return argument.name() == name; });
+    const bool parsed = std::any_of(definition.parsed.begin(), definition.parsed.end(),
+                                    [&](const char* name) { return argument.name() == name; });
     if (!parsed) {
       return "posenc::" + schema.name() + ": the schema's argument '" + argument.name() +
              "' is not read by the parser";
@@ -36,10 +35,12 @@ std::string definition_mismatch(const OperatorDefinition& definition) {
   return "";
 }
 
-void define(torch::Library& library, const OperatorDefinition& definition) {
+std::string define_schema(torch::Library& library, const OperatorDefinition& definition) {
   const std::string mismatch = definition_mismatch(definition);
   TORCH_INTERNAL_ASSERT(mismatch.empty(), mismatch);
   library.def(definition.schema);
+  const std::string_view schema = definition.schema;
+  return std::string(schema.substr(0, schema.find('(')));
 }
 
 Arguments::Arguments(const c10::OperatorHandle& op, const torch::jit::Stack& stack)

@@ -1,0 +1,267 @@
+// Device code shared by the CUDA kernels of every family (kernels/cuda/*.cu): launch constants,
+// 16-byte vector memory operations, device-side value checks, the channel table of the computed
+// codes, and host helpers that plan launches. No torch headers: the binding validates,
+// allocates and calls the launchers declared in cuda_launch.h on its current stream. The math
+// (exact angle reduction, channel codes, Philox dropout, indexing) is the CPU kernels' shared
+// host/device code, so both backends compute the same values and the same masks.
+//
+// (kernels/cuda/emulated.cpp; the CudaEmulated* GoogleTests). So the kernels keep to this subset:
+// blockIdx/threadIdx/blockDim/gridDim; dynamic shared memory through POSENC_DYNAMIC_SHARED (no
+// static __shared__ arrays); __syncthreads reached by every thread that has not returned, in
+// kernels launched with POSENC_LAUNCH_SYNC; atomicAdd on float and double; launches through
+// POSENC_LAUNCH; grids planned with max_grid_x()/max_grid_yz() and walked with grid-stride loops;
+// device-only intrinsics (16-byte vector memory operations, hardware fp16/bf16 conversion) behind
+// __CUDA_ARCH__ with a host twin (the twin of a vector access checks its 16-byte alignment);
+// register caps through POSENC_LAUNCH_BOUNDS; values the kernels index with checked by
+// POSENC_DEVICE_CHECK. No warp intrinsics, no cooperative groups, no static __shared__ arrays.
+//
+// Bandwidth by design: per-channel codes and rotary frequency splits are computed once per launch
+// into a device table (no double-precision transcendentals per element), laid out so that a warp
+// reads it coalesced; a thread owns 8 consecutive channels, moves them with 16-byte loads and
+// stores when the row allows it, keeps several rows' loads in flight, and walks many steps and
+// batch rows with them; no 64-bit division in the per-element loops.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "angle.h"
+#include "common.h"
+#include "cuda/cuda_compat.h"
+#include "cuda_launch.h"
+#include "philox.h"
+#include "position_code.h"
+#include "positional.h"
+#include "rotary.h"
+#include "rows.h"
+
+namespace posenc {
+namespace kernels {
+namespace POSENC_CUDA_NAMESPACE {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kElementsPerThread = 8;  // one Philox counter covers 8 dropout draws
+constexpr int kVectorBytes = 16;
+
+int launch_status() { return static_cast<int>(cudaGetLastError()); }
+
+// Workspace layout: consecutive regions, each aligned to 16 bytes.
+int64_t aligned_bytes(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+
+__device__ Dropout device_dropout(const Dropout& dropout, const int64_t* seed) {
+  Dropout d = dropout;
+  if (d.active) d.seed = static_cast<uint64_t>(*seed);
+  return d;
+}
+
+// The position of (b, t): fairseq positions from their dense [batch, T] workspace, else the
+// positions tensor or offset + t. Reads p.positions in place: a local copy of the index, whose
+// stride array is indexed with loop variables, would live in local memory.
+__device__ int64_t position_of(const AddPositionalParams& p, const int64_t* fairseq_positions,
+                               int64_t b, int64_t t) {
+  if (p.gather.fairseq_positions) return fairseq_positions[b * p.shape.seq_len + t];
+  return position_at(p.shape, p.positions, p.offset, b, t);
+}
+
+// ---- 16-byte vector memory operations --------------------------------------------------------
+
+// Whether 8 elements from `p` with unit stride can move as 16-byte vectors.
+template <typename scalar_t>
+__device__ bool vector_row(const scalar_t* p, int64_t stride) {
+  return stride == 1 && reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0;
+}
+
+// 8 elements as one aligned value, so that a copy is one to four 16-byte vector operations and
+// the elements stay in registers.
+template <typename scalar_t>
+struct alignas(kVectorBytes) Pack8 {
+  scalar_t v[kElementsPerThread];
+};
+
+// The 8 elements from `p` as stored (16-byte aligned, unit stride).
+template <typename scalar_t>
+__device__ Pack8<scalar_t> load_pack(const scalar_t* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const Pack8<scalar_t>*>(p);
+#else
+  POSENC_CHECK_VECTOR_ACCESS(p);
+  Pack8<scalar_t> pack;
+  std::memcpy(&pack, p, sizeof(pack));
+  return pack;
+#endif
+}
+
+template <typename scalar_t>
+__device__ void store8(scalar_t* p, const acc_t<scalar_t>* values) {
+  Pack8<scalar_t> pack;
+#pragma unroll
+  for (int k = 0; k < kElementsPerThread; ++k) store_from_acc(&pack.v[k], values[k]);
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Pack8<scalar_t>*>(p) = pack;
+#else
+  POSENC_CHECK_VECTOR_ACCESS(p);
+  std::memcpy(p, &pack, sizeof(pack));
+#endif
+}
+
+// ---- device-side value checks -----------------------------------------------------------------
+// The binding checks shapes and host values; reading ids or positions on the host would
+// synchronise, so the kernels check them where they use them.
+
+// The input row of (b, t), with a gathered id checked against the vocabulary.
+template <typename scalar_t>
+__device__ InputRow<scalar_t> checked_input_row(const AddPositionalParams& p, const StridedRows& x,
+                                                int64_t b, int64_t t) {
+  if (p.gather.weight != nullptr) {
+    const int64_t id = index_at(p.shape, p.gather.ids, b, t);
+    POSENC_DEVICE_CHECK(id >= 0 && id < p.gather.vocab, "posenc: ids must be in [0, V)");
+  }
+  return input_row<scalar_t>(p, x, b, t);
+}
+
+// The position of (b, t), checked: >= 0, and inside the table for kind "learned".
+__device__ int64_t checked_position(const AddPositionalParams& p, const int64_t* fairseq, int64_t b,
+                                    int64_t t) {
+  const int64_t position = position_of(p, fairseq, b, t);
+  POSENC_DEVICE_CHECK(position >= 0, "posenc: positions must be >= 0");
+  POSENC_DEVICE_CHECK(p.source.kind != PositionKind::kLearned || position < p.source.table_rows,
+                      "posenc: positions must be < the table's rows");
+  return position;
+}
+
+// ---- the channel table -------------------------------------------------------------------------
+// The per-channel codes of a computed kind, once per launch, laid out so that a warp reads them
+// coalesced. A thread owns a group of 8 channels, so in a [D] array of 40-byte ChannelCode
+// structs the 32 lanes of a warp would read 320 bytes apart: 32 cache lines per load, 40 loads
+// per thread. Here field f of channel d = 8 g + k sits at values[(f * 8 + k) * groups + g], so
+// lanes with consecutive groups read consecutive doubles (two lines per load).
+constexpr int kChannelFields = 5;  // frequency high, middle and low; phase; amplitude
+static_assert(kElementsPerThread == 8, "channel_at splits d with a shift and a mask");
+
+struct ChannelTable {
+  const double* values;  // [kChannelFields, 8, groups]
+  int64_t groups;        // ceil(D / 8)
+};
+
+// The groups of 8 channels a thread owns in a D-wide row (the last one may be partial).
+__host__ __device__ int64_t channel_groups(int64_t dim) {
+  return (dim + kElementsPerThread - 1) / kElementsPerThread;
+}
+
+// The entries of one field of the table: 8 per group. Field f starts at f times this.
+__host__ __device__ int64_t channel_field_entries(int64_t groups) {
+  return kElementsPerThread * groups;
+}
+
+// The entry of channel d within each field.
+__host__ __device__ int64_t channel_entry(int64_t groups, int64_t d) {
+  return (d & 7) * groups + (d >> 3);
+}
+
+__device__ ChannelCode channel_at(const ChannelTable& table, int64_t d) {
+  const int64_t field = channel_field_entries(table.groups);
+  const double* v = table.values + channel_entry(table.groups, d);
+  return ChannelCode{{v[0], v[field], v[2 * field]}, v[3 * field], v[4 * field]};
+}
+
+// PE(position)[d] from the channel table (computed kinds) or the learned table.
+template <typename scalar_t>
+__device__ acc_t<scalar_t> code_value(const PositionSource& source, const ChannelTable& channels,
+                                      int64_t position, int64_t d) {
+  using acc = acc_t<scalar_t>;
+  if (source.kind == PositionKind::kLearned) {
+    return load_as_acc(static_cast<const scalar_t*>(source.table) +
+                       position * source.table_row_stride + d * source.table_dim_stride);
+  }
+  if (source.grid.axis_count == 0) return evaluate_channel<acc>(channel_at(channels, d), position);
+  const GridPoint point = grid_point(source.grid, position);
+  if (!point.coded) return acc(0);
+  return evaluate_channel<acc>(channel_at(channels, d),
+                               point.along(source.grid.segment_axes[grid_segment(source.grid, d)]));
+}
+
+template <typename acc>
+__device__ acc combine_value(Combine combine, acc scale, acc x, acc pe) {
+  switch (combine) {
+    case Combine::kAdd:
+      return scale * x + pe;
+    case Combine::kMul:
+      return (scale * x) * pe;
+    case Combine::kScaleOnly:
+      return scale * x;
+    case Combine::kPositionOnly:
+      return pe;
+  }
+  return x;
+}
+
+// The channel table of a launch (see ChannelTable); channels past dim in the last group get a
+// zero code, so that every entry is written.
+__global__ void channel_codes_kernel(PositionCodeOptions code,
+                                     const POSENC_GRID_CONSTANT GridCode grid, int64_t dim,
+                                     double* out) {
+  const int64_t groups = channel_groups(dim);
+  const int64_t field = channel_field_entries(groups);
+  for (int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; d < field;
+       d += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const ChannelCode c = d < dim ? grid_channel_code(code, grid, dim, d) : ChannelCode{};
+    double* v = out + channel_entry(groups, d);
+    v[0] = c.frequency.high;
+    v[field] = c.frequency.middle;
+    v[2 * field] = c.frequency.low;
+    v[3 * field] = c.phase;
+    v[4 * field] = c.amplitude;
+  }
+}
+
+// ---- launch planning (host) ---------------------------------------------------------------------
+
+// Blocks for `work` items at `per_block` a block, at most `limit`: kernels walk the rest with
+// grid-stride loops.
+unsigned int blocks_for(int64_t work, int64_t per_block, unsigned int limit) {
+  const int64_t blocks = (work + per_block - 1) / per_block;
+  return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > limit ? limit : blocks));
+}
+
+bool needs_channel_table(const AddPositionalParams& params) {
+  return params.source.kind != PositionKind::kLearned && params.combine != Combine::kScaleOnly;
+}
+
+// Fills the channel table at the start of `workspace` when the launch needs one.
+int fill_channel_table(const AddPositionalParams& params, void* workspace, void* stream) {
+  if (!needs_channel_table(params)) return 0;
+  const int64_t entries = channel_field_entries(channel_groups(params.shape.dim));
+  POSENC_LAUNCH(channel_codes_kernel, blocks_for(entries, kThreads, max_grid_x()), kThreads, 0,
+                stream, params.source.code, params.source.grid, params.shape.dim,
+                static_cast<double*>(workspace));
+  return launch_status();
+}
+
+int64_t channel_table_bytes(const AddPositionalParams& params) {
+  const int64_t entries = channel_field_entries(channel_groups(params.shape.dim));
+  return needs_channel_table(params)
+             ? aligned_bytes(kChannelFields * entries * static_cast<int64_t>(sizeof(double)))
+             : 0;
+}
+
+// The channel table at the start of `workspace` (unused when the launch needs none).
+ChannelTable channel_table(const AddPositionalParams& params, void* workspace) {
+  return ChannelTable{static_cast<const double*>(workspace), channel_groups(params.shape.dim)};
+}
+
+int64_t element_bytes(DType dtype) {
+  return dispatch_dtype(dtype, [](auto tag) { return static_cast<int64_t>(sizeof(tag)); });
+}
+
+// Whether rows at `data` + batch * batch_stride + t * seq_stride + d (d < D, unit stride) are
+// 16-byte aligned for every d that is a multiple of 8.
+bool aligned_rows(const void* data, int64_t batch_stride, int64_t seq_stride, int64_t bytes) {
+  return reinterpret_cast<uintptr_t>(data) % kVectorBytes == 0 &&
+         batch_stride * bytes % kVectorBytes == 0 && seq_stride * bytes % kVectorBytes == 0;
+}
+
+}  // namespace
+}  // namespace POSENC_CUDA_NAMESPACE
+}  // namespace kernels
+}  // namespace posenc

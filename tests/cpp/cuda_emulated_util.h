@@ -1,0 +1,97 @@
+// What the emulated CUDA kernel tests share: dense buffers of every kernel dtype, compared
+// element by element with the CPU kernels' results. Outputs are poisoned first, so an element a
+// kernel leaves unwritten shows.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "cuda/emulation.h"
+#define POSENC_CUDA_NAMESPACE cuda_emulated  // the launchers of kernels/cuda/emulated.cpp
+#include "cuda_launch.h"
+#include "grid_case.h"
+#include "positional.h"
+#include "rotary.h"
+#include "rows.h"
+
+namespace pk = posenc::kernels;
+namespace emu = posenc::kernels::cuda_emulated;
+namespace ce = posenc::cuda_emulation;
+
+namespace emulated_test {
+
+// A dense buffer of one kernel dtype, read and written through doubles.
+struct Buffer {
+  pk::DType dtype;
+  std::vector<unsigned char> bytes;
+
+  Buffer(pk::DType type, size_t count) : dtype(type), bytes(count * element_size(type)) {}
+
+  static size_t element_size(pk::DType type) {
+    return type == pk::DType::kFloat64 ? 8 : (type == pk::DType::kFloat32 ? 4 : 2);
+  }
+  size_t size() const { return bytes.size() / element_size(dtype); }
+  void* data() { return bytes.data(); }
+
+  double get(size_t i) const {
+    return pk::dispatch_dtype(dtype, [&](auto tag) -> double {
+      using T = decltype(tag);
+      return static_cast<double>(pk::load_as_acc(reinterpret_cast<const T*>(bytes.data()) + i));
+    });
+  }
+  void set(size_t i, double value) {
+    pk::dispatch_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      pk::store_from_acc(reinterpret_cast<T*>(bytes.data()) + i, static_cast<pk::acc_t<T>>(value));
+      return 0;
+    });
+  }
+  void fill_random(std::mt19937_64& rng) {
+    std::normal_distribution<double> normal;
+    for (size_t i = 0; i < size(); ++i) set(i, normal(rng));
+  }
+  void poison() { std::fill(bytes.begin(), bytes.end(), 0x7f); }  // NaN/huge in every dtype
+};
+
+// The 16-byte aligned start of a byte buffer (the binding's allocator aligns workspaces so).
+inline void* aligned(std::vector<unsigned char>& bytes) {
+  const auto address = reinterpret_cast<uintptr_t>(bytes.data());
+  return bytes.data() + (16 - address % 16) % 16;
+}
+
+inline double tolerance(pk::DType dtype) {
+  switch (dtype) {
+    case pk::DType::kFloat64:
+      return 1e-12;
+    case pk::DType::kFloat32:
+      return 2e-6;
+    default:
+      return 1e-2;  // 16-bit storage: one rounding step of the output
+  }
+}
+
+inline void expect_same(const Buffer& cpu, const Buffer& emulated, double atol, const char* what) {
+  ASSERT_EQ(cpu.size(), emulated.size());
+  int64_t reported = 0;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const double a = cpu.get(i), b = emulated.get(i);
+    const bool same =
+        (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= atol * std::max(1.0, std::abs(a));
+    if (!same && reported++ < 5) {
+      ADD_FAILURE() << what << ": element " << i << " cpu " << a << " emulated cuda " << b;
+    }
+  }
+}
+
+inline const pk::DType kDTypes[] = {pk::DType::kFloat32, pk::DType::kFloat64, pk::DType::kBFloat16,
+                                    pk::DType::kFloat16};
+
+}  // namespace emulated_test
