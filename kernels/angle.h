@@ -21,13 +21,14 @@ struct TurnFrequency {
 };
 
 // Keeps the leading `bits` significant bits of `value` (round to nearest). Exact scaling by
-// powers of two, so host and device give the same bits.
+// powers of two, so host and device give the same bits. The scaling goes through ldexp both
+// ways: 2^(bits - exponent) itself overflows for values below about 2^-1000 (a subnormal
+// frequency), where scale and unscale as one product gave inf * 0 = NaN.
 POSENC_HOST_DEVICE double leading_bits(double value, int bits) {
   if (value == 0.0 || !(value - value == 0.0)) return value;  // zero, inf or nan
   int exponent = 0;
   ::frexp(value, &exponent);  // value = m * 2^exponent, 0.5 <= |m| < 1
-  const double scale = ::ldexp(1.0, bits - exponent);
-  return ::rint(value * scale) / scale;
+  return ::ldexp(::rint(::ldexp(value, bits - exponent)), exponent - bits);
 }
 
 // Splits w / (2 pi), for w in radians per position, into three pieces of at most 21

@@ -27,27 +27,29 @@ namespace {
 
 bool finite_positive(double value) { return std::isfinite(value) && value > 0.0; }
 
-// base^(2i / dim) for i < dim / 2 (float32 exponents 2i / dim, as transformers forms them).
-std::vector<float> float32_powers(int64_t dim, double base, const RopeScaling& s) {
-  std::vector<float> exponents(static_cast<size_t>(dim / 2)), powers(exponents.size());
-  for (int64_t i = 0; i < dim / 2; ++i) {
+// base^(2i / dim) for i < count (float32 exponents 2i / dim, as transformers forms them). torch's
+// pow is vectorised, so the last bit of an element depends on the tensor's length: `count` is
+// the length of transformers' tensor.
+std::vector<float> float32_powers(int64_t dim, double base, const RopeScaling& s, int64_t count) {
+  std::vector<float> exponents(static_cast<size_t>(count)), powers(exponents.size());
+  for (int64_t i = 0; i < count; ++i) {
     exponents[i] = static_cast<float>(2 * i) / static_cast<float>(dim);
   }
   if (s.float32_powers) {
-    s.float32_powers(base, exponents.data(), powers.data(), dim / 2);
+    s.float32_powers(base, exponents.data(), powers.data(), count);
   } else {
-    for (int64_t i = 0; i < dim / 2; ++i) {
+    for (int64_t i = 0; i < count; ++i) {
       powers[i] = std::pow(static_cast<float>(base), exponents[i]);
     }
   }
   return powers;
 }
 
-// base^(2i / dim): in float32 as transformers computes it, or in double.
+// base^(2i / dim) for i < dim / 2: in float32 as transformers computes it, or in double.
 template <typename real>
 std::vector<real> position_powers(int64_t dim, double base, const RopeScaling& s) {
   if constexpr (sizeof(real) == sizeof(float)) {
-    return float32_powers(dim, base, s);
+    return float32_powers(dim, base, s, dim / 2);
   } else {
     std::vector<double> powers(static_cast<size_t>(dim / 2));
     for (int64_t i = 0; i < dim / 2; ++i) {
@@ -57,18 +59,32 @@ std::vector<real> position_powers(int64_t dim, double base, const RopeScaling& s
   }
 }
 
-// inv_freq_i = 1 / base^(2i / dim): in float32 as transformers computes it; in double the exact
-// default frequencies of the rotary kernel (the same expression, so the same bits).
+// inv_freq_i = 1 / base^(2i / dim) for i < count (default dim / 2): in float32 as transformers
+// computes it; in double the exact default frequencies of the rotary kernel (the same
+// expression, so the same bits).
 template <typename real>
-std::vector<real> default_frequencies(int64_t dim, double base, const RopeScaling& s) {
+std::vector<real> default_frequencies(int64_t dim, double base, const RopeScaling& s,
+                                      int64_t count = -1) {
+  if (count < 0) count = dim / 2;
   if constexpr (sizeof(real) == sizeof(float)) {
-    std::vector<float> inv_freq = float32_powers(dim, base, s);
+    std::vector<float> inv_freq = float32_powers(dim, base, s, count);
     for (float& f : inv_freq) f = 1.0f / f;
     return inv_freq;
   } else {
-    std::vector<double> inv_freq(static_cast<size_t>(dim / 2));
-    for (int64_t i = 0; i < dim / 2; ++i) inv_freq[i] = default_rotary_frequency(i, dim, base);
+    std::vector<double> inv_freq(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) inv_freq[i] = default_rotary_frequency(i, dim, base);
     return inv_freq;
+  }
+}
+
+// scalar / t as torch evaluates a Python number over a tensor (Tensor.__rtruediv__: the
+// reciprocal, then a product) in float32; a plain division in double.
+template <typename real>
+real number_over(double scalar, real t) {
+  if constexpr (sizeof(real) == sizeof(float)) {
+    return (1.0f / t) * static_cast<float>(scalar);
+  } else {
+    return scalar / t;
   }
 }
 
@@ -98,7 +114,6 @@ double yarn_mscale(double scale, double mscale) {
 
 template <typename real>
 std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& attention) {
-  const real pi = static_cast<real>(M_PI);
   attention = 1.0;
   switch (s.rope_type) {
     case RopeType::kDefault:
@@ -174,17 +189,18 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
     }
     case RopeType::kLlama3: {
       std::vector<real> inv_freq = default_frequencies<real>(dim, s.base, s);
-      const real old_context = static_cast<real>(s.original_max_position_embeddings);
+      // transformers' Python numbers (double) meet its float32 tensors as float32 scalars.
+      const double old_context = static_cast<double>(s.original_max_position_embeddings);
+      const real low_freq_wavelen = static_cast<real>(old_context / s.low_freq_factor);
+      const real high_freq_wavelen = static_cast<real>(old_context / s.high_freq_factor);
       const real low_freq_factor = static_cast<real>(s.low_freq_factor);
-      const real high_freq_factor = static_cast<real>(s.high_freq_factor);
+      const real factor_span = static_cast<real>(s.high_freq_factor - s.low_freq_factor);
       const real factor = static_cast<real>(s.factor);
-      const real low_freq_wavelen = old_context / low_freq_factor;
-      const real high_freq_wavelen = old_context / high_freq_factor;
       for (real& f : inv_freq) {
-        const real wavelen = real(2) * pi / f;
+        const real wavelen = number_over<real>(2.0 * M_PI, f);
         const real scaled = wavelen > low_freq_wavelen ? f / factor : f;
         const real smooth =
-            (old_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+            (number_over<real>(old_context, wavelen) - low_freq_factor) / factor_span;
         const real smoothed = (real(1) - smooth) * scaled / factor + smooth * scaled;
         const bool medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
         f = medium ? smoothed : scaled;
@@ -215,11 +231,10 @@ std::vector<real> scaled_frequencies(int64_t dim, const RopeScaling& s, double& 
       // Gemma's proportional RoPE: exponents over the whole dim, the pairs past the rotated
       // proportion at frequency 0 (they pass through), all divided by factor.
       const int64_t rotated = proportional_rotated_pairs(dim, s.partial_rotary_factor);
-      std::vector<real> inv_freq = default_frequencies<real>(dim, s.base, s);
+      std::vector<real> inv_freq = default_frequencies<real>(dim, s.base, s, rotated);
       const real factor = static_cast<real>(s.has_factor ? s.factor : 1.0);
-      for (int64_t i = 0; i < dim / 2; ++i) {
-        inv_freq[i] = i < rotated ? inv_freq[i] / factor : real(0);
-      }
+      for (real& f : inv_freq) f /= factor;
+      inv_freq.resize(static_cast<size_t>(dim / 2), real(0));
       return inv_freq;
     }
   }

@@ -93,6 +93,21 @@ void expect_exact_quadrants() {
   }
 }
 
+// Frequencies far below 2^-1000, subnormal ones included, split into finite pieces whose turns
+// are pos * w / (2 pi): an angle of about 0, not NaN.
+TEST(Angle, TinyFrequenciesKeepTheirExactAngle) {
+  const int64_t position = (int64_t{1} << 24) - 1;
+  for (const double radians : {1e-290, 1e-300, 1e-307, 1e-310, 4.9e-324}) {
+    const pk::TurnFrequency f = pk::turn_frequency_from_radians(radians);
+    EXPECT_TRUE(std::isfinite(f.high) && std::isfinite(f.middle) && std::isfinite(f.low))
+        << radians;
+    const double turns = pk::reduced_turns(position, f, 0.0);
+    EXPECT_NEAR(turns, static_cast<double>(position) * radians / (2.0 * M_PI), 1e-300) << radians;
+    const pk::SinCos<float> angle = pk::sincos_turns<float>(pk::reduced_turns(position, f, 0.25));
+    EXPECT_EQ(angle.sin, 1.0f) << radians;  // the cos channel: sin of a quarter turn
+  }
+}
+
 TEST(Angle, QuarterTurnsAreExact) {
   expect_exact_quadrants<float>();
   expect_exact_quadrants<double>();

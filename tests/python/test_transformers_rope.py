@@ -79,6 +79,67 @@ def test_rope_frequencies_of_a_config_equal_transformers(name, seq_len):
     assert exact_attention == pytest.approx(expected_attention, rel=1e-15)
 
 
+def sweep_parameters(rope_type, head_dim, base, original, factor):
+    """One rope_parameters dict of the sweep below."""
+    common = {"rope_type": rope_type, "rope_theta": base}
+    if rope_type == "llama3":
+        return dict(common, factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=original)
+    if rope_type == "yarn":
+        return dict(common, factor=factor, original_max_position_embeddings=original,
+                    beta_fast=16.0 if factor > 8 else 32.0)
+    if rope_type == "longrope":
+        return dict(common, factor=factor, original_max_position_embeddings=original,
+                    short_factor=[1.0 + i / 10 for i in range(head_dim // 2)],
+                    long_factor=[2.0 + i / 5 for i in range(head_dim // 2)])
+    if rope_type == "proportional":
+        return dict(common, factor=factor, partial_rotary_factor=0.25 if factor > 8 else 0.5)
+    return dict(common, factor=factor)
+
+
+@pytest.mark.parametrize("rope_type", ["linear", "dynamic", "yarn", "longrope", "llama3",
+                                       "proportional"])
+def test_transformers_precision_is_bit_exact_over_a_sweep(rope_type):
+    # Head dims, bases, original contexts and factors as models use them: every inv_freq equal to
+    # transformers' bit for bit, at and past the original context.
+    compared = 0
+    for head_dim in (32, 64, 80, 128, 256):
+        for base in (10000.0, 150000.0, 500000.0, 1e6, 5e6):
+            for original in (512, 2048, 8192, 32768):
+                for factor in (2.0, 8.0, 40.0):
+                    parameters = sweep_parameters(rope_type, head_dim, base, original, factor)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        config = LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4,
+                                             head_dim=head_dim,
+                                             max_position_embeddings=4 * original,
+                                             rope_parameters=parameters)
+                        for seq_len in (None, 2 * original):
+                            want, want_attention = reference(config, seq_len)
+                            got, attention = posenc.rope_frequencies(
+                                config, seq_len=seq_len, precision="transformers")
+                            assert torch.equal(got, want), (parameters, seq_len)
+                            assert attention == want_attention
+                            compared += 1
+    assert compared == 5 * 5 * 4 * 3 * 2
+
+
+def test_transformers_precision_llama3_smoothed_band():
+    # Half of these pairs lie in llama3's smoothed band, where transformers' wavelengths are
+    # reciprocal products (2 pi * (1 / f)), not quotients (2 pi / f).
+    parameters = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 512}
+    got, _ = posenc.rope_frequencies(64, base=500000.0, scaling=parameters,
+                                     max_position_embeddings=4096, precision="transformers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = LlamaConfig(hidden_size=256, num_attention_heads=4, head_dim=64,
+                             max_position_embeddings=4096,
+                             rope_parameters=dict(parameters, rope_theta=500000.0))
+    want, _ = reference(config, None)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("name", list(PARAMETERS))
 def test_rope_parameters_dict_with_head_dim_equals_the_config(name):
     config = llama_config(PARAMETERS[name])

@@ -116,3 +116,27 @@ def test_positional_encoding_device_matches_by_type_and_index():
     assert posenc.positional_encoding(meta, 8, device="meta").device.type == "meta"
     with pytest.raises(ValueError, match="differs from positions.device"):
         posenc.positional_encoding(positions, 8, device="meta")
+
+
+def test_tiny_frequencies_give_their_exact_angle_not_nan():
+    # Frequencies far below 2^-1000 (subnormal ones included) turn by about pos * w: sin ~ pos * w,
+    # cos ~ 1, never NaN.
+    positions = torch.tensor([0, 1, 2**24 - 1])
+    pe = posenc.positional_encoding(positions, 2048, base=1e308, dtype=torch.float64)
+    want = reference_code(positions.double(), 2048, "sinusoidal", 1e308, "vaswani", "interleaved")
+    # (The float64 reference itself is about pos * 2^-53 rad off at pos = 2^24 - 1.)
+    torch.testing.assert_close(pe, want, atol=1e-8, rtol=0)
+    grid = posenc.positional_encoding(13, 8, grid=[3, 4], extra_tokens=1,
+                                      grid_scale=[1e-300, 1.0], layout="concat",
+                                      dtype=torch.float64)
+    assert not grid.isnan().any()
+    # The first axis's coordinates scaled by 1e-300: sin 0, cos 1 on its channels.
+    torch.testing.assert_close(grid[1:, 4:6], torch.zeros(12, 2, dtype=torch.float64))
+    torch.testing.assert_close(grid[1:, 6:], torch.ones(12, 2, dtype=torch.float64))
+    q = torch.randn(2, 5, 3, 8, dtype=torch.float64)
+    for rotated in (posenc.rotary(q, scaling={"rope_type": "linear", "factor": 1e300}),
+                    posenc.rotary(q, inv_freq=torch.full((4,), 1e-310, dtype=torch.float64))):
+        # Angles of about 1e-300 rad: the identity, to the last bit of float64.
+        torch.testing.assert_close(rotated, q, atol=1e-15, rtol=0)
+    x = torch.randn(2, 5, 2048)
+    assert not posenc.add_positional(x, base=1e308).isnan().any()
