@@ -266,7 +266,7 @@ def bench_patch(repeat: int) -> None:
 
     compiled = torch.compile(diffusers)
     rows = time_alternated({
-        "posenc PatchPositionalEncoding": lambda: module(x, grid_size=side),
+        "posenc PatchPositionalEncoding": lambda: module(x, grid=side),
         "eager (table rebuilt + add)": lambda: diffusers(x),
         "torch.compile(eager)": lambda: compiled(x),
         "x.clone()": lambda: x.clone(),

@@ -429,8 +429,8 @@ def write_patch_plot(plt, results: List[PatchResult], args: argparse.Namespace) 
     tokens = torch.arange(1, 1 + GRID * GRID)
     codes = {
         "1D code of the flattened index": posenc.positional_encoding(tokens, d),
-        "2D sin-cos code (MAE's)": posenc.positional_encoding(tokens, d, grid=(GRID, GRID), extra_tokens=1,
-                                                    layout="concat"),
+        "2D sin-cos code (MAE's)": posenc.positional_encoding(
+            tokens, d, grid=posenc.Grid((GRID, GRID), extra_tokens=1)),
     }
     for ax, (title, code) in zip(axes[2:], codes.items()):
         code = nn.functional.normalize(code, dim=-1)

@@ -3,12 +3,37 @@
 
 #include <torch/nn/init.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <numeric>
 
 namespace posenc {
 namespace nn {
+namespace {
+
+// `value` >= `minimum`, named as the module's option `name`.
+void check_at_least(const char* owner, const char* name, int64_t value, int64_t minimum) {
+  TORCH_CHECK_VALUE(value >= minimum, owner, ": ", name, " must be >= ", minimum, ", got ", value);
+}
+
+// t: [..., size], the module's `size_name` channels last.
+void check_last_dim(const char* owner, const char* name, const at::Tensor& t, int64_t size,
+                    const char* size_name) {
+  TORCH_CHECK_VALUE(t.dim() >= 1 && t.size(-1) == size, owner, ": ", name, " must have ", size_name,
+                    " = ", size, " channels in its last dimension, got shape ", t.sizes());
+}
+
+// A grid of `axes` sizes >= 1.
+void check_grid(const char* owner, const std::vector<int64_t>& grid, std::vector<size_t> axes) {
+  const bool shaped = std::find(axes.begin(), axes.end(), grid.size()) != axes.end();
+  TORCH_CHECK_VALUE(
+      shaped && std::all_of(grid.begin(), grid.end(), [](int64_t n) { return n >= 1; }), owner,
+      ": grid must be ", axes.size() == 2 ? "(H, W) or (T, H, W)" : "(H, W)",
+      " with sizes >= 1, got ", grid);
+}
+
+}  // namespace
 
 PositionalEncodingImpl::PositionalEncodingImpl(PositionalEncodingOptions options_)
     : options(std::move(options_)) {
@@ -16,6 +41,8 @@ PositionalEncodingImpl::PositionalEncodingImpl(PositionalEncodingOptions options
 }
 
 void PositionalEncodingImpl::reset() {
+  check_at_least("PositionalEncoding", "d_model", options.d_model(), 1);
+  check_at_least("PositionalEncoding", "max_len", options.max_len(), 1);
   if (options.kind() == "learned") {
     table = register_parameter("table", torch::empty({options.max_len(), options.d_model()}));
     torch::nn::init::normal_(table, 0.0, 1.0 / std::sqrt(static_cast<double>(options.d_model())));
@@ -31,6 +58,7 @@ void PositionalEncodingImpl::reset() {
 at::Tensor PositionalEncodingImpl::forward(const at::Tensor& x,
                                            const std::optional<at::Tensor>& positions,
                                            int64_t offset) {
+  check_last_dim("PositionalEncoding", "x", x, options.d_model(), "d_model");
   return forward_with(x, positions, offset,
                       table.defined() ? std::optional<at::Tensor>(table) : std::nullopt,
                       is_training());
@@ -68,6 +96,11 @@ PositionalEmbeddingImpl::PositionalEmbeddingImpl(PositionalEmbeddingOptions opti
 }
 
 void PositionalEmbeddingImpl::reset() {
+  check_at_least("PositionalEmbedding", "num_embeddings", options.num_embeddings(), 1);
+  check_at_least("PositionalEmbedding", "embedding_dim", options.embedding_dim(), 1);
+  if (options.max_positions().has_value()) {
+    check_at_least("PositionalEmbedding", "max_positions", *options.max_positions(), 1);
+  }
   const int64_t vocab = options.num_embeddings();
   if (options.padding_idx().has_value()) {
     const int64_t pad = *options.padding_idx();
@@ -133,7 +166,11 @@ RotaryEmbeddingImpl::RotaryEmbeddingImpl(RotaryEmbeddingOptions options_)
 }
 
 void RotaryEmbeddingImpl::reset() {
+  check_at_least("RotaryEmbedding", "dim", options.dim(), 1);
   const int64_t rotary_dim = options.rotary_dim().value_or(options.dim());
+  TORCH_CHECK_VALUE(rotary_dim % 2 == 0 && rotary_dim >= 0 && rotary_dim <= options.dim(),
+                    "RotaryEmbedding: rotary_dim must be even and within [0, dim = ", options.dim(),
+                    "], got ", rotary_dim);
   auto [frequencies, factor] =
       rope_frequencies(rotary_dim, RopeFrequenciesOptions(options.scaling()).base(options.base()));
   frequencies_ = frequencies;
@@ -170,6 +207,9 @@ void RotaryEmbeddingImpl::load(torch::serialize::InputArchive& archive) {
 std::vector<at::Tensor> RotaryEmbeddingImpl::forward(const at::Tensor& q,
                                                      const std::optional<at::Tensor>& k,
                                                      RotaryOptions rotary_options) {
+  // Every layout has the head dimension last.
+  check_last_dim("RotaryEmbedding", "q", q, options.dim(), "dim");
+  if (k.has_value()) check_last_dim("RotaryEmbedding", "k", *k, options.dim(), "dim");
   rotary_options.inv_freq(inv_freq)
       .rotary_dim(options.rotary_dim().value_or(options.dim()))
       .interleaved(options.interleaved())
@@ -184,36 +224,19 @@ PatchPositionalEncodingImpl::PatchPositionalEncodingImpl(PatchPositionalEncoding
 }
 
 void PatchPositionalEncodingImpl::reset() {
-  const std::vector<int64_t>& grid = options.grid_size();
-  const int64_t patches =
-      std::accumulate(grid.begin(), grid.end(), int64_t{1}, std::multiplies<int64_t>());
-  // The operator checks the options, on Meta tensors (see PositionalEncodingImpl::reset).
-  AddPositionalOptions call = grid_options(grid);
-  add_positional(torch::empty({1, options.extra_tokens() + patches, options.embed_dim()},
-                              torch::TensorOptions().device(torch::kMeta)),
-                 call.training(false));
-}
-
-AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
-    const std::vector<int64_t>& grid) const {
   const char* name = "PatchPositionalEncoding";
   const int64_t dim = options.embed_dim();
+  const std::vector<int64_t>& grid = options.grid();
+  check_at_least(name, "embed_dim", dim, 1);
+  check_grid(name, grid, {2, 3});
+  check_at_least(name, "extra_tokens", options.extra_tokens(), 0);
   for (const auto& [field, value] :
        {std::pair<const char*, double>{"interpolation_scale", options.interpolation_scale()},
         {"temporal_interpolation_scale", options.temporal_interpolation_scale()},
-        {"base_size", options.base_size().value_or(1)},
-        {"pos_embed_max_size", options.pos_embed_max_size().value_or(1)}}) {
+        {"base_size", options.base_size().value_or(1)}}) {
     TORCH_CHECK_VALUE(std::isfinite(value) && value > 0.0, name, ": ", field,
                       " must be a finite number > 0, got ", value);
   }
-  TORCH_CHECK_VALUE(grid.size() == 2 || grid.size() == 3, name,
-                    ": grid_size must be (H, W) or (T, H, W), got ", grid);
-  AddPositionalOptions call = AddPositionalOptions()
-                                  .layout("concat")
-                                  .base(options.base())
-                                  .convention(options.convention())
-                                  .dropout(options.dropout());
-  GridOptions grid_options = GridOptions(grid).extra_tokens(options.extra_tokens());
   if (grid.size() == 3) {  // CogVideoX: [time D/4 | w 3D/8 | h 3D/8]
     TORCH_CHECK_VALUE(!options.base_size().has_value() && !options.pos_embed_max_size(), name,
                       ": base_size and pos_embed_max_size apply to 2D grids");
@@ -221,13 +244,39 @@ AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
                       ": a 3D grid needs embed_dim divisible by 16 (D/4 time channels, 3D/8 for "
                       "each spatial axis), got ",
                       dim);
+  } else {
+    TORCH_CHECK_VALUE(dim % 4 == 0, name, ": a 2D grid needs embed_dim divisible by 4, got ", dim);
+  }
+  if (options.pos_embed_max_size().has_value()) {
+    check_at_least(name, "pos_embed_max_size", *options.pos_embed_max_size(), 1);
+  }
+  const int64_t patches =
+      std::accumulate(grid.begin(), grid.end(), int64_t{1}, std::multiplies<int64_t>());
+  // The operator checks base, convention and dropout, on Meta tensors (see
+  // PositionalEncodingImpl::reset).
+  add_positional(torch::empty({1, options.extra_tokens() + patches, dim},
+                              torch::TensorOptions().device(torch::kMeta)),
+                 grid_options(grid).training(false));
+}
+
+AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
+    const std::vector<int64_t>& grid) const {
+  const char* name = "PatchPositionalEncoding";
+  const int64_t dim = options.embed_dim();
+  check_grid(name, grid, {options.grid().size()});
+  AddPositionalOptions call = AddPositionalOptions()
+                                  .layout("concat")
+                                  .base(options.base())
+                                  .convention(options.convention())
+                                  .dropout(options.dropout());
+  GridOptions grid_options = GridOptions(grid).extra_tokens(options.extra_tokens());
+  if (grid.size() == 3) {  // CogVideoX: [time D/4 | w 3D/8 | h 3D/8]
     const double spatial = 1.0 / options.interpolation_scale();
     return call.grid(grid_options.dims(std::vector<int64_t>{dim / 4, 3 * dim / 8, 3 * dim / 8})
                          .axes(std::vector<int64_t>{0, 2, 1})
                          .scale(std::vector<double>{1.0 / options.temporal_interpolation_scale(),
                                                     spatial, spatial}));
   }
-  TORCH_CHECK_VALUE(dim % 4 == 0, name, ": a 2D grid needs embed_dim divisible by 4, got ", dim);
   std::vector<int64_t> sizes = grid, origin = {0, 0};
   if (options.pos_embed_max_size().has_value()) {
     const int64_t size = *options.pos_embed_max_size();
@@ -251,9 +300,9 @@ AddPositionalOptions PatchPositionalEncodingImpl::grid_options(
 at::Tensor PatchPositionalEncodingImpl::forward(const at::Tensor& x,
                                                 const std::optional<std::vector<int64_t>>& grid,
                                                 const std::optional<at::Tensor>& positions) {
-  return add_positional(x, grid_options(grid.value_or(options.grid_size()))
-                               .positions(positions)
-                               .training(is_training()));
+  check_last_dim("PatchPositionalEncoding", "x", x, options.embed_dim(), "embed_dim");
+  return add_positional(
+      x, grid_options(grid.value_or(options.grid())).positions(positions).training(is_training()));
 }
 
 AxialRotaryEmbeddingImpl::AxialRotaryEmbeddingImpl(AxialRotaryEmbeddingOptions options_)
@@ -269,11 +318,14 @@ void AxialRotaryEmbeddingImpl::reset() {
   TORCH_CHECK_VALUE(style != "dinov3" || options.precision() == "exact", name,
                     ": style 'dinov3' supports precision='exact' only (its float32 coordinates "
                     "are not integer positions)");
-  TORCH_CHECK_VALUE(options.extra_tokens() >= 0, name, ": extra_tokens must be >= 0, got ",
-                    options.extra_tokens());
-  TORCH_CHECK_VALUE(
-      options.grid_size().size() == 2 && options.grid_size()[0] >= 1 && options.grid_size()[1] >= 1,
-      name, ": grid_size must be (H, W) with sizes >= 1, got ", options.grid_size());
+  check_at_least(name, "head_dim", options.head_dim(), 4);
+  TORCH_CHECK_VALUE(options.head_dim() % 4 == 0, name,
+                    ": head_dim must be a multiple of 4 (a quarter of the pairs per axis), got ",
+                    options.head_dim());
+  check_grid(name, options.grid(), {2});
+  check_at_least(name, "extra_tokens", options.extra_tokens(), 0);
+  TORCH_CHECK_VALUE(std::isfinite(options.base()) && options.base() > 0.0, name,
+                    ": base must be a finite number > 0, got ", options.base());
   rope = register_module(
       "rope",
       RotaryEmbedding(RotaryEmbeddingOptions(options.head_dim())
@@ -286,8 +338,7 @@ void AxialRotaryEmbeddingImpl::reset() {
 
 std::pair<at::Tensor, at::Tensor> AxialRotaryEmbeddingImpl::position_ids(
     const std::vector<int64_t>& grid, const at::Device& device) const {
-  TORCH_CHECK_VALUE(grid.size() == 2 && grid[0] >= 1 && grid[1] >= 1,
-                    "AxialRotaryEmbedding: grid_size must be (H, W) with sizes >= 1, got ", grid);
+  check_grid("AxialRotaryEmbedding", grid, {2});
   const int64_t height = grid[0], width = grid[1];
   const auto longs = torch::TensorOptions().dtype(torch::kLong).device(device);
   const at::Tensor rows = torch::arange(height, longs).repeat_interleave(width);
@@ -316,7 +367,26 @@ std::pair<at::Tensor, at::Tensor> AxialRotaryEmbeddingImpl::position_ids(
 std::vector<at::Tensor> AxialRotaryEmbeddingImpl::forward(
     const at::Tensor& q, const std::optional<at::Tensor>& k,
     const std::optional<std::vector<int64_t>>& grid, const std::string& layout) {
-  auto [positions, inv_freq] = position_ids(grid.value_or(options.grid_size()), q.device());
+  const char* name = "AxialRotaryEmbedding";
+  const std::vector<int64_t>& sizes = grid.value_or(options.grid());
+  check_grid(name, sizes, {2});
+  const std::vector<std::pair<const char*, int64_t>> token_axes = {
+      {"bshd", 1}, {"bhsd", 2}, {"sbhd", 0}, {"thd", 0}};
+  const auto axis = std::find_if(token_axes.begin(), token_axes.end(),
+                                 [&](const auto& entry) { return layout == entry.first; });
+  TORCH_CHECK_VALUE(axis != token_axes.end(), name,
+                    ": layout must be one of 'bhsd', 'bshd', 'sbhd', 'thd', got '", layout, "'");
+  const int64_t tokens = options.extra_tokens() + sizes[0] * sizes[1];
+  for (const auto& [operand, t] :
+       {std::pair<const char*, const at::Tensor*>{"q", &q}, {"k", k.has_value() ? &*k : nullptr}}) {
+    if (t == nullptr) continue;
+    check_last_dim(name, operand, *t, options.head_dim(), "head_dim");
+    TORCH_CHECK_VALUE(t->dim() > axis->second && t->size(axis->second) == tokens, name, ": ",
+                      operand, " must have extra_tokens + H * W = ", tokens,
+                      " tokens in dimension ", axis->second, " (layout '", layout, "'), got shape ",
+                      t->sizes());
+  }
+  auto [positions, inv_freq] = position_ids(sizes, q.device());
   const int64_t quarter = options.head_dim() / 4;
   return rotary(q, k,
                 RotaryOptions()

@@ -528,3 +528,58 @@ TEST(Modules, AxialRotaryEmbeddingDinov3) {
     EXPECT_NE(std::string(e.what()).find("style must be one of"), std::string::npos) << e.what();
   }
 }
+
+// The C++ modules check their options at construction and their inputs in forward, and each
+// error names the module's option, as the Python modules do.
+TEST(Modules, BadOptionsAndInputsNameTheArgument) {
+  namespace pnn = posenc::nn;
+  const std::vector<std::pair<std::function<void()>, std::string>> cases = {
+      {[] { pnn::PositionalEncoding(pnn::PositionalEncodingOptions(0)); },
+       "PositionalEncoding: d_model must be >= 1"},
+      {[] { pnn::PositionalEncoding(pnn::PositionalEncodingOptions(8).max_len(0)); },
+       "max_len must be >= 1"},
+      {[] { pnn::PositionalEncoding(pnn::PositionalEncodingOptions(8))(torch::randn({3, 2, 12})); },
+       "x must have d_model = 8 channels"},
+      {[] { pnn::PositionalEmbedding(pnn::PositionalEmbeddingOptions(0, 4)); },
+       "num_embeddings must be >= 1"},
+      {[] { pnn::PositionalEmbedding(pnn::PositionalEmbeddingOptions(5, -1)); },
+       "embedding_dim must be >= 1"},
+      {[] { pnn::RotaryEmbedding(pnn::RotaryEmbeddingOptions(8).rotary_dim(10)); },
+       "rotary_dim must be even and within [0, dim = 8]"},
+      {[] { pnn::RotaryEmbedding(pnn::RotaryEmbeddingOptions(8))(torch::randn({2, 5, 2, 12})); },
+       "q must have dim = 8 channels"},
+      {[] { pnn::PatchPositionalEncoding(pnn::PatchPositionalEncodingOptions(0, {3, 4})); },
+       "embed_dim must be >= 1"},
+      {[] { pnn::PatchPositionalEncoding(pnn::PatchPositionalEncodingOptions(8, {-2, 3})); },
+       "grid must be (H, W) or (T, H, W) with sizes >= 1"},
+      {[] {
+         pnn::PatchPositionalEncoding(pnn::PatchPositionalEncodingOptions(8, {3, 4}).extra_tokens(
+             1))(torch::randn({2, 13, 12}));
+       },
+       "x must have embed_dim = 8 channels"},
+      {[] {
+         pnn::PatchPositionalEncoding(
+             pnn::PatchPositionalEncodingOptions(8, {4, 4}).pos_embed_max_size(3));
+       },
+       "exceeds pos_embed_max_size=3"},
+      {[] { pnn::AxialRotaryEmbedding(pnn::AxialRotaryEmbeddingOptions(0, {3, 4})); },
+       "head_dim must be >= 4"},
+      {[] { pnn::AxialRotaryEmbedding(pnn::AxialRotaryEmbeddingOptions(6, {3, 4})); },
+       "head_dim must be a multiple of 4"},
+      {[] { pnn::AxialRotaryEmbedding(pnn::AxialRotaryEmbeddingOptions(8, {-2, 3})); },
+       "grid must be (H, W) with sizes >= 1"},
+      {[] {
+         pnn::AxialRotaryEmbedding(pnn::AxialRotaryEmbeddingOptions(8, {2, 3}).extra_tokens(1))(
+             torch::randn({1, 6, 2, 8}));
+       },
+       "q must have extra_tokens + H * W = 7 tokens in dimension 1"},
+  };
+  for (const auto& [call, message] : cases) {
+    try {
+      call();
+      ADD_FAILURE() << "expected an error containing: " << message;
+    } catch (const c10::ValueError& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  }
+}

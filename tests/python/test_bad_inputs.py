@@ -166,20 +166,156 @@ CASES = [
     ("module state dict wrong code", lambda: posenc.nn.PositionalEncoding(8, base=100.0).load_state_dict({"pe": posenc.positional_encoding(50, 8).unsqueeze(1)}), ValueError, "does not match this module's code"),
     ("module state dict wrong width", lambda: posenc.nn.PositionalEncoding(8).load_state_dict({"pe": torch.randn(50, 1, 6)}), ValueError, "this module has kind"),
     # Grid codes through the wrappers and posenc.nn.PatchPositionalEncoding.
-    ("grid not a list", lambda: posenc.add_positional(X, grid=5), TypeError, "grid must be a list of ints"),
-    ("grid_scale strings", lambda: posenc.add_positional(X, grid=[5], grid_scale=["a"]), TypeError, "grid_scale must be a list of floats"),
+    ("grid not a list", lambda: posenc.add_positional(X, grid=5), TypeError, "grid must be a posenc.Grid or a sequence of ints"),
+    ("grid_scale strings", lambda: posenc.add_positional(X, grid=posenc.Grid([5], scale=["a"])), TypeError, "scale must be a sequence of floats"),
     ("grid not matching T", lambda: posenc.add_positional(X, grid=[2, 3]), ValueError, "has T = 5 tokens, but grid"),
     ("grid token index", lambda: posenc.positional_encoding(7, 8, grid=[2, 3]), IndexError, "positions are token indices"),
     ("patch module D", lambda: posenc.nn.PatchPositionalEncoding(30, 4), ValueError, "divisible by 4"),
     ("patch module 3D D", lambda: posenc.nn.PatchPositionalEncoding(40, (2, 3, 3)), ValueError, "divisible by 16"),
-    ("patch module grid", lambda: posenc.nn.PatchPositionalEncoding(32, (1, 2, 3, 4)), ValueError, "grid_size must be"),
+    ("patch module grid", lambda: posenc.nn.PatchPositionalEncoding(32, (1, 2, 3, 4)), ValueError, "grid must be \\(H, W\\) or \\(T, H, W\\)"),
     ("patch module 3D base_size", lambda: posenc.nn.PatchPositionalEncoding(32, (2, 3, 3), base_size=4), ValueError, "apply to 2D grids"),
     ("patch module tokens", lambda: posenc.nn.PatchPositionalEncoding(32, 3)(torch.randn(1, 10, 32)), ValueError, "has T = 10 tokens"),
     ("patch module scale", lambda: posenc.nn.PatchPositionalEncoding(32, 3, interpolation_scale=0.0), ValueError, "interpolation_scale must be a finite number > 0"),
     ("patch module max size", lambda: posenc.nn.PatchPositionalEncoding(32, 3, pos_embed_max_size=-4), ValueError, "pos_embed_max_size must be"),
 ]
 
-ALL_CASES = CASES + GENERATED
+def _config(**fields):
+    """A duck-typed transformers config (what posenc reads of one)."""
+    import types
+    return types.SimpleNamespace(**fields)
+
+
+def _patched_model(**config_fields):
+    """A module with a Llama-like config, for the transformers integration's checks."""
+    import types
+    model = torch.nn.Linear(2, 2)
+    model.config = types.SimpleNamespace(**config_fields)
+    return model
+
+
+MRT = torch.tensor([[0, 1, 1, 1, 1, 0]])  # text, a 1x4x4 image (4 merged tokens), text
+VIDEO = torch.tensor([[0, 2, 2, 2, 2, 2, 2, 2, 2, 0]])  # a 2x4x4 video (8 merged tokens)
+
+# The modules and helpers around the operators: each constructor checks its arguments, each
+# forward its input against the module, and each error names the user's argument.
+MODULE_CASES = [
+    # PositionalEncoding
+    ("encoding d_model str", lambda: posenc.nn.PositionalEncoding("8"), TypeError, "PositionalEncoding: d_model must be an int"),
+    ("encoding d_model 0", lambda: posenc.nn.PositionalEncoding(0), ValueError, "PositionalEncoding: d_model must be >= 1"),
+    ("encoding max_len float", lambda: posenc.nn.PositionalEncoding(8, max_len=10.0), TypeError, "max_len must be an int"),
+    ("encoding max_len 0", lambda: posenc.nn.PositionalEncoding(8, max_len=0), ValueError, "max_len must be >= 1"),
+    ("encoding batch_first int", lambda: posenc.nn.PositionalEncoding(8, batch_first=1), TypeError, "batch_first must be a bool"),
+    ("encoding x width", lambda: posenc.nn.PositionalEncoding(8)(torch.randn(3, 2, 12)), ValueError, "x must have d_model = 8 channels"),
+    ("encoding x list", lambda: posenc.nn.PositionalEncoding(8)([1.0]), TypeError, "x must be a Tensor"),
+    # PositionalEmbedding
+    ("embedding num_embeddings str", lambda: posenc.nn.PositionalEmbedding("5", 4), TypeError, "num_embeddings must be an int"),
+    ("embedding num_embeddings 0", lambda: posenc.nn.PositionalEmbedding(0, 4), ValueError, "num_embeddings must be >= 1"),
+    ("embedding embedding_dim float", lambda: posenc.nn.PositionalEmbedding(5, 4.0), TypeError, "embedding_dim must be an int"),
+    ("embedding embedding_dim -1", lambda: posenc.nn.PositionalEmbedding(5, -1), ValueError, "embedding_dim must be >= 1"),
+    ("embedding padding_idx float", lambda: posenc.nn.PositionalEmbedding(5, 4, padding_idx=1.0), TypeError, "padding_idx must be an int"),
+    ("embedding max_positions 0", lambda: posenc.nn.PositionalEmbedding(5, 4, kind="learned", max_positions=0), ValueError, "max_positions must be >= 1"),
+    ("embedding _weight list", lambda: posenc.nn.PositionalEmbedding(2, 2, _weight=[[1.0, 2.0]] * 2), TypeError, "_weight must be a Tensor"),
+    ("from_pretrained list", lambda: posenc.nn.PositionalEmbedding.from_pretrained([[1.0]]), TypeError, "embeddings must be a Tensor"),
+    # RotaryEmbedding
+    ("rotary dim str", lambda: posenc.nn.RotaryEmbedding("8"), TypeError, "RotaryEmbedding: dim must be an int"),
+    ("rotary dim 0", lambda: posenc.nn.RotaryEmbedding(0), ValueError, "dim must be >= 1"),
+    ("rotary rotary_dim past dim", lambda: posenc.nn.RotaryEmbedding(8, rotary_dim=10), ValueError, "rotary_dim must be even and within \\[0, dim = 8\\]"),
+    ("rotary rotary_dim odd", lambda: posenc.nn.RotaryEmbedding(8, rotary_dim=3), ValueError, "rotary_dim must be even"),
+    ("rotary rotary_dim float", lambda: posenc.nn.RotaryEmbedding(8, rotary_dim=4.0), TypeError, "rotary_dim must be an int"),
+    ("rotary interleaved str", lambda: posenc.nn.RotaryEmbedding(8, interleaved="yes"), TypeError, "interleaved must be a bool"),
+    ("rotary q head dim", lambda: posenc.nn.RotaryEmbedding(8)(torch.randn(2, 5, 2, 12)), ValueError, "q must have dim = 8 channels"),
+    ("rotary k head dim", lambda: posenc.nn.RotaryEmbedding(8)(torch.randn(2, 5, 2, 8), torch.randn(2, 5, 2, 6)), ValueError, "k must have dim = 8 channels"),
+    ("rotary q list", lambda: posenc.nn.RotaryEmbedding(8)([1.0]), TypeError, "q must be a Tensor"),
+    # AxialRotaryEmbedding
+    ("axial head_dim 0", lambda: posenc.nn.AxialRotaryEmbedding(0, 4), ValueError, "head_dim must be >= 4"),
+    ("axial head_dim 6", lambda: posenc.nn.AxialRotaryEmbedding(6, 4), ValueError, "head_dim must be a multiple of 4"),
+    ("axial head_dim str", lambda: posenc.nn.AxialRotaryEmbedding("8", 4), TypeError, "head_dim must be an int"),
+    ("axial grid negative", lambda: posenc.nn.AxialRotaryEmbedding(8, (-2, 3)), ValueError, "grid must be \\(H, W\\) with sizes >= 1"),
+    ("axial grid 3-d", lambda: posenc.nn.AxialRotaryEmbedding(8, (2, 2, 2)), ValueError, "grid must be \\(H, W\\)"),
+    ("axial grid floats", lambda: posenc.nn.AxialRotaryEmbedding(8, (3.0, 4.0)), TypeError, "grid must be an int, \\(H, W\\) of ints"),
+    ("axial extra_tokens -1", lambda: posenc.nn.AxialRotaryEmbedding(8, 4, extra_tokens=-1), ValueError, "extra_tokens must be >= 0"),
+    ("axial base 0", lambda: posenc.nn.AxialRotaryEmbedding(8, 4, base=0.0), ValueError, "base must be a finite number > 0"),
+    ("axial precision", lambda: posenc.nn.AxialRotaryEmbedding(8, 4, precision="fp32"), ValueError, "precision must be one of"),
+    ("axial token count", lambda: posenc.nn.AxialRotaryEmbedding(8, (2, 3), extra_tokens=1)(torch.randn(1, 6, 2, 8)), ValueError, "q must have extra_tokens \\+ H \\* W = 1 \\+ 2 \\* 3 = 7 tokens"),
+    ("axial token count bhsd", lambda: posenc.nn.AxialRotaryEmbedding(8, (2, 3))(torch.randn(1, 2, 5, 8), layout="bhsd"), ValueError, "= 6 tokens in dimension 2"),
+    ("axial head dim of q", lambda: posenc.nn.AxialRotaryEmbedding(8, (2, 3))(torch.randn(1, 6, 2, 12)), ValueError, "q must have head_dim = 8 channels"),
+    ("axial forward grid", lambda: posenc.nn.AxialRotaryEmbedding(8, (2, 3))(torch.randn(1, 6, 2, 8), grid=(0, 6)), ValueError, "grid must be \\(H, W\\) with sizes >= 1"),
+    ("axial layout", lambda: posenc.nn.AxialRotaryEmbedding(8, (2, 3))(torch.randn(1, 6, 2, 8), layout="bsd"), ValueError, "layout must be one of"),
+    # PatchPositionalEncoding
+    ("patch width of x", lambda: posenc.nn.PatchPositionalEncoding(8, (3, 4), extra_tokens=1)(torch.randn(2, 13, 12)), ValueError, "x must have embed_dim = 8 channels"),
+    ("patch embed_dim 0", lambda: posenc.nn.PatchPositionalEncoding(0, 4), ValueError, "embed_dim must be >= 1"),
+    ("patch embed_dim str", lambda: posenc.nn.PatchPositionalEncoding("8", 4), TypeError, "embed_dim must be an int"),
+    ("patch grid floats", lambda: posenc.nn.PatchPositionalEncoding(8, (3.0, 4.0)), TypeError, "grid must be an int, \\(H, W\\) or \\(T, H, W\\) of ints"),
+    ("patch grid 0", lambda: posenc.nn.PatchPositionalEncoding(8, (0, 4)), ValueError, "grid must be .* with sizes >= 1"),
+    ("patch extra_tokens float", lambda: posenc.nn.PatchPositionalEncoding(8, 4, extra_tokens=1.0), TypeError, "extra_tokens must be an int"),
+    ("patch pos_embed_max_size float", lambda: posenc.nn.PatchPositionalEncoding(8, 4, pos_embed_max_size=6.5), TypeError, "pos_embed_max_size must be an int"),
+    ("patch pos_embed_max_size small", lambda: posenc.nn.PatchPositionalEncoding(8, 4, pos_embed_max_size=3), ValueError, "exceeds pos_embed_max_size=3"),
+    ("patch base_size nan", lambda: posenc.nn.PatchPositionalEncoding(8, 4, base_size=math.nan), ValueError, "base_size must be a finite number > 0"),
+    ("patch temporal scale str", lambda: posenc.nn.PatchPositionalEncoding(16, (2, 2, 2), temporal_interpolation_scale="1"), TypeError, "temporal_interpolation_scale must be a float"),
+    ("patch forward grid axes", lambda: posenc.nn.PatchPositionalEncoding(16, (2, 2))(torch.randn(1, 8, 16), grid=(2, 2, 2)), ValueError, "grid must be \\(H, W\\) with sizes"),
+    ("patch forward grid past max", lambda: posenc.nn.PatchPositionalEncoding(8, 4, pos_embed_max_size=5)(torch.randn(1, 36, 8), grid=6), ValueError, "exceeds pos_embed_max_size=5"),
+    # posenc.Grid
+    ("Grid sizes str", lambda: posenc.Grid("34"), TypeError, "posenc.Grid: sizes must be a sequence of ints"),
+    ("Grid extra_tokens float", lambda: posenc.Grid((3, 4), extra_tokens=1.5), TypeError, "extra_tokens must be an int"),
+    ("Grid dims floats", lambda: posenc.Grid((3, 4), dims=(4.0, 4.0)), TypeError, "dims must be a sequence of ints"),
+    ("Grid origin None entries", lambda: posenc.Grid((3, 4), origin=(None, 1)), TypeError, "origin must be a sequence of ints"),
+    ("Grid dims not summing", lambda: posenc.add_positional(X, grid=posenc.Grid((5,), dims=(3,))), ValueError, "grid_dims must sum to D = 8"),
+    # mrope_position_ids
+    ("mrope types list", lambda: posenc.mrope_position_ids([[0, 1]]), TypeError, "mm_token_type_ids must be a Tensor"),
+    ("mrope types float", lambda: posenc.mrope_position_ids(MRT.float()), TypeError, "mm_token_type_ids must be an integer tensor"),
+    ("mrope types 1-d", lambda: posenc.mrope_position_ids(MRT[0]), ValueError, "mm_token_type_ids must have shape \\(B, S\\)"),
+    ("mrope grids float", lambda: posenc.mrope_position_ids(MRT, torch.tensor([[1.0, 4.0, 4.0]])), TypeError, "image_grid_thw must be an integer tensor"),
+    ("mrope grids shape", lambda: posenc.mrope_position_ids(MRT, torch.tensor([1, 4, 4])), ValueError, "image_grid_thw must have shape \\(n, 3\\)"),
+    ("mrope grids str", lambda: posenc.mrope_position_ids(MRT, "1x4x4"), TypeError, "image_grid_thw must be an integer tensor"),
+    ("mrope grid zero", lambda: posenc.mrope_position_ids(MRT, torch.tensor([[0, 4, 4]])), ValueError, "image_grid_thw must hold sizes >= 1"),
+    ("mrope grid not merged", lambda: posenc.mrope_position_ids(MRT, torch.tensor([[1, 4, 5]])), ValueError, "multiples of spatial_merge_size = 2"),
+    ("mrope extra grids", lambda: posenc.mrope_position_ids(MRT, torch.tensor([[1, 4, 4], [1, 2, 2]])), ValueError, "image_grid_thw has 2 grids, but mm_token_type_ids has 1 image spans"),
+    ("mrope extra video grids", lambda: posenc.mrope_position_ids(MRT, torch.tensor([[1, 4, 4]]), torch.tensor([[1, 2, 2]])), ValueError, "video_grid_thw has 1 grids, but mm_token_type_ids has 0 video spans"),
+    ("mrope mask rows", lambda: posenc.mrope_position_ids(MRT, torch.tensor([[1, 4, 4]]), attention_mask=torch.ones(2, 6)), ValueError, "attention_mask must have the shape of mm_token_type_ids"),
+    ("mrope mask list", lambda: posenc.mrope_position_ids(MRT, torch.tensor([[1, 4, 4]]), attention_mask=[[1] * 6]), TypeError, "attention_mask must be a Tensor"),
+    ("mrope interval nan", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), video_time_intervals=[math.nan]), ValueError, "video_time_intervals must be finite numbers >= 0"),
+    ("mrope interval inf", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), video_time_intervals=[math.inf]), ValueError, "video_time_intervals must be finite"),
+    ("mrope interval 1e300", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), video_time_intervals=[1e300]), ValueError, "stay below 2\\^53"),
+    ("mrope interval negative", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), video_time_intervals=[-1.0]), ValueError, "video_time_intervals must be finite numbers >= 0"),
+    ("mrope extra intervals", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), video_time_intervals=[1.0, 2.0]), ValueError, "video_time_intervals must have one entry per video \\(1\\), got 2"),
+    ("mrope intervals str", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), video_time_intervals="1"), TypeError, "video_time_intervals must be a sequence of numbers"),
+    ("mrope seconds without tps", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), second_per_grid_ts=[0.5]), ValueError, "second_per_grid_ts needs tokens_per_second"),
+    ("mrope tps without seconds", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), tokens_per_second=2), ValueError, "tokens_per_second needs second_per_grid_ts"),
+    ("mrope seconds and intervals", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), video_time_intervals=[1.0], second_per_grid_ts=[0.5], tokens_per_second=2), ValueError, "give video_time_intervals or second_per_grid_ts"),
+    ("mrope seconds nan", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), second_per_grid_ts=[math.nan], tokens_per_second=2), ValueError, "second_per_grid_ts \\* tokens_per_second must be finite"),
+    ("mrope tps str", lambda: posenc.mrope_position_ids(VIDEO, None, torch.tensor([[2, 4, 4]]), second_per_grid_ts=[0.5], tokens_per_second="2"), TypeError, "tokens_per_second must be a number"),
+    ("mrope split yes", lambda: posenc.mrope_position_ids(MRT, torch.tensor([[1, 4, 4]]), split_video_frames="yes"), TypeError, "split_video_frames must be a bool"),
+    ("mrope merge size float", lambda: posenc.mrope_position_ids(MRT, torch.tensor([[1, 4, 4]]), spatial_merge_size=2.0), TypeError, "spatial_merge_size must be an int"),
+    # rope_frequencies and RotaryEmbedding.from_config with transformers-like configs
+    ("config rope_parameters str", lambda: posenc.rope_frequencies(_config(rope_parameters="linear", head_dim=8)), TypeError, "config.rope_parameters must be a dict or None"),
+    ("config without head_dim", lambda: posenc.rope_frequencies(_config(rope_parameters={"rope_type": "default"})), ValueError, "the config has neither head_dim nor hidden_size and num_attention_heads"),
+    ("config zero heads", lambda: posenc.rope_frequencies(_config(rope_parameters={}, hidden_size=64, num_attention_heads=0)), ValueError, "config.num_attention_heads must be >= 1"),
+    ("config heads str", lambda: posenc.rope_frequencies(_config(rope_parameters={}, hidden_size=64, num_attention_heads="4")), TypeError, "config.num_attention_heads must be an int"),
+    ("config head_dim float", lambda: posenc.rope_frequencies(_config(rope_parameters={}, head_dim=8.0)), TypeError, "config.head_dim must be an int"),
+    ("from_config rope_parameters str", lambda: posenc.nn.RotaryEmbedding.from_config(_config(rope_parameters="linear", head_dim=8)), TypeError, "config.rope_parameters must be a dict or None"),
+    ("from_config zero heads", lambda: posenc.nn.RotaryEmbedding.from_config(_config(rope_parameters={}, hidden_size=64, num_attention_heads=0)), ValueError, "num_attention_heads must be >= 1"),
+    ("rope_frequencies not a config", lambda: posenc.rope_frequencies(_config(head_dim=8)), TypeError, "dim must be an int or a transformers config"),
+]
+
+
+def _integration_cases():
+    try:
+        import posenc.integrations.transformers as hf
+    except ImportError:  # transformers is not installed: the cases that need it are left out
+        return []
+    return [
+        ("apply_to_model not a module", lambda: hf.apply_to_model("llama"), TypeError, "model must be a torch.nn.Module"),
+        ("apply_to_model without config", lambda: hf.apply_to_model(torch.nn.Linear(2, 2)), ValueError, "model has no config"),
+        ("apply_to_model model_type None", lambda: hf.apply_to_model(_patched_model(model_type=None)), TypeError, "model_type must be a str"),
+        ("apply_to_model unknown type", lambda: hf.apply_to_model(_patched_model(model_type="bert")), ValueError, "model_type 'bert' is not supported"),
+        ("apply_to_model precision", lambda: hf.apply_to_model(_patched_model(model_type="llama"), precision="fp16"), ValueError, "precision must be one of"),
+        ("apply_to_family precision", lambda: hf.apply_to_family("llama", precision=1), TypeError, "precision must be a str"),
+        ("rotary module rope_parameters str", lambda: hf.PosencRotaryEmbedding(_config(rope_parameters="linear", head_dim=8, max_position_embeddings=64)), TypeError, "config.rope_parameters must be a dict or None"),
+        ("rotary module interleaved str", lambda: hf.PosencRotaryEmbedding(_config(rope_parameters={}, head_dim=8, max_position_embeddings=64), interleaved="no"), TypeError, "interleaved must be a bool"),
+    ]
+
+
+ALL_CASES = CASES + GENERATED + MODULE_CASES + _integration_cases()
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c[0] for c in ALL_CASES])

@@ -14,8 +14,7 @@ import posenc
 from posenc.nn import PatchPositionalEncoding
 from references import (cogvideox_3d_sincos_pos_embed, diffusers_2d_sincos_pos_embed,
                         diffusers_cropped_pos_embed, dit_2d_sincos_pos_embed, dropout_scale,
-                        grid_code,
-                        posemb_sincos_2d)
+                        grid_code, posemb_sincos_2d, reference_code)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 TOLERANCE = {torch.float32: 2e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2,
@@ -40,8 +39,8 @@ def test_mae_and_dit_pos_embed(dim, grid_size, extra_tokens):
                                    extra_tokens=extra_tokens)
     tokens = extra_tokens + grid_size**2
     # The table itself.
-    got = posenc.positional_encoding(tokens, dim, grid=(grid_size, grid_size),
-                                     extra_tokens=extra_tokens, layout="concat",
+    got = posenc.positional_encoding(tokens, dim,
+                                     grid=posenc.Grid((grid_size, grid_size), extra_tokens),
                                      dtype=torch.float64)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
     # Fused with the add, in every dtype, and as the module.
@@ -63,7 +62,7 @@ def test_sd3_pos_embed_at_any_resolution(height, width, base_size, interpolation
     module = PatchPositionalEncoding(64, (8, 8), base_size=base_size,
                                      interpolation_scale=interpolation_scale)
     x = torch.randn(2, height * width, 64, dtype=torch.float64)
-    y = module(x, grid_size=(height, width)) - x
+    y = module(x, grid=(height, width)) - x
     # diffusers rounds the grid coordinates to float32 (up to base_size / interpolation_scale).
     torch.testing.assert_close(y, published.expand_as(y), atol=1e-5, rtol=0)
     torch.testing.assert_close(y, exact.expand_as(y), atol=1e-12, rtol=0)
@@ -79,7 +78,7 @@ def test_sd3_pos_embed_max_size_centre_crop(height, width):
     y, expected = _added(module, want)
     torch.testing.assert_close(y, expected, atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="exceeds pos_embed_max_size"):
-        module(torch.randn(1, 10 * 2, 32), grid_size=(10, 2))
+        module(torch.randn(1, 10 * 2, 32), grid=(10, 2))
 
 
 @pytest.mark.parametrize("frames,height,width,spatial_scale,temporal_scale", [
@@ -137,8 +136,7 @@ def test_exact_angles_far_from_the_origin():
     # Coordinates near 2^24 along both axes: float32 within 2e-6 of float64.
     origin = [2**24 - 40, 2**23 + 7]
     tokens = torch.arange(5 * 8)
-    got = posenc.positional_encoding(tokens, 256, grid=(5, 8), grid_origin=origin,
-                                     layout="concat")
+    got = posenc.positional_encoding(tokens, 256, grid=posenc.Grid((5, 8), origin=origin))
     want = grid_code(tokens, 256, (5, 8), grid_origin=origin, layout="concat")
     assert (got.double() - want).abs().max() < 2e-6
 
@@ -150,8 +148,9 @@ def test_every_computed_kind_and_mul(kind):
     want = grid_code(tokens, 24, grid, extra_tokens=2, grid_dims=dims, kind=kind, base=50.0)
     x = torch.randn(2, 14, 24, dtype=torch.float64)
     for combine, expected in [("add", 1.5 * x + want), ("mul", 1.5 * x * want)]:
-        y = posenc.add_positional(x, grid=grid, extra_tokens=2, grid_dims=dims, kind=kind,
-                                  base=50.0, combine=combine, scale=1.5)
+        y = posenc.add_positional(x, grid=posenc.Grid(grid, extra_tokens=2, dims=dims),
+                                  kind=kind, base=50.0, combine=combine, scale=1.5,
+                                  layout="interleaved")
         torch.testing.assert_close(y, expected, atol=1e-12, rtol=0)
 
 
@@ -167,6 +166,39 @@ def test_dropout_mask_is_the_1d_mask():
     pe = grid_code(torch.arange(17), 16, (4, 4), extra_tokens=1, layout="concat")
     torch.testing.assert_close(grid[kept].double(), ((x.double() + pe) * dropout_scale(0.3))[kept],
                                atol=1e-5, rtol=1e-6)
+
+
+def test_grid_layout_defaults_to_concat():
+    # MAE's, DiT's and big_vision's grid codes are concat: a grid without a layout gets it, from
+    # the wrappers and the operator alike; 1-D codes keep interleaved.
+    x = torch.randn(2, 13, 8, dtype=torch.float64)
+    tokens = torch.arange(13)
+    concat = grid_code(tokens, 8, (3, 4), extra_tokens=1, layout="concat")
+    interleaved = grid_code(tokens, 8, (3, 4), extra_tokens=1, layout="interleaved")
+    assert (concat - interleaved).abs().max() > 0.1
+    grid = posenc.Grid((3, 4), extra_tokens=1)
+    torch.testing.assert_close(posenc.add_positional(x, grid=grid), x + concat, atol=1e-12,
+                               rtol=0)
+    torch.testing.assert_close(posenc.add_positional(x, grid=grid, layout="interleaved"),
+                               x + interleaved, atol=1e-12, rtol=0)
+    torch.testing.assert_close(torch.ops.posenc.add_positional(x, grid=[3, 4], extra_tokens=1),
+                               x + concat, atol=1e-12, rtol=0)
+    torch.testing.assert_close(posenc.positional_encoding(13, 8, grid=grid, dtype=torch.float64),
+                               concat, atol=1e-12, rtol=0)
+    one_d = posenc.positional_encoding(13, 8, dtype=torch.float64)
+    torch.testing.assert_close(one_d, reference_code(tokens, 8), atol=1e-12, rtol=0)
+
+
+def test_grid_sizes_stand_for_a_grid_and_compile():
+    x = torch.randn(2, 12, 8)
+    assert torch.equal(posenc.add_positional(x, grid=(3, 4)),
+                       posenc.add_positional(x, grid=posenc.Grid([3, 4])))
+    grid = posenc.Grid((2, 3), extra_tokens=1, dims=(2, 6), axes=(0, 1), origin=(1, 0),
+                       scale=(0.5, 2.0))
+    assert hash(grid) == hash(posenc.Grid([2, 3], 1, [2, 6], [0, 1], [1, 0], [0.5, 2]))
+    compiled = torch.compile(lambda x: posenc.add_positional(x, grid=grid), fullgraph=True)
+    y = torch.randn(2, 7, 8)
+    torch.testing.assert_close(compiled(y), posenc.add_positional(y, grid=grid), atol=0, rtol=0)
 
 
 # ---- autograd, opcheck, compile ---------------------------------------------------------------
@@ -206,7 +238,7 @@ def test_torch_compile_fullgraph_module():
     x = torch.randn(2, 25, 32)
     torch.testing.assert_close(compiled(x), module(x), atol=0, rtol=0)
     x = torch.randn(2, 1 + 3 * 5, 32)
-    torch.testing.assert_close(compiled(x, grid_size=(3, 5)), module(x, grid_size=(3, 5)),
+    torch.testing.assert_close(compiled(x, grid=(3, 5)), module(x, grid=(3, 5)),
                                atol=0, rtol=0)
 
 
@@ -254,9 +286,9 @@ def test_property_grid_codes_match_float64_reference(case):
     positions = torch.randint(0, tokens, (3, 5), generator=generator) if explicit else None
     seq = 5 if explicit else tokens
     x = torch.randn(3, seq, dim, generator=generator, dtype=torch.float64).to(dtype)
-    options = dict(grid=grid, extra_tokens=extra, grid_dims=dims, grid_axes=order,
-                   grid_origin=origin, grid_scale=scale, kind=kind, layout=layout,
-                   convention=convention)
+    options = dict(grid=posenc.Grid(grid, extra_tokens=extra, dims=dims, axes=order,
+                                    origin=origin, scale=scale),
+                   kind=kind, layout=layout, convention=convention)
     y = posenc.add_positional(x, positions=positions, **options)
     index = positions if explicit else torch.arange(tokens)
     pe = grid_code(index, dim, grid, extra_tokens=extra, grid_dims=dims, grid_axes=order,
@@ -302,7 +334,7 @@ def test_diffusers_sd3_patch_embed(max_size, latent):
     with torch.no_grad():
         want = patch_embed(image)
         tokens = patch_embed.proj(image).flatten(2).transpose(1, 2)
-        got = module(tokens, grid_size=grid)
+        got = module(tokens, grid=grid)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-6)
 
 

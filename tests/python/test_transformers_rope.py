@@ -406,6 +406,27 @@ def test_mrope_position_ids_equal_qwen2_5_vl_with_video_time_intervals():
     assert not torch.equal(posenc.mrope_position_ids(types, images, videos)[0], expected[0])
 
 
+@pytest.mark.parametrize("seconds,tokens_per_second", [([0.5, 1.5], 2), ([0.3, 1.7], 25),
+                                                        ([1 / 3, 0.7], 7)])
+def test_mrope_position_ids_take_transformers_names(seconds, tokens_per_second):
+    # get_rope_index's second_per_grid_ts with the vision config's tokens_per_second, formed in
+    # float32 as transformers forms them (0.3 * 25 and 1/3 * 7 round there).
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+    get_rope_index = _rope_index_of(Qwen2_5_VLModel, spatial_merge_size=2,
+                                    tokens_per_second=tokens_per_second)
+    types = torch.tensor([[0, 0] + [2] * 12 + [0, 0, 0] + [2] * 8 + [1] * 4 + [0]])
+    images = torch.tensor([[1, 4, 4]])
+    videos = torch.tensor([[3, 4, 4], [2, 4, 4]])
+    expected = get_rope_index(torch.zeros_like(types), mm_token_type_ids=types,
+                              image_grid_thw=images, video_grid_thw=videos,
+                              second_per_grid_ts=torch.tensor(seconds))
+    for given in (torch.tensor(seconds), seconds):
+        got = posenc.mrope_position_ids(types, images, videos, spatial_merge_size=2,
+                                        second_per_grid_ts=given,
+                                        tokens_per_second=tokens_per_second)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
 def test_mrope_position_ids_equal_qwen3_vl_with_timestamps():
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
     get_rope_index = _rope_index_of(Qwen3VLModel, spatial_merge_size=2)
@@ -432,7 +453,7 @@ def test_mrope_position_ids_bad_inputs():
         posenc.mrope_position_ids(types)
     with pytest.raises(ValueError, match="must be 0, 1 or 2"):
         posenc.mrope_position_ids(torch.tensor([[0, 3]]))
-    with pytest.raises(ValueError, match="spatial_merge_size must be an int >= 1"):
+    with pytest.raises(ValueError, match="spatial_merge_size must be >= 1"):
         posenc.mrope_position_ids(types, torch.tensor([[1, 6, 2]]), spatial_merge_size=0)
 
 
@@ -564,5 +585,5 @@ def test_axial_rotary_module_backward_and_compile():
     torch.testing.assert_close(compiled(q.detach()), module(q.detach()), atol=0, rtol=0)
     with pytest.raises(ValueError, match="style must be one of"):
         posenc.nn.AxialRotaryEmbedding(16, 3, style="vit")
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ValueError, match="head_dim must be a multiple of 4"):
         posenc.nn.AxialRotaryEmbedding(18, 3)

@@ -126,9 +126,9 @@ def test_tiny_frequencies_give_their_exact_angle_not_nan():
     want = reference_code(positions.double(), 2048, "sinusoidal", 1e308, "vaswani", "interleaved")
     # (The float64 reference itself is about pos * 2^-53 rad off at pos = 2^24 - 1.)
     torch.testing.assert_close(pe, want, atol=1e-8, rtol=0)
-    grid = posenc.positional_encoding(13, 8, grid=[3, 4], extra_tokens=1,
-                                      grid_scale=[1e-300, 1.0], layout="concat",
-                                      dtype=torch.float64)
+    grid = posenc.positional_encoding(13, 8, dtype=torch.float64,
+                                      grid=posenc.Grid((3, 4), extra_tokens=1,
+                                                       scale=(1e-300, 1.0)))
     assert not grid.isnan().any()
     # The first axis's coordinates scaled by 1e-300: sin 0, cos 1 on its channels.
     torch.testing.assert_close(grid[1:, 4:6], torch.zeros(12, 2, dtype=torch.float64))

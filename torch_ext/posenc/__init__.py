@@ -9,11 +9,13 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (loads libposenc, which registers torch.ops.posenc)
+from ._grid import Grid
 from ._ops import add_positional, embedding, positional_encoding
 from ._rotary import apply_rotary_pos_emb, mrope_position_ids, rope_frequencies, rotary
 from . import nn
 
 __all__ = [
+    "Grid",
     "add_positional",
     "apply_rotary_pos_emb",
     "embedding",

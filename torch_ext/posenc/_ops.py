@@ -5,10 +5,12 @@ operator itself (one place, shared with C++); all math happens in the kernels.""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor
+
+from ._grid import GridLike, grid_arguments
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -74,11 +76,11 @@ def _is_default(value: object, default: object) -> bool:
     return type(value) is type(default) and value == default
 
 
-# Read once at import (the package loads the library first): torch.compile then sees constants.
+# Every posenc operator's, read once at import (the package loads the library first):
+# torch.compile then sees constants.
 _SCHEMAS = {
-    op: _schema_arguments(op)
-    for op in ("add_positional", "embedding", "positional_encoding", "rotary", "rotary_tables",
-               "rope_frequencies")
+    name[len("posenc::"):]: _schema_arguments(name[len("posenc::"):])
+    for name in torch._C._dispatch_get_all_op_names() if name.startswith("posenc::")
 }
 
 
@@ -157,14 +159,9 @@ def add_positional(
     offset: int = 0,
     base: float = 10000.0,
     convention: str = "vaswani",
-    layout: str = "interleaved",
+    layout: Optional[str] = None,
     table: Optional[Tensor] = None,
-    grid: Optional[Sequence[int]] = None,
-    extra_tokens: int = 0,
-    grid_dims: Optional[Sequence[int]] = None,
-    grid_axes: Optional[Sequence[int]] = None,
-    grid_origin: Optional[Sequence[int]] = None,
-    grid_scale: Optional[Sequence[float]] = None,
+    grid: Optional[GridLike] = None,
     dropout: float = 0.0,
     training: bool = True,
     generator: Optional[torch.Generator] = None,
@@ -192,23 +189,16 @@ def add_positional(
             ``positions`` or a nonzero ``offset``, not both.
         offset: first position when ``positions`` is None (KV-cache decoding, shards).
         base: ``b`` above, finite and ``> 0``.
+        layout: ``"interleaved"`` or ``"concat"``; default ``"concat"`` with a ``grid``
+            (MAE's, DiT's and big_vision's 2D codes), else ``"interleaved"``.
         table: ``(P, D)`` tensor of ``x``'s dtype for ``kind="learned"`` (only then); may
             require grad.
-        grid: the patch grid of a vision or video transformer, ``(H, W)`` or ``(T, H, W)``
-            (row-major: the last axis varies fastest). Positions are then token indices: the
-            first ``extra_tokens`` (cls, register tokens) get ``PE = 0``, and token
-            ``extra_tokens + g`` sits at grid coordinates ``c = unravel(g) + grid_origin``.
-            The channels split into one segment per axis: segment ``s`` has ``grid_dims[s]``
-            channels (default ``D / len(grid)`` each) and holds the 1-D code of ``kind``,
-            ``convention`` and ``layout`` of axis ``grid_axes[s]`` at position
-            ``c[a] * grid_scale[a]``. Default ``grid_axes``: the last axis first, as MAE's
-            ``meshgrid(w, h)``. Without ``positions``, ``T`` must equal ``extra_tokens +
-            prod(grid)``. MAE/DiT's ``get_2d_sincos_pos_embed`` is ``layout="concat"``;
-            SD3's ``base_size`` and ``interpolation_scale`` are ``grid_scale = base_size /
-            (size * interpolation_scale)``, its ``pos_embed_max_size`` crop ``grid_origin``.
-            :class:`posenc.nn.PatchPositionalEncoding` sets these from the published
-            parameters.
-        extra_tokens, grid_dims, grid_axes, grid_origin, grid_scale: see ``grid``.
+        grid: the patch grid of a vision or video transformer: a :class:`posenc.Grid`, or its
+            sizes ``(H, W)`` / ``(T, H, W)``. Positions are then token indices (without
+            ``positions``, ``T`` must be ``extra_tokens + prod(sizes)``) and each axis codes
+            its own channels; see :class:`posenc.Grid`. MAE/DiT's ``get_2d_sincos_pos_embed``
+            is ``grid=posenc.Grid((H, W), extra_tokens=1)``;
+            :class:`posenc.nn.PatchPositionalEncoding` sets SD3's and CogVideoX's parameters.
         dropout: drop probability ``p`` in ``[0, 1]`` (inverted dropout, when ``training``);
             ``p = 1`` gives zeros, as ``torch.nn.functional.dropout``.
         generator: source of the dropout seed; default: the default generator of x's device.
@@ -220,10 +210,9 @@ def add_positional(
     # Named explicitly: Dynamo before torch 2.14 cannot trace locals().
     arguments = dict(x=x, kind=kind, combine=combine, scale=scale, positions=positions,
                      offset=offset, base=base, convention=convention, layout=layout, table=table,
-                     grid=grid, extra_tokens=extra_tokens, grid_dims=grid_dims,
-                     grid_axes=grid_axes, grid_origin=grid_origin, grid_scale=grid_scale,
-                     dropout=dropout, training=training, generator=generator)
-    return _call("add_positional", arguments, arguments.pop("generator"))
+                     dropout=dropout, training=training,
+                     **grid_arguments("posenc.add_positional", grid))
+    return _call("add_positional", arguments, generator)
 
 
 def embedding(
@@ -238,7 +227,7 @@ def embedding(
     padding_idx: Optional[int] = None,
     base: float = 10000.0,
     convention: str = "vaswani",
-    layout: str = "interleaved",
+    layout: Optional[str] = None,
     table: Optional[Tensor] = None,
     dropout: float = 0.0,
     training: bool = True,
@@ -288,13 +277,8 @@ def positional_encoding(
     kind: str = "sinusoidal",
     base: float = 10000.0,
     convention: str = "vaswani",
-    layout: str = "interleaved",
-    grid: Optional[Sequence[int]] = None,
-    extra_tokens: int = 0,
-    grid_dims: Optional[Sequence[int]] = None,
-    grid_axes: Optional[Sequence[int]] = None,
-    grid_origin: Optional[Sequence[int]] = None,
-    grid_scale: Optional[Sequence[float]] = None,
+    layout: Optional[str] = None,
+    grid: Optional[GridLike] = None,
     dtype: torch.dtype = torch.float32,
     device: Optional[Union[torch.device, str]] = None,
 ) -> Tensor:
@@ -304,19 +288,17 @@ def positional_encoding(
         positions: an int ``n`` meaning ``0..n-1``, or an int64/int32 tensor of positions >= 0.
         dim: width ``D`` of the code.
         kind, base, convention, layout: as in :func:`add_positional` (not ``"learned"``).
-        grid, extra_tokens, grid_dims, grid_axes, grid_origin, grid_scale: a patch grid, as in
-            :func:`add_positional`; positions are token indices below ``extra_tokens +
-            prod(grid)``. ``positional_encoding(1 + H * W, D, grid=(H, W), extra_tokens=1,
-            layout="concat")`` is MAE's ``pos_embed`` with its cls row.
+        grid: a patch grid, as in :func:`add_positional`; positions are token indices below
+            ``extra_tokens + prod(sizes)``. ``positional_encoding(1 + H * W, D,
+            grid=posenc.Grid((H, W), extra_tokens=1))`` is MAE's ``pos_embed`` with its cls row.
         dtype: float32, float64, bfloat16 or float16.
         device: where to build ``arange(n)`` when ``positions`` is an int; for a tensor, its
             device (``"cuda"`` matches any CUDA device index).
     """
     # Named explicitly: Dynamo before torch 2.14 cannot trace locals().
     arguments = dict(positions=positions, dim=dim, kind=kind, base=base, convention=convention,
-                     layout=layout, grid=grid, extra_tokens=extra_tokens, grid_dims=grid_dims,
-                     grid_axes=grid_axes, grid_origin=grid_origin, grid_scale=grid_scale,
-                     dtype=dtype)
+                     layout=layout, dtype=dtype,
+                     **grid_arguments("posenc.positional_encoding", grid))
     if isinstance(positions, bool) or not isinstance(positions, (int, Tensor)):
         raise TypeError(
             f"posenc.positional_encoding: positions must be an int or a Tensor, got "

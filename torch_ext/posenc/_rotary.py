@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-import warnings
-
+from ._checks import check_bool, check_int, check_tensor, is_int
 from ._ops import _call
 
 # The keys each rope_type reads, as transformers' modeling_rope_utils (5.x) reads them; every
@@ -61,17 +62,47 @@ def _select_layer_type(parameters: Dict[str, Any], layer_type: Optional[str]) ->
     return parameters[layer_type]
 
 
+def config_rope_parameters(config: Any, owner: str) -> Dict[str, Any]:
+    """A transformers config's rope parameters (``rope_parameters``, else ``rope_scaling``) as
+    transformers reads them, after its own normalisation; ``{}`` (the default rope) when it has
+    none."""
+    parameters = getattr(config, "rope_parameters", None)
+    if parameters is None:
+        parameters = getattr(config, "rope_scaling", None)
+    if parameters is not None and not isinstance(parameters, dict):
+        raise TypeError(f"{owner}: config.rope_parameters must be a dict or None, got "
+                        f"{type(parameters).__name__} {parameters!r}")
+    if hasattr(config, "standardize_rope_params"):
+        config.standardize_rope_params()  # transformers' own normalisation, as its functions do
+        parameters = getattr(config, "rope_parameters", None) or parameters
+    return dict(parameters or {})
+
+
+def head_dim_of(config: Any, owner: str) -> int:
+    """A transformers config's head dimension, as transformers reads it: ``head_dim``, else
+    ``hidden_size // num_attention_heads``."""
+    head_dim = getattr(config, "head_dim", None)
+    if not head_dim:
+        hidden_size = getattr(config, "hidden_size", None)
+        heads = getattr(config, "num_attention_heads", None)
+        if hidden_size is None or heads is None:
+            raise ValueError(f"{owner}: the config has neither head_dim nor hidden_size and "
+                             f"num_attention_heads")
+        check_int(owner, "config.hidden_size", hidden_size, minimum=1)
+        check_int(owner, "config.num_attention_heads", heads, minimum=1)
+        head_dim = hidden_size // heads
+    return check_int(owner, "config.head_dim", head_dim, minimum=1)
+
+
 def _from_config(config: Any, layer_type: Optional[str]) -> Tuple[int, Dict[str, Any], Dict]:
     """(head_dim, rope parameters of layer_type, defaults) read from a transformers config the
     way transformers' ROPE_INIT_FUNCTIONS read it."""
-    if hasattr(config, "standardize_rope_params"):
-        config.standardize_rope_params()  # transformers' own normalisation, as its functions do
-    parameters = getattr(config, "rope_parameters", None)
-    if parameters is None:
-        parameters = getattr(config, "rope_scaling", None) or {}
-    parameters = dict(_select_layer_type(dict(parameters), layer_type))
-    head_dim = getattr(config, "head_dim", None) or (
-        config.hidden_size // config.num_attention_heads)
+    owner = "posenc.rope_frequencies"
+    parameters = _select_layer_type(config_rope_parameters(config, owner), layer_type)
+    if not isinstance(parameters, dict):
+        raise TypeError(f"{owner}: the rope parameters of layer_type {layer_type!r} must be a "
+                        f"dict, got {type(parameters).__name__}")
+    head_dim = head_dim_of(config, owner)
     defaults = {
         "rope_theta": getattr(config, "rope_theta", None),
         "partial_rotary_factor": getattr(config, "partial_rotary_factor", None),
@@ -79,7 +110,7 @@ def _from_config(config: Any, layer_type: Optional[str]) -> Tuple[int, Dict[str,
                                                     None),
         "max_position_embeddings": getattr(config, "max_position_embeddings", None),
     }
-    return head_dim, parameters, defaults
+    return head_dim, dict(parameters), defaults
 
 
 def rope_frequencies(
@@ -299,6 +330,82 @@ def rotary(
     return out[0] if k is None else (out[0], out[1])
 
 
+_SPAN_NAMES = {1: "image", 2: "video"}
+
+
+def _grids(owner: str, name: str, grids: Any, merge: int) -> List[List[int]]:
+    """``(n, 3)`` grids (t, h, w) as lists: ints >= 1, h and w multiples of the merge size."""
+    if grids is None:
+        return []
+    if isinstance(grids, Tensor):
+        if grids.is_floating_point() or grids.is_complex() or grids.dtype == torch.bool:
+            raise TypeError(f"{owner}: {name} must be an integer tensor of shape (n, 3), got "
+                            f"{grids.dtype}")
+        if grids.dim() != 2 or grids.shape[1] != 3:
+            raise ValueError(f"{owner}: {name} must have shape (n, 3) (t, h, w per "
+                             f"{name.split('_')[0]}), got {tuple(grids.shape)}")
+        rows = grids.tolist()
+    elif isinstance(grids, (list, tuple)) and all(
+            isinstance(row, (list, tuple)) and len(row) == 3 and all(is_int(v) for v in row)
+            for row in grids):
+        rows = [list(row) for row in grids]
+    else:
+        raise TypeError(f"{owner}: {name} must be an integer tensor of shape (n, 3) or a list of "
+                        f"(t, h, w), got {grids!r}")
+    for t, h, w in rows:
+        if min(t, h, w) < 1 or h % merge or w % merge:
+            raise ValueError(f"{owner}: {name} must hold sizes >= 1 with h and w multiples of "
+                             f"spatial_merge_size = {merge}, got ({t}, {h}, {w})")
+    return rows
+
+
+def _video_intervals(owner: str, videos: List[List[int]], video_time_intervals: Any,
+                     second_per_grid_ts: Any, tokens_per_second: Any) -> List[Any]:
+    """The temporal step of each video: video_time_intervals, or transformers' float32
+    tokens_per_second * second_per_grid_ts (Qwen2.5-VL), or 1."""
+    if video_time_intervals is not None and second_per_grid_ts is not None:
+        raise ValueError(f"{owner}: give video_time_intervals or second_per_grid_ts (with "
+                         f"tokens_per_second), not both")
+    if second_per_grid_ts is None and tokens_per_second is not None:
+        raise ValueError(f"{owner}: tokens_per_second needs second_per_grid_ts")
+    if second_per_grid_ts is not None:
+        if tokens_per_second is None:
+            raise ValueError(f"{owner}: second_per_grid_ts needs tokens_per_second (the vision "
+                             f"config's tokens_per_second)")
+        if isinstance(tokens_per_second, bool) or not isinstance(tokens_per_second, (int, float)):
+            raise TypeError(f"{owner}: tokens_per_second must be a number, got "
+                            f"{type(tokens_per_second).__name__}")
+        try:
+            seconds = torch.as_tensor(second_per_grid_ts, dtype=torch.float32).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{owner}: second_per_grid_ts must be a tensor or list of numbers, "
+                            f"got {second_per_grid_ts!r}") from None
+        # As transformers forms them: float32 products.
+        values = [tokens_per_second * s for s in seconds]
+        name = "second_per_grid_ts * tokens_per_second"
+    elif video_time_intervals is not None:
+        if not isinstance(video_time_intervals, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in video_time_intervals):
+            raise TypeError(f"{owner}: video_time_intervals must be a sequence of numbers, got "
+                            f"{video_time_intervals!r}")
+        values = list(video_time_intervals)
+        name = "video_time_intervals"
+    else:
+        return [1.0] * len(videos)
+    if len(values) != len(videos):
+        raise ValueError(f"{owner}: {name} must have one entry per video ({len(videos)}), got "
+                         f"{len(values)}")
+    for (t, _, _), value in zip(videos, values):
+        # The temporal rows reach (t - 1) * interval: finite, >= 0 and exact in int64.
+        reach = float(value) * (t - 1)
+        if not (math.isfinite(float(value)) and float(value) >= 0 and reach < 2**53):
+            raise ValueError(f"{owner}: {name} must be finite numbers >= 0 whose temporal "
+                             f"positions stay below 2^53, got {float(value)!r} for a video of "
+                             f"{t} frames")
+    return values
+
+
 def mrope_position_ids(
     mm_token_type_ids: Tensor,
     image_grid_thw: Optional[Tensor] = None,
@@ -307,6 +414,8 @@ def mrope_position_ids(
     *,
     spatial_merge_size: int = 2,
     video_time_intervals: Optional[Sequence[float]] = None,
+    second_per_grid_ts: Optional[Union[Tensor, Sequence[float]]] = None,
+    tokens_per_second: Optional[float] = None,
     split_video_frames: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     r"""The ``(3, B, S)`` M-RoPE position ids (temporal, height, width) of a text + vision
@@ -320,12 +429,15 @@ def mrope_position_ids(
 
     Args:
         mm_token_type_ids: ``(B, S)`` ints, 0 text, 1 image, 2 video.
-        image_grid_thw, video_grid_thw: ``(n, 3)`` grids, in the order the images and videos
-            appear.
+        image_grid_thw, video_grid_thw: ``(n, 3)`` integer grids, one per image (video) span,
+            in the order the spans appear; ``h`` and ``w`` multiples of ``m``.
         attention_mask: ``(B, S)``; padded positions get 0 and are skipped.
         spatial_merge_size: the vision encoder's merge size (``vision_config.spatial_merge_size``).
-        video_time_intervals: per video, the step of the temporal index (Qwen2.5-VL:
-            ``second_per_grid_t * tokens_per_second``); default 1.
+        video_time_intervals: per video, the step of the temporal index; default 1.
+        second_per_grid_ts, tokens_per_second: transformers' names for Qwen2.5-VL
+            (``get_rope_index``'s ``second_per_grid_ts`` and ``vision_config.tokens_per_second``):
+            the intervals ``tokens_per_second * second_per_grid_ts``, formed in float32 as
+            transformers forms them. Give these or ``video_time_intervals``.
         split_video_frames: Qwen3-VL: each frame of a video is its own span (timestamp tokens
             separate the frames), so a ``(t, h, w)`` video grid stands for ``t`` grids
             ``(1, h, w)``.
@@ -334,18 +446,26 @@ def mrope_position_ids(
         ``(position_ids (3, B, S), deltas (B, 1))``, where ``deltas`` is the largest position plus
         one minus the token count, as transformers' ``rope_deltas``.
     """
-    if not isinstance(mm_token_type_ids, Tensor) or mm_token_type_ids.dim() != 2:
-        raise ValueError("posenc.mrope_position_ids: mm_token_type_ids must be a (B, S) tensor")
-    if isinstance(spatial_merge_size, bool) or not isinstance(spatial_merge_size, int) or \
-            spatial_merge_size < 1:
-        raise ValueError(
-            f"posenc.mrope_position_ids: spatial_merge_size must be an int >= 1, got "
-            f"{spatial_merge_size!r}")
-    grids = {1: [] if image_grid_thw is None else image_grid_thw.tolist(),
-             2: [] if video_grid_thw is None else video_grid_thw.tolist()}
+    owner = "posenc.mrope_position_ids"
+    check_tensor(owner, "mm_token_type_ids", mm_token_type_ids)
+    if mm_token_type_ids.is_floating_point() or mm_token_type_ids.dtype == torch.bool:
+        raise TypeError(f"{owner}: mm_token_type_ids must be an integer tensor, got "
+                        f"{mm_token_type_ids.dtype}")
+    if mm_token_type_ids.dim() != 2:
+        raise ValueError(f"{owner}: mm_token_type_ids must have shape (B, S), got "
+                         f"{tuple(mm_token_type_ids.shape)}")
+    merge = check_int(owner, "spatial_merge_size", spatial_merge_size, minimum=1)
+    check_bool(owner, "split_video_frames", split_video_frames)
+    if attention_mask is not None:
+        check_tensor(owner, "attention_mask", attention_mask)
+        if tuple(attention_mask.shape) != tuple(mm_token_type_ids.shape):
+            raise ValueError(f"{owner}: attention_mask must have the shape of mm_token_type_ids "
+                             f"{tuple(mm_token_type_ids.shape)}, got {tuple(attention_mask.shape)}")
+    grids = {1: _grids(owner, "image_grid_thw", image_grid_thw, merge),
+             2: _grids(owner, "video_grid_thw", video_grid_thw, merge)}
     intervals = {1: [1.0] * len(grids[1]),
-                 2: [1.0] * len(grids[2]) if video_time_intervals is None
-                 else list(video_time_intervals)}
+                 2: _video_intervals(owner, grids[2], video_time_intervals, second_per_grid_ts,
+                                     tokens_per_second)}
     if split_video_frames:
         intervals[2] = [v for (t, _, _), v in zip(grids[2], intervals[2]) for _ in range(t)]
         grids[2] = [[1, h, w] for t, h, w in grids[2] for _ in range(t)]
@@ -369,15 +489,15 @@ def mrope_position_ids(
             elif kind in (1, 2):
                 if used[kind] >= len(grids[kind]):
                     raise ValueError(
-                        f"posenc.mrope_position_ids: more {'image' if kind == 1 else 'video'} "
-                        f"spans than grids in {'image' if kind == 1 else 'video'}_grid_thw")
+                        f"{owner}: more {_SPAN_NAMES[kind]} spans than grids in "
+                        f"{_SPAN_NAMES[kind]}_grid_thw")
                 t, h, w = grids[kind][used[kind]]
                 interval = intervals[kind][used[kind]]
                 used[kind] += 1
-                h, w = h // spatial_merge_size, w // spatial_merge_size
+                h, w = h // merge, w // merge
                 if t * h * w != end - i:
                     raise ValueError(
-                        f"posenc.mrope_position_ids: a grid of {t}x{h}x{w} merged patches needs "
+                        f"{owner}: a grid of {t}x{h}x{w} merged patches needs "
                         f"{t * h * w} tokens, the sequence has {end - i}")
                 temporal = (torch.arange(t) * interval).long()
                 grid = torch.stack(torch.meshgrid(temporal, torch.arange(h), torch.arange(w),
@@ -385,12 +505,17 @@ def mrope_position_ids(
                 rows.append(grid + start)
                 start += max(h, w)
             else:
-                raise ValueError(
-                    f"posenc.mrope_position_ids: mm_token_type_ids must be 0, 1 or 2, got {kind}")
+                raise ValueError(f"{owner}: mm_token_type_ids must be 0, 1 or 2, got {kind}")
             i = end
         row = torch.cat(rows, dim=1) if rows else torch.zeros(3, 0, dtype=torch.long)
         position_ids[:, b, kept] = row
         deltas.append((int(row.max()) + 1 if row.numel() else 0) - len(types))
+    for kind, name in _SPAN_NAMES.items():
+        if used[kind] != len(grids[kind]):
+            frames = " (frames, with split_video_frames)" if kind == 2 and split_video_frames \
+                else ""
+            raise ValueError(f"{owner}: {name}_grid_thw has {len(grids[kind])} grids{frames}, "
+                             f"but mm_token_type_ids has {used[kind]} {name} spans")
     return (position_ids.to(mm_token_type_ids.device),
             torch.tensor(deltas, device=mm_token_type_ids.device).unsqueeze(1))
 

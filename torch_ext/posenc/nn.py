@@ -8,8 +8,11 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ._checks import (check_bool, check_choice, check_int, check_last_dim, check_positive,
+                      check_sizes, check_tensor)
+from ._grid import Grid
 from ._ops import add_positional, embedding, positional_encoding
-from ._rotary import _rope_dim, rope_frequencies, rotary
+from ._rotary import _rope_dim, head_dim_of, rope_frequencies, rotary
 
 __all__ = [
     "AxialRotaryEmbedding",
@@ -55,10 +58,11 @@ class PositionalEncoding(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        self.d_model = d_model
+        owner = "PositionalEncoding"
+        self.d_model = check_int(owner, "d_model", d_model, minimum=1)
         self.p = dropout
-        self.max_len = max_len
-        self.batch_first = batch_first
+        self.max_len = check_int(owner, "max_len", max_len, minimum=1)
+        self.batch_first = check_bool(owner, "batch_first", batch_first)
         self.kind = kind
         self.combine = combine
         self.scale = scale
@@ -86,6 +90,7 @@ class PositionalEncoding(nn.Module):
         )
 
     def forward(self, x: Tensor, positions: Optional[Tensor] = None, offset: int = 0) -> Tensor:
+        check_last_dim("PositionalEncoding", "x", x, self.d_model, "d_model")
         if not self.batch_first:
             # (T, B, D) -> a (B, T, D) view; the output keeps x's memory layout.
             x = x.movedim(0, -2)
@@ -148,7 +153,13 @@ class PositionalEmbedding(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
+        owner = "PositionalEmbedding"
+        check_int(owner, "num_embeddings", num_embeddings, minimum=1)
+        check_int(owner, "embedding_dim", embedding_dim, minimum=1)
+        if max_positions is not None:
+            check_int(owner, "max_positions", max_positions, minimum=1)
         if padding_idx is not None:
+            check_int(owner, "padding_idx", padding_idx)
             if not -num_embeddings <= padding_idx < num_embeddings:
                 raise ValueError(
                     f"PositionalEmbedding: padding_idx must be within [-{num_embeddings}, "
@@ -172,11 +183,13 @@ class PositionalEmbedding(nn.Module):
         self.convention = convention
         self.layout = layout
         factory = {"device": device, "dtype": dtype}
+        check_bool(owner, "_freeze", _freeze)
         if _weight is None:
             self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, **factory),
                                        requires_grad=not _freeze)
             self._reset_weight()
         else:
+            check_tensor(owner, "_weight", _weight)
             if tuple(_weight.shape) != (num_embeddings, embedding_dim):
                 raise ValueError(
                     "PositionalEmbedding: _weight must have shape (num_embeddings, "
@@ -226,6 +239,7 @@ class PositionalEmbedding(nn.Module):
     def from_pretrained(cls, embeddings: Tensor, freeze: bool = True,
                         padding_idx: Optional[int] = None, **kwargs) -> "PositionalEmbedding":
         """Builds the layer from a ``(V, D)`` tensor, as ``nn.Embedding.from_pretrained``."""
+        check_tensor("PositionalEmbedding.from_pretrained", "embeddings", embeddings)
         if embeddings.dim() != 2:
             raise ValueError(
                 f"PositionalEmbedding.from_pretrained: embeddings must be 2-D, got "
@@ -265,8 +279,14 @@ class RotaryEmbedding(nn.Module):
                  max_position_embeddings: Optional[int] = None,
                  precision: str = "exact") -> None:
         super().__init__()
-        self.dim = dim
-        self.interleaved = interleaved
+        owner = "RotaryEmbedding"
+        self.dim = check_int(owner, "dim", dim, minimum=1)
+        if rotary_dim is not None:
+            check_int(owner, "rotary_dim", rotary_dim)
+            if rotary_dim % 2 != 0 or not 0 <= rotary_dim <= dim:
+                raise ValueError(f"{owner}: rotary_dim must be even and within [0, dim = {dim}], "
+                                 f"got {rotary_dim}")
+        self.interleaved = check_bool(owner, "interleaved", interleaved)
         self.scaling = scaling
         self.precision = precision
         inv_freq, attention_factor = rope_frequencies(
@@ -294,8 +314,7 @@ class RotaryEmbedding(nn.Module):
         Cohere, GLM and DeepSeek's interleaved rope (the config does not say)."""
         inv_freq, attention_factor = rope_frequencies(config, layer_type=layer_type,
                                                       precision=precision)
-        head_dim = getattr(config, "head_dim", None) or (
-            config.hidden_size // config.num_attention_heads)
+        head_dim = head_dim_of(config, "RotaryEmbedding.from_config")
         module = cls(head_dim, interleaved=interleaved, rotary_dim=2 * inv_freq.numel(),
                      precision=precision)
         parameters = getattr(config, "rope_parameters", None) or {}
@@ -315,6 +334,10 @@ class RotaryEmbedding(nn.Module):
     def forward(self, q: Tensor, k: Optional[Tensor] = None, *,
                 positions: Optional[Tensor] = None, offset: Union[int, Tensor] = 0,
                 layout: str = "bshd", cu_seqlens: Optional[Tensor] = None):
+        # Every layout has the head dimension last.
+        check_last_dim("RotaryEmbedding", "q", q, self.dim, "dim")
+        if k is not None:
+            check_last_dim("RotaryEmbedding", "k", k, self.dim, "dim")
         return rotary(q, k, positions=positions, offset=offset, inv_freq=self.inv_freq,
                       rotary_dim=self.rotary_dim, interleaved=self.interleaved, layout=layout,
                       cu_seqlens=cu_seqlens, attention_factor=self.attention_factor,
@@ -324,6 +347,9 @@ class RotaryEmbedding(nn.Module):
         return (f"dim={self.dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
                 f"interleaved={self.interleaved}, scaling={self.scaling}, "
                 f"precision={self.precision!r}")
+
+
+_LAYOUT_TOKEN_AXIS = {"bshd": 1, "bhsd": 2, "sbhd": 0, "thd": 0}
 
 
 class AxialRotaryEmbedding(nn.Module):
@@ -347,8 +373,8 @@ class AxialRotaryEmbedding(nn.Module):
       coordinates: its training-time shift, jitter and rescale draw random real coordinates.
 
     Args:
-        head_dim: ``D``, divisible by 4.
-        grid_size: the default patch grid ``(H, W)`` (an int: square).
+        head_dim: ``D``, a positive multiple of 4.
+        grid: the default patch grid ``(H, W)`` (an int: square).
         style: ``"pixtral"``, ``"llama4"`` or ``"dinov3"``.
         base: ``rope_theta``.
         extra_tokens: tokens without rotation (Llama 4: 1; DINOv3: 1 + registers).
@@ -356,45 +382,44 @@ class AxialRotaryEmbedding(nn.Module):
             transformers computes them; Pixtral and Llama 4).
 
     Shape:
-        ``forward(q, k=None, *, grid_size=None, layout="bshd")``: ``q``, ``k`` with
-        ``extra_tokens + H * W`` tokens in ``layout``; returns the rotated ``q`` or ``(q, k)``.
+        ``forward(q, k=None, *, grid=None, layout="bshd")``: ``q``, ``k`` with
+        ``extra_tokens + H * W`` tokens and ``head_dim`` channels in ``layout``; returns the
+        rotated ``q`` or ``(q, k)``.
     """
 
     _STYLES = {"pixtral": "axial", "llama4": "axial_shared", "dinov3": "axial_shared"}
 
-    def __init__(self, head_dim: int, grid_size: Union[int, Sequence[int]], *,
+    def __init__(self, head_dim: int, grid: Union[int, Sequence[int]], *,
                  style: str = "pixtral", base: float = 10000.0, extra_tokens: int = 0,
                  precision: str = "exact") -> None:
         super().__init__()
-        if style not in self._STYLES:
-            raise ValueError(f"AxialRotaryEmbedding: style must be one of "
-                             f"{sorted(self._STYLES)}, got {style!r}")
+        owner = "AxialRotaryEmbedding"
+        check_int(owner, "head_dim", head_dim, minimum=4)
+        if head_dim % 4 != 0:
+            raise ValueError(f"{owner}: head_dim must be a multiple of 4 (a quarter of the pairs "
+                             f"per axis), got {head_dim}")
+        self.grid = check_sizes(owner, "grid", grid, axes=(2,))
+        check_choice(owner, "style", style, sorted(self._STYLES))
+        check_choice(owner, "precision", precision, ("exact", "transformers"))
         if style == "dinov3" and precision != "exact":
-            raise ValueError("AxialRotaryEmbedding: style 'dinov3' supports precision='exact' "
-                             "only (its float32 coordinates are not integer positions)")
-        if not isinstance(extra_tokens, int) or extra_tokens < 0:
-            raise ValueError(f"AxialRotaryEmbedding: extra_tokens must be an int >= 0, got "
-                             f"{extra_tokens!r}")
+            raise ValueError(f"{owner}: style 'dinov3' supports precision='exact' only (its "
+                             f"float32 coordinates are not integer positions)")
         self.head_dim = head_dim
-        self.grid_size = PatchPositionalEncoding._grid(grid_size)
-        if len(self.grid_size) != 2:
-            raise ValueError(f"AxialRotaryEmbedding: grid_size must be an int or (H, W), got "
-                             f"{grid_size!r}")
         self.style = style
-        self.base = base
-        self.extra_tokens = extra_tokens
+        self.base = check_positive(owner, "base", base)
+        self.extra_tokens = check_int(owner, "extra_tokens", extra_tokens, minimum=0)
         self.precision = precision
         # The frequencies, kept in their precision across dtype moves by RotaryEmbedding.
         self.rope = RotaryEmbedding(head_dim, base=base, interleaved=style == "llama4",
                                     scaling={"rope_type": self._STYLES[style]},
                                     precision=precision)
 
-    def position_ids(self, grid_size: Union[int, Sequence[int], None] = None,
+    def position_ids(self, grid: Union[int, Sequence[int], None] = None,
                      device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
         """``(positions (3, extra_tokens + H * W), inv_freq)`` of the style for a grid: the
         M-RoPE position rows (0, first axis, second axis) and the frequencies they turn at."""
-        height, width = self.grid_size if grid_size is None else (
-            PatchPositionalEncoding._grid(grid_size))
+        height, width = self.grid if grid is None else check_sizes(
+            "AxialRotaryEmbedding", "grid", grid, axes=(2,))
         rows, columns = torch.meshgrid(torch.arange(height, device=device),
                                        torch.arange(width, device=device), indexing="ij")
         rows, columns = rows.flatten(), columns.flatten()
@@ -416,15 +441,29 @@ class AxialRotaryEmbedding(nn.Module):
         return torch.cat(ordered, dim=1), inv_freq
 
     def forward(self, q: Tensor, k: Optional[Tensor] = None, *,
-                grid_size: Union[int, Sequence[int], None] = None, layout: str = "bshd"):
-        positions, inv_freq = self.position_ids(grid_size, q.device)
+                grid: Union[int, Sequence[int], None] = None, layout: str = "bshd"):
+        owner = "AxialRotaryEmbedding"
+        sizes = self.grid if grid is None else check_sizes(owner, "grid", grid, axes=(2,))
+        check_choice(owner, "layout", layout, tuple(_LAYOUT_TOKEN_AXIS))
+        tokens = self.extra_tokens + sizes[0] * sizes[1]
+        for name, t in (("q", q), ("k", k)):
+            if t is None:
+                continue
+            check_last_dim(owner, name, t, self.head_dim, "head_dim")
+            axis = _LAYOUT_TOKEN_AXIS[layout]
+            if t.dim() <= axis or t.shape[axis] != tokens:
+                raise ValueError(
+                    f"{owner}: {name} must have extra_tokens + H * W = {self.extra_tokens} + "
+                    f"{sizes[0]} * {sizes[1]} = {tokens} tokens in dimension {axis} (layout "
+                    f"{layout!r}), got shape {tuple(t.shape)}")
+        positions, inv_freq = self.position_ids(sizes, q.device)
         quarter = self.head_dim // 4
         return rotary(q, k, positions=positions, inv_freq=inv_freq, layout=layout,
                       interleaved=self.rope.interleaved, mrope_section=[0, quarter, quarter],
                       precision=self.precision)
 
     def extra_repr(self) -> str:
-        return (f"head_dim={self.head_dim}, grid_size={self.grid_size}, style={self.style!r}, "
+        return (f"head_dim={self.head_dim}, grid={self.grid}, style={self.style!r}, "
                 f"base={self.base}, extra_tokens={self.extra_tokens}, "
                 f"precision={self.precision!r}")
 
@@ -443,51 +482,61 @@ class PatchPositionalEncoding(nn.Module):
     ``3D/8`` for ``h``.
 
     Args:
-        embed_dim: width ``D``: divisible by 4 (2D) or 16 (3D).
-        grid_size: the grid the model is built for: an int (square), ``(H, W)`` or
-            ``(T, H, W)``; ``forward`` may give another.
+        embed_dim: width ``D``: a positive multiple of 4 (2D) or 16 (3D).
+        grid: the grid the model is built for: an int (square), ``(H, W)`` or ``(T, H, W)``;
+            ``forward`` may give another of the same number of axes.
         extra_tokens: leading tokens with no code (a cls token: 1), as DiT's ``extra_tokens``.
         base, convention: of the 1-D codes (``"vaswani"`` or ``"tensor2tensor"``).
         base_size: SD3's: coordinates scaled by ``base_size / size`` along each axis (2D).
         interpolation_scale: coordinates divided by it (SD3; CogVideoX's spatial scale).
         pos_embed_max_size: SD3's: the code of a ``pos_embed_max_size``-square grid, centre
-            cropped to the input's grid (2D).
+            cropped to the input's grid (2D; an int at least the grid's sizes).
         temporal_interpolation_scale: CogVideoX's: time coordinates divided by it (3D).
         dropout: drop probability after the add (training mode).
 
     Shape:
-        ``forward(x, grid_size=None, positions=None)``: ``x`` is ``(..., N, D)`` with
-        ``N = extra_tokens + prod(grid_size)``, or ``positions`` gives the token index of each
-        of the ``N`` rows (MAE's kept patches, shifted by ``extra_tokens``); output like ``x``.
+        ``forward(x, grid=None, positions=None)``: ``x`` is ``(..., N, embed_dim)`` with
+        ``N = extra_tokens + prod(grid)``, or ``positions`` gives the token index of each of the
+        ``N`` rows (MAE's kept patches, shifted by ``extra_tokens``); output like ``x``.
     """
 
     def __init__(
         self,
         embed_dim: int,
-        grid_size: Union[int, Sequence[int]],
+        grid: Union[int, Sequence[int]],
         *,
         extra_tokens: int = 0,
         base: float = 10000.0,
         convention: str = "vaswani",
-        base_size: Optional[int] = None,
+        base_size: Optional[float] = None,
         interpolation_scale: float = 1.0,
         pos_embed_max_size: Optional[int] = None,
         temporal_interpolation_scale: float = 1.0,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        # These become grid_scale and grid_origin, which the operator checks; named here.
-        for name, value in (("base_size", base_size), ("interpolation_scale", interpolation_scale),
-                            ("pos_embed_max_size", pos_embed_max_size),
-                            ("temporal_interpolation_scale", temporal_interpolation_scale)):
-            if value is not None and not (isinstance(value, (int, float))
-                                          and math.isfinite(value) and value > 0):
+        owner = "PatchPositionalEncoding"
+        self.embed_dim = check_int(owner, "embed_dim", embed_dim, minimum=1)
+        self.grid = check_sizes(owner, "grid", grid, axes=(2, 3))
+        self.extra_tokens = check_int(owner, "extra_tokens", extra_tokens, minimum=0)
+        if base_size is not None:
+            check_positive(owner, "base_size", base_size)
+        check_positive(owner, "interpolation_scale", interpolation_scale)
+        check_positive(owner, "temporal_interpolation_scale", temporal_interpolation_scale)
+        if pos_embed_max_size is not None:
+            check_int(owner, "pos_embed_max_size", pos_embed_max_size, minimum=1)
+        if len(self.grid) == 3:
+            if base_size is not None or pos_embed_max_size is not None:
+                raise ValueError(f"{owner}: base_size and pos_embed_max_size apply to 2D grids")
+            if embed_dim % 16 != 0:
                 raise ValueError(
-                    f"PatchPositionalEncoding: {name} must be a finite number > 0, got {value!r}"
-                )
-        self.embed_dim = embed_dim
-        self.grid_size = self._grid(grid_size)
-        self.extra_tokens = extra_tokens
+                    f"{owner}: a 3D grid needs embed_dim divisible by 16 (D/4 time channels, "
+                    f"3D/8 for each spatial axis), got {embed_dim}")
+        elif embed_dim % 4 != 0:
+            raise ValueError(f"{owner}: a 2D grid needs embed_dim divisible by 4, got {embed_dim}")
+        if pos_embed_max_size is not None and max(self.grid) > pos_embed_max_size:
+            raise ValueError(f"{owner}: grid {self.grid} exceeds pos_embed_max_size="
+                             f"{pos_embed_max_size}")
         self.base = base
         self.convention = convention
         self.base_size = base_size
@@ -495,85 +544,63 @@ class PatchPositionalEncoding(nn.Module):
         self.pos_embed_max_size = pos_embed_max_size
         self.temporal_interpolation_scale = temporal_interpolation_scale
         self.p = dropout
-        # The operator checks every option (one place, shared with C++), here on Meta tensors.
-        tokens = extra_tokens + math.prod(self.grid_size)
+        # The operator checks base, convention and dropout (one place, shared with C++), here on
+        # Meta tensors, so that bad options fail at construction.
+        tokens = self.extra_tokens + math.prod(self.grid)
         _on_meta(self._encode, torch.empty(1, tokens, embed_dim, device="meta"), table=None)
 
-    @staticmethod
-    def _grid(grid_size: Union[int, Sequence[int]]) -> Tuple[int, ...]:
-        if isinstance(grid_size, int) and not isinstance(grid_size, bool):
-            return (grid_size, grid_size)
-        if not isinstance(grid_size, (tuple, list)) or len(grid_size) not in (2, 3):
-            raise ValueError(
-                f"PatchPositionalEncoding: grid_size must be an int, (H, W) or (T, H, W), got "
-                f"{grid_size!r}"
-            )
-        return tuple(grid_size)
+    def _grid_sizes(self, grid: Union[int, Sequence[int], None]) -> Tuple[int, ...]:
+        """``grid`` (default: the module's), with as many axes as the module's."""
+        if grid is None:
+            return self.grid
+        sizes = check_sizes("PatchPositionalEncoding", "grid", grid, axes=(len(self.grid),))
+        if self.pos_embed_max_size is not None and max(sizes) > self.pos_embed_max_size:
+            raise ValueError(f"PatchPositionalEncoding: grid {sizes} exceeds "
+                             f"pos_embed_max_size={self.pos_embed_max_size}")
+        return sizes
 
-    def grid_arguments(self, grid_size: Union[int, Sequence[int], None] = None) -> dict:
-        """The ``grid*`` keyword arguments of :func:`posenc.add_positional` for ``grid_size``
-        (default: the module's): the published conventions as channel splits, coordinate
-        scales and crop origins."""
-        grid = self.grid_size if grid_size is None else self._grid(grid_size)
+    def grid_of(self, grid: Union[int, Sequence[int], None] = None) -> Grid:
+        """The :class:`posenc.Grid` of the published conventions for ``grid`` (default: the
+        module's): the channel splits, coordinate scales and crop origins."""
+        sizes = self._grid_sizes(grid)
         d = self.embed_dim
-        if len(grid) == 3:
-            if self.base_size is not None or self.pos_embed_max_size is not None:
-                raise ValueError(
-                    "PatchPositionalEncoding: base_size and pos_embed_max_size apply to 2D grids"
-                )
-            if d % 16 != 0:
-                raise ValueError(
-                    f"PatchPositionalEncoding: a 3D grid needs embed_dim divisible by 16 "
-                    f"(D/4 time channels, 3D/8 for each spatial axis), got {d}"
-                )
+        if len(sizes) == 3:
             spatial = 1.0 / self.interpolation_scale
-            return dict(grid=list(grid), grid_dims=[d // 4, 3 * d // 8, 3 * d // 8],
-                        grid_axes=[0, 2, 1],
-                        grid_scale=[1.0 / self.temporal_interpolation_scale, spatial, spatial])
-        if d % 4 != 0:
-            raise ValueError(
-                f"PatchPositionalEncoding: a 2D grid needs embed_dim divisible by 4, got {d}"
-            )
-        height, width = grid
-        origin = [0, 0]
+            return Grid(sizes, extra_tokens=self.extra_tokens,
+                        dims=(d // 4, 3 * d // 8, 3 * d // 8), axes=(0, 2, 1),
+                        scale=(1.0 / self.temporal_interpolation_scale, spatial, spatial))
+        height, width = sizes
+        origin = (0, 0)
+        extent = sizes
         if self.pos_embed_max_size is not None:
             size = self.pos_embed_max_size
-            if height > size or width > size:
-                raise ValueError(
-                    f"PatchPositionalEncoding: grid ({height}, {width}) exceeds "
-                    f"pos_embed_max_size={size}"
-                )
-            origin = [(size - height) // 2, (size - width) // 2]
-            sizes = [size, size]
-        else:
-            sizes = [height, width]
+            origin = ((size - height) // 2, (size - width) // 2)
+            extent = (size, size)
         # SD3: arange(size) / (size / base_size) / interpolation_scale along each axis.
-        scale = [
+        scale = tuple(
             (1.0 if self.base_size is None else self.base_size / n) / self.interpolation_scale
-            for n in sizes
-        ]
-        return dict(grid=[height, width], grid_origin=origin, grid_scale=scale)
+            for n in extent)
+        return Grid(sizes, extra_tokens=self.extra_tokens, origin=origin, scale=scale)
 
-    def _encode(self, x: Tensor, grid_size: Union[int, Sequence[int], None] = None,
+    def _encode(self, x: Tensor, grid: Union[int, Sequence[int], None] = None,
                 positions: Optional[Tensor] = None, table: Optional[Tensor] = None,
                 training: Optional[bool] = None) -> Tensor:
         return add_positional(
-            x, positions=positions, extra_tokens=self.extra_tokens, base=self.base,
-            convention=self.convention, layout="concat", dropout=self.p,
-            training=self.training if training is None else training,
-            **self.grid_arguments(grid_size),
-        )
+            x, positions=positions, base=self.base, convention=self.convention,
+            layout="concat", dropout=self.p,
+            training=self.training if training is None else training, grid=self.grid_of(grid))
 
-    def forward(self, x: Tensor, grid_size: Union[int, Sequence[int], None] = None,
+    def forward(self, x: Tensor, grid: Union[int, Sequence[int], None] = None,
                 positions: Optional[Tensor] = None) -> Tensor:
-        return self._encode(x, grid_size, positions)
+        check_last_dim("PatchPositionalEncoding", "x", x, self.embed_dim, "embed_dim")
+        return self._encode(x, grid, positions)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The buffer this module replaces: checked against the computed code, then dropped.
         key = prefix + "pos_embed"
         if key in state_dict:
             buffer = state_dict.pop(key).detach().to("cpu", torch.float64)
-            tokens = self.extra_tokens + math.prod(self.grid_size)
+            tokens = self.extra_tokens + math.prod(self.grid)
             zeros = torch.zeros(1, tokens, self.embed_dim, dtype=torch.float64)
             expected = self._encode(zeros, training=False)
             if buffer.numel() != expected.numel() or not torch.allclose(
@@ -581,14 +608,14 @@ class PatchPositionalEncoding(nn.Module):
             ):
                 raise ValueError(
                     f"PatchPositionalEncoding: state_dict entry {key!r} of shape "
-                    f"{tuple(buffer.shape)} is not this module's code (grid {self.grid_size}, "
+                    f"{tuple(buffer.shape)} is not this module's code (grid {self.grid}, "
                     f"extra_tokens {self.extra_tokens})"
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (
-            f"embed_dim={self.embed_dim}, grid_size={self.grid_size}, "
+            f"embed_dim={self.embed_dim}, grid={self.grid}, "
             f"extra_tokens={self.extra_tokens}, dropout={self.p}"
         )
 

@@ -125,11 +125,11 @@ class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
 TORCH_MODULE(RotaryEmbedding);
 
 struct PatchPositionalEncodingOptions {
-  PatchPositionalEncodingOptions(int64_t embed_dim, std::vector<int64_t> grid_size)
-      : embed_dim_(embed_dim), grid_size_(std::move(grid_size)) {}
+  PatchPositionalEncodingOptions(int64_t embed_dim, std::vector<int64_t> grid)
+      : embed_dim_(embed_dim), grid_(std::move(grid)) {}
   TORCH_ARG(int64_t, embed_dim);
-  TORCH_ARG(std::vector<int64_t>, grid_size);  // (H, W) or (T, H, W)
-  TORCH_ARG(int64_t, extra_tokens) = 0;        // leading tokens with no code (cls)
+  TORCH_ARG(std::vector<int64_t>, grid);  // (H, W) or (T, H, W)
+  TORCH_ARG(int64_t, extra_tokens) = 0;   // leading tokens with no code (cls)
   TORCH_ARG(double, base) = 10000.0;
   TORCH_ARG(std::string, convention) = "vaswani";
   TORCH_ARG(std::optional<int64_t>, base_size) = std::nullopt;           // SD3 (2D)
@@ -145,24 +145,24 @@ class PatchPositionalEncodingImpl : public torch::nn::Cloneable<PatchPositionalE
  public:
   explicit PatchPositionalEncodingImpl(PatchPositionalEncodingOptions options);
   void reset() override;
-  // x: (..., extra_tokens + prod(grid_size), D), or (..., N, D) with positions (token indices)
-  // -> like x. grid_size: the input's grid (default: the options').
+  // x: (..., extra_tokens + prod(grid), embed_dim), or (..., N, embed_dim) with positions (token
+  // indices) -> like x. grid: the input's grid (default: the options'), of as many axes.
   at::Tensor forward(const at::Tensor& x,
-                     const std::optional<std::vector<int64_t>>& grid_size = std::nullopt,
+                     const std::optional<std::vector<int64_t>>& grid = std::nullopt,
                      const std::optional<at::Tensor>& positions = std::nullopt);
-  // The add_positional options of the published conventions for `grid_size`.
-  AddPositionalOptions grid_options(const std::vector<int64_t>& grid_size) const;
+  // The add_positional options of the published conventions for `grid`.
+  AddPositionalOptions grid_options(const std::vector<int64_t>& grid) const;
 
   PatchPositionalEncodingOptions options;
 };
 TORCH_MODULE(PatchPositionalEncoding);
 
 struct AxialRotaryEmbeddingOptions {
-  AxialRotaryEmbeddingOptions(int64_t head_dim, std::vector<int64_t> grid_size)
-      : head_dim_(head_dim), grid_size_(std::move(grid_size)) {}
-  TORCH_ARG(int64_t, head_dim);                // divisible by 4
-  TORCH_ARG(std::vector<int64_t>, grid_size);  // (H, W)
-  TORCH_ARG(std::string, style) = "pixtral";   // pixtral, llama4, dinov3
+  AxialRotaryEmbeddingOptions(int64_t head_dim, std::vector<int64_t> grid)
+      : head_dim_(head_dim), grid_(std::move(grid)) {}
+  TORCH_ARG(int64_t, head_dim);               // divisible by 4
+  TORCH_ARG(std::vector<int64_t>, grid);      // (H, W)
+  TORCH_ARG(std::string, style) = "pixtral";  // pixtral, llama4, dinov3
   TORCH_ARG(double, base) = 10000.0;
   TORCH_ARG(int64_t, extra_tokens) = 0;  // unrotated: after the patches (llama4), else before
   TORCH_ARG(std::string, precision) = "exact";
@@ -176,13 +176,13 @@ class AxialRotaryEmbeddingImpl : public torch::nn::Cloneable<AxialRotaryEmbeddin
   explicit AxialRotaryEmbeddingImpl(AxialRotaryEmbeddingOptions options);
   void reset() override;
   // (positions [3, extra_tokens + H * W], inv_freq [D / 2]) of the style for a grid.
-  std::pair<at::Tensor, at::Tensor> position_ids(const std::vector<int64_t>& grid_size,
+  std::pair<at::Tensor, at::Tensor> position_ids(const std::vector<int64_t>& grid,
                                                  const at::Device& device) const;
   // q, k: extra_tokens + H * W tokens in `layout` -> {q_out} or {q_out, k_out}
-  std::vector<at::Tensor> forward(
-      const at::Tensor& q, const std::optional<at::Tensor>& k = std::nullopt,
-      const std::optional<std::vector<int64_t>>& grid_size = std::nullopt,
-      const std::string& layout = "bshd");
+  std::vector<at::Tensor> forward(const at::Tensor& q,
+                                  const std::optional<at::Tensor>& k = std::nullopt,
+                                  const std::optional<std::vector<int64_t>>& grid = std::nullopt,
+                                  const std::string& layout = "bshd");
 
   AxialRotaryEmbeddingOptions options;
   RotaryEmbedding rope{nullptr};

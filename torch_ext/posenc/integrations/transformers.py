@@ -28,7 +28,8 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from .._rotary import rope_frequencies, rotary
+from .._checks import check_bool, check_choice
+from .._rotary import config_rope_parameters, rope_frequencies, rotary
 
 __all__ = ["PosencRotaryEmbedding", "Rotation", "apply_to_family", "apply_to_model",
            "SUPPORTED_MODEL_TYPES"]
@@ -69,8 +70,8 @@ class _LayerRope:
     """The frequencies of one layer type (or of the model): host masters, so that moving the
     module to another dtype never rounds them, and the state of dynamic and longrope types."""
 
-    def __init__(self, config: Any, layer_type: Optional[str], precision: str) -> None:
-        parameters = config.rope_parameters
+    def __init__(self, config: Any, parameters: Dict[str, Any], layer_type: Optional[str],
+                 precision: str) -> None:
         if layer_type is not None:
             parameters = parameters[layer_type]
         self.rope_type = parameters.get("rope_type", "default")
@@ -108,16 +109,15 @@ class PosencRotaryEmbedding(nn.Module):
     def __init__(self, config: Any, *, interleaved: bool = False,
                  precision: str = "exact") -> None:
         super().__init__()
+        owner = "PosencRotaryEmbedding"
         self.config = config
-        self.interleaved = interleaved
-        self.precision = precision
-        if hasattr(config, "standardize_rope_params"):
-            config.standardize_rope_params()
-        parameters = config.rope_parameters or {}
+        self.interleaved = check_bool(owner, "interleaved", interleaved)
+        self.precision = _check_precision(precision)
+        parameters = config_rope_parameters(config, owner)
         nested = bool(parameters) and all(isinstance(v, dict) or v is None
                                           for v in parameters.values())
         layer_types = [k for k, v in parameters.items() if v] if nested else [None]
-        self._layers = {t: _LayerRope(config, t, precision) for t in layer_types}
+        self._layers = {t: _LayerRope(config, parameters, t, precision) for t in layer_types}
         self._device = torch.device("cpu")
 
     def _apply(self, fn, recurse=True):
@@ -187,6 +187,9 @@ def _wrap_apply(original, interleaved_pairs: bool = False):
 
 
 def _family(model_type: str):
+    if not isinstance(model_type, str):
+        raise TypeError(f"posenc.integrations.transformers: model_type must be a str, got "
+                        f"{type(model_type).__name__}")
     if model_type not in _FAMILIES:
         raise ValueError(
             f"posenc.integrations.transformers: model_type {model_type!r} is not supported; "
@@ -217,7 +220,13 @@ def apply_to_model(model: nn.Module, *, precision: str = "exact") -> Dict[str, L
 
     precision: ``"exact"`` (default) or ``"transformers"`` (transformers' float32 frequencies
     and angles, for bit-level parity with a model trained on its tables)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"posenc.integrations.transformers: model must be a torch.nn.Module (a "
+                        f"transformers model), got {type(model).__name__}")
     config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError("posenc.integrations.transformers: model has no config; apply_to_model "
+                         "takes a transformers model")
     model_type = getattr(config, "model_type", None)
     module, class_name, interleaved = _family(model_type)
     _check_precision(precision)
@@ -284,8 +293,6 @@ def apply_to_family(model_type: str, *, precision: str = "exact") -> Dict[str, L
     return {"replaced": changed, "wrapped": _patch_apply(module)}
 
 
-def _check_precision(precision: str) -> None:
-    if precision not in ("exact", "transformers"):
-        raise ValueError(
-            f"posenc.integrations.transformers: precision must be 'exact' or 'transformers', "
-            f"got {precision!r}")
+def _check_precision(precision: str) -> str:
+    return check_choice("posenc.integrations.transformers", "precision", precision,
+                        ("exact", "transformers"))
