@@ -31,7 +31,7 @@ uint64_t read_seed(const std::optional<at::Tensor>& seed);
 // device-generic interface, so that no file of the binding needs CUDA headers.
 void* current_stream(const at::Device& device);
 
-// Raises when a CUDA launcher (kernels/cuda_launch.h) returned an error.
+// Raises when a CUDA launcher (kernels/cuda/<family>_launch.h) returned an error.
 void check_launch(int status, const char* what);
 
 }  // namespace core

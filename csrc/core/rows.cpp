@@ -18,7 +18,8 @@
 #include "core/checks.h"
 
 #ifdef POSENC_WITH_CUDA
-#include "cuda_launch.h"
+#include "cuda/add_positional_launch.h"
+#include "cuda/scatter_launch.h"
 #endif
 
 namespace posenc {

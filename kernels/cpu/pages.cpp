@@ -29,7 +29,7 @@ void populate_fresh_pages(void* data, int64_t bytes) {
       (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(page - 1);
   if (end <= first) return;
   // Resident already (a reused allocation): populating would only walk present pages, which
-  // costs more than it saves (measured ~1.5 ms per 64 MiB).
+  // costs more than it saves (docs/performance.md).
   unsigned char resident = 1;
   if (mincore(reinterpret_cast<void*>(first), page, &resident) != 0 || (resident & 1) != 0) return;
   // A hint: on failure the stores fault the pages in one by one, as they would without it.

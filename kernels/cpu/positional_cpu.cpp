@@ -45,13 +45,12 @@ class RowPositions {
 
 // Elements per chunk of a row. Each chunk's dropout multipliers are made, and its share of the
 // x row ahead prefetched, just before it is combined: the arithmetic overlaps the loads of x, and
-// the prefetches are spread over the row instead of issued in one burst (which measured 0.90 ->
-// 0.92 of clone's speed at eight batch rows without dropout).
+// the prefetches are spread over the row instead of issued in one burst (faster; figures in
+// docs/performance.md).
 constexpr int64_t kRowChunk = 256;
 
-// How many rows ahead the x rows are prefetched, and the bytes per prefetch. Four rows against
-// two measured 0.90 -> 0.94 of clone's speed at eight batch rows and 0.87 -> 0.89 at one (means
-// of three runs, no dropout); eight rows were no better than four.
+// How many rows ahead the x rows are prefetched, and the bytes per prefetch: four rows beat two,
+// and eight were no better than four (docs/performance.md).
 constexpr int64_t kPrefetchRows = 4;
 constexpr int64_t kCacheLine = 64;
 
@@ -141,8 +140,7 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
                 out, (run_end - t) * dim * static_cast<int64_t>(sizeof(scalar_t)));
           }
           // The x row kPrefetchRows ahead, fetched alongside this one: a row of 4 KiB or more
-          // starts on a new page, where the hardware prefetchers stop (measured 0.77 -> 0.86 of
-          // clone's speed at one batch row, 0.86 -> 0.90 at eight).
+          // starts on a new page, where the hardware prefetchers stop (docs/performance.md).
           const scalar_t* row_ahead =
               t + kPrefetchRows < seq_len && in.stride == 1
                   ? input_row<scalar_t>(params, params.x, b, t + kPrefetchRows).data

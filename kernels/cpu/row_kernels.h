@@ -60,10 +60,9 @@ void populate_fresh_pages(void* data, int64_t bytes);
 
 // Populates one run of output rows that lie back to back, ahead of the writes and at most kBytes
 // at a time: the row loop calls at_row before writing each row (or group of rows), with the
-// bytes from that row to the end of the run. 1 MiB at a time measured as good as 256 KiB at one
-// batch row, with a quarter of the system calls. Less than kMinBytes left are not worth the
-// system calls: populating each 16 KiB row of a decoding step's (8, 1, 4096) output made the
-// call ~10 us slower (59-62 -> 70 us).
+// bytes from that row to the end of the run. 1 MiB at a time is as fast as 256 KiB, with a
+// quarter of the system calls. Less than kMinBytes left are not worth the system calls: a
+// decoding step's 16 KiB rows got slower with them (docs/performance.md).
 class PopulateAhead {
  public:
   static constexpr int64_t kBytes = 1024 * 1024;
@@ -123,14 +122,13 @@ class PositionCodeRows {
   // anchored_row); 1 when it only calls evaluate(), 0 when it evaluates no rows (a kScaleOnly
   // call, for which not even a grid's axis rows are built). The turn tables that make walks
   // cheap are built only for walks of at least kMinWalkRows positions: their setup costs as
-  // much as evaluating about 9 (D = 1024) to 34 (D = 4096) rows directly (measured), which a
-  // decoding step of one row should not pay.
+  // much as evaluating tens of rows directly (docs/performance.md), which a decoding step of one
+  // row should not pay.
   PositionCodeRows(const PositionSource& source, int64_t dim, int64_t walk_rows)
       : source_(source), dim_(dim) {
     if (source.kind == PositionKind::kLearned || source.channels == nullptr) return;
     // The channel pairs and the double amplitudes serve only the walks' anchors and turn
-    // tables, so a short call (a decoding step) makes neither: without them its setup at
-    // D = 4096 went from 13 to 7.5 us (C++ harness).
+    // tables, so a short call (a decoding step) makes neither: its setup is then about half.
     const bool walks = walk_rows >= kMinWalkRows && source.grid.axis_count == 0;
     const size_t n = static_cast<size_t>(dim);
     high_.resize(n);
@@ -499,10 +497,10 @@ void dropout_multipliers(const Dropout& dropout, uint64_t first, int64_t count, 
 // out[d] = mask[d] * combine(scale * in[d], pe[d]) over one row of `dim` elements, with pe[d]
 // read from pe.row or, for a rotated code, made in the same loop by rotated_code, as
 // rotate_from_anchor makes it, so that no code row is written and read back.
-// Inlined into the caller's row loop: out of line, with the same loop, it measured ~10% slower
-// against freshly allocated outputs (whose page faults dominate there), for reasons not found.
-// The inlining is forced: with the rotated variants GCC stopped inlining, and eight batch rows
-// without dropout fell from 0.92-0.97 to 0.81-0.83 of clone's speed (three A/B runs).
+// Inlined into the caller's row loop: out of line, with the same loop, it is slower against
+// freshly allocated outputs, for reasons not found. The inlining is forced: with the rotated
+// variants GCC stopped inlining, which cost eight batch rows a tenth of their speed
+// (docs/performance.md).
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t, typename acc_t>
 inline __attribute__((always_inline)) void combine_row_impl(const scalar_t* __restrict in,
                                                             int64_t in_stride,

@@ -1,5 +1,6 @@
 // CUDA kernels of add_positional, embedding and positional_encoding (the row forward and the
 // input gradient), and fairseq's positions.
+#include "cuda/add_positional_launch.h"
 #include "cuda/device.cuh"
 
 namespace posenc {

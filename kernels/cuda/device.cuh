@@ -1,13 +1,14 @@
 // Device code shared by the CUDA kernels of every family (kernels/cuda/*.cu): launch constants,
 // 16-byte vector memory operations, device-side value checks, the channel table of the computed
 // codes, and host helpers that plan launches. No torch headers: the binding validates,
-// allocates and calls the launchers declared in cuda_launch.h on its current stream. The math
-// (exact angle reduction, channel codes, Philox dropout, indexing) is the CPU kernels' shared
-// host/device code, so both backends compute the same values and the same masks.
+// allocates and calls the launchers declared in kernels/cuda/<family>_launch.h on its current
+// stream. The math (exact angle reduction, channel codes, Philox dropout, indexing) is the CPU
+// kernels' shared host/device code, so both backends compute the same values and the same masks.
 //
-// (kernels/cuda/emulated.cpp; the CudaEmulated* GoogleTests). So the kernels keep to this subset:
-// blockIdx/threadIdx/blockDim/gridDim; dynamic shared memory through POSENC_DYNAMIC_SHARED (no
-// static __shared__ arrays); __syncthreads reached by every thread that has not returned, in
+// The same sources also compile as host C++ and run under the CUDA emulation of
+// cuda/emulation.h (the CudaEmulated* GoogleTests). So the kernels keep to this subset:
+// blockIdx/threadIdx/blockDim/gridDim; dynamic shared memory through POSENC_DYNAMIC_SHARED
+// (no static __shared__ arrays); __syncthreads reached by every thread that has not returned, in
 // kernels launched with POSENC_LAUNCH_SYNC; atomicAdd on float and double; launches through
 // POSENC_LAUNCH; grids planned with max_grid_x()/max_grid_yz() and walked with grid-stride loops;
 // device-only intrinsics (16-byte vector memory operations, hardware fp16/bf16 conversion) behind

@@ -1,5 +1,6 @@
 // CUDA kernels of rotary: frequency splits once per launch, device-side checks of offsets and
 // cu_seqlens, and the rotation of q and k.
+#include "cuda/rotary_launch.h"
 #include "cuda/device.cuh"
 
 namespace posenc {

@@ -1,5 +1,6 @@
 // CUDA kernels of the learned-table and embedding-weight gradients: scatter-adds with atomics,
 // or in a fixed order (sorted rows summed in chunks joined in order) when deterministic.
+#include "cuda/scatter_launch.h"
 #include "cuda/device.cuh"
 
 namespace posenc {

@@ -15,8 +15,11 @@
 
 #include "common.h"
 #include "cuda/emulation.h"
-#define POSENC_CUDA_NAMESPACE cuda_emulated  // the launchers of kernels/cuda/emulated.cpp
-#include "cuda_launch.h"
+#define POSENC_CUDA_NAMESPACE cuda_emulated  // the launchers built as host C++
+#include "cuda/add_positional_launch.h"
+#include "cuda/rotary_launch.h"
+#include "cuda/rotary_tables_launch.h"
+#include "cuda/scatter_launch.h"
 #include "grid_case.h"
 #include "positional.h"
 #include "rotary.h"

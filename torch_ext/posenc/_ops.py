@@ -124,7 +124,7 @@ def draw_seed(
 def _call(op: str, arguments: Dict[str, Any], generator: Optional[torch.Generator] = None) -> Any:
     """Calls ``torch.ops.posenc.<op>`` with ``arguments`` by schema name; keyword arguments that
     are absent, or equal to the schema's default, keep the schema's defaults (passing them costs
-    about 4 us per call in the dispatcher's argument parsing, which a decoding step notices).
+    the dispatcher's argument parsing time a decoding step notices; docs/performance.md).
     Checks each type, and draws the dropout seed when the schema takes one and none is given, on
     the device of the operator's first tensor."""
     schema = _SCHEMAS[op]

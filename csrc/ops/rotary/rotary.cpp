@@ -19,7 +19,7 @@
 #include "rotary.h"
 
 #ifdef POSENC_WITH_CUDA
-#include "cuda_launch.h"
+#include "cuda/rotary_launch.h"
 #endif
 
 namespace posenc {

@@ -15,7 +15,7 @@
 #include "rotary.h"
 
 #ifdef POSENC_WITH_CUDA
-#include "cuda_launch.h"
+#include "cuda/rotary_tables_launch.h"
 #endif
 
 namespace posenc {
