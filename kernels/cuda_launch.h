@@ -25,6 +25,9 @@ namespace POSENC_CUDA_NAMESPACE {
 // The message of a launcher's status.
 const char* error_string(int error);
 
+// Whether `stream` is being captured into a CUDA graph: what is enqueued then runs at replay.
+bool stream_capturing(void* stream);
+
 }  // namespace POSENC_CUDA_NAMESPACE
 }  // namespace kernels
 }  // namespace posenc

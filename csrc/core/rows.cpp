@@ -470,6 +470,54 @@ at::Tensor workspace_of(int64_t bytes, const at::Tensor& like) {
 void* pointer_of(const at::Tensor& workspace) {
   return workspace.defined() ? workspace.data_ptr() : nullptr;
 }
+
+// The device channel table of `params`' computed code (undefined when the launch reads none),
+// filled on `stream` once and kept for the later launches with the same code, width and grid on
+// that device and stream: a model asks for the same few codes at every step, and a kept table
+// leaves one launch per call. The kept tables are never freed, as a CUDA graph that captured a
+// launch reading one may replay at any time; at most kKept are kept, later ones are made per
+// call. A table made while the stream is being captured is not kept: it is filled only when the
+// graph replays.
+at::Tensor cuda_channel_table(const kernels::AddPositionalParams& params, const at::Device& device,
+                              void* stream) {
+  const int64_t bytes = kc::channel_table_bytes(params);
+  if (bytes == 0) return at::Tensor();
+  struct Entry {
+    c10::DeviceIndex device;
+    void* stream;
+    kernels::PositionCodeOptions code;
+    int64_t dim;
+    kernels::GridCode grid;
+    at::Tensor table;
+  };
+  constexpr size_t kKept = 64;
+  static std::mutex mutex;
+  static auto* kept = new std::vector<Entry>();  // never destroyed: see above
+  const kernels::PositionSource& source = params.source;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    for (const Entry& entry : *kept) {
+      if (entry.device == device.index() && entry.stream == stream && entry.code == source.code &&
+          entry.dim == params.shape.dim && entry.grid == source.grid) {
+        return entry.table;
+      }
+    }
+  }
+  at::Tensor table = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(device));
+  check_launch(kc::fill_channel_table(params, static_cast<double*>(table.data_ptr()), stream),
+               "fill_channel_table");
+  if (!kc::stream_capturing(stream)) {
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (kept->size() < kKept) {
+      kept->push_back({device.index(), stream, source.code, params.shape.dim, source.grid, table});
+    }
+  }
+  return table;
+}
+
+const double* table_pointer(const at::Tensor& table) {
+  return table.defined() ? static_cast<const double*>(table.data_ptr()) : nullptr;
+}
 #endif
 
 }  // namespace
@@ -489,10 +537,12 @@ void run_rows(const RowCall& call, const at::Tensor& out, const at::Tensor& rows
     const kernels::AddPositionalParams params =
         kernel_params(call, out, rows, combine, /*seed=*/0, channels);
     const c10::DeviceGuard guard(out.device());
+    void* stream = current_stream(out.device());
     const at::Tensor seed = device_seed(call.seed, out.device());
+    const at::Tensor table = cuda_channel_table(params, out.device(), stream);
     const at::Tensor workspace = workspace_of(kc::add_positional_workspace_bytes(params), out);
-    check_launch(kc::add_positional(params, seed_pointer(seed), pointer_of(workspace),
-                                    current_stream(out.device())),
+    check_launch(kc::add_positional(params, seed_pointer(seed), table_pointer(table),
+                                    pointer_of(workspace), stream),
                  "add_positional");
 #endif
   }
@@ -545,12 +595,11 @@ at::Tensor run_scatter(const RowCall& call, ScatterTarget target) {
     }
     const int64_t* fairseq_ptr = fairseq.defined() ? fairseq.data_ptr<int64_t>() : nullptr;
     const bool deterministic = at::globalContext().deterministicAlgorithms();
-    const at::Tensor workspace =
-        workspace_of(kc::scatter_workspace_bytes(params, deterministic), grad);
+    const at::Tensor table = cuda_channel_table(params, device, stream);
     if (!deterministic) {
       check_launch(
           kc::scatter_backward_atomic(params, input, kernel_target, seed_pointer(seed), fairseq_ptr,
-                                      pointer_of(workspace), grad.data_ptr(), stream),
+                                      table_pointer(table), grad.data_ptr(), stream),
           "scatter_backward_atomic");
     } else {
       // Each row's target: its id (weight) or its position (table), in row order b * T + t.
@@ -571,11 +620,13 @@ at::Tensor run_scatter(const RowCall& call, ScatterTarget target) {
       const auto [sorted_targets, sorted_rows] = at::sort(targets, /*stable=*/true, 0, false);
       const at::Tensor sorted_targets_dense = sorted_targets.contiguous();
       const at::Tensor sorted_rows_dense = sorted_rows.contiguous();
+      const at::Tensor workspace =
+          workspace_of(kc::scatter_workspace_bytes(params, /*deterministic=*/true), grad);
       check_launch(
-          kc::scatter_backward_deterministic(params, input, kernel_target, seed_pointer(seed),
-                                             fairseq_ptr, sorted_rows_dense.data_ptr<int64_t>(),
-                                             sorted_targets_dense.data_ptr<int64_t>(),
-                                             pointer_of(workspace), grad.data_ptr(), stream),
+          kc::scatter_backward_deterministic(
+              params, input, kernel_target, seed_pointer(seed), fairseq_ptr,
+              sorted_rows_dense.data_ptr<int64_t>(), sorted_targets_dense.data_ptr<int64_t>(),
+              table_pointer(table), pointer_of(workspace), grad.data_ptr(), stream),
           "scatter_backward_deterministic");
     }
 #endif

@@ -1,7 +1,8 @@
 // CUDA kernels of add_positional, embedding and positional_encoding (the row forward and the
-// input gradient), and fairseq's positions.
+// input gradient), and fairseq's positions. Launches whose rows all move as 16-byte vectors take
+// the dense kernel (add_positional_dense.cu); every other launch the general kernel here.
+#include "cuda/add_positional_dense.cuh"
 #include "cuda/add_positional_launch.h"
-#include "cuda/device.cuh"
 
 namespace posenc {
 namespace kernels {
@@ -11,35 +12,23 @@ namespace {
 constexpr int kMaxBatchBlocks = 64;
 constexpr int64_t kTargetThreads = 1 << 20;  // enough resident work for a large GPU
 constexpr int kScanThreads = 128;            // steps of T a block scans at a time (fairseq)
+// Waves of resident blocks the dense grid holds: a few, so that blocks finishing early take
+// more of the steps and the last wave's tail stays short.
+constexpr int kDenseWaves = 4;
 
-// ---- add_positional / embedding forward ---------------------------------------------------------
+// ---- the general kernel -------------------------------------------------------------------------
 // grid: (step blocks, channel-group blocks, batch blocks), block: (group lanes, steps). A thread
-// owns a group of 8 consecutive channels at one step t and walks the batch rows b with it. The
-// 8 codes are evaluated once per (t, group) from the channel table, before any row is loaded
-// (so that their registers never add to the rows'), into the thread's column of shared memory,
-// and reused for every row whose position is the same. The 8 dropout draws come from at most
-// two Philox calls. Loops over the 8 channels are unrolled with predication, so the per-thread
-// arrays stay in registers (no local memory).
-//
-// Two kernels share that math:
-// - add_positional_dense_kernel, for launches whose rows all move as 16-byte vectors (see
-//   dense_rows): rows are held as stored (a bf16 group is 4 registers) and kDenseRows of them
-//   are loaded before any is stored, so that 64 bytes of loads per thread are in flight (4 rows
-//   of 16-bit types, 2 of float, 1 of double). ptxas, sm_90: 125 registers for bf16 and 96 for
-//   float, no spills: 2 blocks of 256 threads per SM, 32 KiB of loads in flight per SM. (A cap
-//   of 80 registers for 3 blocks spilled.)
-// - add_positional_kernel, for every other launch (per-row or fairseq positions, grids, strided
-//   or unaligned rows, D % 8 != 0): two rows at a time, each as 16-byte vectors where the row
-//   allows it, else element by element.
-constexpr int kDenseBlocksPerSm = 2;
-constexpr int kGeneralRows = 2;  // rows add_positional_kernel loads before it stores any
-
-template <typename scalar_t>
-constexpr int kDenseRows = 64 / static_cast<int>(sizeof(Pack8<scalar_t>));  // 4, 2 or 1
+// owns a group of 8 consecutive channels at one step t and walks the batch rows b with it, two
+// rows at a time: per-row or fairseq positions, grids, strided or unaligned rows, D % 8 != 0,
+// float64. The 8 codes are evaluated once per (t, group) into the thread's column of shared
+// memory (so that their registers never add to the rows') and reused for every row whose
+// position is the same; each row moves as 16-byte vectors where it allows it, else element by
+// element. The combine is a select per element, not a branch.
+constexpr int kGeneralRows = 2;  // rows the general kernel loads before it stores any
 
 // The codes of channels d0 .. d0 + count - 1 at `position`, into the thread's column of `pe`
 // (slot k at pe[k * pe_stride]). Unrolled by 2, so that table loads and evaluations overlap (a
-// rolled loop waits for each load in turn) within the dense kernel's registers.
+// rolled loop waits for each load in turn).
 // kGrid: positions index a patch grid (a separate instantiation, so that the 1-D kernels keep
 // their register counts).
 template <typename scalar_t, bool kGrid>
@@ -70,7 +59,8 @@ __device__ void group_codes(const AddPositionalParams& p, const ChannelTable& ch
     }
 #pragma unroll 2
     for (int k = 0; k < count; ++k) {
-      pe[k * pe_stride] = load_as_acc(row + (d0 + k) * p.source.table_dim_stride);
+      const scalar_t value = load_element(row + (d0 + k) * p.source.table_dim_stride);
+      pe[k * pe_stride] = load_as_acc(&value);
     }
   } else {
 #pragma unroll 2
@@ -81,10 +71,8 @@ __device__ void group_codes(const AddPositionalParams& p, const ChannelTable& ch
 }
 
 // Combines, drops out and stores the group of batch row b at step t, from its elements as
-// stored (`raw`, 0 past the row's end), into `out` (the output row of (b, t)). kDense: a
-// dense_rows launch, where the group starts at a multiple of 8 (one Philox counter) and the
-// output moves as a 16-byte vector.
-template <typename scalar_t, bool kDense>
+// stored (`raw`, 0 past the row's end), into `out` (the output row of (b, t)).
+template <typename scalar_t>
 __device__ __forceinline__ void finish_group(const AddPositionalParams& p, const Dropout& dropout,
                                              const Pack8<scalar_t>& raw, int64_t b, bool with_code,
                                              const acc_t<scalar_t>* pe, int pe_stride, int64_t t,
@@ -93,8 +81,8 @@ __device__ __forceinline__ void finish_group(const AddPositionalParams& p, const
   const acc scale = static_cast<acc>(p.scale);
   const Combine combine = with_code ? p.combine : Combine::kScaleOnly;
   const uint64_t first = static_cast<uint64_t>((b * p.shape.seq_len + t) * p.shape.dim + d0);
-  // One counter covers the group when it starts at a multiple of 8 (D % 8 == 0): one call.
-  const bool one_counter = kDense || first % kDropoutElementsPerCounter == 0;
+  // One counter covers the group when it starts at a multiple of 8: one call.
+  const bool one_counter = first % kDropoutElementsPerCounter == 0;
   Philox4 draws_low, draws_high;
   if (dropout.active) {
     const uint64_t low_counter = first / kDropoutElementsPerCounter;
@@ -124,14 +112,16 @@ __device__ __forceinline__ void finish_group(const AddPositionalParams& p, const
     }
     values[k] = y;
   }
-  if constexpr (kDense) {
-    store8(out + d0, values);
-  } else if (count == kElementsPerThread && vector_row(out + d0, p.out.dim_stride)) {
+  if (count == kElementsPerThread && vector_row(out + d0, p.out.dim_stride)) {
     store8(out + d0, values);
   } else {
 #pragma unroll
     for (int k = 0; k < kElementsPerThread; ++k) {
-      if (k < count) store_from_acc(out + (d0 + k) * p.out.dim_stride, values[k]);
+      if (k < count) {
+        scalar_t value;
+        store_from_acc(&value, values[k]);
+        store_element(out + (d0 + k) * p.out.dim_stride, value);
+      }
     }
   }
 }
@@ -145,99 +135,17 @@ __device__ acc* code_column(int* pe_stride) {
   return codes + threadIdx.y * blockDim.x + threadIdx.x;
 }
 
-// Launches where every row, in and out, moves as 16-byte vectors and the codes are the same for
-// every batch row: rows of x, rows of a weight gathered by ids (padding rows get no code), or
-// none; positions offset + t or broadcast over the batch (not fairseq's); a 1-D code; at most
-// one batch dimension (no division); D % 8 == 0; unit channel strides; 16-byte aligned bases and
-// row strides. Checked on the host by the launcher (dense_rows).
-template <typename scalar_t>
-__global__ void POSENC_LAUNCH_BOUNDS(kThreads, kDenseBlocksPerSm)
-    add_positional_dense_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p,
-                                const int64_t* seed, ChannelTable channels) {
-  using acc = acc_t<scalar_t>;
-  constexpr int kRows = kDenseRows<scalar_t>;
-  const int64_t seq_len = p.shape.seq_len;
-  const int64_t groups = p.shape.dim / kElementsPerThread;
-  const int64_t batch = p.shape.batch_count();
-  const int64_t x_batch_stride = p.shape.batch_ndim == 1 ? p.x.batch_strides[0] : 0;
-  const int64_t out_batch_stride = p.shape.batch_ndim == 1 ? p.out.batch_strides[0] : 0;
-  const bool gather = p.gather.weight != nullptr;
-  const int64_t ids_batch_stride = p.shape.batch_ndim == 1 ? p.gather.ids.batch_strides[0] : 0;
-  const bool needs_code = p.combine != Combine::kScaleOnly;
-  const Dropout dropout = device_dropout(p.dropout, seed);
-  int pe_stride;
-  acc* pe = code_column<acc>(&pe_stride);
-  const int64_t row_step = gridDim.z;
-  for (int64_t g = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; g < groups;
-       g += static_cast<int64_t>(gridDim.y) * blockDim.x) {
-    const int64_t d0 = g * kElementsPerThread;
-    for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; t < seq_len;
-         t += static_cast<int64_t>(gridDim.x) * blockDim.y) {
-      // The codes once per (t, group), with the first rows that take them (gathered padding
-      // rows do not), after their sources and before their loads.
-      bool codes_ready = !needs_code;
-      const scalar_t* x = p.x.data == nullptr
-                              ? nullptr
-                              : static_cast<const scalar_t*>(p.x.data) + t * p.x.seq_stride + d0;
-      scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(p.out.data)) + t * p.out.seq_stride;
-      for (int64_t b = blockIdx.z; b < batch; b += kRows * row_step) {
-        const scalar_t* source[kRows];
-        bool padding[kRows];
-        bool any_coded = false;
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          const int64_t row = b + r * row_step;
-          source[r] = row < batch && x != nullptr ? x + row * x_batch_stride : nullptr;
-          padding[r] = false;
-          if (gather && row < batch) {
-            const int64_t id = load_index(p.gather.ids.data, p.gather.ids.type,
-                                          row * ids_batch_stride + t * p.gather.ids.seq_stride);
-            POSENC_DEVICE_CHECK(id >= 0 && id < p.gather.vocab, "posenc: ids must be in [0, V)");
-            source[r] =
-                static_cast<const scalar_t*>(p.gather.weight) + id * p.gather.row_stride + d0;
-            padding[r] = id == p.gather.padding_idx;
-          }
-          any_coded = any_coded || (row < batch && !padding[r]);
-        }
-        if (!codes_ready && any_coded) {
-          group_codes<scalar_t, false>(p, channels, checked_position(p, nullptr, 0, t), d0,
-                                       kElementsPerThread, pe, pe_stride);
-          codes_ready = true;
-        }
-        Pack8<scalar_t> raw[kRows];
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          if (source[r] != nullptr) {
-            raw[r] = load_pack(source[r]);
-          } else {
-#pragma unroll
-            for (int k = 0; k < kElementsPerThread; ++k) raw[r].v[k] = scalar_t{};
-          }
-        }
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          const int64_t row = b + r * row_step;
-          if (row < batch) {
-            finish_group<scalar_t, true>(p, dropout, raw[r], row, needs_code && !padding[r], pe,
-                                         pe_stride, t, d0, kElementsPerThread,
-                                         out + row * out_batch_stride);
-          }
-        }
-      }
-    }
-  }
-}
-
 // The group's elements of a row as stored, 0 past the row's end (none for kPositionOnly).
 template <typename scalar_t>
 __device__ Pack8<scalar_t> load_group(const InputRow<scalar_t>& in, int64_t d0, int count) {
   if (in.data != nullptr && count == kElementsPerThread && vector_row(in.data + d0, in.stride)) {
-    return load_pack(in.data + d0);
+    return load_row(in.data + d0);
   }
   Pack8<scalar_t> raw;
 #pragma unroll
   for (int k = 0; k < kElementsPerThread; ++k) {
-    raw.v[k] = in.data != nullptr && k < count ? in.data[(d0 + k) * in.stride] : scalar_t{};
+    raw.v[k] =
+        in.data != nullptr && k < count ? load_element(in.data + (d0 + k) * in.stride) : scalar_t{};
   }
   return raw;
 }
@@ -289,8 +197,8 @@ __global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalPa
           }
           scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(p.out.data)) +
                           batch_offset(p.shape, p.out.batch_strides, row) + t * p.out.seq_stride;
-          finish_group<scalar_t, false>(p, dropout, raw[r], row, with_code, pe, pe_stride, t, d0,
-                                        count, out);
+          finish_group<scalar_t>(p, dropout, raw[r], row, with_code, pe, pe_stride, t, d0, count,
+                                 out);
         }
       }
     }
@@ -331,19 +239,28 @@ __global__ void fairseq_positions_kernel(const POSENC_GRID_CONSTANT AddPositiona
   }
 }
 
-// Whether a launch takes add_positional_dense_kernel (see its comment).
+// Whether a launch takes the dense kernel: every row, in and out, moves as 16-byte vectors and
+// the codes are the same for every batch row. Rows of x, rows of a weight gathered by ids
+// (padding rows get no code), or none; positions offset + t or broadcast over the batch (not
+// fairseq's); a 1-D code; at most one batch dimension (no division); D % 8 == 0; unit channel
+// strides; 16-byte aligned bases and row strides; float32, bfloat16 or float16.
 bool dense_rows(const AddPositionalParams& params) {
   const RowShape& shape = params.shape;
   const int64_t bytes = element_bytes(params.dtype);
   const bool one_batch_dim = shape.batch_ndim == 1;
-  if (params.gather.fairseq_positions || params.source.grid.axis_count > 0 ||
-      shape.batch_ndim > 1 || shape.dim % kElementsPerThread != 0 ||
-      !shared_across_batch(shape, params.positions)) {
+  if (params.dtype == DType::kFloat64 || params.gather.fairseq_positions ||
+      params.source.grid.axis_count > 0 || shape.batch_ndim > 1 ||
+      shape.dim % kElementsPerThread != 0 || !shared_across_batch(shape, params.positions)) {
     return false;
   }
   const StridedRows& out = params.out;
   if (out.dim_stride != 1 ||
       !aligned_rows(out.data, one_batch_dim ? out.batch_strides[0] : 0, out.seq_stride, bytes)) {
+    return false;
+  }
+  if (params.source.kind == PositionKind::kLearned &&
+      (params.source.table_dim_stride != 1 ||
+       !aligned_rows(params.source.table, 0, params.source.table_row_stride, bytes))) {
     return false;
   }
   const EmbeddingGather& gather = params.gather;
@@ -356,32 +273,82 @@ bool dense_rows(const AddPositionalParams& params) {
           aligned_rows(x.data, one_batch_dim ? x.batch_strides[0] : 0, x.seq_stride, bytes));
 }
 
-}  // namespace
-
-int64_t add_positional_workspace_bytes(const AddPositionalParams& params) {
-  const int64_t fairseq =
-      params.gather.fairseq_positions ? params.shape.batch_count() * params.shape.seq_len * 8 : 0;
-  return channel_table_bytes(params) + aligned_bytes(fairseq);
+// Whether channels 2k and 2k + 1 are the sine and cosine of one angle with one amplitude: the
+// sinusoidal, linear and damped codes, interleaved, on 1-D positions.
+bool paired_codes(const AddPositionalParams& params) {
+  const PositionCodeOptions& code = params.source.code;
+  const bool pairs = code.kind == PositionKind::kSinusoidal || code.kind == PositionKind::kLinear ||
+                     code.kind == PositionKind::kDamped;
+  return pairs && code.layout == Layout::kInterleaved && params.source.grid.axis_count == 0 &&
+         params.shape.dim % 2 == 0;
 }
 
-int add_positional(const AddPositionalParams& params, const int64_t* seed, void* workspace,
-                   void* stream) {
+// The dense kernel's grid: lanes over channel groups, a block's rows over steps; a few waves of
+// the GPU's resident blocks. Batch rows are split over blocks only when the steps alone cannot
+// fill the GPU (a decoding step): every split evaluates the codes again.
+DenseGrid dense_grid(const AddPositionalParams& params) {
+  const int64_t groups = params.shape.dim / kElementsPerThread;
+  const int64_t lanes = groups >= kDenseThreads ? kDenseThreads : (groups + 31) / 32 * 32;
+  DenseGrid grid;
+  grid.threads =
+      dim3(static_cast<unsigned int>(lanes), static_cast<unsigned int>(kDenseThreads / lanes));
+  const int64_t group_blocks = blocks_for(groups, lanes, max_grid_yz());
+  const int64_t step_blocks = (params.shape.seq_len + grid.threads.y - 1) / grid.threads.y;
+  const int64_t resident = static_cast<int64_t>(multiprocessors()) * kDenseBlocksPerSm;
+  int64_t row_blocks = 1;
+  if (group_blocks * step_blocks < resident) {
+    row_blocks = (resident + group_blocks * step_blocks - 1) / (group_blocks * step_blocks);
+    const int64_t batch = params.shape.batch_count();
+    if (row_blocks > batch) row_blocks = batch;
+    if (row_blocks > max_grid_yz()) row_blocks = max_grid_yz();
+  }
+  const int64_t waves = kDenseWaves * resident / (group_blocks * row_blocks);
+  const int64_t step_grid = step_blocks < waves ? step_blocks : (waves > 0 ? waves : 1);
+  grid.blocks =
+      dim3(blocks_for(step_grid, 1, max_grid_x()), static_cast<unsigned int>(group_blocks),
+           static_cast<unsigned int>(row_blocks));
+  return grid;
+}
+
+}  // namespace
+
+int64_t channel_table_bytes(const AddPositionalParams& params) {
+  if (!needs_channel_table(params)) return 0;
+  const int64_t entries = channel_field_entries(channel_groups(params.shape.dim));
+  return aligned_bytes(kChannelFields * entries * static_cast<int64_t>(sizeof(double)));
+}
+
+int fill_channel_table(const AddPositionalParams& params, double* table, void* stream) {
+  if (!needs_channel_table(params) || params.shape.dim == 0) return 0;
+  const int64_t entries = channel_field_entries(channel_groups(params.shape.dim));
+  POSENC_LAUNCH(channel_codes_kernel, blocks_for(entries, kThreads, max_grid_x()), kThreads, 0,
+                stream, params.source.code, params.source.grid, params.shape.dim, table);
+  return launch_status();
+}
+
+int64_t add_positional_workspace_bytes(const AddPositionalParams& params) {
+  return params.gather.fairseq_positions
+             ? aligned_bytes(params.shape.batch_count() * params.shape.seq_len * 8)
+             : 0;
+}
+
+int add_positional(const AddPositionalParams& params, const int64_t* seed, const double* table,
+                   void* workspace, void* stream) {
   const int64_t batch = params.shape.batch_count();
   if (batch == 0 || params.shape.seq_len == 0 || params.shape.dim == 0) return 0;
-  int status = fill_channel_table(params, workspace, stream);
-  if (status != 0) return status;
-  const ChannelTable channels = channel_table(params, workspace);
+  if (dense_rows(params)) {
+    return launch_dense(params, seed, table, paired_codes(params), dense_grid(params), stream);
+  }
+  const ChannelTable channels{table, channel_groups(params.shape.dim)};
   int64_t* fairseq = nullptr;
   if (params.gather.fairseq_positions) {
-    fairseq = reinterpret_cast<int64_t*>(static_cast<unsigned char*>(workspace) +
-                                         channel_table_bytes(params));
-    status = fairseq_positions(params, fairseq, stream);
+    fairseq = static_cast<int64_t*>(workspace);
+    const int status = fairseq_positions(params, fairseq, stream);
     if (status != 0) return status;
   }
-  const bool dense = dense_rows(params);
   // A block's lanes cover channel groups of 8, its rows steps t. Batch rows are split over
   // blocks only when the (t, group) items alone cannot fill the GPU: every split evaluates the
-  // codes again, and a dense thread should keep its kDenseRows rows in flight.
+  // codes again.
   const int64_t groups = channel_groups(params.shape.dim);
   const unsigned int lanes =
       groups >= kThreads ? kThreads : static_cast<unsigned int>((groups + 31) / 32 * 32);
@@ -389,25 +356,17 @@ int add_positional(const AddPositionalParams& params, const int64_t* seed, void*
   const int64_t items = params.shape.seq_len * groups;
   return dispatch_dtype(params.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    const int64_t rows_per_thread = dense ? kDenseRows<scalar_t> : 1;
     int64_t row_blocks = (kTargetThreads + items - 1) / items;
-    const int64_t row_groups = (batch + rows_per_thread - 1) / rows_per_thread;
-    if (row_blocks > row_groups) row_blocks = row_groups;
+    if (row_blocks > batch) row_blocks = batch;
     if (row_blocks > kMaxBatchBlocks) row_blocks = kMaxBatchBlocks;
     if (row_blocks > max_grid_yz()) row_blocks = max_grid_yz();
     const dim3 grid(blocks_for(params.shape.seq_len, block.y, max_grid_x()),
                     blocks_for(groups, lanes, max_grid_yz()),
                     static_cast<unsigned int>(row_blocks));
     const size_t code_bytes = sizeof(acc_t<scalar_t>) * kElementsPerThread * kThreads;
-    if (dense) {
-      POSENC_LAUNCH(add_positional_dense_kernel<scalar_t>, grid, block, code_bytes, stream, params,
-                    seed, channels);
-    } else {
-      const auto kernel = params.source.grid.axis_count > 0
-                              ? add_positional_kernel<scalar_t, true>
-                              : add_positional_kernel<scalar_t, false>;
-      POSENC_LAUNCH(kernel, grid, block, code_bytes, stream, params, seed, channels, fairseq);
-    }
+    const auto kernel = params.source.grid.axis_count > 0 ? add_positional_kernel<scalar_t, true>
+                                                          : add_positional_kernel<scalar_t, false>;
+    POSENC_LAUNCH(kernel, grid, block, code_bytes, stream, params, seed, channels, fairseq);
     return launch_status();
   });
 }

@@ -14,6 +14,8 @@
 // `threads` threads fit on an SM together.
 #define POSENC_LAUNCH_BOUNDS(threads, blocks) __launch_bounds__(threads, blocks)
 #define POSENC_CHECK_VECTOR_ACCESS(address) static_cast<void>(address)
+// Records a global access for the emulation's sector counts; nothing on the GPU.
+#define POSENC_TRACE_ACCESS(kind, address, bytes) static_cast<void>(0)
 // Kernel parameter structs read in place (their batch-stride arrays are indexed with loop
 // variables, which would otherwise copy the whole struct to local memory).
 #define POSENC_GRID_CONSTANT __grid_constant__
@@ -66,6 +68,8 @@ using posenc::cuda_emulation::dim3;
 #define POSENC_LAUNCH_BOUNDS(threads, blocks)
 // The host twin of a 16-byte vector access checks its alignment, as the GPU would.
 #define POSENC_CHECK_VECTOR_ACCESS(address) ::posenc::cuda_emulation::check_vector_access(address)
+#define POSENC_TRACE_ACCESS(kind, address, bytes) \
+  ::posenc::cuda_emulation::trace_access(::posenc::cuda_emulation::Access::kind, address, bytes)
 #define POSENC_DEVICE_CHECK(condition, message)                              \
   do {                                                                       \
     if (!(condition)) ::posenc::cuda_emulation::device_assert_fail(message); \

@@ -52,7 +52,11 @@ int64_t aligned_bytes(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
 __device__ Dropout device_dropout(const Dropout& dropout, const int64_t* seed) {
   Dropout d = dropout;
+#if defined(__CUDA_ARCH__)
+  if (d.active) d.seed = static_cast<uint64_t>(__ldg(seed));
+#else
   if (d.active) d.seed = static_cast<uint64_t>(*seed);
+#endif
   return d;
 }
 
@@ -65,7 +69,11 @@ __device__ int64_t position_of(const AddPositionalParams& p, const int64_t* fair
   return position_at(p.shape, p.positions, p.offset, b, t);
 }
 
-// ---- 16-byte vector memory operations --------------------------------------------------------
+// ---- global memory: row streams, tables ------------------------------------------------------
+// The kernels move rows and read tables through these helpers: on the GPU each 16-byte access is
+// one 128-bit instruction (the machine-code tests check it, tests/sass); in the emulation each
+// access checks its alignment as the GPU would and records itself for the sector counts
+// (emulation.h's memory trace).
 
 // Whether 8 elements from `p` with unit stride can move as 16-byte vectors.
 template <typename scalar_t>
@@ -73,36 +81,121 @@ __device__ bool vector_row(const scalar_t* p, int64_t stride) {
   return stride == 1 && reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0;
 }
 
-// 8 elements as one aligned value, so that a copy is one to four 16-byte vector operations and
+// 8 elements as stored, in 16-byte words, so that a copy is one to four 128-bit operations and
 // the elements stay in registers.
 template <typename scalar_t>
 struct alignas(kVectorBytes) Pack8 {
   scalar_t v[kElementsPerThread];
 };
 
-// The 8 elements from `p` as stored (16-byte aligned, unit stride).
 template <typename scalar_t>
-__device__ Pack8<scalar_t> load_pack(const scalar_t* p) {
+constexpr int kPackWords = static_cast<int>(sizeof(Pack8<scalar_t>) / kVectorBytes);
+
+enum class Cache : int {
+  kStream,  // read or written once (rows): evict first
+  kKeep,    // read again by other rows (learned tables, weight rows): the default policy
+};
+
+// The 8 elements from `p` (16-byte aligned, unit stride).
+template <Cache kCache = Cache::kStream, typename scalar_t>
+__device__ __forceinline__ Pack8<scalar_t> load_row(const scalar_t* p) {
+  Pack8<scalar_t> pack;
 #if defined(__CUDA_ARCH__)
-  return *reinterpret_cast<const Pack8<scalar_t>*>(p);
+  const uint4* words = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int w = 0; w < kPackWords<scalar_t>; ++w) {
+    const uint4 word = kCache == Cache::kStream ? __ldcs(words + w) : __ldg(words + w);
+    std::memcpy(reinterpret_cast<unsigned char*>(&pack) + w * kVectorBytes, &word, kVectorBytes);
+  }
 #else
   POSENC_CHECK_VECTOR_ACCESS(p);
-  Pack8<scalar_t> pack;
+  for (int w = 0; w < kPackWords<scalar_t>; ++w) {
+    POSENC_TRACE_ACCESS(kRowLoad, reinterpret_cast<const unsigned char*>(p) + w * kVectorBytes,
+                        kVectorBytes);
+  }
   std::memcpy(&pack, p, sizeof(pack));
+#endif
   return pack;
+}
+
+// Writes the 8 elements of `pack` to `p` (16-byte aligned, unit stride), streamed.
+template <typename scalar_t>
+__device__ __forceinline__ void store_row(scalar_t* p, const Pack8<scalar_t>& pack) {
+#if defined(__CUDA_ARCH__)
+  uint4* words = reinterpret_cast<uint4*>(p);
+#pragma unroll
+  for (int w = 0; w < kPackWords<scalar_t>; ++w) {
+    uint4 word;
+    std::memcpy(&word, reinterpret_cast<const unsigned char*>(&pack) + w * kVectorBytes,
+                kVectorBytes);
+    __stcs(words + w, word);
+  }
+#else
+  POSENC_CHECK_VECTOR_ACCESS(p);
+  for (int w = 0; w < kPackWords<scalar_t>; ++w) {
+    POSENC_TRACE_ACCESS(kRowStore, reinterpret_cast<unsigned char*>(p) + w * kVectorBytes,
+                        kVectorBytes);
+  }
+  std::memcpy(p, &pack, sizeof(pack));
 #endif
 }
 
+// One element of a row that does not move as vectors.
 template <typename scalar_t>
-__device__ void store8(scalar_t* p, const acc_t<scalar_t>* values) {
+__device__ __forceinline__ scalar_t load_element(const scalar_t* p) {
+  POSENC_TRACE_ACCESS(kRowLoad, p, sizeof(scalar_t));
+  return *p;
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ void store_element(scalar_t* p, scalar_t value) {
+  POSENC_TRACE_ACCESS(kRowStore, p, sizeof(scalar_t));
+  *p = value;
+}
+
+// The 8 elements from `p`, kept in cache (learned table rows).
+template <typename scalar_t>
+__device__ __forceinline__ Pack8<scalar_t> load_pack(const scalar_t* p) {
+  return load_row<Cache::kKeep>(p);
+}
+
+// `values` rounded to the storage type and written to `p` as one row group.
+template <typename scalar_t>
+__device__ __forceinline__ void store8(scalar_t* p, const acc_t<scalar_t>* values) {
   Pack8<scalar_t> pack;
 #pragma unroll
   for (int k = 0; k < kElementsPerThread; ++k) store_from_acc(&pack.v[k], values[k]);
+  store_row(p, pack);
+}
+
+// Element `offset` of an int64 or int32 index tensor (ids, positions), through the read-only
+// path.
+__device__ __forceinline__ int64_t load_index_readonly(const StridedIndex& index, int64_t offset) {
+  if (index.type == IndexType::kInt64) {
+    const int64_t* p = static_cast<const int64_t*>(index.data) + offset;
+    POSENC_TRACE_ACCESS(kIndexLoad, p, sizeof(int64_t));
 #if defined(__CUDA_ARCH__)
-  *reinterpret_cast<Pack8<scalar_t>*>(p) = pack;
+    return __ldg(p);
 #else
-  POSENC_CHECK_VECTOR_ACCESS(p);
-  std::memcpy(p, &pack, sizeof(pack));
+    return *p;
+#endif
+  }
+  const int32_t* p = static_cast<const int32_t*>(index.data) + offset;
+  POSENC_TRACE_ACCESS(kIndexLoad, p, sizeof(int32_t));
+#if defined(__CUDA_ARCH__)
+  return __ldg(p);
+#else
+  return *p;
+#endif
+}
+
+// One double of a per-launch table (channel codes, frequency splits).
+__device__ __forceinline__ double load_table(const double* p) {
+  POSENC_TRACE_ACCESS(kTableLoad, p, sizeof(double));
+#if defined(__CUDA_ARCH__)
+  return __ldg(p);
+#else
+  return *p;
 #endif
 }
 
@@ -163,7 +256,9 @@ __host__ __device__ int64_t channel_entry(int64_t groups, int64_t d) {
 __device__ ChannelCode channel_at(const ChannelTable& table, int64_t d) {
   const int64_t field = channel_field_entries(table.groups);
   const double* v = table.values + channel_entry(table.groups, d);
-  return ChannelCode{{v[0], v[field], v[2 * field]}, v[3 * field], v[4 * field]};
+  return ChannelCode{{load_table(v), load_table(v + field), load_table(v + 2 * field)},
+                     load_table(v + 3 * field),
+                     load_table(v + 4 * field)};
 }
 
 // PE(position)[d] from the channel table (computed kinds) or the learned table.
@@ -182,19 +277,23 @@ __device__ acc_t<scalar_t> code_value(const PositionSource& source, const Channe
                                point.along(source.grid.segment_axes[grid_segment(source.grid, d)]));
 }
 
+// combine(scale * x, pe) for a combine known at compile time.
+template <Combine kCombine, typename acc>
+__device__ __forceinline__ acc combine_value(acc scale, acc x, acc pe) {
+  if constexpr (kCombine == Combine::kAdd) return scale * x + pe;
+  if constexpr (kCombine == Combine::kMul) return (scale * x) * pe;
+  if constexpr (kCombine == Combine::kScaleOnly) return scale * x;
+  return pe;
+}
+
+// combine(scale * x, pe) for a combine known at run time, without a branch (a switch per element
+// is an indirect branch): (scale * x) * m + a, with (m, a) = (1, pe) for add, (pe, 0) for mul,
+// (1, 0) for scale only; position only has no input (x = 0) and adds pe.
 template <typename acc>
-__device__ acc combine_value(Combine combine, acc scale, acc x, acc pe) {
-  switch (combine) {
-    case Combine::kAdd:
-      return scale * x + pe;
-    case Combine::kMul:
-      return (scale * x) * pe;
-    case Combine::kScaleOnly:
-      return scale * x;
-    case Combine::kPositionOnly:
-      return pe;
-  }
-  return x;
+__device__ __forceinline__ acc combine_value(Combine combine, acc scale, acc x, acc pe) {
+  const bool multiply = combine == Combine::kMul;
+  const bool add = combine == Combine::kAdd || combine == Combine::kPositionOnly;
+  return (scale * x) * (multiply ? pe : acc(1)) + (add ? pe : acc(0));
 }
 
 // The channel table of a launch (see ChannelTable); channels past dim in the last group get a
@@ -225,30 +324,27 @@ unsigned int blocks_for(int64_t work, int64_t per_block, unsigned int limit) {
   return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > limit ? limit : blocks));
 }
 
+// Whether a launch evaluates computed codes, and so reads a channel table.
 bool needs_channel_table(const AddPositionalParams& params) {
   return params.source.kind != PositionKind::kLearned && params.combine != Combine::kScaleOnly;
 }
 
-// Fills the channel table at the start of `workspace` when the launch needs one.
-int fill_channel_table(const AddPositionalParams& params, void* workspace, void* stream) {
-  if (!needs_channel_table(params)) return 0;
-  const int64_t entries = channel_field_entries(channel_groups(params.shape.dim));
-  POSENC_LAUNCH(channel_codes_kernel, blocks_for(entries, kThreads, max_grid_x()), kThreads, 0,
-                stream, params.source.code, params.source.grid, params.shape.dim,
-                static_cast<double*>(workspace));
-  return launch_status();
-}
-
-int64_t channel_table_bytes(const AddPositionalParams& params) {
-  const int64_t entries = channel_field_entries(channel_groups(params.shape.dim));
-  return needs_channel_table(params)
-             ? aligned_bytes(kChannelFields * entries * static_cast<int64_t>(sizeof(double)))
-             : 0;
-}
-
-// The channel table at the start of `workspace` (unused when the launch needs none).
-ChannelTable channel_table(const AddPositionalParams& params, void* workspace) {
-  return ChannelTable{static_cast<const double*>(workspace), channel_groups(params.shape.dim)};
+// The streaming multiprocessors of the current device (asked once per device).
+unsigned int multiprocessors() {
+#if defined(__CUDACC__)
+  constexpr int kMaxDevices = 64;
+  static int counts[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 132;
+  if (counts[device] == 0) {
+    int count = 0;
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    counts[device] = count > 0 ? count : 132;
+  }
+  return static_cast<unsigned int>(counts[device]);
+#else
+  return cuda_emulation::limits().multiprocessors;
+#endif
 }
 
 int64_t element_bytes(DType dtype) {

@@ -6,6 +6,7 @@
 // nvcc (see cuda_compat.h). Host only.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -13,8 +14,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iterator>
+#include <map>
 #include <mutex>
+#include <set>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #define __global__
@@ -56,6 +61,34 @@ inline void check_vector_access(const void* address) {
   }
 }
 
+// ---- the memory trace: what a warp's lanes read and write together ---------------------------
+// Kernels move global memory through the helpers of cuda/device.cuh (row streams, tables,
+// indices); in the emulation each helper records its access here when tracing is on. A GPU
+// serves the lanes of a warp that execute one access instruction together, in 32-byte sectors:
+// grouping the accesses by (block, warp, kind, the thread's count of accesses of that kind)
+// gives each instruction's lanes, and so the sectors it moves (see count_sectors).
+enum class Access : int { kRowLoad, kRowStore, kTableLoad, kIndexLoad, kAccessKinds };
+
+struct TracedAccess {
+  uint64_t block;
+  uint32_t thread;    // flat index within the block
+  uint32_t sequence;  // the thread's count of earlier accesses of this kind
+  Access kind;
+  uintptr_t address;
+  uint32_t bytes;
+};
+
+struct MemoryTrace {
+  bool enabled = false;
+  std::mutex mutex;
+  std::vector<TracedAccess> accesses;
+};
+
+inline MemoryTrace& memory_trace() {
+  static MemoryTrace value;
+  return value;
+}
+
 // The message of the last failed device check (for tests).
 inline const char*& last_assert_message() {
   static thread_local const char* value = "";
@@ -70,6 +103,7 @@ struct Limits {
   unsigned int max_threads_per_block = 1024u;
   unsigned int max_block_z = 64u;
   size_t max_shared_bytes = 48 * 1024;  // the default dynamic shared memory per block
+  unsigned int multiprocessors = 4;     // what launches size their grids to
 };
 
 inline Limits& limits() {
@@ -130,12 +164,69 @@ struct ThreadState {
   dim3 block_idx, thread_idx, block_dim, grid_dim;
   unsigned char* shared = nullptr;
   BlockBarrier* barrier = nullptr;
+  uint32_t sequence[static_cast<int>(Access::kAccessKinds)] = {};  // accesses so far, per kind
 };
 
 inline ThreadState& state() {
   static thread_local ThreadState value;
   return value;
 }
+
+// Records one thread's access of `bytes` at `address` when tracing is on.
+inline void trace_access(Access kind, const void* address, size_t bytes) {
+  MemoryTrace& trace = memory_trace();
+  if (!trace.enabled) return;
+  ThreadState& s = state();
+  const uint64_t block =
+      s.block_idx.x +
+      uint64_t{s.grid_dim.x} * (s.block_idx.y + uint64_t{s.grid_dim.y} * s.block_idx.z);
+  const uint32_t thread =
+      s.thread_idx.x + s.block_dim.x * (s.thread_idx.y + s.block_dim.y * s.thread_idx.z);
+  const uint32_t sequence = s.sequence[static_cast<int>(kind)]++;
+  const std::lock_guard<std::mutex> lock(trace.mutex);
+  trace.accesses.push_back({block, thread, sequence, kind, reinterpret_cast<uintptr_t>(address),
+                            static_cast<uint32_t>(bytes)});
+}
+
+// Bytes and 32-byte sectors of the traced accesses of one kind.
+struct SectorCount {
+  uint64_t bytes = 0;    // the bytes the lanes asked for
+  uint64_t sectors = 0;  // the sectors their warps' instructions touched
+};
+
+// `instructions_per_access` > 1 counts the sectors of that many consecutive instructions of a
+// warp together (the 16-byte words of one wider access: a float32 group is two).
+inline SectorCount count_sectors(Access kind, uint32_t instructions_per_access = 1) {
+  MemoryTrace& trace = memory_trace();
+  const std::lock_guard<std::mutex> lock(trace.mutex);
+  // (block, warp, sequence) -> the sectors of that warp instruction.
+  std::map<std::tuple<uint64_t, uint32_t, uint32_t>, std::set<uintptr_t>> instructions;
+  SectorCount count;
+  for (const TracedAccess& access : trace.accesses) {
+    if (access.kind != kind) continue;
+    count.bytes += access.bytes;
+    std::set<uintptr_t>& sectors =
+        instructions[{access.block, access.thread / 32, access.sequence / instructions_per_access}];
+    for (uintptr_t sector = access.address / 32; sector <= (access.address + access.bytes - 1) / 32;
+         ++sector) {
+      sectors.insert(sector);
+    }
+  }
+  for (const auto& [instruction, sectors] : instructions) count.sectors += sectors.size();
+  return count;
+}
+
+// Traces the accesses of the launches in its scope.
+struct ScopedMemoryTrace {
+  ScopedMemoryTrace() {
+    memory_trace().accesses.clear();
+    memory_trace().enabled = true;
+  }
+  ~ScopedMemoryTrace() {
+    memory_trace().enabled = false;
+    memory_trace().accesses.clear();
+  }
+};
 
 inline cudaError_t& last_error() {
   static thread_local cudaError_t value = cudaSuccess;
@@ -239,6 +330,7 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
       std::memset(shared.data(), 0xA5, shared.size());
       for (uint64_t thread = 0; thread < threads; ++thread) {
         s.thread_idx = unflatten(thread, block);
+        std::fill(std::begin(s.sequence), std::end(s.sequence), 0u);
         try {
           kernel();
         } catch (const DeviceAssert& failure) {
@@ -270,6 +362,7 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
       s.thread_idx = unflatten(thread, block);
       for (uint64_t index = 0; index < blocks; ++index) {
         s.block_idx = unflatten(index, grid);
+        std::fill(std::begin(s.sequence), std::end(s.sequence), 0u);
         try {
           kernel();
         } catch (const DeviceAssert& failure) {

@@ -1,7 +1,8 @@
 // CUDA kernels of the learned-table and embedding-weight gradients: scatter-adds with atomics,
 // or in a fixed order (sorted rows summed in chunks joined in order) when deterministic.
-#include "cuda/scatter_launch.h"
+#include "cuda/add_positional_launch.h"
 #include "cuda/device.cuh"
+#include "cuda/scatter_launch.h"
 
 namespace posenc {
 namespace kernels {
@@ -161,19 +162,16 @@ int64_t scatter_workspace_bytes(const AddPositionalParams& params, bool determin
   const int64_t rows = params.shape.batch_count() * params.shape.seq_len;
   const int64_t accumulate = params.dtype == DType::kFloat64 ? 8 : 4;
   const int64_t chunks = (rows + kScatterChunk - 1) / kScatterChunk;
-  return channel_table_bytes(params) +
-         (deterministic ? aligned_bytes(2 * chunks * params.shape.dim * accumulate) : 0);
+  return deterministic ? aligned_bytes(2 * chunks * params.shape.dim * accumulate) : 0;
 }
 
 int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows& input,
                             ScatterTarget target, const int64_t* seed,
-                            const int64_t* fairseq_positions, void* workspace, void* grad,
+                            const int64_t* fairseq_positions, const double* table, void* grad,
                             void* stream) {
   const int64_t rows = params.shape.batch_count() * params.shape.seq_len;
   if (rows == 0 || params.shape.dim == 0) return 0;
-  const int status = fill_channel_table(params, workspace, stream);
-  if (status != 0) return status;
-  const ChannelTable channels = channel_table(params, workspace);
+  const ChannelTable channels{table, channel_groups(params.shape.dim)};
   const dim3 grid(blocks_for(rows, 1, max_grid_x()),
                   blocks_for(params.shape.dim, kThreads, max_grid_yz()));
   return dispatch_dtype(params.dtype, [&](auto tag) {
@@ -187,21 +185,18 @@ int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows
 int scatter_backward_deterministic(const AddPositionalParams& params, const StridedRows& input,
                                    ScatterTarget target, const int64_t* seed,
                                    const int64_t* fairseq_positions, const int64_t* sorted_rows,
-                                   const int64_t* sorted_targets, void* workspace, void* grad,
-                                   void* stream) {
+                                   const int64_t* sorted_targets, const double* table,
+                                   void* workspace, void* grad, void* stream) {
   const int64_t rows = params.shape.batch_count() * params.shape.seq_len;
   if (rows == 0 || params.shape.dim == 0) return 0;
-  int status = fill_channel_table(params, workspace, stream);
-  if (status != 0) return status;
-  const ChannelTable channels = channel_table(params, workspace);
+  const ChannelTable channels{table, channel_groups(params.shape.dim)};
   const int64_t chunks = (rows + kScatterChunk - 1) / kScatterChunk;
   const dim3 grid(blocks_for(chunks, 1, max_grid_x()),
                   blocks_for(params.shape.dim, kThreads, max_grid_yz()));
   return dispatch_dtype(params.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
     using acc = acc_t<scalar_t>;
-    acc* head = reinterpret_cast<acc*>(static_cast<unsigned char*>(workspace) +
-                                       channel_table_bytes(params));
+    acc* head = static_cast<acc*>(workspace);
     acc* tail = head + chunks * params.shape.dim;
     POSENC_LAUNCH(scatter_chunks_kernel<scalar_t>, grid, kThreads, 0, stream, params, input, target,
                   seed, fairseq_positions, channels, sorted_rows, sorted_targets, rows, head, tail,

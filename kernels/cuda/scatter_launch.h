@@ -15,7 +15,8 @@ enum class ScatterTarget : int {
   kWeight,  // grad_weight[ids(b, t)]: embedding weight gradient
 };
 
-// Workspace of the scatters below (the channel table, and the chunk sums when deterministic).
+// Workspace of the scatters below (the chunk sums when deterministic). Both read the launch's
+// channel table (add_positional_launch.h) for computed codes.
 int64_t scatter_workspace_bytes(const AddPositionalParams& params, bool deterministic);
 
 // Scatter-add of the backward contributions (params.x holds grad) into `grad` ([rows, D] in the
@@ -23,7 +24,7 @@ int64_t scatter_workspace_bytes(const AddPositionalParams& params, bool determin
 // [batch * T] from fairseq_positions() when params.gather.fairseq_positions.
 int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows& input,
                             ScatterTarget target, const int64_t* seed,
-                            const int64_t* fairseq_positions, void* workspace, void* grad,
+                            const int64_t* fairseq_positions, const double* table, void* grad,
                             void* stream);
 
 // The same sums in a fixed order, bit-identical from run to run and without atomics: rows sorted
@@ -32,8 +33,8 @@ int scatter_backward_atomic(const AddPositionalParams& params, const StridedRows
 int scatter_backward_deterministic(const AddPositionalParams& params, const StridedRows& input,
                                    ScatterTarget target, const int64_t* seed,
                                    const int64_t* fairseq_positions, const int64_t* sorted_rows,
-                                   const int64_t* sorted_targets, void* workspace, void* grad,
-                                   void* stream);
+                                   const int64_t* sorted_targets, const double* table,
+                                   void* workspace, void* grad, void* stream);
 
 }  // namespace POSENC_CUDA_NAMESPACE
 }  // namespace kernels

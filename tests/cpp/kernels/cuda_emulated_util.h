@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -31,29 +33,42 @@ namespace ce = posenc::cuda_emulation;
 
 namespace emulated_test {
 
-// A dense buffer of one kernel dtype, read and written through doubles.
+// The alignment of the caching allocator's blocks, which the kernels' sector counts assume.
+constexpr size_t kAllocationAlignment = 256;
+
+// A dense, 256-byte aligned buffer of one kernel dtype, read and written through doubles.
 struct Buffer {
   pk::DType dtype;
-  std::vector<unsigned char> bytes;
+  size_t byte_count;
+  std::vector<unsigned char> storage;
+  unsigned char* base;
 
-  Buffer(pk::DType type, size_t count) : dtype(type), bytes(count * element_size(type)) {}
+  Buffer(pk::DType type, size_t count)
+      : dtype(type),
+        byte_count(count * element_size(type)),
+        storage(byte_count + kAllocationAlignment) {
+    const auto address = reinterpret_cast<uintptr_t>(storage.data());
+    base = storage.data() + (kAllocationAlignment - address % kAllocationAlignment);
+  }
+  Buffer(Buffer&&) = default;  // the storage moves, so `base` stays valid
+  Buffer& operator=(Buffer&&) = default;
 
   static size_t element_size(pk::DType type) {
     return type == pk::DType::kFloat64 ? 8 : (type == pk::DType::kFloat32 ? 4 : 2);
   }
-  size_t size() const { return bytes.size() / element_size(dtype); }
-  void* data() { return bytes.data(); }
+  size_t size() const { return byte_count / element_size(dtype); }
+  void* data() { return base; }
 
   double get(size_t i) const {
     return pk::dispatch_dtype(dtype, [&](auto tag) -> double {
       using T = decltype(tag);
-      return static_cast<double>(pk::load_as_acc(reinterpret_cast<const T*>(bytes.data()) + i));
+      return static_cast<double>(pk::load_as_acc(reinterpret_cast<const T*>(base) + i));
     });
   }
   void set(size_t i, double value) {
     pk::dispatch_dtype(dtype, [&](auto tag) {
       using T = decltype(tag);
-      pk::store_from_acc(reinterpret_cast<T*>(bytes.data()) + i, static_cast<pk::acc_t<T>>(value));
+      pk::store_from_acc(reinterpret_cast<T*>(base) + i, static_cast<pk::acc_t<T>>(value));
       return 0;
     });
   }
@@ -61,13 +76,36 @@ struct Buffer {
     std::normal_distribution<double> normal;
     for (size_t i = 0; i < size(); ++i) set(i, normal(rng));
   }
-  void poison() { std::fill(bytes.begin(), bytes.end(), 0x7f); }  // NaN/huge in every dtype
+  void poison() { std::fill(base, base + byte_count, 0x7f); }  // NaN/huge in every dtype
 };
 
 // The 16-byte aligned start of a byte buffer (the binding's allocator aligns workspaces so).
 inline void* aligned(std::vector<unsigned char>& bytes) {
   const auto address = reinterpret_cast<uintptr_t>(bytes.data());
   return bytes.data() + (16 - address % 16) % 16;
+}
+
+// The device channel table of `params`' computed codes, as the binding fills it before a launch
+// (no bytes when the launch reads none). Poisoned first: an entry the fill leaves unwritten
+// shows.
+struct ChannelTableBuffer {
+  Buffer buffer;
+  explicit ChannelTableBuffer(const pk::AddPositionalParams& params)
+      : buffer(pk::DType::kFloat64,
+               static_cast<size_t>(emu::channel_table_bytes(params)) / sizeof(double)) {
+    for (size_t i = 0; i < buffer.size(); ++i) {
+      buffer.set(i, std::numeric_limits<double>::quiet_NaN());
+    }
+    if (buffer.size() > 0) {
+      EXPECT_EQ(emu::fill_channel_table(params, data_mutable(), nullptr), 0);
+    }
+  }
+  double* data_mutable() { return static_cast<double*>(buffer.data()); }
+  const double* data() { return data_mutable(); }
+};
+
+inline std::unique_ptr<ChannelTableBuffer> channel_table(const pk::AddPositionalParams& params) {
+  return std::make_unique<ChannelTableBuffer>(params);
 }
 
 inline double tolerance(pk::DType dtype) {

@@ -36,10 +36,13 @@ TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
     params.shape.dim = dim;
     params.out = {out.data(), {seq_len * dim}, dim, 1};
     params.gather.row_stride = dim;
-    expect_device_assert(emu::add_positional(params, nullptr, aligned(workspace), nullptr),
+    expect_device_assert(emu::add_positional(params, nullptr, channel_table(params)->data(),
+                                             aligned(workspace), nullptr),
                          "ids must be in [0, V)");
     ids[5] = 4;
-    EXPECT_EQ(emu::add_positional(params, nullptr, aligned(workspace), nullptr), 0);
+    EXPECT_EQ(emu::add_positional(params, nullptr, channel_table(params)->data(),
+                                  aligned(workspace), nullptr),
+              0);
   }
   const int64_t dim = params.shape.dim;  // 4, with valid ids, for the cases below
   // A token index past a patch grid of 1 cls token and 1 x 1 patches.
@@ -53,25 +56,29 @@ TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
     grid_params.source.grid.segment_axes[0] = 1;
     grid_params.source.grid.segment_ends[0] = 2;
     grid_params.source.grid.segment_ends[1] = 4;
-    expect_device_assert(emu::add_positional(grid_params, nullptr, aligned(workspace), nullptr),
-                         "extra_tokens + the grid's patches");
+    expect_device_assert(
+        emu::add_positional(grid_params, nullptr, channel_table(grid_params)->data(),
+                            aligned(workspace), nullptr),
+        "extra_tokens + the grid's patches");
     tokens[2] = 1;
-    EXPECT_EQ(emu::add_positional(grid_params, nullptr, aligned(workspace), nullptr), 0);
+    EXPECT_EQ(emu::add_positional(grid_params, nullptr, channel_table(grid_params)->data(),
+                                  aligned(workspace), nullptr),
+              0);
   }
   // A negative position, and a position past a learned table, in the forward and the scatter.
   std::vector<int64_t> positions{0, -1, 2};
   params.positions = {positions.data(), pk::IndexType::kInt64, {0}, 1};
-  expect_device_assert(emu::add_positional(params, nullptr, aligned(workspace), nullptr),
+  expect_device_assert(emu::add_positional(params, nullptr, channel_table(params)->data(),
+                                           aligned(workspace), nullptr),
                        "positions must be >= 0");
   positions[1] = 7;
   params.source.kind = pk::PositionKind::kLearned;
   params.source.table_rows = 4;
   std::vector<float> grad_table(4 * dim, 0.0f);
   params.x = {out.data(), {seq_len * dim}, dim, 1};
-  expect_device_assert(
-      emu::scatter_backward_atomic(params, {}, emu::ScatterTarget::kTable, nullptr, nullptr,
-                                   aligned(workspace), grad_table.data(), nullptr),
-      "positions must be < the table");
+  expect_device_assert(emu::scatter_backward_atomic(params, {}, emu::ScatterTarget::kTable, nullptr,
+                                                    nullptr, nullptr, grad_table.data(), nullptr),
+                       "positions must be < the table");
   // Rotary: cu_seqlens that decrease, and negative offsets.
   std::vector<float> q(6 * 2, 1.0f), q_out(q.size());
   std::vector<int64_t> cu{0, 4, 3, 6}, offsets{0, 0, -2};

@@ -18,9 +18,10 @@ struct RowsCase {
   bool fairseq;
   bool strided;  // x, out and a learned table with padded rows (non-contiguous)
   bool lowered_limits;
-  bool grid = false;            // positions are token indices of test_grid() (D = 38)
-  bool contiguous_out = false;  // with `strided`: x and the table padded, out not
-  bool contiguous_x = false;    // with `strided`: out and the table padded, x not
+  bool grid = false;              // positions are token indices of test_grid() (D = 38)
+  bool contiguous_out = false;    // with `strided`: x and the table padded, out not
+  bool contiguous_x = false;      // with `strided`: out and the table padded, x not
+  bool shared_positions = false;  // with explicit_positions: one [T] row for every batch row
 };
 
 std::string name_of(const RowsCase& c) {
@@ -78,7 +79,8 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
     params.scale = 1.5;
     params.dropout = pk::make_dropout(c.dropout, true, 1234567);
     if (c.explicit_positions) {
-      params.positions = {positions.data(), pk::IndexType::kInt64, {c.seq_len}, 1};
+      params.positions = {
+          positions.data(), pk::IndexType::kInt64, {c.shared_positions ? 0 : c.seq_len}, 1};
     }
     std::vector<pk::ChannelCode> channels;
     params.source.kind = c.kind;
@@ -112,13 +114,15 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
     const int64_t seed = 1234567;
     std::vector<unsigned char> workspace(
         static_cast<size_t>(emu::add_positional_workspace_bytes(params)) + 16, 0x7f);
+    ChannelTableBuffer code_table(params);
     {
       ce::ScopedLimits restore;
       if (c.lowered_limits) {
         ce::limits().max_grid_x = 3;
         ce::limits().max_grid_yz = 2;
       }
-      ASSERT_EQ(emu::add_positional(params, &seed, aligned(workspace), nullptr), 0);
+      ASSERT_EQ(emu::add_positional(params, &seed, code_table.data(), aligned(workspace), nullptr),
+                0);
     }
     expect_same(cpu_out, emulated_out, tolerance(dtype), "add_positional");
   }
@@ -205,13 +209,15 @@ TEST_P(CudaEmulatedRows, ScatterMatchesCpu) {
         // Poisoned: every workspace element read is written first.
         std::vector<unsigned char> workspace(
             static_cast<size_t>(emu::scatter_workspace_bytes(params, deterministic)) + 16, 0x7f);
+        ChannelTableBuffer code_table(params);
         const int status =
             deterministic
                 ? emu::scatter_backward_deterministic(params, input_rows, target, &seed, nullptr,
                                                       sorted.data(), sorted_targets.data(),
-                                                      aligned(workspace), emulated.data(), nullptr)
+                                                      code_table.data(), aligned(workspace),
+                                                      emulated.data(), nullptr)
                 : emu::scatter_backward_atomic(params, input_rows, target, &seed, nullptr,
-                                               aligned(workspace), emulated.data(), nullptr);
+                                               code_table.data(), emulated.data(), nullptr);
         ASSERT_EQ(status, 0);
         // Sums in another order: float rounding, relative to the number of terms.
         expect_same(cpu, emulated, accumulate == pk::DType::kFloat64 ? 1e-11 : 1e-5,
@@ -247,6 +253,12 @@ const RowsCase kRowsCases[] = {
     // The dense kernel with rows gathered from a weight by ids, padding ids among them.
     {5, 6, 16, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, true, false, false, false},
     {70, 4, 24, pk::PositionKind::kLearned, pk::Combine::kMul, 0.0, false, true, false, false, true},
+    // The dense kernel on explicit positions shared by the batch: paired codes with dropout and
+    // a gather, and decoding steps (T = 1) whose batch rows are split over blocks.
+    {6, 9, 16, pk::PositionKind::kLinear, pk::Combine::kAdd, 0.3, true, true, false, false, false, false, false, false, true},
+    {40, 1, 64, pk::PositionKind::kDamped, pk::Combine::kMul, 0.0, true, false, false, false, false, false, false, false, true},
+    {40, 1, 64, pk::PositionKind::kCosine, pk::Combine::kAdd, 0.2, true, true, false, false, false, false, false, false, true},
+    {3, 7, 16, pk::PositionKind::kLearned, pk::Combine::kAdd, 0.1, true, false, false, false, true, false, false, false, true},
     // D % 8 == 0 but rows of x (and of the table) 19 elements apart: not 16-byte aligned, so
     // the general kernel, also when the output is contiguous; the table element by element.
     {4, 6, 16, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, true, false},
