@@ -28,11 +28,12 @@ enum class Source : int { kNone, kPaired, kChannels, kTable };
 // (channels 2k and 2k + 1) its frequency, its amplitude and whether channel 2k is the cosine
 // (linear, damped) or the sine (sinusoidal). They live in the thread's own slots of shared
 // memory ([slot][thread]: conflict-free, no barrier), which leaves the registers to the rows in
-// flight. (Unpaired channels read their codes from the table per step instead.)
+// flight. (Unpaired channels read their codes from the table per step instead, and evaluate
+// them one at a time into the same slots.)
 constexpr int kPairs = kElementsPerThread / 2;
 constexpr size_t kDenseCodeBytes = kPairs * (3 * sizeof(double) + sizeof(float)) + sizeof(uint32_t);
 
-struct PairedCodes {
+struct CodeSlots {
   double* frequency;       // [3 * kPairs][threads]: high, middle and low of each angle
   float* amplitude;        // [kPairs][threads]
   uint32_t* cosine_first;  // [threads]: bit k, channel 2k is the cosine
@@ -42,12 +43,14 @@ struct PairedCodes {
   __device__ double& f(int piece, int k) {
     return frequency[(piece * kPairs + k) * threads + thread];
   }
+  // Unpaired channels: the same memory as [8][threads] floats, their codes at one step.
+  __device__ float* evaluated() { return reinterpret_cast<float*>(frequency); }
 };
 
 // The thread's slots in the block's dynamic shared memory (kDenseCodeBytes a thread).
-__device__ __forceinline__ PairedCodes paired_codes_slots() {
+__device__ __forceinline__ CodeSlots code_slots() {
   POSENC_DYNAMIC_SHARED(double, shared);
-  PairedCodes codes;
+  CodeSlots codes;
   codes.threads = static_cast<int>(blockDim.x * blockDim.y);
   codes.thread = static_cast<int>(threadIdx.y * blockDim.x + threadIdx.x);
   codes.frequency = shared;
@@ -57,7 +60,7 @@ __device__ __forceinline__ PairedCodes paired_codes_slots() {
 }
 
 __device__ __forceinline__ void load_paired_codes(const ChannelTable& table, int64_t g,
-                                                  PairedCodes& codes) {
+                                                  CodeSlots& codes) {
   const int64_t field = channel_field_entries(table.groups);
   uint32_t cosine_first = 0;
 #pragma unroll
@@ -74,7 +77,7 @@ __device__ __forceinline__ void load_paired_codes(const ChannelTable& table, int
 }
 
 // PE(position) of a paired thread's 8 channels: one sincos per angle.
-__device__ __forceinline__ void evaluate_paired(PairedCodes& codes, int64_t position, float* pe) {
+__device__ __forceinline__ void evaluate_paired(CodeSlots& codes, int64_t position, float* pe) {
   const double p = static_cast<double>(position);
   const uint32_t cosine_first = codes.cosine_first[codes.thread];
 #pragma unroll
@@ -88,16 +91,25 @@ __device__ __forceinline__ void evaluate_paired(PairedCodes& codes, int64_t posi
   }
 }
 
+// The position of step t, shared by the batch (dense_rows): offset + t, or batch index 0's.
+__device__ __forceinline__ int64_t step_position(const AddPositionalParams& p, int64_t t) {
+  return p.positions.data == nullptr ? p.offset + t
+                                     : load_index_readonly(p.positions, t * p.positions.seq_stride);
+}
+
 template <typename scalar_t, Combine kCombine, Source kSource, bool kDropout, bool kGather>
-__global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads,
-                                     kSource == Source::kChannels ? 1 : kDenseBlocksPerSm)
+__global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
     add_positional_dense_kernel(const POSENC_GRID_CONSTANT AddPositionalParams p,
                                 const int64_t* seed, ChannelTable table) {
   using acc = acc_t<scalar_t>;
   static_assert(sizeof(acc) == sizeof(float), "the dense kernel computes in float");
   constexpr bool kCode = kSource != Source::kNone;
   constexpr bool kInput = kCombine != Combine::kPositionOnly;
-  constexpr int kRows = kDenseRows<scalar_t>;
+  // Gathers with dropout take more registers: their 16-bit rows keep 3 rows (48 bytes) in flight
+  // rather than 4, so that two blocks still fit an SM without spills (24 KiB per SM).
+  constexpr bool kHeavy = kDropout && kGather;
+  constexpr int kRows =
+      kHeavy && sizeof(scalar_t) == 2 ? kDenseRows<scalar_t> - 1 : kDenseRows<scalar_t>;
   const int64_t seq_len = p.shape.seq_len;
   const int64_t dim = p.shape.dim;
   const int64_t groups = dim / kElementsPerThread;
@@ -114,125 +126,162 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads,
   for (int64_t g = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; g < groups;
        g += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     const int64_t d0 = g * kElementsPerThread;
-    PairedCodes codes = paired_codes_slots();
+    CodeSlots codes = code_slots();
     if constexpr (kSource == Source::kPaired) load_paired_codes(table, g, codes);
-    for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; t < seq_len;
-         t += static_cast<int64_t>(gridDim.x) * blockDim.y) {
-      scalar_t* out =
-          static_cast<scalar_t*>(const_cast<void*>(p.out.data)) + t * p.out.seq_stride + d0;
-      // Values the kernel indexes with are checked where they are read, but asserted after the
-      // step (a device-side assert is a call, kept out of the row loop); until then a bad one
-      // is clamped, so that no read leaves its tensor.
-      bool bad_id = false;
+    // The thread's rows (t, b): its steps t = t_first + i * step_stride and its batch rows
+    // b = b_first + k * row_step, walked step by step in chunks of kRows rows. A chunk may span
+    // steps, so a small batch (1 in inference) still keeps kRows rows in flight; unpaired codes
+    // (8 evaluations a step) keep a chunk within one step, so that their evaluation is inlined
+    // once, not once per row.
+    constexpr bool kSpanSteps = kSource != Source::kChannels;
+    // (T and the batch are below 2^31 here, dense_rows: steps and rows count in 32 bits.)
+    const int32_t seq_len32 = static_cast<int32_t>(seq_len);
+    const int32_t batch32 = static_cast<int32_t>(batch);
+    const int32_t step_stride = static_cast<int32_t>(gridDim.x * blockDim.y);
+    const int32_t t_first = static_cast<int32_t>(blockIdx.x * blockDim.y + threadIdx.y);
+    const int32_t b_first = static_cast<int32_t>(blockIdx.z);
+    const int32_t row_step32 = static_cast<int32_t>(row_step);
+    if (t_first >= seq_len32 || b_first >= batch32) continue;
+    int32_t next_t = t_first, next_b = b_first;  // the next row to load
+    // Values the kernel indexes with are checked where they are read, but asserted after the
+    // loop (a device-side assert is a call, kept out of it); until then a bad one is clamped,
+    // so that no read leaves its tensor.
+    bool bad_id = false;
+    bool bad_position = false;
+    acc pe[kElementsPerThread] = {};
+    int64_t code_t = -1;  // the step whose codes pe holds (computed kinds)
+    while (next_t < seq_len32) {
+      const int32_t chunk_t = next_t;
+      if constexpr (kSource == Source::kChannels) {
+        // The codes of the chunk's step (shared by the batch), before its loads: 8 evaluations'
+        // registers are not live beside the rows in flight; other warps hide the wait.
+        if (chunk_t != code_t) {
+          const int64_t position = step_position(p, chunk_t);
+          bad_position = bad_position || position < 0;
+          // One channel at a time (a loop, not unrolled: one evaluation's registers) into the
+          // thread's own shared slots ([8][threads]: conflict-free, no barrier), then into pe.
+          float* slots = codes.evaluated();
+#pragma unroll 1
+          for (int k = 0; k < kElementsPerThread; ++k) {
+            slots[k * codes.threads + codes.thread] =
+                evaluate_channel<float>(channel_at(table, d0 + k), position);
+          }
+#pragma unroll
+          for (int k = 0; k < kElementsPerThread; ++k)
+            pe[k] = slots[k * codes.threads + codes.thread];
+          code_t = chunk_t;
+        }
+      }
+      int32_t row_t[kRows], row_b[kRows];
+      bool valid[kRows];
       const scalar_t* source[kRows];
-      bool padding[kRows];
-      Pack8<scalar_t> raw[kRows];
-      // The sources of the rows of batch indices b0, b0 + row_step, ...; those past the batch's
-      // end are not loaded.
-      auto load_rows = [&](int64_t b0) {
+      const scalar_t* table_row[kRows];
+      uint32_t padding = 0;  // bit r: row r is a padding token
+      Pack8<scalar_t> raw[kRows], table_raw[kRows];
+      // The chunk's rows; those past the thread's last row repeat its first (loaded, a cache
+      // hit, and not stored), so that the loads need no branch.
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          const int64_t row = b0 + r * row_step;
-          const int64_t valid_row = row < batch ? row : b0;
-          padding[r] = false;
-          if constexpr (kGather) {
-            int64_t id = load_index_readonly(p.gather.ids,
-                                             valid_row * ids_batch + t * p.gather.ids.seq_stride);
-            bad_id = bad_id || id < 0 || id >= p.gather.vocab;
-            id = id < 0 ? 0 : (id >= p.gather.vocab ? p.gather.vocab - 1 : id);
-            source[r] = static_cast<const scalar_t*>(p.gather.weight) + id * p.gather.row_stride;
-            padding[r] = id == p.gather.padding_idx;
-          } else if constexpr (kInput) {
-            source[r] =
-                static_cast<const scalar_t*>(p.x.data) + valid_row * x_batch + t * p.x.seq_stride;
-          }
+      for (int r = 0; r < kRows; ++r) {
+        valid[r] = next_t < seq_len32 && (kSpanSteps || next_t == chunk_t);
+        row_t[r] = valid[r] ? next_t : row_t[0];
+        row_b[r] = valid[r] ? next_b : row_b[0];
+        next_b += row_step32;  // below 2^31 + 2^16: no overflow in 32 bits
+        const bool next_step = next_b >= batch32;
+        if (kSpanSteps || valid[r]) {  // (a chunk within one step stops at its end)
+          next_b = next_step ? b_first : next_b;
+          next_t = next_step ? next_t + step_stride : next_t;  // T + stride < 2^31 (dense_rows)
         }
-        if constexpr (kInput) {
-          // Issued together, with no branch and no use between them.
-#pragma unroll
-          for (int r = 0; r < kRows; ++r) {
-            if (b0 + r * row_step < batch) {
-              raw[r] = kGather ? load_row<Cache::kKeep>(source[r] + d0) : load_row(source[r] + d0);
-            }
-          }
+        const int64_t t = row_t[r], b = row_b[r];
+        if constexpr (kGather) {
+          int64_t id =
+              load_index_readonly(p.gather.ids, b * ids_batch + t * p.gather.ids.seq_stride);
+          bad_id = bad_id || id < 0 || id >= p.gather.vocab;
+          id = id < 0 ? 0 : (id >= p.gather.vocab ? p.gather.vocab - 1 : id);
+          source[r] = static_cast<const scalar_t*>(p.gather.weight) + id * p.gather.row_stride;
+          padding |= static_cast<uint32_t>(id == p.gather.padding_idx) << r;
+        } else if constexpr (kInput) {
+          source[r] = static_cast<const scalar_t*>(p.x.data) + b * x_batch + t * p.x.seq_stride;
         }
-      };
-      int64_t b0 = blockIdx.z;
-      load_rows(b0);
-      // The codes of step t, while the first rows' loads are in flight.
-      acc pe[kElementsPerThread];
-      bool bad_position = false;
-      if constexpr (kCode) {
-        // Shared by the batch (dense_rows): batch index 0's.
-        int64_t position = p.positions.data == nullptr
-                               ? p.offset + t
-                               : load_index_readonly(p.positions, t * p.positions.seq_stride);
-        bad_position = position < 0;
         if constexpr (kSource == Source::kTable) {
-          bad_position = bad_position || position >= p.source.table_rows;
-          position = bad_position ? 0 : position;
-          const Pack8<scalar_t> row = load_pack(static_cast<const scalar_t*>(p.source.table) +
-                                                position * p.source.table_row_stride + d0);
-#pragma unroll
-          for (int k = 0; k < kElementsPerThread; ++k) pe[k] = load_as_acc(&row.v[k]);
-        } else if constexpr (kSource == Source::kPaired) {
-          evaluate_paired(codes, position, pe);
-        } else {
-#pragma unroll
-          for (int k = 0; k < kElementsPerThread; ++k) {
-            pe[k] = evaluate_channel<float>(channel_at(table, d0 + k), position);
-          }
+          int64_t position = step_position(p, t);
+          const bool bad = position < 0 || position >= p.source.table_rows;
+          bad_position = bad_position || bad;
+          position = bad ? 0 : position;
+          table_row[r] = static_cast<const scalar_t*>(p.source.table) +
+                         position * p.source.table_row_stride + d0;
         }
       }
-      // The row loop: combine, drop out and store the loaded rows, then load the next ones.
-      while (true) {
+      // Issued together, with no branch and no use between them.
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          const int64_t row = b0 + r * row_step;
-          if (row >= batch) break;
-          uint32_t kept = 0;  // bit k: element k is kept
-          if constexpr (kDropout) {
-            // D % 8 == 0, so the group's 8 draws are one counter's (the CPU's mask bits).
-            const uint64_t first = static_cast<uint64_t>((row * seq_len + t) * dim + d0);
-            const Philox4 draws = philox4x32_10(first / kDropoutElementsPerCounter, dropout.seed);
+      for (int r = 0; r < kRows; ++r) {
+        if constexpr (kInput) {
+          raw[r] = kGather ? load_row<Cache::kKeep>(source[r] + d0) : load_row(source[r] + d0);
+        }
+        if constexpr (kSource == Source::kTable) table_raw[r] = load_pack(table_row[r]);
+      }
+      // Combine, drop out and store the chunk's rows. Padding rows are combined too and only
+      // their store is skipped: a branch around their work would let the compiler sink their
+      // loads into it, one at a time.
 #pragma unroll
-            for (int k = 0; k < kElementsPerThread; ++k) {
-              kept |= static_cast<uint32_t>(dropout_draw(draws, k) < dropout.keep_threshold) << k;
-            }
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t t = row_t[r], b = row_b[r];
+        if constexpr (kSource == Source::kPaired) {
+          if (t != code_t) {  // the codes of a new step, shared by the batch
+            const int64_t position = step_position(p, t);
+            bad_position = bad_position || position < 0;
+            evaluate_paired(codes, position, pe);
+            code_t = t;
           }
-          Pack8<scalar_t> result;
+        } else if constexpr (kSource == Source::kTable) {
+#pragma unroll
+          for (int k = 0; k < kElementsPerThread; ++k) pe[k] = load_as_acc(&table_raw[r].v[k]);
+        }
+        uint32_t kept = 0;  // bit k: element k is kept
+        if constexpr (kDropout) {
+          // D % 8 == 0, so the group's 8 draws are one counter's (the CPU's mask bits).
+          const uint64_t first = static_cast<uint64_t>((b * seq_len + t) * dim + d0);
+          const Philox4 draws = philox4x32_10(first / kDropoutElementsPerCounter, dropout.seed);
 #pragma unroll
           for (int k = 0; k < kElementsPerThread; ++k) {
-            acc x = acc(0);
-            if constexpr (kInput) x = load_as_acc(&raw[r].v[k]);
-            // A padding token gets no code: add 0, or multiply by 1.
-            acc code = acc(0);
-            if constexpr (kCode) {
-              code = kCombine == Combine::kMul ? (padding[r] ? acc(1) : pe[k])
-                                               : (padding[r] ? acc(0) : pe[k]);
-            }
-            acc y = combine_value<kCombine>(scale, x, code);
-            if constexpr (kDropout) y = (kept >> k) & 1u ? y * keep_scale : acc(0);
-            store_from_acc(&result.v[k], y);
+            kept |= static_cast<uint32_t>(dropout_draw(draws, k) < dropout.keep_threshold) << k;
           }
-          store_row(out + row * out_batch, result);
         }
-        b0 += kRows * row_step;
-        if (b0 >= batch) break;
-        load_rows(b0);
+        Pack8<scalar_t> result;
+#pragma unroll
+        for (int k = 0; k < kElementsPerThread; ++k) {
+          acc x = acc(0);
+          if constexpr (kInput) x = load_as_acc(&raw[r].v[k]);
+          // A padding token gets no code: add 0, or multiply by 1.
+          acc code = acc(0);
+          if constexpr (kCode) {
+            const bool pad = (padding >> r) & 1u;
+            code = kCombine == Combine::kMul ? (pad ? acc(1) : pe[k]) : (pad ? acc(0) : pe[k]);
+          }
+          acc y = combine_value<kCombine>(scale, x, code);
+          if constexpr (kDropout) y = (kept >> k) & 1u ? y * keep_scale : acc(0);
+          store_from_acc(&result.v[k], y);
+        }
+        if (valid[r]) {
+          store_row(static_cast<scalar_t*>(const_cast<void*>(p.out.data)) + b * out_batch +
+                        t * p.out.seq_stride + d0,
+                    result);
+        }
       }
-      POSENC_DEVICE_CHECK(!bad_id, "posenc: ids must be in [0, V)");
-      POSENC_DEVICE_CHECK(!bad_position,
-                          "posenc: positions must be >= 0 (and < the table's rows for kind "
-                          "'learned')");
     }
+    POSENC_DEVICE_CHECK(!bad_id, "posenc: ids must be in [0, V)");
+    POSENC_DEVICE_CHECK(!bad_position,
+                        "posenc: positions must be >= 0 (and < the table's rows for kind "
+                        "'learned')");
   }
 }
 
 template <typename scalar_t, Combine kCombine, Source kSource, bool kDropout, bool kGather>
 int launch(const AddPositionalParams& params, const int64_t* seed, const ChannelTable& table,
            const DenseGrid& grid, void* stream) {
-  const size_t code_bytes = kSource == Source::kPaired ? kDenseCodeBytes * kDenseThreads : 0;
+  const size_t code_bytes = kSource == Source::kPaired ? kDenseCodeBytes * kDenseThreads
+                            : kSource == Source::kChannels
+                                ? kElementsPerThread * sizeof(float) * kDenseThreads
+                                : 0;
   POSENC_LAUNCH((add_positional_dense_kernel<scalar_t, kCombine, kSource, kDropout, kGather>),
                 grid.blocks, grid.threads, code_bytes, stream, params, seed, table);
   return launch_status();

@@ -16,11 +16,12 @@
 // register caps through POSENC_LAUNCH_BOUNDS; values the kernels index with checked by
 // POSENC_DEVICE_CHECK. No warp intrinsics, no cooperative groups, no static __shared__ arrays.
 //
-// Bandwidth by design: per-channel codes and rotary frequency splits are computed once per launch
-// into a device table (no double-precision transcendentals per element), laid out so that a warp
-// reads it coalesced; a thread owns 8 consecutive channels, moves them with 16-byte loads and
-// stores when the row allows it, keeps several rows' loads in flight, and walks many steps and
-// batch rows with them; no 64-bit division in the per-element loops.
+// Bandwidth by design: per-channel codes are computed once per code into a device table (kept by
+// the binding), laid out so that a warp reads it coalesced, and rotary frequency splits once per
+// thread (no double-precision transcendentals per element); a thread owns 8 consecutive
+// channels, moves them with 16-byte loads and stores when the row allows it, keeps several rows'
+// loads in flight, and walks many steps and batch rows with them; no 64-bit division in the
+// per-element loops. The hot kernels' machine code is checked by tests/sass/check_sass.py.
 #pragma once
 
 #include <cstdint>

@@ -15,11 +15,10 @@
 #include <cstring>
 #include <functional>
 #include <iterator>
-#include <map>
 #include <mutex>
-#include <set>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -190,8 +189,9 @@ inline void trace_access(Access kind, const void* address, size_t bytes) {
 
 // Bytes and 32-byte sectors of the traced accesses of one kind.
 struct SectorCount {
-  uint64_t bytes = 0;    // the bytes the lanes asked for
-  uint64_t sectors = 0;  // the sectors their warps' instructions touched
+  uint64_t bytes = 0;         // the bytes the lanes asked for
+  uint64_t sectors = 0;       // the sectors their warps' instructions touched
+  uint64_t unique_bytes = 0;  // the distinct bytes among them (what DRAM would move at most)
 };
 
 // `instructions_per_access` > 1 counts the sectors of that many consecutive instructions of a
@@ -199,20 +199,28 @@ struct SectorCount {
 inline SectorCount count_sectors(Access kind, uint32_t instructions_per_access = 1) {
   MemoryTrace& trace = memory_trace();
   const std::lock_guard<std::mutex> lock(trace.mutex);
-  // (block, warp, sequence) -> the sectors of that warp instruction.
-  std::map<std::tuple<uint64_t, uint32_t, uint32_t>, std::set<uintptr_t>> instructions;
+  // (block, warp, instruction, sector) of every sector an access touches; the distinct ones are
+  // the sectors the warps' instructions move. Accesses are aligned words that never partly
+  // overlap, so the distinct (address, bytes) pairs give the distinct bytes.
+  std::vector<std::tuple<uint64_t, uint32_t, uint32_t, uintptr_t>> sectors;
+  std::vector<std::pair<uintptr_t, uint32_t>> words;
   SectorCount count;
   for (const TracedAccess& access : trace.accesses) {
     if (access.kind != kind) continue;
     count.bytes += access.bytes;
-    std::set<uintptr_t>& sectors =
-        instructions[{access.block, access.thread / 32, access.sequence / instructions_per_access}];
+    words.emplace_back(access.address, access.bytes);
     for (uintptr_t sector = access.address / 32; sector <= (access.address + access.bytes - 1) / 32;
          ++sector) {
-      sectors.insert(sector);
+      sectors.emplace_back(access.block, access.thread / 32,
+                           access.sequence / instructions_per_access, sector);
     }
   }
-  for (const auto& [instruction, sectors] : instructions) count.sectors += sectors.size();
+  std::sort(sectors.begin(), sectors.end());
+  count.sectors =
+      static_cast<uint64_t>(std::unique(sectors.begin(), sectors.end()) - sectors.begin());
+  std::sort(words.begin(), words.end());
+  words.erase(std::unique(words.begin(), words.end()), words.end());
+  for (const auto& word : words) count.unique_bytes += word.second;
   return count;
 }
 

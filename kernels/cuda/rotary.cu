@@ -1,7 +1,9 @@
-// CUDA kernels of rotary: frequency splits once per launch, device-side checks of offsets and
-// cu_seqlens, and the rotation of q and k.
+// CUDA kernels of rotary: device-side checks of offsets and cu_seqlens, and the rotation of q
+// and k. Launches whose head rows all move as 16-byte vectors take the dense kernel
+// (rotary_dense.cu); every other launch the general kernel here, with frequency splits computed
+// once per launch.
+#include "cuda/rotary_dense.cuh"
 #include "cuda/rotary_launch.h"
-#include "cuda/device.cuh"
 
 namespace posenc {
 namespace kernels {
@@ -275,6 +277,7 @@ __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
 }  // namespace
 
 int64_t rotary_workspace_bytes(const RotaryParams& params) {
+  if (rotary_dense(params)) return 0;  // it computes each thread's frequencies itself
   return aligned_bytes(params.rotary_dim / 2 * static_cast<int64_t>(sizeof(TurnFrequency)));
 }
 
@@ -282,18 +285,19 @@ int rotary(const RotaryParams& params, const double* inv_freq, double base, void
            void* stream) {
   const int64_t tokens = params.batch * params.seq_len;
   if (tokens == 0 || params.head_dim == 0) return 0;
+  if (params.cu_seqlens != nullptr || params.offsets != nullptr) {
+    const int64_t sequences = params.cu_seqlens != nullptr ? params.sequences : params.batch;
+    POSENC_LAUNCH(rotary_check_kernel, blocks_for(sequences, kThreads, max_grid_x()), kThreads, 0,
+                  stream, params);
+    const int status = launch_status();
+    if (status != 0) return status;
+  }
+  if (rotary_dense(params)) return launch_rotary_dense(params, inv_freq, base, stream);
   auto* frequencies = static_cast<TurnFrequency*>(workspace);
   const int64_t half = params.rotary_dim / 2;
   if (half > 0) {
     POSENC_LAUNCH(rotary_frequencies_kernel, blocks_for(half, kThreads, max_grid_x()), kThreads, 0,
                   stream, params, inv_freq, base, frequencies);
-    const int status = launch_status();
-    if (status != 0) return status;
-  }
-  if (params.cu_seqlens != nullptr || params.offsets != nullptr) {
-    const int64_t sequences = params.cu_seqlens != nullptr ? params.sequences : params.batch;
-    POSENC_LAUNCH(rotary_check_kernel, blocks_for(sequences, kThreads, max_grid_x()), kThreads, 0,
-                  stream, params);
     const int status = launch_status();
     if (status != 0) return status;
   }
