@@ -2,7 +2,7 @@
 backward, next to a clone of the same bytes (the copy-bandwidth floor), eager PyTorch and
 torch.compile of the eager code, all timed in one run with CUDA events (back-to-back calls,
 see cuda_time_ms) after warm-up, inputs rotated over several copies larger than the L2 cache
-so that the cache does not flatter. Bytes moved are the bandwidth model's (benchmarks/bandwidth_model.py):
+so that the cache does not flatter; then decoding steps as CUDA graph replays (graph_time_us). Bytes moved are the bandwidth model's (benchmarks/bandwidth_model.py):
 each input read once, each output written once, dropout masks regenerated rather than stored.
 Prints a table and writes it as Markdown to --out."""
 
@@ -51,6 +51,113 @@ def cuda_time_ms(fn: Callable[[int], object], repeat: int, warmup: int = 3,
         end.synchronize()
         per_call.append(start.elapsed_time(end) / repeat)
     return statistics.median(per_call)
+
+
+def graph_time_us(fn: Callable[[], object], replays: int = 200, batches: int = 5) -> float:
+    """Time per replay of a CUDA graph that captured one call of fn (inputs static), in
+    microseconds: the median over `batches` of `replays` back-to-back replays between two CUDA
+    events. A graph replays the launches without their host cost, as a serving loop would (a
+    decoding step is launch-bound in eager mode). Host clock per call on a CPU device."""
+    if DEVICE != "cuda":
+        begin = time.perf_counter()
+        for _ in range(replays):
+            fn()
+        return (time.perf_counter() - begin) * 1e6 / replays
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up off the capture (allocations, compilation)
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    per_replay = []
+    for _ in range(batches):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        per_replay.append(start.elapsed_time(end) * 1e3 / replays)
+    return statistics.median(per_replay)
+
+
+DECODE_ROWS: List[Tuple[str, float, float, float, float]] = []  # case, posenc, eager, compile, clone
+
+
+def bench_decode() -> None:
+    """One decoding step, (8, 1, 4096) bf16 and rotary of one token per sequence, as CUDA graph
+    replays beside eager PyTorch, torch.compile of it and a clone of the same bytes."""
+    dtype = torch.bfloat16
+    B, D = 8, 4096 // SIZE
+    x = torch.randn(B, 1, D, device=DEVICE, dtype=dtype)
+    step = 1000  # the position being decoded
+    positions = torch.randint(0, 4096, (B, 1), device=DEVICE)
+    div = torch.exp(torch.arange(0, D, 2, device=DEVICE, dtype=torch.float32) *
+                    (-math.log(10000.0) / D))
+    table = torch.zeros(4096, D, device=DEVICE)
+    table[:, 0::2] = torch.sin(torch.arange(4096, device=DEVICE)[:, None] * div)
+    table[:, 1::2] = torch.cos(torch.arange(4096, device=DEVICE)[:, None] * div)
+    table = table.to(dtype)
+
+    def eager_offset(x: torch.Tensor) -> torch.Tensor:
+        return x + table[step:step + 1]
+
+    def eager_positions(x: torch.Tensor) -> torch.Tensor:
+        return x + table[positions]
+
+    cases = [
+        (f"add_positional decode ({B}, 1, {D}) bf16, offset (one position)",
+         lambda: posenc.add_positional(x, offset=step), eager_offset),
+        (f"add_positional decode ({B}, 1, {D}) bf16, positions per sequence",
+         lambda: posenc.add_positional(x, positions=positions), eager_positions),
+    ]
+    Hq, Hk, Dh = 32, 8, 128
+    q = torch.randn(B, 1, Hq, Dh, device=DEVICE, dtype=dtype)
+    k = torch.randn(B, 1, Hk, Dh, device=DEVICE, dtype=dtype)
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, Dh, 2, device=DEVICE).float() / Dh))
+
+    def rotate_half(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat((-t[..., Dh // 2:], t[..., : Dh // 2]), dim=-1)
+
+    def hf_rotary(x: torch.Tensor):
+        del x
+        freqs = positions[..., None].float() * inv_freq  # [B, 1, Dh / 2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(dtype)[:, :, None], emb.sin().to(dtype)[:, :, None]
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+    cases.append((f"rotary decode q ({B}, 1, {Hq}, {Dh}) k ({B}, 1, {Hk}, {Dh}) bf16",
+                  lambda: posenc.rotary(q, k, positions=positions), hf_rotary))
+    for case, ours, eager in cases:
+        compiled = torch.compile(eager)
+        times = (graph_time_us(ours), graph_time_us(lambda: eager(x)),
+                 graph_time_us(lambda: compiled(x)), graph_time_us(lambda: x.clone()))
+        DECODE_ROWS.append((case, *times))
+        print(f"{case:<66} graph replay {times[0]:6.2f} us  eager {times[1]:6.2f}  compile "
+              f"{times[2]:6.2f}  clone {times[3]:6.2f}", flush=True)
+
+
+def profile_cases() -> None:
+    """Each hot kernel a few times on its benchmark shape, untimed: for ncu
+    (scripts/gpu_check.sh profiles the launches of this run)."""
+    dtype = torch.bfloat16
+    x = torch.randn(8, 4096 // SIZE, 4096 // SIZE, device=DEVICE, dtype=dtype)
+    q = torch.randn(4, 4096 // SIZE, 32, 128, device=DEVICE, dtype=dtype)
+    k = torch.randn(4, 4096 // SIZE, 8, 128, device=DEVICE, dtype=dtype)
+    ids = torch.randint(0, 32000 // SIZE, (8, 2048 // SIZE), device=DEVICE)
+    weight = torch.randn(32000 // SIZE, 1024 // SIZE, device=DEVICE, dtype=dtype)
+    for _ in range(2):
+        posenc.add_positional(x)
+        posenc.add_positional(x, dropout=0.1)
+        posenc.rotary(q, k)
+        posenc.embedding(ids, weight, dropout=0.1)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 ROWS: List[Dict[str, object]] = []
@@ -238,10 +345,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="write the table as Markdown here")
     parser.add_argument("--small", action="store_true",
                         help="shapes divided by 16 and any device: checks this script itself")
+    parser.add_argument("--profile", action="store_true",
+                        help="only run each hot kernel a few times, untimed (for ncu)")
     args = parser.parse_args(argv)
     global DEVICE, SIZE
     if args.small:
         DEVICE, SIZE = ("cuda" if torch.cuda.is_available() else "cpu"), 16
+    if args.profile:
+        profile_cases()
+        return
     started = time.time()
     name = (f"{torch.cuda.get_device_name(0)} "
             f"({torch.cuda.get_device_properties(0).multi_processor_count} SMs)"
@@ -256,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     bench_add_positional(args.repeat, args.copies)
     bench_rotary(args.repeat, args.copies)
     bench_embedding(args.repeat, args.copies)
+    bench_decode()
     lines = [header, "", exact, "",
              "| case | posenc ms | GB/s | % of clone bandwidth | x eager | x torch.compile |",
              "|---|---|---|---|---|---|"]
@@ -263,6 +376,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines.append(f"| {row['case']} | {row['posenc ms']:.3f} | {row['GB/s']:.0f} | "
                      f"{100 * row['of clone']:.1f}% | {row['x eager']:.2f} | "
                      f"{row['x compile']:.2f} |")
+    if DECODE_ROWS:
+        lines += ["", "Decoding steps as CUDA graph replays (median per replay, microseconds):", "",
+                  "| case | posenc us | eager us | torch.compile us | clone us |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {case} | {ours:.2f} | {eager:.2f} | {compiled:.2f} | {clone:.2f} |"
+                  for case, ours, eager, compiled, clone in DECODE_ROWS]
     if DIAGNOSTICS:
         lines += ["", "| diagnostic | ms | % of clone speed |", "|---|---|---|"]
         lines += [f"| {case} | {ms:.3f} | {100 * fraction:.1f}% |"

@@ -4,13 +4,17 @@
 # (POSENC_GPU_BUDGET_S, default 420 s), the most important steps first:
 #   1. build posenc (and the GoogleTest harness, when GoogleTest is there) for the local GPU only,
 #   2. the CUDA tests, pytest tests/python/test_cuda.py,
-#   3. the GPU benchmarks (benchmarks/bench_gpu.py),
-#   4. compute-sanitizer memcheck and racecheck on a short case covering every kernel,
-#   5. GoogleTest (ctest),
-#   6. the rest of the Python suite under that machine's torch and Python,
+#   3. the GPU benchmarks (benchmarks/bench_gpu.py: events, and CUDA graph replays of decoding
+#      steps, beside clone() and torch.compile),
+#   4. ncu's counters of the hot kernels (DRAM throughput, occupancy, issue activity, warp
+#      stalls, L1 sectors per request) on the benchmark shapes,
+#   5. compute-sanitizer memcheck and racecheck on a short case covering every kernel,
+#   6. GoogleTest (ctest, with the machine-code checks),
+#   7. the rest of the Python suite under that machine's torch and Python,
 # then a summary table, printed last. A step that would not fit the time left is skipped and
-# says so. Writes summary.md, bench.md, the CUDA test log and logs.tar.gz (all logs) to $OUT (or
-# /tmp/posenc_gpu). GoogleTest is taken from Debian packages in third_party_cache/ when the
+# says so. Writes RESULTS.md (the summary, the benchmark tables and ncu's counters: the draft of
+# benchmarks/RESULTS.md), bench.md, ncu.txt, the CUDA test log and logs.tar.gz (all logs) to $OUT
+# (or /tmp/posenc_gpu). GoogleTest is taken from Debian packages in third_party_cache/ when the
 # machine lacks it (`make gpu-deps` downloads them here; carry third_party_cache).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +24,7 @@ mkdir -p "$OUT_DIR"
 PY=${PYTHON:-python3}
 BUDGET=${POSENC_GPU_BUDGET_S:-420}
 declare -A status
-steps=(build errors test_cuda bench memcheck racecheck ctest suite)
+steps=(build errors test_cuda bench ncu memcheck racecheck ctest suite)
 for step in "${steps[@]}"; do status[$step]="skipped (no time left)"; done
 
 # run_step NAME CAP_SECONDS COMMAND...: runs within min(CAP, time left), logs to $LOG_DIR/NAME.log.
@@ -100,8 +104,24 @@ for call in (lambda: posenc.add_positional(torch.randn(2, 3, 4), dropout=1.01),
 "
   TAIL_LINES=25 run_step test_cuda 150 $PY -m pytest tests/python/test_cuda.py -v -rfE \
     -p no:cacheprovider
-  TAIL_LINES=14 run_step bench 170 env PYTHONUNBUFFERED=1 $PY benchmarks/bench_gpu.py \
+  TAIL_LINES=20 run_step bench 200 env PYTHONUNBUFFERED=1 $PY benchmarks/bench_gpu.py \
     --out "$LOG_DIR/bench.md"
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
+  if [ -n "$ncu_bin" ]; then
+    # --clock-control none: the card's clocks as found (never changed here).
+    metrics=dram__throughput.avg.pct_of_peak_sustained_elapsed
+    metrics+=,sm__warps_active.avg.pct_of_peak_sustained_active
+    metrics+=,smsp__issue_active.avg.pct_of_peak_sustained_active
+    metrics+=,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum
+    metrics+=,l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum,l1tex__t_requests_pipe_lsu_mem_global_op_st.sum
+    metrics+=,launch__registers_per_thread,gpu__time_duration.sum
+    TAIL_LINES=4 run_step ncu 80 "$ncu_bin" --clock-control none --target-processes all \
+      --kernel-name regex:'dense_kernel|add_positional_kernel|rotary_kernel|scatter' \
+      --launch-count 16 --section WarpStateStats --metrics "$metrics" \
+      $PY benchmarks/bench_gpu.py --profile
+  else
+    status[ncu]="skipped (no ncu)"
+  fi
 
   cat >"$LOG_DIR/sanitize_case.py" <<'EOF'
 # Every CUDA kernel once on small odd shapes: forward and backward of each operator (vector and
@@ -161,6 +181,7 @@ count() { grep -Eo '[0-9]+ (passed|failed|error)[^=]*' "$LOG_DIR/$1.log" 2>/dev/
   echo "| error messages with numbers | ${status[errors]} |"
   echo "| pytest tests/python/test_cuda.py | ${status[test_cuda]} $(count test_cuda) |"
   echo "| benchmarks | ${status[bench]} |"
+  echo "| ncu counters of the hot kernels (ncu.txt) | ${status[ncu]} |"
   echo "| compute-sanitizer memcheck | ${status[memcheck]} |"
   echo "| compute-sanitizer racecheck | ${status[racecheck]} |"
   echo "| GoogleTest | ${status[ctest]} |"
@@ -169,6 +190,21 @@ count() { grep -Eo '[0-9]+ (passed|failed|error)[^=]*' "$LOG_DIR/$1.log" 2>/dev/
 } >"$OUT_DIR/summary.md"
 cp "$LOG_DIR/test_cuda.log" "$OUT_DIR/" 2>/dev/null
 cp "$LOG_DIR/bench.md" "$OUT_DIR/" 2>/dev/null
+cp "$LOG_DIR/ncu.log" "$OUT_DIR/ncu.txt" 2>/dev/null
+{
+  echo "# GPU results (measured by scripts/gpu_check.sh at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%d))"
+  echo
+  cat "$OUT_DIR/summary.md"
+  if [ -f "$LOG_DIR/ncu.log" ]; then
+    echo
+    echo "## ncu counters (--clock-control none), per kernel launch"
+    echo
+    echo '```'
+    grep -E '^  [a-z_0-9]+.*\(|dram__throughput|sm__warps_active|smsp__issue_active|l1tex__t_(sectors|requests)|launch__registers|gpu__time_duration|Stall|stall' \
+      "$LOG_DIR/ncu.log" | head -400
+    echo '```'
+  fi
+} >"$OUT_DIR/RESULTS.md"
 tar -czf "$OUT_DIR/logs.tar.gz" -C "$LOG_DIR" . 2>/dev/null
 echo
 cat "$OUT_DIR/summary.md"

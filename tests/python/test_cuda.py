@@ -366,3 +366,53 @@ def test_axial_rotary_parity_negative_rows():
     cuda = module.cuda()(q.cuda(), k.cuda(), layout="bhsd")
     for a, b in zip(cuda, cpu):
         close(a, b, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch, seq_len", [(1, 301), (5, 67), (8, 1)])
+def test_dense_kernels_parity(dtype, batch, seq_len):
+    """Shapes that take the dense kernels (rows of D % 8 == 0 moving as 16-byte vectors): batches
+    of 1 (chunks across steps), odd batches (padded chunks), decoding steps (rows split over
+    blocks); every code source, dropout and gathers, against the CPU, masks equal."""
+    D = 64
+    x = torch.randn(batch, seq_len, D).to(dtype)
+    table = torch.randn(seq_len + 5, D).to(dtype)
+    weight = torch.randn(50, D).to(dtype)
+    ids = torch.randint(0, 50, (batch, seq_len))
+    op = torch.ops.posenc.add_positional
+    cases = [(None, dict(kind="sinusoidal", dropout=0.1)),
+             (None, dict(kind="cosine", combine="mul")),
+             (None, dict(kind="sinusoidal", layout="concat", dropout=0.2)),
+             (table, dict(kind="learned", dropout=0.1)),
+             (None, dict(kind="damped", offset=70000))]
+    for learned, options in cases:
+        cpu = op(x, None, learned, seed(), scale=1.5, **options)
+        cuda = op(x.cuda(), None, None if learned is None else learned.cuda(), seed().cuda(),
+                  scale=1.5, **options)
+        close(cuda, cpu, dtype)
+        assert torch.equal(cuda.cpu() == 0, cpu == 0)
+    embedding = torch.ops.posenc.embedding
+    cpu = embedding(ids, weight, None, None, seed(), padding_idx=3, dropout=0.1)
+    cuda = embedding(ids.cuda(), weight.cuda(), None, None, seed().cuda(), padding_idx=3,
+                     dropout=0.1)
+    close(cuda, cpu, dtype)
+    assert torch.equal(cuda.cpu() == 0, cpu == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kwargs", [dict(), dict(rotary_dim=64), dict(interleaved=True),
+                                    dict(rotary_dim=32, interleaved=True, inverse=True),
+                                    dict(layout="bhsd", attention_factor=1.2)])
+def test_dense_rotary_parity(dtype, kwargs):
+    """head_dim 128 with GQA heads: the dense rotary kernel (partial rotary copies the rest),
+    prefill and a decoding step with positions per sequence, against the CPU."""
+    for batch, seq_len in [(2, 77), (8, 1)]:
+        bhsd = kwargs.get("layout") == "bhsd"
+        shape_q = (batch, 8, seq_len, 128) if bhsd else (batch, seq_len, 8, 128)
+        shape_k = (batch, 2, seq_len, 128) if bhsd else (batch, seq_len, 2, 128)
+        q, k = torch.randn(shape_q).to(dtype), torch.randn(shape_k).to(dtype)
+        positions = torch.randint(0, 1 << 20, (batch, seq_len))
+        cpu = torch.ops.posenc.rotary(q, k, positions, **kwargs)
+        cuda = torch.ops.posenc.rotary(q.cuda(), k.cuda(), positions.cuda(), **kwargs)
+        for a, b in zip(cuda, cpu):
+            close(a, b, dtype)
