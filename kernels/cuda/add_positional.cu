@@ -239,18 +239,33 @@ __global__ void fairseq_positions_kernel(const POSENC_GRID_CONSTANT AddPositiona
   }
 }
 
-// Whether a launch takes the dense kernel: every row, in and out, moves as 16-byte vectors and
-// the codes are the same for every batch row. Rows of x, rows of a weight gathered by ids
-// (padding rows get no code), or none; positions offset + t or broadcast over the batch (not
-// fairseq's); a 1-D code; at most one batch dimension (no division); D % 8 == 0; unit channel
-// strides; 16-byte aligned bases and row strides; float32, bfloat16 or float16.
+// Whether channels 2k and 2k + 1 are the sine and cosine of one angle with one amplitude: the
+// sinusoidal, linear and damped codes, interleaved, on 1-D positions.
+bool paired_codes(const AddPositionalParams& params) {
+  const PositionCodeOptions& code = params.source.code;
+  const bool pairs = code.kind == PositionKind::kSinusoidal || code.kind == PositionKind::kLinear ||
+                     code.kind == PositionKind::kDamped;
+  return pairs && code.layout == Layout::kInterleaved && params.source.grid.axis_count == 0 &&
+         params.shape.dim % 2 == 0;
+}
+
+// Whether a launch takes the dense kernel: every row, in and out, moves as 16-byte vectors. Rows
+// of x, rows of a weight gathered by ids (padding rows get no code), or none; positions offset +
+// t or a tensor (not fairseq's; broadcast over the batch for unpaired computed codes, which are
+// evaluated once per step); a 1-D code; at most one batch dimension (no division); T and the
+// batch below 2^30 (the kernel counts rows in 32 bits); D % 8 == 0; unit channel strides;
+// 16-byte aligned bases and row strides; float32, bfloat16 or float16.
 bool dense_rows(const AddPositionalParams& params) {
   const RowShape& shape = params.shape;
   const int64_t bytes = element_bytes(params.dtype);
   const bool one_batch_dim = shape.batch_ndim == 1;
+  const bool unpaired_codes = needs_channel_table(params) && !paired_codes(params);
+  constexpr int64_t kRowLimit = int64_t{1} << 30;
   if (params.dtype == DType::kFloat64 || params.gather.fairseq_positions ||
       params.source.grid.axis_count > 0 || shape.batch_ndim > 1 ||
-      shape.dim % kElementsPerThread != 0 || !shared_across_batch(shape, params.positions)) {
+      shape.dim % kElementsPerThread != 0 || shape.seq_len >= kRowLimit ||
+      shape.batch_count() >= kRowLimit ||
+      (unpaired_codes && !shared_across_batch(shape, params.positions))) {
     return false;
   }
   const StridedRows& out = params.out;
@@ -271,16 +286,6 @@ bool dense_rows(const AddPositionalParams& params) {
   return x.data == nullptr ||
          (x.dim_stride == 1 &&
           aligned_rows(x.data, one_batch_dim ? x.batch_strides[0] : 0, x.seq_stride, bytes));
-}
-
-// Whether channels 2k and 2k + 1 are the sine and cosine of one angle with one amplitude: the
-// sinusoidal, linear and damped codes, interleaved, on 1-D positions.
-bool paired_codes(const AddPositionalParams& params) {
-  const PositionCodeOptions& code = params.source.code;
-  const bool pairs = code.kind == PositionKind::kSinusoidal || code.kind == PositionKind::kLinear ||
-                     code.kind == PositionKind::kDamped;
-  return pairs && code.layout == Layout::kInterleaved && params.source.grid.axis_count == 0 &&
-         params.shape.dim % 2 == 0;
 }
 
 // The dense kernel's grid: lanes over channel groups, a block's rows over steps; a few waves of

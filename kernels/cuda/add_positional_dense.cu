@@ -91,10 +91,13 @@ __device__ __forceinline__ void evaluate_paired(CodeSlots& codes, int64_t positi
   }
 }
 
-// The position of step t, shared by the batch (dense_rows): offset + t, or batch index 0's.
-__device__ __forceinline__ int64_t step_position(const AddPositionalParams& p, int64_t t) {
-  return p.positions.data == nullptr ? p.offset + t
-                                     : load_index_readonly(p.positions, t * p.positions.seq_stride);
+// The position of row (b, t): offset + t, or positions[b, t] (`positions_batch`: the stride of b,
+// 0 where the batch shares one row of positions).
+__device__ __forceinline__ int64_t row_position(const AddPositionalParams& p,
+                                                int64_t positions_batch, int64_t b, int64_t t) {
+  return p.positions.data == nullptr
+             ? p.offset + t
+             : load_index_readonly(p.positions, b * positions_batch + t * p.positions.seq_stride);
 }
 
 template <typename scalar_t, Combine kCombine, Source kSource, bool kDropout, bool kGather>
@@ -118,6 +121,8 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
   const int64_t x_batch = p.shape.batch_ndim == 1 ? p.x.batch_strides[0] : 0;
   const int64_t out_batch = p.shape.batch_ndim == 1 ? p.out.batch_strides[0] : 0;
   const int64_t ids_batch = p.shape.batch_ndim == 1 ? p.gather.ids.batch_strides[0] : 0;
+  // Unpaired codes need positions shared by the batch (dense_rows); the others take any.
+  const int64_t positions_batch = p.shape.batch_ndim == 1 ? p.positions.batch_strides[0] : 0;
   const acc scale = static_cast<acc>(p.scale);
   Dropout dropout;
   if constexpr (kDropout) dropout = device_dropout(p.dropout, seed);
@@ -134,7 +139,7 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
     // (8 evaluations a step) keep a chunk within one step, so that their evaluation is inlined
     // once, not once per row.
     constexpr bool kSpanSteps = kSource != Source::kChannels;
-    // (T and the batch are below 2^31 here, dense_rows: steps and rows count in 32 bits.)
+    // (T and the batch are below 2^30 here, dense_rows: steps and rows count in 32 bits.)
     const int32_t seq_len32 = static_cast<int32_t>(seq_len);
     const int32_t batch32 = static_cast<int32_t>(batch);
     const int32_t step_stride = static_cast<int32_t>(gridDim.x * blockDim.y);
@@ -149,14 +154,15 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
     bool bad_id = false;
     bool bad_position = false;
     acc pe[kElementsPerThread] = {};
-    int64_t code_t = -1;  // the step whose codes pe holds (computed kinds)
+    int64_t code_t = -1;         // the step whose codes pe holds (unpaired codes)
+    int64_t code_position = -1;  // the position whose codes pe holds (paired codes)
     while (next_t < seq_len32) {
       const int32_t chunk_t = next_t;
       if constexpr (kSource == Source::kChannels) {
         // The codes of the chunk's step (shared by the batch), before its loads: 8 evaluations'
         // registers are not live beside the rows in flight; other warps hide the wait.
         if (chunk_t != code_t) {
-          const int64_t position = step_position(p, chunk_t);
+          const int64_t position = row_position(p, 0, 0, chunk_t);
           bad_position = bad_position || position < 0;
           // One channel at a time (a loop, not unrolled: one evaluation's registers) into the
           // thread's own shared slots ([8][threads]: conflict-free, no barrier), then into pe.
@@ -189,7 +195,7 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
         const bool next_step = next_b >= batch32;
         if (kSpanSteps || valid[r]) {  // (a chunk within one step stops at its end)
           next_b = next_step ? b_first : next_b;
-          next_t = next_step ? next_t + step_stride : next_t;  // T + stride < 2^31 (dense_rows)
+          next_t = next_step ? next_t + step_stride : next_t;  // T + stride < 2^31
         }
         const int64_t t = row_t[r], b = row_b[r];
         if constexpr (kGather) {
@@ -203,12 +209,12 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
           source[r] = static_cast<const scalar_t*>(p.x.data) + b * x_batch + t * p.x.seq_stride;
         }
         if constexpr (kSource == Source::kTable) {
-          int64_t position = step_position(p, t);
-          const bool bad = position < 0 || position >= p.source.table_rows;
+          int64_t row = row_position(p, positions_batch, b, t);
+          const bool bad = row < 0 || row >= p.source.table_rows;
           bad_position = bad_position || bad;
-          position = bad ? 0 : position;
-          table_row[r] = static_cast<const scalar_t*>(p.source.table) +
-                         position * p.source.table_row_stride + d0;
+          row = bad ? 0 : row;
+          table_row[r] =
+              static_cast<const scalar_t*>(p.source.table) + row * p.source.table_row_stride + d0;
         }
       }
       // Issued together, with no branch and no use between them.
@@ -226,11 +232,13 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
       for (int r = 0; r < kRows; ++r) {
         const int64_t t = row_t[r], b = row_b[r];
         if constexpr (kSource == Source::kPaired) {
-          if (t != code_t) {  // the codes of a new step, shared by the batch
-            const int64_t position = step_position(p, t);
+          // Read here rather than with the chunk's loads: held for the chunk, the positions'
+          // registers made the compiler issue the row loads one at a time.
+          const int64_t position = row_position(p, positions_batch, b, t);
+          if (position != code_position) {  // a new position (a new step, or another row's)
             bad_position = bad_position || position < 0;
             evaluate_paired(codes, position, pe);
-            code_t = t;
+            code_position = position;
           }
         } else if constexpr (kSource == Source::kTable) {
 #pragma unroll

@@ -259,6 +259,12 @@ const RowsCase kRowsCases[] = {
     {40, 1, 64, pk::PositionKind::kDamped, pk::Combine::kMul, 0.0, true, false, false, false, false, false, false, false, true},
     {40, 1, 64, pk::PositionKind::kCosine, pk::Combine::kAdd, 0.2, true, true, false, false, false, false, false, false, true},
     {3, 7, 16, pk::PositionKind::kLearned, pk::Combine::kAdd, 0.1, true, false, false, false, true, false, false, false, true},
+    // The dense kernel on positions per row (paired codes and learned tables; unpaired codes
+    // take the general kernel).
+    {4, 9, 16, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.2, true, true, false, false, false},
+    {3, 11, 24, pk::PositionKind::kLearned, pk::Combine::kMul, 0.1, true, false, false, false, false},
+    {8, 1, 64, pk::PositionKind::kDamped, pk::Combine::kAdd, 0.0, true, false, false, false, false},
+    {8, 1, 64, pk::PositionKind::kCosine, pk::Combine::kAdd, 0.0, true, false, false, false, false},
     // D % 8 == 0 but rows of x (and of the table) 19 elements apart: not 16-byte aligned, so
     // the general kernel, also when the output is contiguous; the table element by element.
     {4, 6, 16, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, true, false},
