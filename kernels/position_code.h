@@ -195,6 +195,17 @@ POSENC_HOST_DEVICE ChannelCode grid_channel_code(const PositionCodeOptions& opti
 std::vector<ChannelCode> make_channel_codes(const PositionCodeOptions& options, int64_t dim,
                                             const GridCode& grid = GridCode());
 
+// The same codes as one array per field, the layout the CPU row loops read ([D] each). Made
+// once per code and kept with it by the binding, so that a call (a decoding step) neither copies
+// nor allocates them; host only.
+struct ChannelArrays {
+  std::vector<double> high, middle, low, phase, amplitude;
+  std::vector<float> amplitude_float;
+};
+
+ChannelArrays make_channel_arrays(const std::vector<ChannelCode>& channels);
+ChannelArrays make_channel_arrays(const ChannelCode* channels, int64_t dim);
+
 template <typename acc_t>
 POSENC_HOST_DEVICE acc_t evaluate_channel(const ChannelCode& code, int64_t position) {
   const double turns = reduced_turns(position, code.frequency, code.phase);

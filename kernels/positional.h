@@ -57,8 +57,10 @@ struct PositionSource {
   PositionKind kind = PositionKind::kSinusoidal;
   PositionCodeOptions code;               // computed kinds (the CUDA kernels evaluate from it)
   const ChannelCode* channels = nullptr;  // [D], computed kinds
-  GridCode grid;                          // computed kinds: positions index a token grid
-  const void* table = nullptr;            // [table_rows, D], learned
+  // The same codes as arrays (CPU kernels); nullptr: the CPU kernels make them per call.
+  const ChannelArrays* arrays = nullptr;
+  GridCode grid;                // computed kinds: positions index a token grid
+  const void* table = nullptr;  // [table_rows, D], learned
   int64_t table_rows = 0;
   int64_t table_row_stride = 0;
   int64_t table_dim_stride = 1;

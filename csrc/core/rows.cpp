@@ -366,12 +366,18 @@ kernels::StridedRows strided_rows(const at::Tensor& x) {
   return rows;
 }
 
-using ChannelCodes = std::shared_ptr<const std::vector<kernels::ChannelCode>>;
+// The host channel codes of a computed kind, and the same as arrays (what the CPU row loops read).
+struct HostChannels {
+  std::vector<kernels::ChannelCode> codes;
+  kernels::ChannelArrays arrays;
+};
+using ChannelCodes = std::shared_ptr<const HostChannels>;
 
 // The host channel codes of (code, dim, grid), kept for the next calls that ask for the same:
-// making them costs a pow and an exact split per channel, more than a decoding step's row, and
-// a model asks for the same few codes at every step (figures: docs/performance.md). The few most
-// recent are kept, keyed through the options' operator==.
+// making them costs a pow and an exact split per channel, and laying them out as arrays
+// allocates and fills five [D] arrays, both more than a decoding step's row, and a model asks
+// for the same few codes at every step (figures: docs/performance.md). The few most recent are
+// kept, keyed through the options' operator==.
 ChannelCodes channel_codes(const kernels::PositionCodeOptions& code, int64_t dim,
                            const kernels::GridCode& grid) {
   struct Entry {
@@ -392,8 +398,10 @@ ChannelCodes channel_codes(const kernels::PositionCodeOptions& code, int64_t dim
       }
     }
   }
-  auto channels = std::make_shared<const std::vector<kernels::ChannelCode>>(
-      kernels::make_channel_codes(code, dim, grid));
+  auto made = std::make_shared<HostChannels>();
+  made->codes = kernels::make_channel_codes(code, dim, grid);
+  made->arrays = kernels::make_channel_arrays(made->codes);
+  ChannelCodes channels = std::move(made);
   std::lock_guard<std::mutex> lock(mutex);
   recent.insert(recent.begin(), Entry{code, dim, grid, channels});
   if (recent.size() > kKept) recent.pop_back();
@@ -433,7 +441,8 @@ kernels::AddPositionalParams kernel_params(const RowCall& call, const at::Tensor
     // The CUDA kernels make their own on the device.
     if (out.is_cpu()) {
       channels = channel_codes(options.code, params.shape.dim, options.grid);
-      params.source.channels = channels->data();
+      params.source.channels = channels->codes.data();
+      params.source.arrays = &channels->arrays;
     }
   }
   if (call.weight.defined()) {

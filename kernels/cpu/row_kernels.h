@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -130,30 +131,27 @@ class PositionCodeRows {
     // The channel pairs and the double amplitudes serve only the walks' anchors and turn
     // tables, so a short call (a decoding step) makes neither: its setup is then about half.
     const bool walks = walk_rows >= kMinWalkRows && source.grid.axis_count == 0;
-    const size_t n = static_cast<size_t>(dim);
-    high_.resize(n);
-    middle_.resize(n);
-    low_.resize(n);
-    phase_.resize(n);
-    amplitude_.resize(n);
-    for (size_t d = 0; d < n; ++d) {
-      const ChannelCode& code = source.channels[d];
-      high_[d] = code.frequency.high;
-      middle_[d] = code.frequency.middle;
-      low_[d] = code.frequency.low;
-      phase_[d] = code.phase;
-      amplitude_[d] = static_cast<acc>(code.amplitude);
+    // The codes as arrays: the binding's kept ones, or made here.
+    if (source.arrays == nullptr) owned_arrays_ = make_channel_arrays(source.channels, dim);
+    const ChannelArrays& arrays = source.arrays != nullptr ? *source.arrays : owned_arrays_;
+    high_ = arrays.high.data();
+    middle_ = arrays.middle.data();
+    low_ = arrays.low.data();
+    phase_ = arrays.phase.data();
+    amplitude64_ = arrays.amplitude.data();
+    if constexpr (std::is_same_v<acc, double>) {
+      amplitude_ = arrays.amplitude.data();
+    } else {
+      amplitude_ = arrays.amplitude_float.data();
     }
     if (walks) {
-      amplitude64_.resize(n);
-      for (size_t d = 0; d < n; ++d) amplitude64_[d] = source.channels[d].amplitude;
       detect_pairs();
       build_turn_tables();
     }
     if (walk_rows > 0 && source.grid.axis_count > 0) build_grid_tables();
   }
 
-  bool computed() const { return source_.kind != PositionKind::kLearned && !high_.empty(); }
+  bool computed() const { return source_.kind != PositionKind::kLearned && high_ != nullptr; }
 
   // The state of evaluate_consecutive between rows and calls: the code at the last anchor.
   struct Recurrence {
@@ -370,7 +368,7 @@ class PositionCodeRows {
     state.anchor.resize(static_cast<size_t>(2 * dim_));
     acc* __restrict a_sin = state.anchor.data();
     acc* __restrict a_cos = a_sin + dim_;
-    const double* __restrict amplitude = amplitude64_.data();
+    const double* __restrict amplitude = amplitude64_;
     auto sin_channel = [&](int64_t d, int64_t i) {
       a_sin[d] = static_cast<acc>(amplitude[d] * s[i]);
       a_cos[d] = static_cast<acc>(amplitude[d] * c[i]);
@@ -451,9 +449,8 @@ class PositionCodeRows {
  private:
   // out[d - first] = the code of channel d at `position`, for first <= d < end.
   void evaluate_channels(int64_t position, int64_t first, int64_t end, acc* __restrict out) const {
-    evaluate_codes(static_cast<double>(position), high_.data() + first, middle_.data() + first,
-                   low_.data() + first, phase_.data() + first, amplitude_.data() + first, out,
-                   end - first);
+    evaluate_codes(static_cast<double>(position), high_ + first, middle_ + first, low_ + first,
+                   phase_ + first, amplitude_ + first, out, end - first);
   }
 
   // Factorised grid codes: segment s's channels at every coordinate of its axis, [size, width],
@@ -484,8 +481,15 @@ class PositionCodeRows {
   const PositionSource& source_;
   int64_t dim_;
   std::vector<std::vector<acc>> grid_rows_;  // [segment][size of its axis, width]
-  std::vector<double> high_, middle_, low_, phase_, amplitude64_;
-  std::vector<acc> amplitude_;
+  ChannelArrays owned_arrays_;               // when the source brings none
+  // [D] each: the codes' fields (amplitude64_ in double, amplitude_ in acc); nullptr for a
+  // learned table.
+  const double* high_ = nullptr;
+  const double* middle_ = nullptr;
+  const double* low_ = nullptr;
+  const double* phase_ = nullptr;
+  const double* amplitude64_ = nullptr;
+  const acc* amplitude_ = nullptr;
 };
 
 // out[k] = the dropout multiplier (0 or keep_scale) of logical element first + k, for k < count:

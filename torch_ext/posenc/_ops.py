@@ -68,18 +68,27 @@ def _schema_arguments(op: str) -> tuple:
     return tuple(result)
 
 
-def _is_default(value: object, default: object) -> bool:
-    """Whether ``value`` is the schema's default itself: the same plain Python type and value
-    (symbolic ints and floats under torch.compile never are, so no guard is made on them)."""
-    if default is None or value is None:
-        return value is default
-    return type(value) is type(default) and value == default
+class _Binder:
+    """An operator's schema arranged for :func:`_call`: its positional arguments in order, and its
+    keyword arguments by name, so that a call looks at the arguments it was given only."""
+
+    __slots__ = ("op", "positional", "positional_names", "keywords", "function")
+
+    def __init__(self, op: str) -> None:
+        schema = _schema_arguments(op)
+        self.op = op
+        # (name, base type, optional) of each positional argument, in schema order.
+        self.positional = tuple((n, b, o) for n, b, o, kwarg_only, _ in schema if not kwarg_only)
+        self.positional_names = frozenset(entry[0] for entry in self.positional)
+        # name -> (base type, optional, default) of each keyword-only argument.
+        self.keywords = {n: (b, o, d) for n, b, o, kwarg_only, d in schema if kwarg_only}
+        self.function = getattr(torch.ops.posenc, op)
 
 
-# Every posenc operator's, read once at import (the package loads the library first):
+# Every posenc operator's, made once at import (the package loads the library first):
 # torch.compile then sees constants.
-_SCHEMAS = {
-    name[len("posenc::"):]: _schema_arguments(name[len("posenc::"):])
+_BINDERS = {
+    name[len("posenc::"):]: _Binder(name[len("posenc::"):])
     for name in torch._C._dispatch_get_all_op_names() if name.startswith("posenc::")
 }
 
@@ -127,26 +136,38 @@ def _call(op: str, arguments: Dict[str, Any], generator: Optional[torch.Generato
     the dispatcher's argument parsing time a decoding step notices; docs/performance.md).
     Checks each type, and draws the dropout seed when the schema takes one and none is given, on
     the device of the operator's first tensor."""
-    schema = _SCHEMAS[op]
-    unknown = sorted(set(arguments) - {entry[0] for entry in schema})
-    assert not unknown, f"posenc: {op} has no argument(s) {unknown}"
+    binder = _BINDERS[op]
     positional = []
-    keywords = {}
-    for name, base, optional, kwarg_only, default in schema:
+    for name, base, optional in binder.positional:
         value = arguments.get(name)
         if name == "seed" and value is None:
-            value = draw_seed(
-                next(v for v in positional if isinstance(v, Tensor)).device,
-                _check_argument(op, "dropout", "float", False, arguments.get("dropout", 0.0)),
-                _check_argument(op, "training", "bool", False, arguments.get("training", True)),
-                generator,
-            )
-        if kwarg_only:
-            if name in arguments and not _is_default(value, default):
-                keywords[name] = _check_argument(op, name, base, optional, value)
+            dropout = arguments.get("dropout", 0.0)
+            training = arguments.get("training", True)
+            if not (training is False or (type(dropout) is float and dropout == 0.0)):
+                value = draw_seed(
+                    next(v for v in positional if isinstance(v, Tensor)).device,
+                    _check_argument(op, "dropout", "float", False, dropout),
+                    _check_argument(op, "training", "bool", False, training),
+                    generator,
+                )
+        # The common cases without the general check: a tensor, or None where allowed.
+        if (base == "Tensor" and isinstance(value, Tensor)) or (value is None and optional):
+            positional.append(value)
         else:
             positional.append(_check_argument(op, name, base, optional, value))
-    return getattr(torch.ops.posenc, op)(*positional, **keywords)
+    keywords = {}
+    for name, value in arguments.items():
+        spec = binder.keywords.get(name)
+        if spec is None:
+            assert name in binder.positional_names, f"posenc: {op} has no argument {name!r}"
+            continue
+        base, optional, default = spec
+        if value is default or (
+            value is not None and type(value) is type(default) and value == default
+        ):
+            continue  # the schema's default itself (symbolic values never are: no guard)
+        keywords[name] = _check_argument(op, name, base, optional, value)
+    return binder.function(*positional, **keywords)
 
 
 def add_positional(

@@ -339,6 +339,40 @@ TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
   }
 }
 
+// Channel codes given as the binding's kept arrays give the same bits as codes laid out per
+// call, for a decoding step (exact rows) and a long call (anchors and turn tables), in every
+// computed kind.
+TEST(AddPositionalKernel, KeptChannelArraysGiveTheSameBits) {
+  for (const pk::PositionKind kind : {pk::PositionKind::kSinusoidal, pk::PositionKind::kLinear,
+                                      pk::PositionKind::kDamped, pk::PositionKind::kCosine}) {
+    for (const int64_t seq : {int64_t{1}, int64_t{300}}) {
+      const int64_t dim = 70, batch = 2;
+      std::vector<float> x(batch * seq * dim);
+      std::mt19937 rng(static_cast<unsigned>(seq + static_cast<int>(kind)));
+      std::normal_distribution<float> normal;
+      for (auto& v : x) v = normal(rng);
+      pk::PositionCodeOptions options;
+      options.kind = kind;
+      const auto codes = pk::make_channel_codes(options, dim);
+      const pk::ChannelArrays arrays = pk::make_channel_arrays(codes);
+      auto run = [&](const pk::ChannelArrays* kept) {
+        std::vector<float> out(batch * seq * dim, std::nanf(""));
+        pk::AddPositionalParams params = contiguous_params(x, out, batch, seq, dim, codes);
+        params.offset = 3000;
+        params.source.kind = kind;
+        params.source.code = options;
+        params.source.arrays = kept;
+        pk::add_positional_cpu(params, four_threads);
+        return out;
+      };
+      const std::vector<float> per_call = run(nullptr), kept = run(&arrays);
+      EXPECT_EQ(0, std::memcmp(per_call.data(), kept.data(), kept.size() * sizeof(float)))
+          << "kind " << static_cast<int>(kind) << " T " << seq;
+      EXPECT_FALSE(std::isnan(kept[0]));
+    }
+  }
+}
+
 #if defined(__linux__)
 // add_positional and rotary populate their fresh outputs as they go: the same values as into
 // written memory, and no page past the output's last byte (or before its first) is touched.
