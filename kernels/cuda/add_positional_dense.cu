@@ -358,17 +358,9 @@ int launch_dense(const AddPositionalParams& params, const int64_t* seed,
   const Source source = params.source.kind == PositionKind::kLearned ? Source::kTable
                         : paired                                     ? Source::kPaired
                                                                      : Source::kChannels;
-  switch (params.dtype) {
-    case DType::kBFloat16:
-      return launch_variant<BFloat16>(params, seed, table, source, grid, stream);
-    case DType::kFloat16:
-      return launch_variant<Float16>(params, seed, table, source, grid, stream);
-    case DType::kFloat32:
-      return launch_variant<float>(params, seed, table, source, grid, stream);
-    case DType::kFloat64:
-      break;
-  }
-  return static_cast<int>(cudaErrorInvalidValue);  // float64 takes the general kernel
+  return dispatch_dense_dtype(params.dtype, [&](auto tag) {
+    return launch_variant<decltype(tag)>(params, seed, table, source, grid, stream);
+  });
 }
 
 }  // namespace POSENC_CUDA_NAMESPACE

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "angle.h"
 #include "common.h"
@@ -346,6 +347,19 @@ unsigned int multiprocessors() {
 #else
   return cuda_emulation::limits().multiprocessors;
 #endif
+}
+
+// f(tag) for the dtypes of the dense kernels (bfloat16, float16, float32) as a launch status;
+// float64, which only the general kernels take, is cudaErrorInvalidValue.
+template <typename F>
+int dispatch_dense_dtype(DType dtype, F&& f) {
+  return dispatch_dtype(dtype, [&](auto tag) -> int {
+    if constexpr (std::is_same_v<decltype(tag), double>) {
+      return static_cast<int>(cudaErrorInvalidValue);
+    } else {
+      return f(tag);
+    }
+  });
 }
 
 int64_t element_bytes(DType dtype) {

@@ -301,17 +301,9 @@ bool rotary_dense(const RotaryParams& params) {
 
 int launch_rotary_dense(const RotaryParams& params, const double* inv_freq, double base,
                         void* stream) {
-  switch (params.dtype) {
-    case DType::kBFloat16:
-      return launch_rotary_dense_typed<BFloat16>(params, inv_freq, base, stream);
-    case DType::kFloat16:
-      return launch_rotary_dense_typed<Float16>(params, inv_freq, base, stream);
-    case DType::kFloat32:
-      return launch_rotary_dense_typed<float>(params, inv_freq, base, stream);
-    case DType::kFloat64:
-      break;
-  }
-  return static_cast<int>(cudaErrorInvalidValue);  // float64 takes the general kernel
+  return dispatch_dense_dtype(params.dtype, [&](auto tag) {
+    return launch_rotary_dense_typed<decltype(tag)>(params, inv_freq, base, stream);
+  });
 }
 
 }  // namespace POSENC_CUDA_NAMESPACE

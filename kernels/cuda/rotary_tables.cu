@@ -1,6 +1,6 @@
 // CUDA kernel of rotary_tables (apply_rotary_pos_emb with given cos/sin tables).
-#include "cuda/rotary_tables_launch.h"
 #include "cuda/device.cuh"
+#include "cuda/rotary_tables_launch.h"
 
 namespace posenc {
 namespace kernels {

@@ -276,6 +276,25 @@ def loop_text(function: Function, loop: tuple[int, int]) -> str:
     )
 
 
+NO_STEADY_LOOP = "no steady-state loop (an innermost loop with a 128-bit global load)"
+
+
+def check_steady_loops(
+    function: Function, check_loop: Callable[[list[Instruction]], str | None]
+) -> list[str]:
+    """check_loop(body) on each steady-state loop: its failure, or None; a kernel without such
+    a loop fails (no rule passes vacuously)."""
+    steady = steady_state_loops(function)
+    if not steady:
+        return [NO_STEADY_LOOP]
+    failures = []
+    for first, last in steady:
+        failure = check_loop(function.instructions[first : last + 1])
+        if failure is not None:
+            failures.append(f"{loop_text(function, (first, last))}: {failure}")
+    return failures
+
+
 # ---- the rules -----------------------------------------------------------------------------------
 
 
@@ -316,32 +335,26 @@ def check_wide_loads(function: Function, register_budget: int) -> list[str]:
     if narrow:
         failures.append(f"{len(narrow)} 8/16-bit global loads, e.g. {narrow[0].opcode} at "
                         f"{narrow[0].address:#x}")
-    steady = steady_state_loops(function)
-    if not steady:
-        failures.append("no steady-state loop (an innermost loop with a 128-bit global load)")
-    for loop in steady:
-        first, last = loop
-        for x in function.instructions[first : last + 1]:
+
+    def loop_loads(body: list[Instruction]) -> str | None:
+        for x in body:
             if x.base == "LDG" and "128" not in x.modifiers and "CONSTANT" not in x.modifiers:
-                failures.append(f"{loop_text(function, loop)}: {x.opcode} at {x.address:#x} is "
-                                "neither 128-bit nor a read-only index/table load")
-                break
-    return failures
+                return (f"{x.opcode} at {x.address:#x} is neither 128-bit nor a read-only "
+                        "index/table load")
+        return None
+
+    return failures + check_steady_loops(function, loop_loads)
 
 
 @rule("no_calls")
 def check_no_calls(function: Function, register_budget: int) -> list[str]:
-    failures = []
-    steady = steady_state_loops(function)
-    if not steady:
-        return ["no steady-state loop (an innermost loop with a 128-bit global load)"]
-    for loop in steady:
-        first, last = loop
-        for x in function.instructions[first : last + 1]:
+    def calls(body: list[Instruction]) -> str | None:
+        for x in body:
             if x.base in ("CALL", "BRX", "JMX", "RET"):
-                failures.append(f"{loop_text(function, loop)}: {x.opcode} at {x.address:#x}")
-                break
-    return failures
+                return f"{x.opcode} at {x.address:#x}"
+        return None
+
+    return check_steady_loops(function, calls)
 
 
 # 128-bit loads a thread issues together before it reads any of them.
@@ -350,13 +363,7 @@ MIN_LOADS_IN_FLIGHT = 3
 
 @rule("loads_before_use")
 def check_loads_before_use(function: Function, register_budget: int) -> list[str]:
-    failures = []
-    steady = steady_state_loops(function)
-    if not steady:
-        return ["no steady-state loop (an innermost loop with a 128-bit global load)"]
-    for loop in steady:
-        first, last = loop
-        body = function.instructions[first : last + 1]
+    def loads_in_flight(body: list[Instruction]) -> str | None:
         # Registers holding a loaded value not yet read (until redefined) -> the load's index.
         pending: dict[int, int] = {}
         group: list[int] = []  # the loads issued since the last read of a loaded value
@@ -365,10 +372,8 @@ def check_loads_before_use(function: Function, register_budget: int) -> list[str
                 address = registers_of(x.operands[1]) if len(x.operands) > 1 else set()
                 used = address & pending.keys()
                 if used:
-                    failures.append(
-                        f"{loop_text(function, loop)}: the load at {x.address:#x} takes its "
-                        f"address from the load at {body[pending[min(used)]].address:#x}")
-                    break
+                    return (f"the load at {x.address:#x} takes its address from the load at "
+                            f"{body[pending[min(used)]].address:#x}")
                 for register in destinations(x):
                     pending[register] = i
                 group.append(i)
@@ -376,21 +381,19 @@ def check_loads_before_use(function: Function, register_budget: int) -> list[str
             used = sources(x) & pending.keys()
             if used and group and pending[min(used)] in group:
                 if len(group) < MIN_LOADS_IN_FLIGHT:
-                    failures.append(
-                        f"{loop_text(function, loop)}: {x.opcode} at {x.address:#x} reads the "
-                        f"load at {body[pending[min(used)]].address:#x} with {len(group)} "
-                        f"128-bit load(s) in flight, fewer than {MIN_LOADS_IN_FLIGHT}")
-                    break
+                    return (f"{x.opcode} at {x.address:#x} reads the load at "
+                            f"{body[pending[min(used)]].address:#x} with {len(group)} 128-bit "
+                            f"load(s) in flight, fewer than {MIN_LOADS_IN_FLIGHT}")
                 group = []
             for register in destinations(x):
                 pending.pop(register, None)
-        else:
-            # Loads at the bottom of the loop, read after the back edge.
-            if 0 < len(group) < MIN_LOADS_IN_FLIGHT:
-                failures.append(
-                    f"{loop_text(function, loop)}: {len(group)} 128-bit load(s) in flight at "
-                    f"the back edge, fewer than {MIN_LOADS_IN_FLIGHT}")
-    return failures
+        # Loads at the bottom of the loop, read after the back edge.
+        if 0 < len(group) < MIN_LOADS_IN_FLIGHT:
+            return (f"{len(group)} 128-bit load(s) in flight at the back edge, fewer than "
+                    f"{MIN_LOADS_IN_FLIGHT}")
+        return None
+
+    return check_steady_loops(function, loads_in_flight)
 
 
 def check_function(function: Function, register_budget: int, rules: list[str]) -> list[str]:
