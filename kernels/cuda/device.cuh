@@ -142,6 +142,24 @@ __device__ __forceinline__ void store_row(scalar_t* p, const Pack8<scalar_t>& pa
 #endif
 }
 
+// Adds the 8 floats of `sums` to `p` (16-byte aligned) atomically: on sm_90 two 128-bit
+// reductions (REDG.E.ADD.F32x4), else eight 32-bit ones.
+__device__ __forceinline__ void atomic_add_row(float* p, const Pack8<float>& sums) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  float4* words = reinterpret_cast<float4*>(p);
+  atomicAdd(words, make_float4(sums.v[0], sums.v[1], sums.v[2], sums.v[3]));
+  atomicAdd(words + 1, make_float4(sums.v[4], sums.v[5], sums.v[6], sums.v[7]));
+#else
+#if !defined(__CUDA_ARCH__)
+  POSENC_CHECK_VECTOR_ACCESS(p);
+  POSENC_TRACE_ACCESS(kReduction, p, kVectorBytes);
+  POSENC_TRACE_ACCESS(kReduction, p + 4, kVectorBytes);
+#endif
+#pragma unroll
+  for (int k = 0; k < kElementsPerThread; ++k) atomicAdd(p + k, sums.v[k]);
+#endif
+}
+
 // One element of a row that does not move as vectors.
 template <typename scalar_t>
 __device__ __forceinline__ scalar_t load_element(const scalar_t* p) {
@@ -172,15 +190,18 @@ __device__ __forceinline__ void store8(scalar_t* p, const acc_t<scalar_t>* value
 
 // Element `offset` of an int64 or int32 index tensor (ids, positions), through the read-only
 // path.
+__device__ __forceinline__ int64_t load_int64_readonly(const int64_t* p) {
+  POSENC_TRACE_ACCESS(kIndexLoad, p, sizeof(int64_t));
+#if defined(__CUDA_ARCH__)
+  return __ldg(p);
+#else
+  return *p;
+#endif
+}
+
 __device__ __forceinline__ int64_t load_index_readonly(const StridedIndex& index, int64_t offset) {
   if (index.type == IndexType::kInt64) {
-    const int64_t* p = static_cast<const int64_t*>(index.data) + offset;
-    POSENC_TRACE_ACCESS(kIndexLoad, p, sizeof(int64_t));
-#if defined(__CUDA_ARCH__)
-    return __ldg(p);
-#else
-    return *p;
-#endif
+    return load_int64_readonly(static_cast<const int64_t*>(index.data) + offset);
   }
   const int32_t* p = static_cast<const int32_t*>(index.data) + offset;
   POSENC_TRACE_ACCESS(kIndexLoad, p, sizeof(int32_t));

@@ -66,7 +66,14 @@ inline void check_vector_access(const void* address) {
 // serves the lanes of a warp that execute one access instruction together, in 32-byte sectors:
 // grouping the accesses by (block, warp, kind, the thread's count of accesses of that kind)
 // gives each instruction's lanes, and so the sectors it moves (see count_sectors).
-enum class Access : int { kRowLoad, kRowStore, kTableLoad, kIndexLoad, kAccessKinds };
+enum class Access : int {
+  kRowLoad,
+  kRowStore,
+  kTableLoad,
+  kIndexLoad,
+  kReduction,  // atomic adds into sums (the scatters)
+  kAccessKinds
+};
 
 struct TracedAccess {
   uint64_t block;

@@ -6,7 +6,8 @@ per hot kernel, the properties that keep it at the memory floor:
 
   resources        registers within the kernel's budget; no stack, no local memory, no spills
                    (LDL/STL);
-  wide_stores      every global store is one 128-bit instruction (STG .128);
+  wide_stores      every global store is one 128-bit instruction (STG .128), and so is every
+                   global reduction (RED/REDG/ATOMG: an atomic add of 4 floats, F32x4);
   wide_loads       no 8/16-bit global load anywhere; in the steady-state loop every global load
                    is 128-bit, or a 32/64-bit read-only (.CONSTANT) index or table load;
   no_calls         no CALL, BRX, JMX or RET in the steady-state loop (a runtime switch becomes
@@ -80,6 +81,8 @@ HOT_KERNELS = [
     KernelSpec("add_positional_dense_kernel", 128, "dense add_positional / embedding",
                lambda name: "CombineE3E" not in name),
     KernelSpec("rotary_dense_kernel", 128, "dense rotary"),
+    KernelSpec("scatter_dense_atomic_kernel", 128, "dense weight/table gradient, atomic"),
+    KernelSpec("scatter_dense_chunks_kernel", 128, "dense weight/table gradient, deterministic"),
 ]
 
 # The rules that look at the steady-state loop (of a kernel that loads rows).
@@ -315,13 +318,22 @@ def check_resources(function: Function, register_budget: int) -> list[str]:
     return failures
 
 
+_REDUCTIONS = {"RED", "REDG", "ATOMG", "ATOM"}
+
+
 @rule("wide_stores")
 def check_wide_stores(function: Function, register_budget: int) -> list[str]:
+    failures = []
     narrow = [x for x in function.instructions if x.base == "STG" and "128" not in x.modifiers]
-    if not narrow:
-        return []
-    return [f"{len(narrow)} global stores narrower than 128 bits, e.g. {narrow[0].opcode} at "
-            f"{narrow[0].address:#x}"]
+    if narrow:
+        failures.append(f"{len(narrow)} global stores narrower than 128 bits, e.g. "
+                        f"{narrow[0].opcode} at {narrow[0].address:#x}")
+    narrow = [x for x in function.instructions
+              if x.base in _REDUCTIONS and "F32x4" not in x.modifiers]
+    if narrow:
+        failures.append(f"{len(narrow)} global reductions narrower than 128 bits, e.g. "
+                        f"{narrow[0].opcode} at {narrow[0].address:#x}")
+    return failures
 
 
 _NARROW = {"U8", "S8", "U16", "S16"}

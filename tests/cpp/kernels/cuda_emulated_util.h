@@ -79,10 +79,13 @@ struct Buffer {
   void poison() { std::fill(base, base + byte_count, 0x7f); }  // NaN/huge in every dtype
 };
 
-// The 16-byte aligned start of a byte buffer (the binding's allocator aligns workspaces so).
+// The kAllocationAlignment-aligned start of a byte buffer of kAllocationAlignment bytes more than
+// it needs (workspaces: the binding's allocator aligns them so, and the sector counts see whole
+// sectors only where the GPU would).
 inline void* aligned(std::vector<unsigned char>& bytes) {
   const auto address = reinterpret_cast<uintptr_t>(bytes.data());
-  return bytes.data() + (16 - address % 16) % 16;
+  return bytes.data() +
+         (kAllocationAlignment - address % kAllocationAlignment) % kAllocationAlignment;
 }
 
 // The device channel table of `params`' computed codes, as the binding fills it before a launch

@@ -79,6 +79,64 @@ TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
   expect_device_assert(emu::scatter_backward_atomic(params, {}, emu::ScatterTarget::kTable, nullptr,
                                                     nullptr, nullptr, grad_table.data(), nullptr),
                        "positions must be < the table");
+  // The dense scatters (D = 8, aligned rows), atomic and deterministic: a bad id for the weight,
+  // a position past the table; no row of the sums is written out of range.
+  {
+    const int64_t dense_dim = widest, rows = batch * seq_len;
+    std::vector<float> grad(rows * dense_dim, 1.0f);
+    std::vector<int64_t> sorted(rows);
+    std::iota(sorted.begin(), sorted.end(), 0);
+    pk::AddPositionalParams dense = params;
+    dense.shape.dim = dense_dim;
+    dense.gather.row_stride = dense_dim;
+    dense.positions = {};
+    dense.source.kind = pk::PositionKind::kSinusoidal;
+    dense.x = {grad.data(), {seq_len * dense_dim}, dense_dim, 1};
+    // The sums, with one guard row past the vocabulary; rows out of range hold 7 (a write of
+    // their zero sums would show).
+    Buffer aligned_sums(pk::DType::kFloat32, static_cast<size_t>((vocab + 1) * dense_dim));
+    auto reset_sums = [&](int64_t first_bad_row) {
+      for (size_t i = 0; i < aligned_sums.size(); ++i) {
+        aligned_sums.set(i, static_cast<int64_t>(i) >= first_bad_row * dense_dim ? 7.0 : 0.0);
+      }
+    };
+    reset_sums(vocab);
+    ids = {0, 1, 2, 3, 4, 5};  // 5 is out of range (sorted)
+    for (const bool deterministic : {false, true}) {
+      SCOPED_TRACE(deterministic);
+      expect_device_assert(
+          deterministic
+              ? emu::scatter_backward_deterministic(
+                    dense, {}, emu::ScatterTarget::kWeight, nullptr, nullptr, sorted.data(),
+                    ids.data(), nullptr, aligned(workspace), aligned_sums.data(), nullptr)
+              : emu::scatter_backward_atomic(dense, {}, emu::ScatterTarget::kWeight, nullptr,
+                                             nullptr, nullptr, aligned_sums.data(), nullptr),
+          "ids must be in [0, V)");
+      for (int64_t d = 0; d < dense_dim; ++d) {
+        EXPECT_EQ(aligned_sums.get(static_cast<size_t>(vocab * dense_dim + d)), 7.0);
+      }
+    }
+    ids[5] = 4;
+    dense.source.kind = pk::PositionKind::kLearned;
+    dense.source.table_rows = seq_len - 1;  // positions 0, 1, 2: the last is past the table
+    reset_sums(seq_len - 1);
+    std::vector<int64_t> by_target{0, 3, 1, 4, 2, 5}, sorted_targets{0, 0, 1, 1, 2, 2};
+    for (const bool deterministic : {false, true}) {
+      SCOPED_TRACE(deterministic);
+      expect_device_assert(
+          deterministic
+              ? emu::scatter_backward_deterministic(
+                    dense, {}, emu::ScatterTarget::kTable, nullptr, nullptr, by_target.data(),
+                    sorted_targets.data(), nullptr, aligned(workspace), aligned_sums.data(),
+                    nullptr)
+              : emu::scatter_backward_atomic(dense, {}, emu::ScatterTarget::kTable, nullptr,
+                                             nullptr, nullptr, aligned_sums.data(), nullptr),
+          "positions must be >= 0");
+      for (int64_t d = 0; d < dense_dim; ++d) {
+        EXPECT_EQ(aligned_sums.get(static_cast<size_t>((seq_len - 1) * dense_dim + d)), 7.0);
+      }
+    }
+  }
   // Rotary: cu_seqlens that decrease, and negative offsets.
   std::vector<float> q(6 * 2, 1.0f), q_out(q.size());
   std::vector<int64_t> cu{0, 4, 3, 6}, offsets{0, 0, -2};

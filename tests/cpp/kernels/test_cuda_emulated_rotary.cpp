@@ -106,7 +106,7 @@ TEST_P(CudaEmulatedRotary, MatchesCpu) {
       ce::ScopedLimits restore;
       if (c.lowered) ce::limits().max_grid_x = 2;
       std::vector<unsigned char> workspace(
-          static_cast<size_t>(emu::rotary_workspace_bytes(params)) + 16, 0x7f);
+          static_cast<size_t>(emu::rotary_workspace_bytes(params)) + kAllocationAlignment, 0x7f);
       ASSERT_EQ(emu::rotary(params, c.with_positions ? inv_freq.data() : nullptr, 10000.0,
                             aligned(workspace), nullptr),
                 0);
@@ -163,7 +163,7 @@ TEST(CudaEmulatedRotary, WideHeadsInChunks) {
   pk::rotary_cpu(params, pk::serial_for);
   params.operands[0].out = emulated.data();
   std::vector<unsigned char> workspace(static_cast<size_t>(emu::rotary_workspace_bytes(params)) +
-                                       16);
+                                       kAllocationAlignment);
   ASSERT_EQ(emu::rotary(params, nullptr, 10000.0, aligned(workspace), nullptr), 0);
   expect_same(cpu, emulated, 1e-12, "wide rotary");
 }

@@ -113,7 +113,8 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
     params.out.data = emulated_out.data();
     const int64_t seed = 1234567;
     std::vector<unsigned char> workspace(
-        static_cast<size_t>(emu::add_positional_workspace_bytes(params)) + 16, 0x7f);
+        static_cast<size_t>(emu::add_positional_workspace_bytes(params)) + kAllocationAlignment,
+        0x7f);
     ChannelTableBuffer code_table(params);
     {
       ce::ScopedLimits restore;
@@ -208,7 +209,9 @@ TEST_P(CudaEmulatedRows, ScatterMatchesCpu) {
         for (size_t i = 0; i < emulated.size(); ++i) emulated.set(i, 0.0);
         // Poisoned: every workspace element read is written first.
         std::vector<unsigned char> workspace(
-            static_cast<size_t>(emu::scatter_workspace_bytes(params, deterministic)) + 16, 0x7f);
+            static_cast<size_t>(emu::scatter_workspace_bytes(params, deterministic)) +
+                kAllocationAlignment,
+            0x7f);
         ChannelTableBuffer code_table(params);
         const int status =
             deterministic
@@ -270,6 +273,10 @@ const RowsCase kRowsCases[] = {
     {4, 6, 16, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, true, false},
     {3, 5, 16, pk::PositionKind::kLearned, pk::Combine::kAdd, 0.0, false, false, false, true, false, false, true},
     {2, 5, 24, pk::PositionKind::kCosine, pk::Combine::kMul, 0.2, false, false, false, true, false, false, false, true},
+    // The dense scatters with segments over several chunks: 1024 rows over 7 positions and 11
+    // ids, explicit positions, padding ids, lowered grid limits (grid-stride loops).
+    {64, 16, 16, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, true, true, false, false, true},
+    {32, 32, 8, pk::PositionKind::kLearned, pk::Combine::kAdd, 0.0, true, false, false, false, false},
     // 2D/3D codes on test_grid(): every token of the grid (2 cls + 2 x 3 x 5), and token indices.
     {3, 32, 38, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, true, false, true},
     {70, 9, 38, pk::PositionKind::kSinusoidal, pk::Combine::kMul, 0.0, true, false, false, false, true, true},

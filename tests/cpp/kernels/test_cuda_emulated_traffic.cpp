@@ -1,7 +1,7 @@
 // The memory traffic of the emulated CUDA kernels, from the emulation's trace of every global
-// access: the dense add_positional and rotary kernels move each byte of their rows once, in whole
-// 32-byte sectors, and read their codes or frequencies once per thread and token rather than
-// once per row or head.
+// access: the dense add_positional, rotary and scatter (weight and table gradient) kernels move
+// each byte of their rows once, in whole 32-byte sectors, and read their codes or frequencies
+// once per thread and token rather than once per row or head.
 #include "cuda_emulated_util.h"
 
 using namespace emulated_test;
@@ -172,7 +172,7 @@ struct RotaryLaunch {
     const std::vector<double> frequencies = pk::default_inv_freq(rotary_dim, 10000.0);
     for (size_t i = 0; i < frequencies.size(); ++i) inv_freq.set(i, frequencies[i]);
     std::vector<unsigned char> workspace(static_cast<size_t>(emu::rotary_workspace_bytes(params)) +
-                                         16);
+                                         kAllocationAlignment);
     Traffic traffic;
     {
       ce::ScopedMemoryTrace trace;
@@ -219,6 +219,134 @@ TEST(CudaEmulatedTraffic, DenseRotaryMovesEachByteOnceInWholeSectors) {
         EXPECT_EQ(traffic.row_loads.sectors * 32, per_instruction * bytes);
         EXPECT_EQ(traffic.row_stores.sectors * 32, per_instruction * bytes);
         EXPECT_EQ(traffic.table_loads.bytes, tokens * (rotary_dim / 2) * 8);
+      }
+    }
+  }
+}
+
+// A weight or table gradient of [batch, T, D] grad rows of `dtype`, atomic or deterministic,
+// traced: ids in [0, 40) with padding id 2 (weight), positions offset + t (table).
+struct ScatterLaunch {
+  pk::DType dtype;
+  int64_t batch, seq_len, dim;
+  bool weight_target, deterministic;
+
+  struct Result {
+    ce::SectorCount row_loads, row_loads_per_group, row_stores, row_stores_per_group, reductions,
+        reductions_per_group, table_loads;
+    uint64_t added_rows = 0;  // rows that are not padding
+    uint64_t targets = 0;     // distinct targets
+  };
+
+  Result run() const {
+    std::mt19937_64 rng(static_cast<uint64_t>(batch * 17 + dim));
+    const int64_t rows = batch * seq_len, vocab = 40, padding = 2, offset = 1;
+    Buffer grad(dtype, static_cast<size_t>(rows * dim));
+    grad.fill_random(rng);
+    Buffer weight(dtype, static_cast<size_t>(vocab * dim));
+    std::vector<int64_t> ids(static_cast<size_t>(rows));
+    for (auto& id : ids) id = static_cast<int64_t>(rng() % vocab);
+    pk::AddPositionalParams params;
+    params.dtype = dtype;
+    params.shape.batch_ndim = 1;
+    params.shape.batch_sizes[0] = batch;
+    params.shape.seq_len = seq_len;
+    params.shape.dim = dim;
+    params.x = {grad.data(), {seq_len * dim}, dim, 1};
+    params.combine = pk::Combine::kAdd;
+    params.offset = offset;
+    params.scale = 0.5;
+    params.dropout = pk::make_dropout(0.1, true, 3);
+    params.source.kind = pk::PositionKind::kLearned;
+    params.source.table_rows = seq_len + offset;
+    if (weight_target) {
+      params.source.kind = pk::PositionKind::kSinusoidal;
+      params.gather.weight = weight.data();
+      params.gather.vocab = vocab;
+      params.gather.row_stride = dim;
+      params.gather.ids = {ids.data(), pk::IndexType::kInt64, {seq_len}, 1};
+      params.gather.padding_idx = padding;
+    }
+    std::vector<int64_t> row_target(static_cast<size_t>(rows));
+    Result result;
+    for (int64_t r = 0; r < rows; ++r) {
+      row_target[r] = weight_target ? ids[r] : offset + r % seq_len;
+      result.added_rows += weight_target && ids[r] == padding ? 0 : 1;
+    }
+    std::vector<int64_t> sorted(static_cast<size_t>(rows)), sorted_targets(sorted.size());
+    std::iota(sorted.begin(), sorted.end(), 0);
+    std::stable_sort(sorted.begin(), sorted.end(),
+                     [&](int64_t a, int64_t b) { return row_target[a] < row_target[b]; });
+    for (int64_t i = 0; i < rows; ++i) sorted_targets[i] = row_target[sorted[i]];
+    std::vector<int64_t> distinct = sorted_targets;
+    result.targets =
+        static_cast<uint64_t>(std::unique(distinct.begin(), distinct.end()) - distinct.begin());
+    const int64_t target_rows = weight_target ? vocab : seq_len + offset;
+    Buffer sums(pk::DType::kFloat32, static_cast<size_t>(target_rows * dim));
+    for (size_t i = 0; i < sums.size(); ++i) sums.set(i, 0.0);
+    std::vector<unsigned char> workspace(
+        static_cast<size_t>(emu::scatter_workspace_bytes(params, deterministic)) +
+            kAllocationAlignment,
+        0x7f);
+    ChannelTableBuffer code_table(params);
+    const emu::ScatterTarget target =
+        weight_target ? emu::ScatterTarget::kWeight : emu::ScatterTarget::kTable;
+    const int64_t seed = 3;
+    ce::ScopedMemoryTrace trace;
+    const int status =
+        deterministic
+            ? emu::scatter_backward_deterministic(params, {}, target, &seed, nullptr, sorted.data(),
+                                                  sorted_targets.data(), code_table.data(),
+                                                  aligned(workspace), sums.data(), nullptr)
+            : emu::scatter_backward_atomic(params, {}, target, &seed, nullptr, code_table.data(),
+                                           sums.data(), nullptr);
+    EXPECT_EQ(status, 0);
+    const uint32_t words = static_cast<uint32_t>(Buffer::element_size(dtype) * 8 / 16);
+    result.row_loads = ce::count_sectors(ce::Access::kRowLoad);
+    result.row_loads_per_group = ce::count_sectors(ce::Access::kRowLoad, words);
+    result.row_stores = ce::count_sectors(ce::Access::kRowStore);
+    result.row_stores_per_group = ce::count_sectors(ce::Access::kRowStore, 2);  // 8 floats
+    result.reductions = ce::count_sectors(ce::Access::kReduction);
+    result.reductions_per_group = ce::count_sectors(ce::Access::kReduction, 2);
+    result.table_loads = ce::count_sectors(ce::Access::kTableLoad);
+    return result;
+  }
+};
+
+// The gradient rows are read once from memory in whole sectors; the atomic scatter adds each
+// row that is not padding once (8 floats in two 128-bit reductions a thread, whole sectors a
+// group); the deterministic one writes each target's sums once (plus chunk pieces of segments
+// that span chunks) and reduces nothing. Neither reads a channel table.
+TEST(CudaEmulatedTraffic, DenseScattersReadEachGradByteOnce) {
+  for (const pk::DType dtype : {pk::DType::kBFloat16, pk::DType::kFloat32}) {
+    for (const bool weight_target : {true, false}) {
+      for (const bool deterministic : {false, true}) {
+        SCOPED_TRACE(std::to_string(static_cast<int>(dtype)) +
+                     (weight_target ? " weight" : " table") +
+                     (deterministic ? " deterministic" : " atomic"));
+        const ScatterLaunch launch{dtype, 6, 50, 256, weight_target, deterministic};
+        const ScatterLaunch::Result result = launch.run();
+        const uint64_t rows = launch.batch * launch.seq_len;
+        const uint64_t grad_bytes = rows * launch.dim * bytes_of(dtype);
+        EXPECT_EQ(result.row_loads.unique_bytes, grad_bytes);
+        EXPECT_GE(result.row_loads.bytes, grad_bytes);
+        // Chunks past a thread's rows repeat its first row (an L1 hit): at most 3 a chunk.
+        EXPECT_LE(result.row_loads.bytes * 10, grad_bytes * 16);
+        EXPECT_EQ(result.row_loads_per_group.sectors * 32, result.row_loads.bytes);
+        EXPECT_EQ(result.table_loads.bytes, 0u);
+        const uint64_t sum_row_bytes = launch.dim * sizeof(float);
+        if (!deterministic) {
+          EXPECT_GT(result.added_rows, 0u);
+          EXPECT_EQ(result.reductions.bytes, result.added_rows * sum_row_bytes);
+          EXPECT_EQ(result.reductions_per_group.sectors * 32, result.reductions.bytes);
+          EXPECT_EQ(result.row_stores.bytes, 0u);
+        } else {
+          EXPECT_EQ(result.reductions.bytes, 0u);
+          const uint64_t chunks = (rows + 63) / 64;
+          EXPECT_GE(result.row_stores.bytes, result.targets * sum_row_bytes);
+          EXPECT_LE(result.row_stores.bytes, (result.targets + 2 * chunks) * sum_row_bytes);
+          EXPECT_EQ(result.row_stores_per_group.sectors * 32, result.row_stores.bytes);
+        }
       }
     }
   }
