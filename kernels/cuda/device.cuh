@@ -98,8 +98,9 @@ enum class Cache : int {
   kKeep,    // read again by other rows (learned tables, weight rows): the default policy
 };
 
-// The 8 elements from `p` (16-byte aligned, unit stride).
-template <Cache kCache = Cache::kStream, typename scalar_t>
+// The 8 elements from `p` (16-byte aligned, unit stride). (kTableBytes: traced as table bytes,
+// for the sector counts: rows of given tables, such as rotary_tables' cos and sin.)
+template <Cache kCache = Cache::kStream, bool kTableBytes = false, typename scalar_t>
 __device__ __forceinline__ Pack8<scalar_t> load_row(const scalar_t* p) {
   Pack8<scalar_t> pack;
 #if defined(__CUDA_ARCH__)
@@ -112,8 +113,12 @@ __device__ __forceinline__ Pack8<scalar_t> load_row(const scalar_t* p) {
 #else
   POSENC_CHECK_VECTOR_ACCESS(p);
   for (int w = 0; w < kPackWords<scalar_t>; ++w) {
-    POSENC_TRACE_ACCESS(kRowLoad, reinterpret_cast<const unsigned char*>(p) + w * kVectorBytes,
-                        kVectorBytes);
+    const unsigned char* word = reinterpret_cast<const unsigned char*>(p) + w * kVectorBytes;
+    if constexpr (kTableBytes) {
+      POSENC_TRACE_ACCESS(kTableLoad, word, kVectorBytes);
+    } else {
+      POSENC_TRACE_ACCESS(kRowLoad, word, kVectorBytes);
+    }
   }
   std::memcpy(&pack, p, sizeof(pack));
 #endif

@@ -81,6 +81,7 @@ HOT_KERNELS = [
     KernelSpec("add_positional_dense_kernel", 128, "dense add_positional / embedding",
                lambda name: "CombineE3E" not in name),
     KernelSpec("rotary_dense_kernel", 128, "dense rotary"),
+    KernelSpec("rotary_tables_dense_kernel", 128, "dense rotary with given cos/sin tables"),
     KernelSpec("scatter_dense_atomic_kernel", 128, "dense weight/table gradient, atomic"),
     KernelSpec("scatter_dense_chunks_kernel", 128, "dense weight/table gradient, deterministic"),
 ]

@@ -168,43 +168,79 @@ TEST(CudaEmulatedRotary, WideHeadsInChunks) {
   expect_same(cpu, emulated, 1e-12, "wide rotary");
 }
 
+// A q of [batch, heads, S, D] (bhsd) or [batch, S, heads, D] (bshd) with cos/sin of [batch or 1,
+// S, D] broadcast over heads (and over the batch when `shared_batch`); `padded` rows of q (and
+// its output) D + 8 elements apart, or `offset` elements into its buffer (unaligned: the general
+// kernel).
+struct TablesCase {
+  int64_t batch, heads, seq_len, dim;
+  bool bshd, shared_batch;
+  bool padded = false;
+  int64_t offset = 0;
+  bool lowered_limits = false;
+};
+
 TEST(CudaEmulatedRotaryTables, MatchesCpuForwardAndTranspose) {
-  const int64_t batch = 2, heads = 3, seq_len = 5, dim = 8;
+  const TablesCase cases[] = {
+      {2, 3, 5, 8, false, false},  // D / 2 = 4: the general kernel
+      {2, 3, 5, 32, false, false},
+      {2, 3, 5, 32, true, false},
+      {3, 5, 7, 16, false, true, false, 0, true},  // odd heads, lowered grid limits
+      {2, 4, 3, 48, true, true, true},             // padded rows
+      {8, 32, 1, 128, true, false},                // a decoding step: heads split over blocks
+      {2, 2, 3, 32, false, false, false, 3},       // unaligned: the general kernel
+  };
   std::mt19937_64 rng(5);
-  for (pk::DType dtype : kDTypes) {
-    for (const bool transpose : {false, true}) {
-      Buffer q(dtype, batch * heads * seq_len * dim), cos(dtype, batch * seq_len * dim),
-          sin(dtype, batch * seq_len * dim);
-      q.fill_random(rng);
-      cos.fill_random(rng);
-      sin.fill_random(rng);
-      Buffer cpu(dtype, q.size()), emulated(dtype, q.size());
-      cpu.poison();
-      emulated.poison();
-      pk::RotaryTableParams params;
-      params.dtype = dtype;
-      params.cos = cos.data();
-      params.sin = sin.data();
-      params.transpose = transpose;
-      params.operand_count = 1;
-      pk::RotaryTableOperand& op = params.operands[0];
-      op.ndim = 4;
-      const int64_t sizes[4] = {batch, heads, seq_len, dim};
-      const int64_t strides[4] = {heads * seq_len * dim, seq_len * dim, dim, 1};
-      const int64_t table_strides[4] = {seq_len * dim, 0, dim, 1};  // broadcast over heads
-      for (int d = 0; d < 4; ++d) {
-        op.sizes[d] = sizes[d];
-        op.in_strides[d] = op.out_strides[d] = strides[d];
-        op.cos_strides[d] = op.sin_strides[d] = table_strides[d];
+  for (const TablesCase& c : cases) {
+    for (pk::DType dtype : kDTypes) {
+      for (const bool transpose : {false, true}) {
+        SCOPED_TRACE(std::to_string(c.dim) + (c.bshd ? " bshd " : " bhsd ") +
+                     std::to_string(static_cast<int>(dtype)) + (transpose ? " transpose" : ""));
+        const int64_t row = c.padded ? c.dim + 8 : c.dim;
+        const int64_t table_batch = c.shared_batch ? 1 : c.batch;
+        const size_t q_size = static_cast<size_t>(c.offset + c.batch * c.heads * c.seq_len * row);
+        Buffer q(dtype, q_size), cos(dtype, static_cast<size_t>(table_batch * c.seq_len * c.dim)),
+            sin(dtype, cos.size());
+        q.fill_random(rng);
+        cos.fill_random(rng);
+        sin.fill_random(rng);
+        Buffer cpu(dtype, q_size), emulated(dtype, q_size);
+        cpu.poison();
+        emulated.poison();
+        pk::RotaryTableParams params;
+        params.dtype = dtype;
+        params.cos = cos.data();
+        params.sin = sin.data();
+        params.transpose = transpose;
+        params.operand_count = 1;
+        pk::RotaryTableOperand& op = params.operands[0];
+        op.ndim = 4;
+        const int64_t batch_stride = c.heads * c.seq_len * row;
+        const int64_t table_batch_stride = c.shared_batch ? 0 : c.seq_len * c.dim;
+        // [batch, heads, S, D] or [batch, S, heads, D]; the tables broadcast over heads.
+        const int64_t sizes[4] = {c.batch, c.bshd ? c.seq_len : c.heads,
+                                  c.bshd ? c.heads : c.seq_len, c.dim};
+        const int64_t strides[4] = {batch_stride, c.bshd ? c.heads * row : c.seq_len * row, row, 1};
+        const int64_t table_strides[4] = {table_batch_stride, c.bshd ? c.dim : 0,
+                                          c.bshd ? 0 : c.dim, 1};
+        for (int d = 0; d < 4; ++d) {
+          op.sizes[d] = sizes[d];
+          op.in_strides[d] = op.out_strides[d] = strides[d];
+          op.cos_strides[d] = op.sin_strides[d] = table_strides[d];
+        }
+        const size_t element = Buffer::element_size(dtype);
+        op.in = static_cast<unsigned char*>(q.data()) + c.offset * element;
+        op.out = static_cast<unsigned char*>(cpu.data()) + c.offset * element;
+        pk::rotary_tables_cpu(params, pk::serial_for);
+        op.out = static_cast<unsigned char*>(emulated.data()) + c.offset * element;
+        ce::ScopedLimits restore;
+        if (c.lowered_limits) {
+          ce::limits().max_grid_x = 2;
+          ce::limits().max_grid_yz = 2;
+        }
+        ASSERT_EQ(emu::rotary_tables(params, nullptr), 0);
+        expect_same(cpu, emulated, tolerance(dtype), "rotary_tables");
       }
-      op.in = q.data();
-      op.out = cpu.data();
-      pk::rotary_tables_cpu(params, pk::serial_for);
-      op.out = emulated.data();
-      ce::ScopedLimits restore;
-      ce::limits().max_grid_x = 2;
-      ASSERT_EQ(emu::rotary_tables(params, nullptr), 0);
-      expect_same(cpu, emulated, tolerance(dtype), "rotary_tables");
     }
   }
 }

@@ -224,6 +224,61 @@ TEST(CudaEmulatedTraffic, DenseRotaryMovesEachByteOnceInWholeSectors) {
   }
 }
 
+// rotary_tables on a bhsd q of [batch, heads, S, D] with cos/sin of [batch, S, D] broadcast over
+// heads, traced: each byte of q is loaded and stored once in whole sectors, and the tables' rows
+// are read once per token, not per head (2 / heads of the output bytes).
+TEST(CudaEmulatedTraffic, DenseRotaryTablesReadTablesOncePerToken) {
+  for (const pk::DType dtype : {pk::DType::kBFloat16, pk::DType::kFloat32}) {
+    SCOPED_TRACE(static_cast<int>(dtype));
+    const int64_t batch = 2, heads = 8, seq_len = 256, dim = 128;
+    std::mt19937_64 rng(9);
+    Buffer q(dtype, static_cast<size_t>(batch * heads * seq_len * dim)), out(dtype, q.size());
+    Buffer cos(dtype, static_cast<size_t>(batch * seq_len * dim)), sin(dtype, cos.size());
+    q.fill_random(rng);
+    cos.fill_random(rng);
+    sin.fill_random(rng);
+    out.poison();
+    pk::RotaryTableParams params;
+    params.dtype = dtype;
+    params.cos = cos.data();
+    params.sin = sin.data();
+    params.operand_count = 1;
+    pk::RotaryTableOperand& op = params.operands[0];
+    op.ndim = 4;
+    op.in = q.data();
+    op.out = out.data();
+    const int64_t sizes[4] = {batch, heads, seq_len, dim};
+    const int64_t strides[4] = {heads * seq_len * dim, seq_len * dim, dim, 1};
+    const int64_t table_strides[4] = {seq_len * dim, 0, dim, 1};
+    for (int d = 0; d < 4; ++d) {
+      op.sizes[d] = sizes[d];
+      op.in_strides[d] = op.out_strides[d] = strides[d];
+      op.cos_strides[d] = op.sin_strides[d] = table_strides[d];
+    }
+    ce::SectorCount loads, stores, tables;
+    {
+      ce::ScopedMemoryTrace trace;
+      ASSERT_EQ(emu::rotary_tables(params, nullptr), 0);
+      const uint32_t words = static_cast<uint32_t>(Buffer::element_size(dtype) * 8 / 16);
+      loads = ce::count_sectors(ce::Access::kRowLoad, words);
+      stores = ce::count_sectors(ce::Access::kRowStore, words);
+      tables = ce::count_sectors(ce::Access::kTableLoad, words);
+    }
+    for (size_t i = 0; i < out.size(); ++i) {
+      ASSERT_FALSE(std::isnan(out.get(i)) || std::abs(out.get(i)) > 1e6) << "element " << i;
+    }
+    const uint64_t bytes = q.size() * bytes_of(dtype);
+    EXPECT_EQ(loads.bytes, bytes);
+    EXPECT_EQ(loads.unique_bytes, bytes);
+    EXPECT_EQ(loads.sectors * 32, bytes);
+    EXPECT_EQ(stores.bytes, bytes);
+    EXPECT_EQ(stores.sectors * 32, bytes);
+    EXPECT_EQ(tables.bytes, 2 * cos.size() * bytes_of(dtype));
+    EXPECT_EQ(tables.bytes * heads, 2 * bytes);
+    EXPECT_EQ(tables.sectors * 32, tables.bytes);
+  }
+}
+
 // A weight or table gradient of [batch, T, D] grad rows of `dtype`, atomic or deterministic,
 // traced: ids in [0, 40) with padding id 2 (weight), positions offset + t (table).
 struct ScatterLaunch {
