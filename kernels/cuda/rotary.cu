@@ -151,10 +151,14 @@ __device__ void rotate_item(const RotaryParams& p, const RotaryOperand& op,
     const int64_t first = (pair + j) * first_step;
     const int64_t second = first + second_offset;
     const acc c = cosines[first_pair + j], s = sines[first_pair + j];
-    const acc x1 = load_as_acc(item.x + first * in_step);
-    const acc x2 = load_as_acc(item.x + second * in_step);
-    store_from_acc(item.y + first * out_step, x1 * c - x2 * s);
-    store_from_acc(item.y + second * out_step, x2 * c + x1 * s);
+    const scalar_t e1 = load_element(item.x + first * in_step);
+    const scalar_t e2 = load_element(item.x + second * in_step);
+    const acc x1 = load_as_acc(&e1), x2 = load_as_acc(&e2);
+    scalar_t y1, y2;
+    store_from_acc(&y1, x1 * c - x2 * s);
+    store_from_acc(&y2, x2 * c + x1 * s);
+    store_element(item.y + first * out_step, y1);
+    store_element(item.y + second * out_step, y2);
   }
 }
 
@@ -263,11 +267,11 @@ __global__ void rotary_kernel(const POSENC_GRID_CONSTANT RotaryParams p,
       for (uint32_t e = tid; e < tile_tokens * heads * tail; e += threads) {
         const TileItem item = tile_item(e, heads, tail);  // index: the channel past rotary_dim
         const int64_t d = p.rotary_dim + item.index;
-        static_cast<scalar_t*>(op.out)[out_rows[k * tile + item.token] +
-                                       item.head * op.out_strides[2] + d * op.out_strides[3]] =
-            static_cast<const scalar_t*>(
-                op.in)[in_rows[k * tile + item.token] + item.head * op.in_strides[2] +
-                       d * op.in_strides[3]];
+        store_element(
+            static_cast<scalar_t*>(op.out) + out_rows[k * tile + item.token] +
+                item.head * op.out_strides[2] + d * op.out_strides[3],
+            load_element(static_cast<const scalar_t*>(op.in) + in_rows[k * tile + item.token] +
+                         item.head * op.in_strides[2] + d * op.in_strides[3]));
       }
     }
     __syncthreads();  // the next tile overwrites positions and row offsets

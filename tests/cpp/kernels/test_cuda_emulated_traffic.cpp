@@ -279,6 +279,100 @@ TEST(CudaEmulatedTraffic, DenseRotaryTablesReadTablesOncePerToken) {
   }
 }
 
+// The general kernels (rows that do not move as 16-byte vectors: here rows 3 elements longer
+// than D, so unaligned) still read and write each row byte once: element by element, a thread's
+// 8 elements in consecutive instructions, so a warp's 8 instructions touch each sector they
+// use once (two rows' partial sectors where a row starts unaligned).
+TEST(CudaEmulatedTraffic, GeneralKernelsMoveEachByteOnce) {
+  const pk::DType dtype = pk::DType::kBFloat16;
+  const int64_t batch = 4, seq_len = 33, dim = 64, row = dim + 3;
+  std::mt19937_64 rng(21);
+  // add_positional, sinusoidal codes at offset + t.
+  {
+    Buffer x(dtype, static_cast<size_t>(batch * seq_len * row)), out(dtype, x.size());
+    x.fill_random(rng);
+    out.poison();
+    pk::AddPositionalParams params;
+    params.dtype = dtype;
+    params.shape.batch_ndim = 1;
+    params.shape.batch_sizes[0] = batch;
+    params.shape.seq_len = seq_len;
+    params.shape.dim = dim;
+    params.x = {x.data(), {seq_len * row}, row, 1};
+    params.out = {out.data(), {seq_len * row}, row, 1};
+    params.combine = pk::Combine::kAdd;
+    params.offset = 3;
+    params.source.kind = params.source.code.kind = pk::PositionKind::kSinusoidal;
+    const std::vector<pk::ChannelCode> channels = pk::make_channel_codes(params.source.code, dim);
+    params.source.channels = channels.data();
+    ChannelTableBuffer code_table(params);
+    ce::SectorCount loads, stores, tables;
+    {
+      ce::ScopedMemoryTrace trace;
+      ASSERT_EQ(emu::add_positional(params, nullptr, code_table.data(), nullptr, nullptr), 0);
+      loads = ce::count_sectors(ce::Access::kRowLoad, 8);
+      stores = ce::count_sectors(ce::Access::kRowStore, 8);
+      tables = ce::count_sectors(ce::Access::kTableLoad);
+    }
+    const uint64_t bytes = batch * seq_len * dim * bytes_of(dtype);
+    EXPECT_EQ(loads.bytes, bytes);
+    EXPECT_EQ(loads.unique_bytes, bytes);
+    EXPECT_EQ(stores.bytes, bytes);
+    EXPECT_EQ(stores.unique_bytes, bytes);
+    // Rows of 128 bytes starting 6 bytes apart from alignment: at most 5 sectors a row.
+    EXPECT_LE(loads.sectors * 32, bytes * 5 / 4);
+    EXPECT_LE(stores.sectors * 32, bytes * 5 / 4);
+    // The codes of a step are evaluated once per (step, batch block) for all the block's rows:
+    // 5 doubles a channel. This small launch splits the batch over 4 blocks (to fill the GPU),
+    // so once per row: 40 bytes per channel and row, a 20th of a bfloat16 row's bytes moved.
+    EXPECT_GT(tables.bytes, 0u);
+    EXPECT_LE(tables.bytes, static_cast<uint64_t>(batch * seq_len * dim * 5 * 8));
+  }
+  // rotary on q of [batch, S, 4 heads, 64] with head rows 3 elements apart from alignment, and
+  // k of 2 heads: every byte of both, the channels past rotary_dim included, moved once.
+  {
+    const int64_t heads[2] = {4, 2}, head_dim = 64, rotary_dim = 48;
+    pk::RotaryParams params;
+    params.dtype = dtype;
+    params.batch = batch;
+    params.seq_len = seq_len;
+    params.head_dim = head_dim;
+    params.rotary_dim = rotary_dim;
+    params.offset = 5;
+    params.operand_count = 2;
+    std::vector<Buffer> inputs, outputs;
+    uint64_t bytes = 0;
+    for (int k = 0; k < 2; ++k) {
+      const int64_t head_row = head_dim + 3;
+      inputs.emplace_back(dtype, static_cast<size_t>(batch * seq_len * heads[k] * head_row));
+      inputs.back().fill_random(rng);
+      outputs.emplace_back(dtype, inputs.back().size());
+      outputs.back().poison();
+      const int64_t strides[4] = {seq_len * heads[k] * head_row, heads[k] * head_row, head_row, 1};
+      params.operands[k].heads = heads[k];
+      params.operands[k].in = inputs[k].data();
+      params.operands[k].out = outputs[k].data();
+      for (int i = 0; i < 4; ++i) {
+        params.operands[k].in_strides[i] = params.operands[k].out_strides[i] = strides[i];
+      }
+      bytes += batch * seq_len * heads[k] * head_dim * bytes_of(dtype);
+    }
+    std::vector<unsigned char> workspace(static_cast<size_t>(emu::rotary_workspace_bytes(params)) +
+                                         kAllocationAlignment);
+    ce::SectorCount loads, stores;
+    {
+      ce::ScopedMemoryTrace trace;
+      ASSERT_EQ(emu::rotary(params, nullptr, 10000.0, aligned(workspace), nullptr), 0);
+      loads = ce::count_sectors(ce::Access::kRowLoad);
+      stores = ce::count_sectors(ce::Access::kRowStore);
+    }
+    EXPECT_EQ(loads.bytes, bytes);
+    EXPECT_EQ(loads.unique_bytes, bytes);
+    EXPECT_EQ(stores.bytes, bytes);
+    EXPECT_EQ(stores.unique_bytes, bytes);
+  }
+}
+
 // A weight or table gradient of [batch, T, D] grad rows of `dtype`, atomic or deterministic,
 // traced: ids in [0, 40) with padding id 2 (weight), positions offset + t (table).
 struct ScatterLaunch {
