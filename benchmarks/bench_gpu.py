@@ -151,11 +151,17 @@ def profile_cases() -> None:
     k = torch.randn(4, 4096 // SIZE, 8, 128, device=DEVICE, dtype=dtype)
     ids = torch.randint(0, 32000 // SIZE, (8, 2048 // SIZE), device=DEVICE)
     weight = torch.randn(32000 // SIZE, 1024 // SIZE, device=DEVICE, dtype=dtype)
+    # transformers' layout: q, k of [B, heads, S, D] with cos/sin of [B, S, D].
+    q_hf, k_hf = q.transpose(1, 2), k.transpose(1, 2)
+    cos = torch.randn(4, 4096 // SIZE, 128, device=DEVICE, dtype=dtype)
+    sin = torch.randn_like(cos)
+    weight.requires_grad_()
     for _ in range(2):
         posenc.add_positional(x)
         posenc.add_positional(x, dropout=0.1)
         posenc.rotary(q, k)
-        posenc.embedding(ids, weight, dropout=0.1)
+        posenc.apply_rotary_pos_emb(q_hf, k_hf, cos, sin)
+        posenc.embedding(ids, weight, dropout=0.1).sum().backward()  # the weight gradient
     if DEVICE == "cuda":
         torch.cuda.synchronize()
 
@@ -283,6 +289,32 @@ def bench_rotary(repeat: int, copies: int) -> None:
         times[name] = cuda_time_ms(
             lambda i: forward_backward(fn, [qs[i % copies], ks[i % copies]], [gq, gk]), repeat)
     record(f"rotary fwd+bwd {shape}", 4 * qk_bytes, 2 * qk_bytes, times)
+
+    # apply_rotary_pos_emb with given cos/sin (what the transformers patch calls), on transformers'
+    # [B, heads, S, D] layout: q and k moved once, cos/sin read once per token.
+    freqs = (inv_freq[None, :, None] @ position_ids[:, None, :].float()).transpose(1, 2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def hf_tables(q: torch.Tensor, k: torch.Tensor):
+        c, s = cos[:, None], sin[:, None]
+        return q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
+
+    def ours_tables(q: torch.Tensor, k: torch.Tensor):
+        return posenc.apply_rotary_pos_emb(q, k, cos, sin)
+
+    compiled_tables = torch.compile(hf_tables)
+    qs_t = [q.detach().transpose(1, 2).contiguous() for q in qs]
+    ks_t = [k.detach().transpose(1, 2).contiguous() for k in ks]
+    shape = f"q ({B}, {Hq}, {S}, {D}) k ({B}, {Hk}, {S}, {D}) bf16, cos/sin ({B}, {S}, {D})"
+    with torch.no_grad():
+        record(f"apply_rotary_pos_emb fwd {shape}", 2 * qk_bytes, 2 * qk_bytes, {
+            "posenc": cuda_time_ms(lambda i: ours_tables(qs_t[i % copies], ks_t[i % copies]),
+                                   repeat),
+            "clone": clone_ms,
+            "eager": cuda_time_ms(lambda i: hf_tables(qs_t[i % copies], ks_t[i % copies]), repeat),
+            "compile": cuda_time_ms(
+                lambda i: compiled_tables(qs_t[i % copies], ks_t[i % copies]), repeat)})
 
 
 def bench_embedding(repeat: int, copies: int) -> None:
