@@ -10,7 +10,7 @@ export PATH := $(abspath $(VENV))/bin:/usr/local/cuda/bin:$(PATH)
 RUN_PY := PYTHONPATH=$(abspath torch_ext) $(PY)
 
 .PHONY: all deps gtest lib build install test test-cpp test-python test-examples test-large sanitize \
-	tsan demo bench gpu-deps format clean
+	tsan demo bench bench-envelope bench-cpp gpu-deps format clean
 
 all: build
 
@@ -72,6 +72,25 @@ demo: lib
 
 bench: lib
 	$(RUN_PY) benchmarks/bench_cpu.py $(BENCH_ARGS)
+
+# The performance envelope (docs/performance.md): every cell of the grid against eager PyTorch
+# and torch.compile, fresh and reused memory; a table and a heat map under build/envelope.
+ENVELOPE_ARGS ?=
+bench-envelope: lib
+	mkdir -p $(BUILD_DIR)/envelope
+	$(RUN_PY) benchmarks/envelope.py --json $(BUILD_DIR)/envelope/rows \
+	  --markdown $(BUILD_DIR)/envelope/envelope.md --png $(BUILD_DIR)/envelope/envelope.png \
+	  $(ENVELOPE_ARGS)
+
+# The same envelope through the C++ API (LibTorch inference) against eager LibTorch ops, fresh
+# and reused memory. BENCH_CPP_ARGS: seconds per cell, most elements per tensor.
+BENCH_CPP_ARGS ?=
+bench-cpp: install
+	cmake -S benchmarks/cpp -B $(BUILD_DIR)/bench-cpp -G Ninja \
+	  -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX);$(abspath $(BUILD_DIR))/install"
+	cmake --build $(BUILD_DIR)/bench-cpp
+	$(BUILD_DIR)/bench-cpp/envelope_cpp $(BENCH_CPP_ARGS)
+	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 $(BUILD_DIR)/bench-cpp/envelope_cpp $(BENCH_CPP_ARGS)
 
 TORCH_PREFIX = $$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
