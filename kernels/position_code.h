@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "angle.h"
@@ -198,9 +199,16 @@ std::vector<ChannelCode> make_channel_codes(const PositionCodeOptions& options, 
 // The same codes as one array per field, the layout the CPU row loops read ([D] each). Made
 // once per code and kept with it by the binding, so that a call (a decoding step) neither copies
 // nor allocates them; host only.
+namespace cpu {
+struct WalkTablesCache;  // kernels/cpu/row_kernels.h
+}
+
 struct ChannelArrays {
   std::vector<double> high, middle, low, phase, amplitude;
   std::vector<float> amplitude_float;
+  // The CPU row loops' walk tables of this code (turn tables), made by the first call that walks
+  // and kept for the next: what a kept ChannelArrays saves beyond the arrays.
+  std::shared_ptr<cpu::WalkTablesCache> walks;
 };
 
 ChannelArrays make_channel_arrays(const std::vector<ChannelCode>& channels);

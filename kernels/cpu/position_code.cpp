@@ -1,6 +1,8 @@
 // Host construction of the per-channel codes of a computed kind (1-D or on a token grid).
 #include "position_code.h"
 
+#include "cpu/row_kernels.h"
+
 namespace posenc {
 namespace kernels {
 
@@ -30,6 +32,7 @@ ChannelArrays make_channel_arrays(const ChannelCode* channels, int64_t dim) {
     arrays.amplitude[d] = channels[d].amplitude;
     arrays.amplitude_float[d] = static_cast<float>(channels[d].amplitude);
   }
+  arrays.walks = std::make_shared<cpu::WalkTablesCache>();
   return arrays;
 }
 

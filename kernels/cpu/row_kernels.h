@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -111,6 +113,163 @@ struct RowCode {
   }
 };
 
+// Channels that come in (sin, cos) pairs of one frequency, as every computed kind but cosine
+// has them: the sin and cos of a pair are the s and c of one rotation, so the recurrence runs
+// over half the channels. kAdjacent: channels (2i, 2i + 1) (interleaved sinusoidal, linear,
+// damped; an odd last channel of amplitude 0); kHalves: channels (i, D/2 + i) (concat
+// sinusoidal).
+enum class Pairing { kNone, kAdjacent, kHalves };
+
+// The tables of a walk over consecutive positions (PositionCodeRows::evaluate_consecutive): the
+// channels' pairing; turn_cos[k * dim + d], turn_sin[k * dim + d] = cos, sin of channel d's angle
+// over k positions, for k < turn_rows (by the one-position rotation, in double); and the exact
+// rotation over turn_rows positions that moves the anchors. They depend on the code alone, so
+// they are made once per code and kept with its arrays (ChannelArrays::walks): making them costs
+// a reduction and a sincos per channel, twice, and turn_rows rows of rotations
+// (docs/performance.md).
+template <typename acc>
+struct WalkTables {
+  Pairing pairing = Pairing::kNone;
+  bool sin_first = true;
+  int64_t turn_rows = 1;
+  std::vector<acc> turn_cos, turn_sin;                   // [turn_rows, dim]
+  std::vector<double> anchor_step_sin, anchor_step_cos;  // [rotating channels]
+
+  // The rotating channels: every channel, or the sin channel of each pair (see Pairing).
+  int64_t rotating_count(int64_t dim) const { return pairing == Pairing::kNone ? dim : dim / 2; }
+  int64_t rotating_channel(int64_t i) const {
+    if (pairing == Pairing::kAdjacent) return sin_first ? 2 * i : 2 * i + 1;
+    return i;
+  }
+  // The channel whose frequency channel d shares: the rotating channel of its pair, or d itself.
+  int64_t frequency_source(int64_t d, int64_t dim) const {
+    const int64_t pairs = dim / 2;
+    switch (pairing) {
+      case Pairing::kNone:
+        return d;
+      case Pairing::kHalves:
+        return d >= pairs ? d - pairs : d;
+      case Pairing::kAdjacent:
+        if (d >= 2 * pairs) return d;  // an odd width's spare channel
+        return sin_first ? d - d % 2 : (d | 1);
+    }
+    return d;
+  }
+};
+
+// The most rows a turn table holds, and the most bytes its two tables take.
+constexpr int64_t kMaxTurnRows = 16;
+constexpr int64_t kMaxTurnTableBytes = 256 * 1024;
+
+// The pairing of `arrays`' channels (see Pairing), into `walk`.
+template <typename acc>
+void detect_pairs(const ChannelArrays& arrays, WalkTables<acc>& walk) {
+  const int64_t dim = static_cast<int64_t>(arrays.high.size());
+  const int64_t pairs = dim / 2;
+  if (pairs == 0) return;
+  auto same_frequency = [&](int64_t a, int64_t b) {
+    return arrays.high[a] == arrays.high[b] && arrays.middle[a] == arrays.middle[b] &&
+           arrays.low[a] == arrays.low[b];
+  };
+  auto pairs_match = [&](auto partner, int64_t& sin_first) -> bool {
+    sin_first = -1;
+    for (int64_t i = 0; i < pairs; ++i) {
+      const auto [a, b] = partner(i);
+      if (!same_frequency(a, b)) return false;
+      const bool a_sin = arrays.phase[a] == 0.0 && arrays.phase[b] == 0.25;
+      const bool b_sin = arrays.phase[b] == 0.0 && arrays.phase[a] == 0.25;
+      if (!a_sin && !b_sin) return false;
+      if (sin_first == -1) sin_first = a_sin ? 1 : 0;
+      if ((sin_first == 1) != a_sin) return false;
+    }
+    return true;
+  };
+  int64_t sin_first = -1;
+  const bool odd_tail_zero = dim % 2 == 0 || arrays.amplitude[dim - 1] == 0.0;
+  if (odd_tail_zero &&
+      pairs_match([](int64_t i) { return std::pair<int64_t, int64_t>{2 * i, 2 * i + 1}; },
+                  sin_first)) {
+    walk.pairing = Pairing::kAdjacent;
+  } else if (dim % 2 == 0 &&
+             pairs_match([&](int64_t i) { return std::pair<int64_t, int64_t>{i, pairs + i}; },
+                         sin_first) &&
+             sin_first == 1) {
+    walk.pairing = Pairing::kHalves;
+  } else {
+    return;
+  }
+  walk.sin_first = sin_first == 1;
+}
+
+// The walk tables of `arrays`' code: its pairing, the turn tables built row by row with the
+// vectorized rotate_channels, and one exact step per rotating channel.
+template <typename acc>
+WalkTables<acc> make_walk_tables(const ChannelArrays& arrays) {
+  WalkTables<acc> walk;
+  const int64_t dim = static_cast<int64_t>(arrays.high.size());
+  detect_pairs(arrays, walk);
+  walk.turn_rows = kMaxTurnRows;
+  while (walk.turn_rows > 1 &&
+         2 * walk.turn_rows * dim * static_cast<int64_t>(sizeof(acc)) > kMaxTurnTableBytes) {
+    walk.turn_rows /= 2;
+  }
+  const size_t n = static_cast<size_t>(dim);
+  // The rotation by one position's angle, reduced exactly like any other angle.
+  std::vector<double> step_sin(n), step_cos(n);
+  for (int64_t d = 0; d < dim; ++d) {
+    if (walk.frequency_source(d, dim) != d) continue;
+    const SinCos<double> step = sincos_turns<double>(
+        reduced_turns(1.0, arrays.high[d], arrays.middle[d], arrays.low[d], 0.0));
+    step_sin[d] = step.sin;
+    step_cos[d] = step.cos;
+  }
+  for (int64_t d = 0; d < dim; ++d) {
+    step_sin[d] = step_sin[walk.frequency_source(d, dim)];
+    step_cos[d] = step_cos[walk.frequency_source(d, dim)];
+  }
+  walk.turn_cos.resize(static_cast<size_t>(walk.turn_rows) * n);
+  walk.turn_sin.resize(walk.turn_cos.size());
+  std::vector<double> s(n, 0.0), c(n, 1.0);
+  for (int64_t k = 0; k < walk.turn_rows; ++k) {
+    std::transform(c.begin(), c.end(), walk.turn_cos.begin() + k * dim,
+                   [](double v) { return static_cast<acc>(v); });
+    std::transform(s.begin(), s.end(), walk.turn_sin.begin() + k * dim,
+                   [](double v) { return static_cast<acc>(v); });
+    rotate_channels(step_sin.data(), step_cos.data(), s.data(), c.data(), dim);
+  }
+  const int64_t rotating = walk.rotating_count(dim);
+  walk.anchor_step_sin.resize(static_cast<size_t>(rotating));
+  walk.anchor_step_cos.resize(walk.anchor_step_sin.size());
+  for (int64_t i = 0; i < rotating; ++i) {
+    const int64_t d = walk.rotating_channel(i);
+    const SinCos<double> step = sincos_turns<double>(reduced_turns(
+        static_cast<double>(walk.turn_rows), arrays.high[d], arrays.middle[d], arrays.low[d], 0.0));
+    walk.anchor_step_sin[i] = step.sin;
+    walk.anchor_step_cos[i] = step.cos;
+  }
+  return walk;
+}
+
+// The walk tables kept with a code's arrays (ChannelArrays::walks), in float and in double,
+// each made by the first call that walks in that type; safe to share between threads.
+struct WalkTablesCache {
+  template <typename acc>
+  const WalkTables<acc>& get(const ChannelArrays& arrays) {
+    if constexpr (std::is_same_v<acc, double>) {
+      std::call_once(double_once, [&] { double_tables = make_walk_tables<double>(arrays); });
+      return double_tables;
+    } else {
+      std::call_once(float_once, [&] { float_tables = make_walk_tables<float>(arrays); });
+      return float_tables;
+    }
+  }
+
+ private:
+  std::once_flag float_once, double_once;
+  WalkTables<float> float_tables;
+  WalkTables<double> double_tables;
+};
+
 // Evaluates PE(pos) rows. Computed kinds keep their channel codes as separate arrays so the
 // loop over channels vectorizes; learned reads the table row. Built once per call; evaluate()
 // is const and safe to call from several threads.
@@ -130,7 +289,9 @@ class PositionCodeRows {
     if (source.kind == PositionKind::kLearned || source.channels == nullptr) return;
     // The channel pairs and the double amplitudes serve only the walks' anchors and turn
     // tables, so a short call (a decoding step) makes neither: its setup is then about half.
-    const bool walks = walk_rows >= kMinWalkRows && source.grid.axis_count == 0;
+    // Kept tables cost nothing to reuse, so any walk of two rows or more takes them.
+    const bool kept_walks = source.arrays != nullptr && source.arrays->walks != nullptr;
+    const bool walks = walk_rows >= (kept_walks ? 2 : kMinWalkRows) && source.grid.axis_count == 0;
     // The codes as arrays: the binding's kept ones, or made here.
     if (source.arrays == nullptr) owned_arrays_ = make_channel_arrays(source.channels, dim);
     const ChannelArrays& arrays = source.arrays != nullptr ? *source.arrays : owned_arrays_;
@@ -145,8 +306,13 @@ class PositionCodeRows {
       amplitude_ = arrays.amplitude_float.data();
     }
     if (walks) {
-      detect_pairs();
-      build_turn_tables();
+      if (arrays.walks != nullptr) {
+        // Made once per code (the first call to walk it) and kept with its arrays.
+        walk_ =
+            std::shared_ptr<const WalkTables<acc>>(arrays.walks, &arrays.walks->get<acc>(arrays));
+      } else {
+        walk_ = std::make_shared<const WalkTables<acc>>(make_walk_tables<acc>(arrays));
+      }
     }
     if (walk_rows > 0 && source.grid.axis_count > 0) build_grid_tables();
   }
@@ -188,173 +354,51 @@ class PositionCodeRows {
   }
 
   // Whether anchored_row can be used (a computed code off a grid, with its tables built).
-  bool anchored() const { return computed() && !turn_cos_.empty(); }
+  bool anchored() const { return computed() && walk_ != nullptr && !walk_->turn_cos.empty(); }
 
   // The code of `position` as its anchor row and the rotation from it, moving `state` to that
   // anchor: cheap for a caller that walks consecutive positions (at most one rotation per
   // turn_rows_ positions), as evaluate_consecutive does. Requires anchored().
   RowCode<acc> anchored_row(int64_t position, Recurrence& state) const {
-    const int64_t k = position % turn_rows_;
+    const int64_t k = position % walk_->turn_rows;
     if (state.anchor_position != position - k) move_anchor(position - k, state);
     RowCode<acc> code;
     code.anchor_sin = state.anchor.data();
     code.anchor_cos = code.anchor_sin + dim_;
-    code.turn_cos = turn_cos_.data() + k * dim_;
-    code.turn_sin = turn_sin_.data() + k * dim_;
+    code.turn_cos = walk_->turn_cos.data() + k * dim_;
+    code.turn_sin = walk_->turn_sin.data() + k * dim_;
     return code;
   }
 
   static constexpr int64_t kMinWalkRows = 32;
   static constexpr int64_t kAnchorRows = 256;
-  // The most rows a turn table holds, and the most bytes its two tables take.
-  static constexpr int64_t kMaxTurnRows = 16;
-  static constexpr int64_t kMaxTurnTableBytes = 256 * 1024;
 
  private:
-  // Channels that come in (sin, cos) pairs of one frequency, as every computed kind but cosine
-  // has them: the sin and cos of a pair are the s and c of one rotation, so the recurrence
-  // runs over half the channels. kAdjacent: channels (2i, 2i + 1) (interleaved sinusoidal,
-  // linear, damped; an odd last channel of amplitude 0); kHalves: channels (i, D/2 + i)
-  // (concat sinusoidal).
-  enum class Pairing { kNone, kAdjacent, kHalves };
-
-  bool same_frequency(int64_t a, int64_t b) const {
-    return high_[a] == high_[b] && middle_[a] == middle_[b] && low_[a] == low_[b];
-  }
-
-  void detect_pairs() {
-    const int64_t pairs = dim_ / 2;
-    if (pairs == 0) return;
-    auto pairs_match = [&](auto partner, int64_t& sin_first) -> bool {
-      sin_first = -1;
-      for (int64_t i = 0; i < pairs; ++i) {
-        const auto [a, b] = partner(i);
-        if (!same_frequency(a, b)) return false;
-        const bool a_sin = phase_[a] == 0.0 && phase_[b] == 0.25;
-        const bool b_sin = phase_[b] == 0.0 && phase_[a] == 0.25;
-        if (!a_sin && !b_sin) return false;
-        if (sin_first == -1) sin_first = a_sin ? 1 : 0;
-        if ((sin_first == 1) != a_sin) return false;
-      }
-      return true;
-    };
-    int64_t sin_first = -1;
-    const bool odd_tail_zero = dim_ % 2 == 0 || amplitude64_[dim_ - 1] == 0.0;
-    if (odd_tail_zero &&
-        pairs_match([](int64_t i) { return std::pair<int64_t, int64_t>{2 * i, 2 * i + 1}; },
-                    sin_first)) {
-      pairing_ = Pairing::kAdjacent;
-    } else if (dim_ % 2 == 0 &&
-               pairs_match([&](int64_t i) { return std::pair<int64_t, int64_t>{i, pairs + i}; },
-                           sin_first) &&
-               sin_first == 1) {
-      pairing_ = Pairing::kHalves;
-    } else {
-      return;
-    }
-    sin_first_ = sin_first == 1;
-  }
-
-  // The rotating channels: every channel, or the sin channel of each pair (see Pairing).
-  int64_t rotating_count() const { return pairing_ == Pairing::kNone ? dim_ : dim_ / 2; }
-  int64_t rotating_channel(int64_t i) const {
-    switch (pairing_) {
-      case Pairing::kNone:
-        return i;
-      case Pairing::kHalves:
-        return i;
-      case Pairing::kAdjacent:
-        return sin_first_ ? 2 * i : 2 * i + 1;
-    }
-    return i;
-  }
-
-  // The channel whose frequency channel d shares: the rotating channel of its pair, or d itself.
-  int64_t frequency_source(int64_t d) const {
-    const int64_t pairs = dim_ / 2;
-    switch (pairing_) {
-      case Pairing::kNone:
-        return d;
-      case Pairing::kHalves:
-        return d >= pairs ? d - pairs : d;
-      case Pairing::kAdjacent:
-        if (d >= 2 * pairs) return d;  // an odd width's spare channel
-        return sin_first_ ? d - d % 2 : (d | 1);
-    }
-    return d;
-  }
-
-  // turn_cos_[k * dim + d], turn_sin_[k * dim + d] = cos, sin of channel d's angle over k
-  // positions, for k < turn_rows_ (by the one-position rotation, in double), and the exact
-  // rotation over turn_rows_ positions that moves the anchors. Built row by row with the
-  // vectorized rotate_channels, and with one exact step per pair: this setup is paid by every
-  // call, so a call of a few rows should not cost more than its rows do.
-  void build_turn_tables() {
-    turn_rows_ = kMaxTurnRows;
-    while (turn_rows_ > 1 &&
-           2 * turn_rows_ * dim_ * static_cast<int64_t>(sizeof(acc)) > kMaxTurnTableBytes) {
-      turn_rows_ /= 2;
-    }
-    const size_t n = static_cast<size_t>(dim_);
-    // The rotation by one position's angle, reduced exactly like any other angle.
-    std::vector<double> step_sin(n), step_cos(n);
-    for (int64_t d = 0; d < dim_; ++d) {
-      if (frequency_source(d) != d) continue;
-      const SinCos<double> step =
-          sincos_turns<double>(reduced_turns(1.0, high_[d], middle_[d], low_[d], 0.0));
-      step_sin[d] = step.sin;
-      step_cos[d] = step.cos;
-    }
-    for (int64_t d = 0; d < dim_; ++d) {
-      step_sin[d] = step_sin[frequency_source(d)];
-      step_cos[d] = step_cos[frequency_source(d)];
-    }
-    turn_cos_.resize(static_cast<size_t>(turn_rows_) * n);
-    turn_sin_.resize(turn_cos_.size());
-    std::vector<double> s(n, 0.0), c(n, 1.0);
-    for (int64_t k = 0; k < turn_rows_; ++k) {
-      std::transform(c.begin(), c.end(), turn_cos_.begin() + k * dim_,
-                     [](double v) { return static_cast<acc>(v); });
-      std::transform(s.begin(), s.end(), turn_sin_.begin() + k * dim_,
-                     [](double v) { return static_cast<acc>(v); });
-      rotate_channels(step_sin.data(), step_cos.data(), s.data(), c.data(), dim_);
-    }
-    const int64_t rotating = rotating_count();
-    anchor_step_sin_.resize(static_cast<size_t>(rotating));
-    anchor_step_cos_.resize(anchor_step_sin_.size());
-    for (int64_t i = 0; i < rotating; ++i) {
-      const int64_t d = rotating_channel(i);
-      const SinCos<double> step = sincos_turns<double>(
-          reduced_turns(static_cast<double>(turn_rows_), high_[d], middle_[d], low_[d], 0.0));
-      anchor_step_sin_[i] = step.sin;
-      anchor_step_cos_[i] = step.cos;
-    }
-  }
-
   // Moves `state` to the anchor `position` (a multiple of turn_rows_): exact at multiples of
   // kAnchorRows, else rotated from the anchor before it, which is recomputed from the last exact
   // one when the state does not hold it.
   void move_anchor(int64_t position, Recurrence& state) const {
-    const int64_t n = rotating_count();
+    const WalkTables<acc>& walk = *walk_;
+    const int64_t n = walk.rotating_count(dim_);
     state.sin_cos.resize(static_cast<size_t>(2 * n));
     double* __restrict s = state.sin_cos.data();
     double* __restrict c = s + n;
     const bool continuing =
-        state.anchor_position == position - turn_rows_ && position % kAnchorRows != 0;
+        state.anchor_position == position - walk.turn_rows && position % kAnchorRows != 0;
     if (continuing) {
-      rotate_channels(anchor_step_sin_.data(), anchor_step_cos_.data(), s, c, n);
+      rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, n);
     } else {
       const int64_t exact = position - position % kAnchorRows;
       const double p = static_cast<double>(exact);
       for (int64_t i = 0; i < n; ++i) {
-        const int64_t d = rotating_channel(i);
+        const int64_t d = walk.rotating_channel(i);
         const SinCos<double> sc =
             sincos_turns<double>(reduced_turns(p, high_[d], middle_[d], low_[d], phase_[d]));
         s[i] = sc.sin;
         c[i] = sc.cos;
       }
-      for (int64_t q = exact; q < position; q += turn_rows_) {
-        rotate_channels(anchor_step_sin_.data(), anchor_step_cos_.data(), s, c, n);
+      for (int64_t q = exact; q < position; q += walk.turn_rows) {
+        rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, n);
       }
     }
     write_anchor(s, c, state);
@@ -378,7 +422,7 @@ class PositionCodeRows {
       a_cos[d] = static_cast<acc>(-amplitude[d] * s[i]);
     };
     const int64_t pairs = dim_ / 2;
-    switch (pairing_) {
+    switch (walk_->pairing) {
       case Pairing::kNone:
         for (int64_t d = 0; d < dim_; ++d) sin_channel(d, d);
         return;
@@ -388,7 +432,7 @@ class PositionCodeRows {
         return;
       case Pairing::kAdjacent:
         for (int64_t i = 0; i < pairs; ++i) {
-          if (sin_first_) {
+          if (walk_->sin_first) {
             sin_channel(2 * i, i);
             cos_channel(2 * i + 1, i);
           } else {
@@ -401,11 +445,8 @@ class PositionCodeRows {
     }
   }
 
-  Pairing pairing_ = Pairing::kNone;
-  bool sin_first_ = true;
-  int64_t turn_rows_ = 1;
-  std::vector<acc> turn_cos_, turn_sin_;                   // [turn_rows_, dim]
-  std::vector<double> anchor_step_sin_, anchor_step_cos_;  // [rotating channels]
+  // The walk's tables: kept with the code's arrays, or made for this call; null without walks.
+  std::shared_ptr<const WalkTables<acc>> walk_;
 
  public:
   // out[d - first] = PE(position)[d] for first <= d < end (default: the whole row).

@@ -203,6 +203,34 @@ TEST(PositionCodeRecurrence, ShortWalksEvaluateExactly) {
   }
 }
 
+// Walk tables kept with a code's arrays (the binding keeps them per code) are made once, shared
+// by every later call, and so taken by walks of any length from two rows: the same bits as the
+// tables a call makes for itself.
+TEST(PositionCodeRecurrence, KeptArraysWalkFromTwoRowsWithSharedTables) {
+  const int64_t dim = 70;
+  const std::vector<pk::ChannelCode> channels = pk::make_channel_codes({}, dim);
+  const pk::ChannelArrays arrays = pk::make_channel_arrays(channels);
+  pk::PositionSource kept_source, call_source;
+  kept_source.channels = call_source.channels = channels.data();
+  kept_source.arrays = &arrays;
+  using Rows = pk::cpu::PositionCodeRows<float>;
+  const Rows kept(kept_source, dim, 2), again(kept_source, dim, 5);
+  ASSERT_TRUE(kept.anchored());
+  ASSERT_FALSE(Rows(kept_source, dim, 1).anchored());
+  ASSERT_FALSE(Rows(call_source, dim, 2).anchored());
+  const Rows own(call_source, dim, Rows::kMinWalkRows);
+  ASSERT_TRUE(own.anchored());
+  Rows::Recurrence a, b;
+  EXPECT_EQ(kept.anchored_row(40, a).turn_cos, again.anchored_row(40, b).turn_cos);
+  EXPECT_NE(kept.anchored_row(40, a).turn_cos, own.anchored_row(40, b).turn_cos);
+  const int64_t rows = 40, first = (int64_t{1} << 24) - 17;
+  std::vector<float> walked(rows * dim, kNaN), own_walked(rows * dim, kNaN);
+  Rows::Recurrence kept_state, own_state;
+  kept.evaluate_consecutive(first, rows, walked.data(), kept_state);
+  own.evaluate_consecutive(first, rows, own_walked.data(), own_state);
+  ASSERT_EQ(0, std::memcmp(walked.data(), own_walked.data(), walked.size() * sizeof(float)));
+}
+
 // The vectorized multipliers against the documented mask, element by element: every start
 // within a Philox counter, ranges that cut the 32-element groups at both ends, and thresholds
 // of 2^16 (keep all, p < 2^-17), 0 (p = 1) and between.
