@@ -80,6 +80,7 @@ bench-envelope: lib
 	mkdir -p $(BUILD_DIR)/envelope
 	$(RUN_PY) benchmarks/envelope.py --json $(BUILD_DIR)/envelope/rows \
 	  --markdown $(BUILD_DIR)/envelope/envelope.md --png $(BUILD_DIR)/envelope/envelope.png \
+	  --summary $(BUILD_DIR)/envelope/summary.md \
 	  $(ENVELOPE_ARGS)
 
 # The same envelope through the C++ API (LibTorch inference) against eager LibTorch ops, fresh

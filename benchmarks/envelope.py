@@ -266,9 +266,35 @@ def markdown(rows: List[Dict[str, object]]) -> str:
         cells = []
         for baseline in ("eager", "compile"):
             median, low, high = row[baseline]
-            verdict = "tie" if low <= 1.0 <= high else ("win" if median > 1 else "LOSS")
-            cells.append(f"{median:.2f}x [{low:.2f}, {high:.2f}] {verdict}")
+            cells.append(f"{median:.2f}x [{low:.2f}, {high:.2f}] {verdict(row, baseline)}")
         lines.append(f"{head} {row['posenc_us'][0]:.1f} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict(row: Dict[str, object], baseline: str) -> str:
+    median, low, high = row[baseline]
+    return "tie" if low <= 1.0 <= high else ("win" if median > 1 else "loss")
+
+
+def summary(rows: List[Dict[str, object]]) -> str:
+    """Per (op, dtype, p, memory): the cells won, tied and lost against each baseline, and the
+    range of the ratios."""
+    groups: Dict[Tuple, List[Dict[str, object]]] = {}
+    for row in rows:
+        if "skipped" not in row:
+            groups.setdefault((row["op"], row["dtype"], row["p"], row["memory"]), []).append(row)
+    lines = ["| op | dtype | p | memory | cells | vs eager: win / tie / loss (range) | "
+             "vs compile: win / tie / loss (range) |", "|---|---|---|---|---|---|---|"]
+    for key in sorted(groups):
+        cells = groups[key]
+        parts = []
+        for baseline in ("eager", "compile"):
+            counts = [sum(verdict(c, baseline) == v for c in cells) for v in ("win", "tie", "loss")]
+            ratios = [c[baseline][0] for c in cells]
+            parts.append(f"{counts[0]} / {counts[1]} / {counts[2]} "
+                         f"({min(ratios):.2f}-{max(ratios):.2f}x)")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {len(cells)} | {parts[0]} | "
+                     f"{parts[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -333,9 +359,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--json", default=None, help="append the rows, as JSON lines, here")
     parser.add_argument("--markdown", default=None, help="write the table here")
     parser.add_argument("--png", default=None, help="write the heat map here")
+    parser.add_argument("--summary", default=None, help="write the win/tie/loss counts here")
+    parser.add_argument("--from-json", nargs="+", default=None,
+                        help="no timing: the outputs from rows saved by earlier runs")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    if args.memory == "both":
+    if args.from_json:
+        rows = []
+        for path in args.from_json:
+            with open(path) as lines:
+                rows += [json.loads(line) for line in lines]
+    elif args.memory == "both":
         # Each memory mode in its own process: the allocator's settings are read at start.
         rows: List[Dict[str, object]] = []
         for memory in ("fresh", "reused"):
@@ -360,6 +394,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             out.write(markdown(rows))
     if args.png:
         heat_map(rows, args.png)
+    if args.summary:
+        with open(args.summary, "w") as out:
+            out.write(summary(rows))
 
 
 if __name__ == "__main__":

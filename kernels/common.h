@@ -62,7 +62,14 @@ POSENC_HOST_DEVICE float bfloat16_to_float(BFloat16 value) {
   return bits_float(static_cast<uint32_t>(value.bits) << 16);
 }
 
+// `a` where `condition`, else `b`, as bit arithmetic: GCC turns a chain of ternaries back into
+// branches, which stop a loop from vectorizing.
+POSENC_HOST_DEVICE uint32_t select_bits(bool condition, uint32_t a, uint32_t b) {
+  return b ^ ((a ^ b) & (0u - static_cast<uint32_t>(condition)));
+}
+
 // IEEE binary16 <-> binary32 without F16C, so the baseline x86-64 build needs no extra ISA.
+// Branch-free (every case computed, one selected), so that loops over them vectorize.
 POSENC_HOST_DEVICE float float16_to_float(Float16 value) {
 #if defined(__CUDA_ARCH__)
   __half_raw raw;
@@ -71,15 +78,14 @@ POSENC_HOST_DEVICE float float16_to_float(Float16 value) {
 #endif
   const uint32_t sign = static_cast<uint32_t>(value.bits & 0x8000u) << 16;
   const uint32_t exponent = (value.bits >> 10) & 0x1fu;
-  uint32_t mantissa = value.bits & 0x3ffu;
-  if (exponent == 0x1f) return bits_float(sign | 0x7f800000u | (mantissa << 13));
-  if (exponent == 0) {
-    if (mantissa == 0) return bits_float(sign);
-    // Subnormal half: value = mantissa * 2^-24, exact in float.
-    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
-    return sign ? -magnitude : magnitude;
-  }
-  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  const uint32_t mantissa = value.bits & 0x3ffu;
+  // Zero and subnormal halves: mantissa * 2^-24, exact in float.
+  const float small = static_cast<float>(static_cast<int32_t>(mantissa)) * 5.9604644775390625e-8f;
+  const uint32_t small_bits = sign | float_bits(small);
+  const uint32_t special_bits = sign | 0x7f800000u | (mantissa << 13);  // infinity, NaN
+  const uint32_t normal_bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  return bits_float(select_bits(exponent == 0, small_bits,
+                                select_bits(exponent == 0x1f, special_bits, normal_bits)));
 }
 
 POSENC_HOST_DEVICE Float16 float_to_float16(float value) {
@@ -88,21 +94,24 @@ POSENC_HOST_DEVICE Float16 float_to_float16(float value) {
   return Float16{raw.x};
 #endif
   const uint32_t bits = float_bits(value);
-  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t sign = (bits >> 16) & 0x8000u;
   const uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return Float16{static_cast<uint16_t>(sign | 0x7e00u)};
-  if (magnitude >= 0x477ff000u) return Float16{static_cast<uint16_t>(sign | 0x7c00u)};
-  if (magnitude < 0x38800000u) {
-    // Result is subnormal (or zero) in half: scale so the rounding to an integer count of
-    // 2^-24 units happens in float arithmetic with round-to-nearest-even.
-    const float scaled = bits_float(magnitude) * 16777216.0f;    // * 2^24
-    const float rounded = (scaled + 12582912.0f) - 12582912.0f;  // rint for |x| < 2^22
-    return Float16{static_cast<uint16_t>(sign | static_cast<uint16_t>(rounded))};
-  }
-  // Normal: rebias the exponent and round the 13 dropped mantissa bits to nearest even.
+  const bool is_nan = magnitude > 0x7f800000u;
+  const bool overflows = magnitude >= 0x477ff000u;
+  const bool subnormal = magnitude < 0x38800000u;
+  // Subnormal (or zero) in half: scale so the rounding to an integer count of 2^-24 units happens
+  // in float arithmetic with round-to-nearest-even (only the subnormal range is scaled, so the
+  // conversion to an integer stays in range: below 2^10).
+  const float scaled = bits_float(select_bits(subnormal, magnitude, 0u)) * 16777216.0f;  // * 2^24
+  const float rounded = (scaled + 12582912.0f) - 12582912.0f;  // rint, |x| < 2^22
+  const uint32_t small = static_cast<uint32_t>(static_cast<int32_t>(rounded));
+  // Normal: rebias the exponent and round the 13 dropped mantissa bits to nearest even (only
+  // meaningful for normal results; the others are selected away).
   const uint32_t rebased = magnitude - (112u << 23);
-  const uint32_t rounded = rebased + 0x0fffu + ((rebased >> 13) & 1u);
-  return Float16{static_cast<uint16_t>(sign | (rounded >> 13))};
+  const uint32_t normal = (rebased + 0x0fffu + ((rebased >> 13) & 1u)) >> 13;
+  const uint32_t result = select_bits(
+      is_nan, 0x7e00u, select_bits(overflows, 0x7c00u, select_bits(subnormal, small, normal)));
+  return Float16{static_cast<uint16_t>(sign | result)};
 }
 
 // Load and store through the compute type of each storage type.

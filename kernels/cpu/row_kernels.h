@@ -547,7 +547,7 @@ void dropout_multipliers(const Dropout& dropout, uint64_t first, int64_t count, 
 // variants GCC stopped inlining, which cost eight batch rows a tenth of their speed
 // (docs/performance.md).
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t, typename acc_t>
-inline __attribute__((always_inline)) void combine_row_impl(const scalar_t* __restrict in,
+inline __attribute__((always_inline)) void combine_row_loop(const scalar_t* __restrict in,
                                                             int64_t in_stride,
                                                             const RowCode<acc_t>& pe,
                                                             const acc_t* __restrict mask,
@@ -587,6 +587,30 @@ inline __attribute__((always_inline)) void combine_row_impl(const scalar_t* __re
       store_from_acc(out + d * out_stride, value(d, load_as_acc(in + d * in_stride)));
     }
   }
+}
+
+// combine_row_loop over contiguous rows of a 16-bit type (bfloat16, float16), built for the
+// baseline, AVX2 and AVX-512 (vectorized.cpp) and chosen at run time: the conversions to and
+// from float take most of the loop's instructions, which the wider builds cut by 2 and 4. The
+// same operations per element in every build (no FMA), so the same bits.
+template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
+void combine_contiguous(const scalar_t* in, const RowCode<float>& pe, const float* mask,
+                        float scale, scalar_t* out, int64_t dim);
+
+template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t, typename acc_t>
+inline __attribute__((always_inline)) void combine_row_impl(const scalar_t* in, int64_t in_stride,
+                                                            const RowCode<acc_t>& pe,
+                                                            const acc_t* mask, acc_t scale,
+                                                            scalar_t* out, int64_t out_stride,
+                                                            int64_t dim) {
+  if constexpr (sizeof(scalar_t) == 2 && kCombine != Combine::kPositionOnly) {
+    if (in_stride == 1 && out_stride == 1) {
+      combine_contiguous<kCombine, kMasked, kRotated>(in, pe, mask, scale, out, dim);
+      return;
+    }
+  }
+  combine_row_loop<kCombine, kMasked, kRotated>(in, in_stride, pe, mask, scale, out, out_stride,
+                                                dim);
 }
 
 // combine_row_impl for run-time choices. A kScaleOnly combine needs no code.

@@ -437,6 +437,67 @@ void evaluate_codes(double position, const double* high, const double* middle, c
   chosen(position, high, middle, low, phase, amplitude, out, n);
 }
 
+namespace {
+
+template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
+void combine_contiguous_baseline(const scalar_t* in, const RowCode<float>& pe, const float* mask,
+                                 float scale, scalar_t* out, int64_t dim) {
+  combine_row_loop<kCombine, kMasked, kRotated>(in, 1, pe, mask, scale, out, 1, dim);
+}
+
+#if defined(__x86_64__)
+template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
+__attribute__((target("avx2"))) void combine_contiguous_avx2(const scalar_t* in,
+                                                             const RowCode<float>& pe,
+                                                             const float* mask, float scale,
+                                                             scalar_t* out, int64_t dim) {
+  combine_row_loop<kCombine, kMasked, kRotated>(in, 1, pe, mask, scale, out, 1, dim);
+}
+
+template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void combine_contiguous_avx512(
+    const scalar_t* in, const RowCode<float>& pe, const float* mask, float scale, scalar_t* out,
+    int64_t dim) {
+  combine_row_loop<kCombine, kMasked, kRotated>(in, 1, pe, mask, scale, out, 1, dim);
+}
+#else
+template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
+constexpr auto combine_contiguous_avx2 =
+    combine_contiguous_baseline<kCombine, kMasked, kRotated, scalar_t>;
+template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
+constexpr auto combine_contiguous_avx512 =
+    combine_contiguous_baseline<kCombine, kMasked, kRotated, scalar_t>;
+#endif
+
+}  // namespace
+
+template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
+void combine_contiguous(const scalar_t* in, const RowCode<float>& pe, const float* mask,
+                        float scale, scalar_t* out, int64_t dim) {
+  static const auto chosen =
+      choose_build(combine_contiguous_baseline<kCombine, kMasked, kRotated, scalar_t>,
+                   combine_contiguous_avx2<kCombine, kMasked, kRotated, scalar_t>,
+                   combine_contiguous_avx512<kCombine, kMasked, kRotated, scalar_t>);
+  chosen(in, pe, mask, scale, out, dim);
+}
+
+// Every combine with an input, masked or not, from a code row or rotated, for both 16-bit types.
+#define POSENC_COMBINE_CONTIGUOUS(combine, masked, rotated)                             \
+  template void combine_contiguous<Combine::combine, masked, rotated, BFloat16>(        \
+      const BFloat16*, const RowCode<float>&, const float*, float, BFloat16*, int64_t); \
+  template void combine_contiguous<Combine::combine, masked, rotated, Float16>(         \
+      const Float16*, const RowCode<float>&, const float*, float, Float16*, int64_t);
+#define POSENC_COMBINE_CONTIGUOUS_CODES(combine)   \
+  POSENC_COMBINE_CONTIGUOUS(combine, false, false) \
+  POSENC_COMBINE_CONTIGUOUS(combine, false, true)  \
+  POSENC_COMBINE_CONTIGUOUS(combine, true, false)  \
+  POSENC_COMBINE_CONTIGUOUS(combine, true, true)
+POSENC_COMBINE_CONTIGUOUS_CODES(kAdd)
+POSENC_COMBINE_CONTIGUOUS_CODES(kMul)
+POSENC_COMBINE_CONTIGUOUS_CODES(kScaleOnly)
+#undef POSENC_COMBINE_CONTIGUOUS_CODES
+#undef POSENC_COMBINE_CONTIGUOUS
+
 }  // namespace cpu
 }  // namespace kernels
 }  // namespace posenc

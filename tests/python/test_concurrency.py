@@ -77,3 +77,50 @@ def test_same_bits_for_one_and_two_threads(name, fn):
     for got, want in zip(two, one):
         for a, b in zip(got, want):
             assert torch.equal(a, b), name
+
+
+# Every build of the vectorized CPU loops (baseline, AVX2, AVX-512, chosen at run time) rounds as
+# the baseline does: the same call gives the same bits whichever build runs. The capped builds
+# run in child processes (POSENC_CPU_CAPABILITY is read once per process).
+_BUILDS_SCRIPT = r"""
+import sys, torch, posenc
+torch.manual_seed(0)
+out = []
+for dtype in (torch.bfloat16, torch.float16, torch.float32):
+    for dim in (40, 1000):  # a vector tail, and rows of many vectors
+        x = torch.randn(3, 37, dim).to(dtype)
+        for combine in ("add", "mul"):
+            for dropout in (0.0, 0.1):
+                out.append(posenc.add_positional(
+                    x, combine=combine, scale=1.5, offset=5, dropout=dropout,
+                    generator=torch.Generator().manual_seed(7)))
+        ids = torch.randint(0, 50, (2, 33))
+        weight = torch.randn(50, dim).to(dtype)
+        out.append(posenc.embedding(ids, weight, dropout=0.2, padding_idx=3,
+                                    generator=torch.Generator().manual_seed(8)))
+torch.save(out, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_capped_builds_give_the_same_bits(tmp_path, capability):
+    import os
+    import subprocess
+    import sys
+
+    paths = {}
+    for name, env_cap in (("native", None), ("capped", capability)):
+        env = dict(os.environ)
+        env.pop("POSENC_CPU_CAPABILITY", None)
+        if env_cap is not None:
+            env["POSENC_CPU_CAPABILITY"] = env_cap
+        paths[name] = tmp_path / f"{name}.pt"
+        subprocess.run([sys.executable, "-c", _BUILDS_SCRIPT, str(paths[name])], env=env,
+                       check=True)
+    native, capped = torch.load(paths["native"]), torch.load(paths["capped"])
+    assert len(native) == len(capped) == 30
+    for i, (a, b) in enumerate(zip(native, capped)):
+        assert a.dtype == b.dtype and torch.equal(a.view(torch.int16 if a.element_size() == 2
+                                                          else torch.int32),
+                                                   b.view(torch.int16 if b.element_size() == 2
+                                                          else torch.int32)), i

@@ -231,6 +231,64 @@ TEST(PositionCodeRecurrence, KeptArraysWalkFromTwoRowsWithSharedTables) {
   ASSERT_EQ(0, std::memcmp(walked.data(), own_walked.data(), walked.size() * sizeof(float)));
 }
 
+// float16 <-> float32 against the IEEE definitions written case by case: every half, and floats
+// across every exponent (a stride through all 2^32 bit patterns, plus each rounding boundary's
+// neighbours), NaN canonical (0x7e00 with its sign).
+float reference_half_to_float(uint16_t h) {
+  const float sign = (h & 0x8000u) ? -1.0f : 1.0f;
+  const int exponent = (h >> 10) & 0x1f;
+  const int mantissa = h & 0x3ff;
+  if (exponent == 0x1f) return mantissa == 0 ? sign * INFINITY : NAN;
+  if (exponent == 0) return sign * std::ldexp(static_cast<float>(mantissa), -24);
+  return sign * std::ldexp(static_cast<float>(1024 + mantissa), exponent - 25);
+}
+
+uint16_t reference_float_to_half(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  if (std::isnan(v)) return sign | 0x7e00u;
+  const double magnitude = std::fabs(static_cast<double>(v));
+  // The nearest half (ties to even), from the representable halves' spacing.
+  if (magnitude >= 65520.0) return sign | 0x7c00u;
+  const int exponent = magnitude < std::ldexp(1.0, -14) ? -14 : std::ilogb(magnitude);
+  const double unit = std::ldexp(1.0, exponent - 10);
+  const double units = std::nearbyint(magnitude / unit);  // FE_TONEAREST: ties to even
+  const uint32_t count = static_cast<uint32_t>(units);    // up to 2048 (carries into exponent)
+  const uint32_t biased =
+      magnitude < std::ldexp(1.0, -14) ? 0 : static_cast<uint32_t>(exponent + 15);
+  const uint32_t h = biased == 0 ? count : (((biased - 1) << 10) + count);
+  return static_cast<uint16_t>(sign | h);
+}
+
+TEST(Float16Conversion, MatchesTheIeeeDefinitions) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float got = pk::float16_to_float(pk::Float16{static_cast<uint16_t>(h)});
+    const float want = reference_half_to_float(static_cast<uint16_t>(h));
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(got)) << h;
+    } else {
+      ASSERT_EQ(0, std::memcmp(&got, &want, 4)) << h;
+    }
+  }
+  std::vector<uint32_t> patterns;
+  for (uint64_t bits = 0; bits < (uint64_t{1} << 32); bits += 65521) patterns.push_back(bits);
+  for (uint32_t h = 0; h < 0x7c00; ++h) {  // each half and its midpoints' neighbours
+    const float v = reference_half_to_float(static_cast<uint16_t>(h));
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    for (uint32_t near : {bits, bits + 1, bits - 1, bits + 0x1000, bits + 0xfff, bits + 0x1001}) {
+      patterns.push_back(near);
+      patterns.push_back(near | 0x80000000u);
+    }
+  }
+  for (const uint32_t bits : patterns) {
+    float v;
+    std::memcpy(&v, &bits, 4);
+    ASSERT_EQ(pk::float_to_float16(v).bits, reference_float_to_half(v)) << std::hex << bits;
+  }
+}
+
 // The vectorized multipliers against the documented mask, element by element: every start
 // within a Philox counter, ranges that cut the 32-element groups at both ends, and thresholds
 // of 2^16 (keep all, p < 2^-17), 0 (p = 1) and between.
