@@ -313,8 +313,8 @@ def heat_map(rows: List[Dict[str, object]], path: str) -> None:
     columns = 4
     count = len(panels)
     figure, axes = plt.subplots((count + columns - 1) // columns, columns,
-                                figsize=(4.2 * columns, 3.6 * ((count + columns - 1) // columns)),
-                                squeeze=False)
+                                figsize=(4.6 * columns, 3.8 * ((count + columns - 1) // columns)),
+                                squeeze=False, layout="constrained")
     norm = LogNorm(vmin=0.25, vmax=4.0)
     image = None
     for axis, (key, cells) in zip(axes.flat, sorted(panels.items())):
@@ -338,7 +338,7 @@ def heat_map(rows: List[Dict[str, object]], path: str) -> None:
     if image is not None:
         figure.colorbar(image, ax=axes, shrink=0.6,
                         label="min(eager, compile) time / posenc time")
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=72)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
