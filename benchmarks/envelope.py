@@ -13,6 +13,9 @@ Operators (eager baselines as their published recipes):
                            _bwd: forward + backward into w
   rotary_bshd, rotary_bhsd transformers' Llama rotary (cos/sin per call, rotate_half), heads of
   (+ _bwd)                 128 (D / 128 query heads, a quarter as many key heads)
+  patch                    MAE/DiT: F.dropout(x + pos_embed), a stored 2D sin-cos table of a
+                           cls token and side x side patches (--sides; T = 1 + side^2), against
+                           posenc.nn.PatchPositionalEncoding
 Each cell reports eager / posenc and compile / posenc (above 1: posenc is faster), with the
 spread of the per-round ratios (interquartile range); a cell whose range contains 1 is a tie.
 Cells whose tensors exceed --max-elements are skipped (reported as such).
@@ -43,7 +46,7 @@ torch._dynamo.config.recompile_limit = 1024
 torch._dynamo.config.accumulated_recompile_limit = 1 << 16
 
 OPS = ("add_positional", "embedding", "embedding_bwd", "rotary_bshd", "rotary_bhsd",
-       "rotary_bshd_bwd", "rotary_bhsd_bwd")
+       "rotary_bshd_bwd", "rotary_bhsd_bwd", "patch")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DECODE_OFFSET = 1000
 VOCAB = 32000
@@ -80,7 +83,8 @@ class Cell:
 
     def build(self, compiled: Dict[str, Callable]) -> Dict[str, Callable[[], object]]:
         family = self.op.split("_")[0]
-        builders = {"add": self._add, "embedding": self._embedding, "rotary": self._rotary}
+        builders = {"add": self._add, "embedding": self._embedding, "rotary": self._rotary,
+                    "patch": self._patch}
         return builders[family](compiled)
 
     # ---- add_positional ----
@@ -98,6 +102,31 @@ class Cell:
                                                     training=training),
             "eager": lambda: eager(x, pe, offset, T),
             "compile": lambda: fn(x, pe, offset, T),
+        }
+
+    # ---- patch ----
+    def _patch(self, compiled: Dict[str, Callable]) -> Dict[str, Callable[[], object]]:
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
+        from references import dit_2d_sincos_pos_embed
+
+        from posenc.nn import PatchPositionalEncoding
+
+        side = math.isqrt(self.T - 1)
+        x = torch.randn(self.B, self.T, self.D, dtype=self.dtype)
+        pos_embed = dit_2d_sincos_pos_embed(self.D, side, cls_token=True, extra_tokens=1)
+        pos_embed = pos_embed.to(self.dtype)[None]
+        module = PatchPositionalEncoding(self.D, side, extra_tokens=1, dropout=self.p)
+        module.train(self.training)
+        p, training = self.p, self.training
+
+        def eager(x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+            return F.dropout(x + pos_embed, p=p, training=training)
+
+        fn = compiled.setdefault(self.key(), torch.compile(eager))
+        return {
+            "posenc": lambda: module(x),
+            "eager": lambda: eager(x, pos_embed),
+            "compile": lambda: fn(x, pos_embed),
         }
 
     # ---- embedding ----
@@ -208,11 +237,12 @@ def sweep(args: argparse.Namespace) -> List[Dict[str, object]]:
     rows: List[Dict[str, object]] = []
     compiled: Dict[str, Callable] = {}
     for op in args.ops:
-        dropouts = args.dropout if op.startswith(("add", "embedding")) else [0.0]
+        dropouts = args.dropout if op.startswith(("add", "embedding", "patch")) else [0.0]
+        seqs = [1 + side * side for side in args.sides] if op == "patch" else args.seq
         for dtype_name in args.dtype:
             for p in dropouts:
                 for B in args.batch:
-                    for T in args.seq:
+                    for T in seqs:
                         for D in args.dim:
                             cell = Cell(op, B, T, D, DTYPES[dtype_name], p)
                             row: Dict[str, object] = dict(op=op, B=B, T=T, D=D, dtype=dtype_name,
@@ -348,6 +378,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--seq", nargs="+", type=int, default=[1, 16, 128, 512, 2048, 16384])
     parser.add_argument("--dim", nargs="+", type=int, default=[256, 768, 1024, 4096])
+    parser.add_argument("--sides", nargs="+", type=int, default=[14, 16, 32],
+                        help="patch grids side x side (op patch)")
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES),
                         default=["float32", "bfloat16"])
     parser.add_argument("--dropout", nargs="+", type=float, default=[0.0, 0.1])
@@ -377,7 +409,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             if os.path.exists(out):
                 os.remove(out)
             child = [sys.executable, os.path.abspath(__file__), "--memory", memory, "--json", out]
-            for name in ("ops", "batch", "seq", "dim", "dtype", "dropout"):
+            for name in ("ops", "batch", "seq", "dim", "sides", "dtype", "dropout"):
                 child += [f"--{name}"] + [str(v) for v in getattr(args, name)]
             child += ["--budget", str(args.budget), "--max-elements", str(args.max_elements)]
             subprocess.run(child, check=True, env=child_environment(memory))
