@@ -206,8 +206,10 @@ struct WalkTablesCache;  // kernels/cpu/row_kernels.h
 struct ChannelArrays {
   std::vector<double> high, middle, low, phase, amplitude;
   std::vector<float> amplitude_float;
-  // The CPU row loops' walk tables of this code (turn tables), made by the first call that walks
-  // and kept for the next: what a kept ChannelArrays saves beyond the arrays.
+  // The CPU row loops' tables of this code (turn tables; on a grid, its rows per axis), made by
+  // the first call that needs them and kept for the next: what a kept ChannelArrays saves
+  // beyond the arrays. Arrays made for one grid serve only that grid (the binding keeps them per
+  // code, width and grid).
   std::shared_ptr<cpu::WalkTablesCache> walks;
 };
 

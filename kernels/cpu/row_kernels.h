@@ -250,8 +250,14 @@ WalkTables<acc> make_walk_tables(const ChannelArrays& arrays) {
   return walk;
 }
 
+// A grid code's rows per segment: [segment][size of its axis, width] (PositionCodeRows).
+template <typename acc>
+using GridRows = std::vector<std::vector<acc>>;
+
 // The walk tables kept with a code's arrays (ChannelArrays::walks), in float and in double,
-// each made by the first call that walks in that type; safe to share between threads.
+// each made by the first call that walks in that type; and, for a code on a grid, its grid rows,
+// made by the first call that reads them (the arrays are kept per code, width and grid). Safe to
+// share between threads.
 struct WalkTablesCache {
   template <typename acc>
   const WalkTables<acc>& get(const ChannelArrays& arrays) {
@@ -264,10 +270,23 @@ struct WalkTablesCache {
     }
   }
 
+  template <typename acc, typename Make>
+  const GridRows<acc>& grid_rows(Make&& make) {
+    if constexpr (std::is_same_v<acc, double>) {
+      std::call_once(double_grid_once, [&] { double_grid = make(); });
+      return double_grid;
+    } else {
+      std::call_once(float_grid_once, [&] { float_grid = make(); });
+      return float_grid;
+    }
+  }
+
  private:
-  std::once_flag float_once, double_once;
+  std::once_flag float_once, double_once, float_grid_once, double_grid_once;
   WalkTables<float> float_tables;
   WalkTables<double> double_tables;
+  GridRows<float> float_grid;
+  GridRows<double> double_grid;
 };
 
 // Evaluates PE(pos) rows. Computed kinds keep their channel codes as separate arrays so the
@@ -314,7 +333,15 @@ class PositionCodeRows {
         walk_ = std::make_shared<const WalkTables<acc>>(make_walk_tables<acc>(arrays));
       }
     }
-    if (walk_rows > 0 && source.grid.axis_count > 0) build_grid_tables();
+    if (walk_rows > 0 && source.grid.axis_count > 0) {
+      // Kept with the arrays, which the binding keeps per code, width and grid.
+      if (arrays.walks != nullptr) {
+        grid_rows_ = std::shared_ptr<const GridRows<acc>>(
+            arrays.walks, &arrays.walks->grid_rows<acc>([&] { return make_grid_rows(); }));
+      } else {
+        grid_rows_ = std::make_shared<const GridRows<acc>>(make_grid_rows());
+      }
+    }
   }
 
   bool computed() const { return source_.kind != PositionKind::kLearned && high_ != nullptr; }
@@ -474,12 +501,12 @@ class PositionCodeRows {
       acc* segment_out = out + (begin - first);
       if (!point.coded) {
         std::fill(segment_out, segment_out + (stop - begin), acc(0));
-      } else if (!grid_rows_.empty()) {
+      } else if (grid_rows_ != nullptr && !grid_rows_->empty()) {
         const int axis = grid.segment_axes[s];
         const int64_t segment_begin = s == 0 ? 0 : grid.segment_ends[s - 1];
         const int64_t width = grid.segment_ends[s] - segment_begin;
-        const acc* row = grid_rows_[s].data() + (point.along(axis) - grid.origins[axis]) * width +
-                         (begin - segment_begin);
+        const acc* row = (*grid_rows_)[s].data() +
+                         (point.along(axis) - grid.origins[axis]) * width + (begin - segment_begin);
         std::copy(row, row + (stop - begin), segment_out);
       } else {
         evaluate_channels(point.along(grid.segment_axes[s]), begin, stop, segment_out);
@@ -496,33 +523,34 @@ class PositionCodeRows {
 
   // Factorised grid codes: segment s's channels at every coordinate of its axis, [size, width],
   // exact like any evaluation. A grid row is then copied from one row per axis, so a [H, W]
-  // grid costs (H + W) * D / 2 evaluations instead of H * W * D.
-  void build_grid_tables() {
+  // grid costs (H + W) * D / 2 evaluations instead of H * W * D. Empty when too many.
+  GridRows<acc> make_grid_rows() const {
     const GridCode& grid = source_.grid;
+    GridRows<acc> rows;
     int64_t values = 0;
     for (int s = 0; s < grid.axis_count; ++s) {
       const int64_t width = grid.segment_ends[s] - (s == 0 ? 0 : grid.segment_ends[s - 1]);
       const int64_t size = grid.sizes[grid.segment_axes[s]];
-      if (width > 0 && size > (kMaxGridRowValues - values) / width) return;  // too many
+      if (width > 0 && size > (kMaxGridRowValues - values) / width) return rows;  // too many
       values += size * width;
     }
-    grid_rows_.resize(static_cast<size_t>(grid.axis_count));
+    rows.resize(static_cast<size_t>(grid.axis_count));
     for (int s = 0; s < grid.axis_count; ++s) {
       const int axis = grid.segment_axes[s];
       const int64_t begin = s == 0 ? 0 : grid.segment_ends[s - 1];
       const int64_t width = grid.segment_ends[s] - begin;
-      grid_rows_[s].resize(static_cast<size_t>(grid.sizes[axis] * width));
+      rows[s].resize(static_cast<size_t>(grid.sizes[axis] * width));
       for (int64_t i = 0; i < grid.sizes[axis]; ++i) {
-        evaluate_channels(i + grid.origins[axis], begin, begin + width,
-                          grid_rows_[s].data() + i * width);
+        evaluate_channels(i + grid.origins[axis], begin, begin + width, rows[s].data() + i * width);
       }
     }
+    return rows;
   }
 
   const PositionSource& source_;
   int64_t dim_;
-  std::vector<std::vector<acc>> grid_rows_;  // [segment][size of its axis, width]
-  ChannelArrays owned_arrays_;               // when the source brings none
+  std::shared_ptr<const GridRows<acc>> grid_rows_;  // kept or made for this call; null: none
+  ChannelArrays owned_arrays_;                      // when the source brings none
   // [D] each: the codes' fields (amplitude64_ in double, amplitude_ in acc); nullptr for a
   // learned table.
   const double* high_ = nullptr;

@@ -1,5 +1,6 @@
 // The CPU row kernels of add_positional and positional_encoding, without torch, against float64
 // references written from the published formulas.
+#include "grid_case.h"
 #include "kernel_test_util.h"
 
 using namespace kernel_test;
@@ -337,6 +338,34 @@ TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
       }
     }
   }
+}
+
+// A code on a patch grid with kept arrays: its grid rows are made by the first call and reused
+// by the next, with the same bits as rows made per call.
+TEST(AddPositionalKernel, KeptGridRowsGiveTheSameBits) {
+  const pk::GridCode grid = test_grid();
+  const int64_t dim = 38, batch = 3, seq = pk::grid_token_count(grid);
+  std::vector<float> x(batch * seq * dim);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  for (auto& v : x) v = normal(rng);
+  pk::PositionCodeOptions options;
+  options.layout = pk::Layout::kConcat;
+  const auto codes = pk::make_channel_codes(options, dim, grid);
+  const pk::ChannelArrays arrays = pk::make_channel_arrays(codes);
+  auto run = [&](const pk::ChannelArrays* kept) {
+    std::vector<float> out(batch * seq * dim, std::nanf(""));
+    pk::AddPositionalParams params = contiguous_params(x, out, batch, seq, dim, codes);
+    params.source.code = options;
+    params.source.grid = grid;
+    params.source.arrays = kept;
+    pk::add_positional_cpu(params, four_threads);
+    return out;
+  };
+  const std::vector<float> per_call = run(nullptr), first = run(&arrays), again = run(&arrays);
+  EXPECT_EQ(0, std::memcmp(per_call.data(), first.data(), first.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(per_call.data(), again.data(), again.size() * sizeof(float)));
+  for (const float v : again) ASSERT_FALSE(std::isnan(v));
 }
 
 // Channel codes given as the binding's kept arrays give the same bits as codes laid out per
