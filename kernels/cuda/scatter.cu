@@ -267,6 +267,26 @@ __device__ __forceinline__ Pack8<float> scatter_value(const Pack8<scalar_t>& gra
   return value;
 }
 
+// The chunk's grad rows (channels d0 .. d0 + 7 of rows (row_b[r], row_t[r])), their 128-bit
+// loads issued together before any is used.
+template <int kRows, typename scalar_t>
+__device__ __forceinline__ void load_grad_rows(const AddPositionalParams& p, int64_t x_batch,
+                                               int64_t d0, const int32_t (&row_b)[kRows],
+                                               const int32_t (&row_t)[kRows],
+                                               Pack8<scalar_t> (&raw)[kRows]) {
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    raw[r] = load_row(static_cast<const scalar_t*>(p.x.data) + row_b[r] * x_batch +
+                      row_t[r] * p.x.seq_stride + d0);
+  }
+}
+
+// The logical index of element d0 of row (b, t): where its dropout draws start.
+__device__ __forceinline__ uint64_t grad_element(int32_t b, int32_t t, int32_t seq_len, int64_t dim,
+                                                 int64_t d0) {
+  return static_cast<uint64_t>((static_cast<int64_t>(b) * seq_len + t) * dim + d0);
+}
+
 // The (b, t) of flat row `row`, and a walk over rows `stride` apart without a division per row.
 struct RowWalk {
   int32_t row, b, t;
@@ -331,17 +351,11 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
         skip[r] = !valid || skip_row;
       }
       Pack8<scalar_t> raw[kRows];
+      load_grad_rows(p, x_batch, d0, row_b, row_t, raw);
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        raw[r] = load_row(static_cast<const scalar_t*>(p.x.data) + row_b[r] * x_batch +
-                          row_t[r] * p.x.seq_stride + d0);
-      }
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const uint64_t element =
-            static_cast<uint64_t>((static_cast<int64_t>(row_b[r]) * seq_len + row_t[r]) * dim + d0);
-        const Pack8<float> value =
-            scatter_value<scalar_t, kTarget, kDropout>(raw[r], dropout, scale, element);
+        const Pack8<float> value = scatter_value<scalar_t, kTarget, kDropout>(
+            raw[r], dropout, scale, grad_element(row_b[r], row_t[r], seq_len, dim, d0));
         if (!skip[r]) atomic_add_row(grad + target[r] * dim + d0, value);
       }
     }
@@ -417,17 +431,11 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
           scatter_target<kTarget>(p, indices, row_b[r], row_t[r], skip[r], bad);
         }
         Pack8<scalar_t> raw[kRows];
+        load_grad_rows(p, x_batch, d0, row_b, row_t, raw);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
-          raw[r] = load_row(static_cast<const scalar_t*>(p.x.data) + row_b[r] * x_batch +
-                            row_t[r] * p.x.seq_stride + d0);
-        }
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          const uint64_t element = static_cast<uint64_t>(
-              (static_cast<int64_t>(row_b[r]) * seq_len + row_t[r]) * dim + d0);
-          const Pack8<float> value =
-              scatter_value<scalar_t, kTarget, kDropout>(raw[r], dropout, scale, element);
+          const Pack8<float> value = scatter_value<scalar_t, kTarget, kDropout>(
+              raw[r], dropout, scale, grad_element(row_b[r], row_t[r], seq_len, dim, d0));
           if (i0 + r < end) {
             if (row_target[r] != piece_target) {
               flush(i0 + r);
