@@ -100,19 +100,20 @@ struct AddPositionalParams {
 // same seed.
 void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& parallel_for);
 
-// Gradient of a learned table: grad_table[pos(b, t), d] += mask * grad[b, t, d], times
+// Gradient of a learned table: grad_table[pos(b, t), d] = sum of mask * grad[b, t, d], times
 // scale * in[b, t, d] in kMul mode (padding tokens contribute nothing). params.x holds grad;
 // `input` holds x, or params.gather gives the rows. `grad_table` is a dense [table_rows, D]
-// buffer in the compute type (float, or double for kFloat64), zero on entry.
+// buffer of params.dtype, every element written (rows no token reaches are zero); half types
+// are summed in float and rounded once. Race-free and bit-identical for any thread count.
 void add_positional_table_backward_cpu(const AddPositionalParams& params, const StridedRows& input,
-                                       void* grad_table, const ParallelFor& parallel_for);
+                                       void* grad_table, int64_t table_rows,
+                                       const ParallelFor& parallel_for);
 
-// Gradient of the embedding weight: grad_weight[ids(b, t), d] += mask * scale * grad[b, t, d],
-// times PE(pos)[d] in kMul mode; the padding row gets nothing. params.x holds grad.
-// `grad_weight` is a dense [vocab, D] buffer in the compute type, zero on entry. Race-free and
-// bit-identical for any thread count.
+// Gradient of the embedding weight: grad_weight[ids(b, t), d] = sum of mask * scale *
+// grad[b, t, d], times PE(pos)[d] in kMul mode; the padding row gets nothing. params.x holds
+// grad. `grad_weight` is a dense [vocab, D] buffer of params.dtype, written as grad_table above.
 void embedding_weight_backward_cpu(const AddPositionalParams& params, void* grad_weight,
-                                   const ParallelFor& parallel_for);
+                                   int64_t vocab, const ParallelFor& parallel_for);
 
 }  // namespace kernels
 }  // namespace posenc

@@ -563,10 +563,14 @@ at::Tensor run_scatter(const RowCall& call, ScatterTarget target) {
     const at::Tensor& like = target == ScatterTarget::kWeight ? call.weight : call.rows;
     return allocate_sized(call, like.options().dtype(call.dtype), false, false);
   }
-  // Sums in float for half types, else double; zero on entry.
-  const at::ScalarType sum_type = call.rows.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor grad = allocate_sized(call, call.rows.options().dtype(sum_type), /*zero=*/true,
-                                         /*runs_kernels=*/true);
+  // The CPU kernels write every element in the output's dtype (summing half types in float);
+  // CUDA sums in float for half types, else double, into a zeroed buffer converted afterwards.
+  constexpr bool kSumsInOutput = kBackend == Backend::kCpu;
+  const at::ScalarType sum_type =
+      kSumsInOutput ? call.dtype
+                    : (call.rows.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const at::Tensor grad = allocate_sized(call, call.rows.options().dtype(sum_type),
+                                         /*zero=*/!kSumsInOutput, /*runs_kernels=*/true);
   check_row_values(call, !checks_values_on_device(kBackend));
   ChannelCodes channels;
   kernels::StridedRows input;
@@ -577,10 +581,12 @@ at::Tensor run_scatter(const RowCall& call, ScatterTarget target) {
     // Deterministic for any thread count: channel blocks per thread, rows in a fixed order.
     const kernels::AddPositionalParams params = kernel_params(
         call, call.rows, call.rows, call.options.combine, read_seed(call.seed), channels);
+    const int64_t target_rows = grad.size(0);
     if (target == ScatterTarget::kTable) {
-      kernels::add_positional_table_backward_cpu(params, input, grad.data_ptr(), parallel_for());
+      kernels::add_positional_table_backward_cpu(params, input, grad.data_ptr(), target_rows,
+                                                 parallel_for());
     } else {
-      kernels::embedding_weight_backward_cpu(params, grad.data_ptr(), parallel_for());
+      kernels::embedding_weight_backward_cpu(params, grad.data_ptr(), target_rows, parallel_for());
     }
   } else if constexpr (kBackend == Backend::kCuda) {
 #ifdef POSENC_WITH_CUDA

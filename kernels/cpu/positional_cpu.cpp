@@ -1,4 +1,7 @@
 #include <algorithm>
+#include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "positional.h"
@@ -174,6 +177,97 @@ namespace {
 
 constexpr int64_t kChannelBlock = 64;
 
+// Where a scatter sums each row's contribution. A half-type gradient is summed in float: the
+// target rows that some token reaches get consecutive slots of a float buffer, and only those
+// are converted, so that nothing of the output's size is written twice (zeroed in float, then
+// converted), which made a bfloat16 weight gradient 2-4x slower than eager
+// (docs/performance.md). float and double sum straight into the zeroed output.
+template <typename scalar_t>
+class ScatterSums {
+ public:
+  using acc = acc_t<scalar_t>;
+  static constexpr bool kInPlace = std::is_same_v<scalar_t, acc>;
+
+  // target(b, t): the output row that row (b, t) adds to, or -1 for none.
+  template <typename Target>
+  ScatterSums(const RowShape& shape, int64_t target_rows, void* out, Target&& target,
+              const ParallelFor& parallel_for)
+      : dim_(shape.dim),
+        target_rows_(target_rows),
+        out_(static_cast<scalar_t*>(out)),
+        row_slot_(static_cast<size_t>(shape.batch_count() * shape.seq_len)) {
+    if constexpr (!kInPlace) slot_of_target_.assign(static_cast<size_t>(target_rows), -1);
+    int64_t slots = 0;
+    for (int64_t b = 0; b < shape.batch_count(); ++b) {
+      for (int64_t t = 0; t < shape.seq_len; ++t) {
+        int64_t slot = target(b, t);
+        if constexpr (!kInPlace) {
+          if (slot >= 0) {
+            int64_t& kept = slot_of_target_[static_cast<size_t>(slot)];
+            if (kept < 0) kept = slots++;
+            slot = kept;
+          }
+        }
+        row_slot_[static_cast<size_t>(b * shape.seq_len + t)] = slot;
+      }
+    }
+    if constexpr (kInPlace) {
+      sums_ = out_;
+      slots = target_rows;
+    } else {
+      buffer_.reset(new acc[static_cast<size_t>(slots * dim_)]);
+      sums_ = buffer_.get();
+    }
+    zero_rows(sums_, slots, parallel_for);
+  }
+
+  // Row (b, t)'s sums from channel d0 on, or nullptr when it adds to no row.
+  acc* row(int64_t b, int64_t t, int64_t seq_len, int64_t d0) const {
+    const int64_t slot = row_slot_[static_cast<size_t>(b * seq_len + t)];
+    return slot < 0 ? nullptr : sums_ + slot * dim_ + d0;
+  }
+
+  // Writes the output: each reached row's sums converted, every other row zero.
+  void finish(const ParallelFor& parallel_for) const {
+    if constexpr (!kInPlace) {
+      parallel_for(0, target_rows_, rows_per_task(), [&](int64_t begin, int64_t end) {
+        cpu::populate_fresh_pages(out_ + begin * dim_,
+                                  static_cast<int64_t>(sizeof(scalar_t)) * (end - begin) * dim_);
+        for (int64_t r = begin; r < end; ++r) {
+          scalar_t* out = out_ + r * dim_;
+          const int64_t slot = slot_of_target_[static_cast<size_t>(r)];
+          if (slot < 0) {
+            std::memset(static_cast<void*>(out), 0, sizeof(scalar_t) * dim_);
+            continue;
+          }
+          const acc* sums = sums_ + slot * dim_;
+          for (int64_t d = 0; d < dim_; ++d) store_from_acc(out + d, sums[d]);
+        }
+      });
+    }
+  }
+
+ private:
+  // About 16K elements a task.
+  int64_t rows_per_task() const { return std::max<int64_t>(1, 16384 / std::max<int64_t>(dim_, 1)); }
+
+  void zero_rows(acc* rows, int64_t count, const ParallelFor& parallel_for) const {
+    parallel_for(0, count, rows_per_task(), [&](int64_t begin, int64_t end) {
+      const int64_t bytes = static_cast<int64_t>(sizeof(acc)) * (end - begin) * dim_;
+      cpu::populate_fresh_pages(rows + begin * dim_, bytes);
+      std::memset(static_cast<void*>(rows + begin * dim_), 0, static_cast<size_t>(bytes));
+    });
+  }
+
+  int64_t dim_;
+  int64_t target_rows_;
+  scalar_t* out_;
+  std::vector<int64_t> row_slot_;        // [batch * seq_len] the slot of each row, -1 for none
+  std::vector<int64_t> slot_of_target_;  // [target_rows] the slot of each target, -1 for none
+  std::unique_ptr<acc[]> buffer_;        // [slots, dim] the float sums of a half type
+  acc* sums_ = nullptr;
+};
+
 // Runs body(b, t, d0, width, grad_row, mask, scratch) for every row in one fixed order, with
 // each thread owning a block of channels, so scatter-adds into a shared buffer are race-free and
 // give the same bits for any number of threads. grad_row points at grad[b, t, d0]; mask holds
@@ -214,9 +308,9 @@ void for_rows_by_channel_block(const AddPositionalParams& params, const Parallel
 }  // namespace
 
 void add_positional_table_backward_cpu(const AddPositionalParams& params, const StridedRows& input,
-                                       void* grad_table, const ParallelFor& parallel_for) {
+                                       void* grad_table, int64_t table_rows,
+                                       const ParallelFor& parallel_for) {
   const RowShape& shape = params.shape;
-  if (shape.batch_count() == 0 || shape.seq_len == 0 || shape.dim == 0) return;
   const bool multiply = params.combine == Combine::kMul;
   const RowPositions positions(params);
   const int64_t grad_stride = params.x.dim_stride;
@@ -224,15 +318,21 @@ void add_positional_table_backward_cpu(const AddPositionalParams& params, const 
   cpu::dispatch_dtype(params.dtype, [&](auto scalar_tag) {
     using scalar_t = decltype(scalar_tag);
     using acc = acc_t<scalar_t>;
-    acc* table_grad = static_cast<acc*>(grad_table);
     const acc scale = static_cast<acc>(params.scale);
+    // Padding tokens get no position code, so no gradient.
+    const ScatterSums<scalar_t> sums(
+        shape, table_rows, grad_table,
+        [&](int64_t b, int64_t t) {
+          return input_row<scalar_t>(params, input, b, t).padding ? -1 : positions.at(b, t);
+        },
+        parallel_for);
     for_rows_by_channel_block<scalar_t>(
         params, parallel_for,
         [&](int64_t b, int64_t t, int64_t d0, int64_t width, const scalar_t* grad, const acc* mask,
             acc* /*scratch*/) {
+          acc* out = sums.row(b, t, shape.seq_len, d0);
+          if (out == nullptr) return;
           const InputRow<scalar_t> in = input_row<scalar_t>(params, input, b, t);
-          if (in.padding) return;  // padding tokens get no position code
-          acc* out = table_grad + positions.at(b, t) * shape.dim + d0;
           const scalar_t* x = multiply ? in.data + d0 * in.stride : nullptr;
           for (int64_t k = 0; k < width; ++k) {
             acc g = load_as_acc(grad + k * grad_stride);
@@ -241,13 +341,13 @@ void add_positional_table_backward_cpu(const AddPositionalParams& params, const 
             out[k] += g;
           }
         });
+    sums.finish(parallel_for);
   });
 }
 
 void embedding_weight_backward_cpu(const AddPositionalParams& params, void* grad_weight,
-                                   const ParallelFor& parallel_for) {
+                                   int64_t vocab, const ParallelFor& parallel_for) {
   const RowShape& shape = params.shape;
-  if (shape.batch_count() == 0 || shape.seq_len == 0 || shape.dim == 0) return;
   const EmbeddingGather& gather = params.gather;
   const bool multiply = params.combine == Combine::kMul;
   const RowPositions positions(params);
@@ -256,18 +356,23 @@ void embedding_weight_backward_cpu(const AddPositionalParams& params, void* grad
   cpu::dispatch_dtype(params.dtype, [&](auto scalar_tag) {
     using scalar_t = decltype(scalar_tag);
     using acc = acc_t<scalar_t>;
-    acc* weight_grad = static_cast<acc*>(grad_weight);
     const acc scale = static_cast<acc>(params.scale);
     const cpu::PositionCodeRows<scalar_t> code(params.source, shape.dim, /*walk_rows=*/1);
+    // As nn.Embedding: no gradient for the padding row.
+    const ScatterSums<scalar_t> sums(
+        shape, vocab, grad_weight,
+        [&](int64_t b, int64_t t) {
+          const int64_t id = cpu::index_at(shape, gather.ids, b, t);
+          return id == gather.padding_idx ? -1 : id;
+        },
+        parallel_for);
     for_rows_by_channel_block<scalar_t>(params, parallel_for,
                                         [&](int64_t b, int64_t t, int64_t d0, int64_t width,
                                             const scalar_t* grad, const acc* mask, acc* pe) {
-                                          const int64_t id = cpu::index_at(shape, gather.ids, b, t);
-                                          if (id == gather.padding_idx)
-                                            return;  // as nn.Embedding: no gradient for padding
+                                          acc* out = sums.row(b, t, shape.seq_len, d0);
+                                          if (out == nullptr) return;
                                           if (multiply)
                                             code.evaluate(positions.at(b, t), pe, d0, d0 + width);
-                                          acc* out = weight_grad + id * shape.dim + d0;
                                           for (int64_t k = 0; k < width; ++k) {
                                             acc g = scale * load_as_acc(grad + k * grad_stride);
                                             if (mask != nullptr) g *= mask[k];
@@ -275,6 +380,7 @@ void embedding_weight_backward_cpu(const AddPositionalParams& params, void* grad
                                             out[k] += g;
                                           }
                                         });
+    sums.finish(parallel_for);
   });
 }
 

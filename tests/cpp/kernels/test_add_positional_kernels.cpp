@@ -282,8 +282,8 @@ TEST(AddPositionalKernel, TableBackwardMatchesReference) {
     params.dropout = pk::make_dropout(0.3, true, 5);
     params.source.kind = pk::PositionKind::kLearned;
     params.source.table_rows = rows;
-    std::vector<double> got(rows * dim, 0.0), want(rows * dim, 0.0);
-    pk::add_positional_table_backward_cpu(params, input, got.data(), four_threads);
+    std::vector<double> got(rows * dim, std::nan("")), want(rows * dim, 0.0);
+    pk::add_positional_table_backward_cpu(params, input, got.data(), rows, four_threads);
     for (int64_t b = 0; b < batch; ++b) {
       for (int64_t t = 0; t < seq; ++t) {
         for (int64_t d = 0; d < dim; ++d) {
