@@ -34,6 +34,19 @@ POSENC_HOST_DEVICE int64_t position_at(const RowShape& shape, const StridedIndex
   return index_at(shape, positions, batch, t);
 }
 
+// Whether `position` has a code: any integer for a computed code (a negative one is a relative
+// position, PE(-p) with sin(-x) = -sin(x), as Transformer-XL's and Conformer's rows need), a row
+// of the table for kind "learned", a token of the patch grid.
+POSENC_HOST_DEVICE bool position_has_code(const AddPositionalParams& params, int64_t position) {
+  if (params.source.kind == PositionKind::kLearned) {
+    return position >= 0 && position < params.source.table_rows;
+  }
+  if (params.source.grid.axis_count > 0) {
+    return position >= 0 && position < grid_token_count(params.source.grid);
+  }
+  return true;
+}
+
 // Whether the positions are the same for every batch index (stride 0 or size 1).
 POSENC_HOST_DEVICE bool shared_across_batch(const RowShape& shape, const StridedIndex& positions) {
   if (positions.data == nullptr) return true;

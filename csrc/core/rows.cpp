@@ -267,8 +267,14 @@ void check_row_values(const RowCall& call, bool read_data) {
   if (call.positions.has_value()) {
     if (!read_data) return;
     const auto [lowest, highest] = value_range(*call.positions);
-    TORCH_CHECK_INDEX(lowest >= 0, name, ": positions must be >= 0, got ", lowest);
     const kernels::GridCode& grid = call.options.grid;
+    // A computed code takes any position (negative ones are relative positions); a table row
+    // or a grid token index must be >= 0.
+    if (grid.axis_count > 0 || table_rows.has_value()) {
+      TORCH_CHECK_INDEX(lowest >= 0, name, ": positions must be >= 0 ",
+                        grid.axis_count > 0 ? "(token indices of the grid)" : "(rows of the table)",
+                        ", got ", lowest);
+    }
     if (grid.axis_count > 0) {
       TORCH_CHECK_INDEX(highest < kernels::grid_token_count(grid), name,
                         ": positions are token indices and must be < extra_tokens + the grid's "

@@ -29,10 +29,12 @@ class RowPositions {
 
   bool shared_across_batch() const { return kernels::shared_across_batch(shape_, index_); }
 
-  // Whether the (shared) positions of steps [t_begin, t_end) are consecutive integers.
+  // Whether the (shared) positions of steps [t_begin, t_end) are consecutive integers from a
+  // first one >= 0, which a walk from anchors needs (negative positions are evaluated directly).
   bool consecutive(int64_t t_begin, int64_t t_end) const {
-    if (index_.data == nullptr) return true;  // offset + t
+    if (index_.data == nullptr) return true;  // offset + t, offset >= 0
     const int64_t first = at(0, t_begin);
+    if (first < 0) return false;
     for (int64_t t = t_begin + 1; t < t_end; ++t) {
       if (at(0, t) != first + (t - t_begin)) return false;
     }
@@ -86,8 +88,9 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
     const int64_t grain = std::max<int64_t>(1, 32768 / (block * dim));
     parallel_for(0, block_count * batch, grain, [&](int64_t begin, int64_t end) {
       std::vector<acc> pe_block(needs_code ? static_cast<size_t>(block * dim) : 0);
-      int64_t pe_block_index = -1;   // which t-block pe_block holds (shared positions)
-      int64_t pe_row_position = -1;  // which position pe_block's first row holds (otherwise)
+      int64_t pe_block_index = -1;  // which t-block pe_block holds (shared positions)
+      int64_t pe_row_position = 0;  // which position pe_block's first row holds (otherwise)
+      bool pe_row_valid = false;
       std::vector<acc> mask_chunk(kRowChunk);
       typename cpu::PositionCodeRows<scalar_t>::Recurrence recurrence_state;
       // One batch row walking consecutive positions: rows from their anchors.
@@ -127,8 +130,11 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
             pe.row = pe_block.data() + (t - t_begin) * dim;
           } else if (with_code) {
             const int64_t position = positions.at(b, t);
-            if (position != pe_row_position) code.evaluate(position, pe_block.data());
+            if (!pe_row_valid || position != pe_row_position) {
+              code.evaluate(position, pe_block.data());
+            }
             pe_row_position = position;
+            pe_row_valid = true;
             pe.row = pe_block.data();
           }
           const Combine combine = with_code ? params.combine : Combine::kScaleOnly;

@@ -368,8 +368,9 @@ class PositionCodeRows {
   // whichever rows a thread starts at, so any thread count gives the same bits.
   void evaluate_consecutive(int64_t first, int64_t rows, acc* __restrict out,
                             Recurrence& state) const {
-    // A grid (consecutive tokens are not consecutive positions there), or no tables built.
-    if (!anchored()) {
+    // A grid (consecutive tokens are not consecutive positions there), no tables built, or
+    // negative positions (the walks' anchors are multiples of turn_rows_ from 0).
+    if (!anchored() || first < 0) {
       for (int64_t r = 0; r < rows; ++r) evaluate(first + r, out + r * dim_);
       return;
     }
@@ -385,7 +386,7 @@ class PositionCodeRows {
 
   // The code of `position` as its anchor row and the rotation from it, moving `state` to that
   // anchor: cheap for a caller that walks consecutive positions (at most one rotation per
-  // turn_rows_ positions), as evaluate_consecutive does. Requires anchored().
+  // turn_rows_ positions), as evaluate_consecutive does. Requires anchored() and position >= 0.
   RowCode<acc> anchored_row(int64_t position, Recurrence& state) const {
     const int64_t k = position % walk_->turn_rows;
     if (state.anchor_position != position - k) move_anchor(position - k, state);

@@ -171,7 +171,8 @@ __global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalPa
         static_cast<int>(dim - d0 < kElementsPerThread ? dim - d0 : kElementsPerThread);
     for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; t < seq_len;
          t += static_cast<int64_t>(gridDim.x) * blockDim.y) {
-      int64_t pe_position = -1;  // positions are >= 0
+      int64_t pe_position = 0;  // the position whose codes pe holds, if pe_valid
+      bool pe_valid = false;
       for (int64_t b = blockIdx.z; b < batch; b += kGeneralRows * gridDim.z) {
         InputRow<scalar_t> in[kGeneralRows];
         Pack8<scalar_t> raw[kGeneralRows];
@@ -190,9 +191,10 @@ __global__ void add_positional_kernel(const POSENC_GRID_CONSTANT AddPositionalPa
           const bool with_code = needs_code && !in[r].padding;
           if (with_code) {
             const int64_t position = checked_position(p, fairseq, shared ? 0 : row, t);
-            if (position != pe_position) {
+            if (!pe_valid || position != pe_position) {
               group_codes<scalar_t, kGrid>(p, channels, position, d0, count, pe, pe_stride);
               pe_position = position;
+              pe_valid = true;
             }
           }
           scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(p.out.data)) +

@@ -91,6 +91,9 @@ __device__ __forceinline__ void evaluate_paired(CodeSlots& codes, int64_t positi
   }
 }
 
+// Marks "no position yet": no row's position after the clamp at the paired codes' use.
+constexpr int64_t kNoPosition = INT64_MIN;
+
 // The position of row (b, t): offset + t, or positions[b, t] (`positions_batch`: the stride of b,
 // 0 where the batch shares one row of positions).
 __device__ __forceinline__ int64_t row_position(const AddPositionalParams& p,
@@ -154,8 +157,10 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
     bool bad_id = false;
     bool bad_position = false;
     acc pe[kElementsPerThread] = {};
-    int64_t code_t = -1;         // the step whose codes pe holds (unpaired codes)
-    int64_t code_position = -1;  // the position whose codes pe holds (paired codes)
+    int64_t code_t = -1;  // the step whose codes pe holds (unpaired codes)
+    // The position whose codes pe holds (paired codes); kNoPosition before the first. A flag
+    // beside it made the compiler issue the row loads fewer at a time (machine-code rules).
+    int64_t code_position = kNoPosition;
     while (next_t < seq_len32) {
       const int32_t chunk_t = next_t;
       if constexpr (kSource == Source::kChannels) {
@@ -163,7 +168,6 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
         // registers are not live beside the rows in flight; other warps hide the wait.
         if (chunk_t != code_t) {
           const int64_t position = row_position(p, 0, 0, chunk_t);
-          bad_position = bad_position || position < 0;
           // One channel at a time (a loop, not unrolled: one evaluation's registers) into the
           // thread's own shared slots ([8][threads]: conflict-free, no barrier), then into pe.
           float* slots = codes.evaluated();
@@ -210,7 +214,7 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
         }
         if constexpr (kSource == Source::kTable) {
           int64_t row = row_position(p, positions_batch, b, t);
-          const bool bad = row < 0 || row >= p.source.table_rows;
+          const bool bad = row < 0 || row >= p.source.table_rows;  // a learned table's rows
           bad_position = bad_position || bad;
           row = bad ? 0 : row;
           table_row[r] =
@@ -234,9 +238,12 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
         if constexpr (kSource == Source::kPaired) {
           // Read here rather than with the chunk's loads: held for the chunk, the positions'
           // registers made the compiler issue the row loads one at a time.
-          const int64_t position = row_position(p, positions_batch, b, t);
-          if (position != code_position) {  // a new position (a new step, or another row's)
-            bad_position = bad_position || position < 0;
+          // Any position has a computed code (negative ones are relative positions). A given
+          // INT64_MIN is taken as INT64_MIN + 1, never kNoPosition: both convert to the same
+          // double, so the code is the same.
+          const int64_t given = row_position(p, positions_batch, b, t);
+          const int64_t position = given == kNoPosition ? kNoPosition + 1 : given;
+          if (position != code_position) {  // a new step, or another row's
             evaluate_paired(codes, position, pe);
             code_position = position;
           }
@@ -278,8 +285,7 @@ __global__ void POSENC_LAUNCH_BOUNDS(kDenseThreads, kDenseBlocksPerSm)
     }
     POSENC_DEVICE_CHECK(!bad_id, "posenc: ids must be in [0, V)");
     POSENC_DEVICE_CHECK(!bad_position,
-                        "posenc: positions must be >= 0 (and < the table's rows for kind "
-                        "'learned')");
+                        "posenc: positions must be in [0, the table's rows) for kind 'learned'");
   }
 }
 

@@ -242,13 +242,13 @@ __device__ InputRow<scalar_t> checked_input_row(const AddPositionalParams& p, co
   return input_row<scalar_t>(p, x, b, t);
 }
 
-// The position of (b, t), checked: >= 0, and inside the table for kind "learned".
+// The position of (b, t), checked: a row of the table for kind "learned", a token of a grid.
 __device__ int64_t checked_position(const AddPositionalParams& p, const int64_t* fairseq, int64_t b,
                                     int64_t t) {
   const int64_t position = position_of(p, fairseq, b, t);
-  POSENC_DEVICE_CHECK(position >= 0, "posenc: positions must be >= 0");
-  POSENC_DEVICE_CHECK(p.source.kind != PositionKind::kLearned || position < p.source.table_rows,
-                      "posenc: positions must be < the table's rows");
+  POSENC_DEVICE_CHECK(position_has_code(p, position),
+                      "posenc: positions must be in [0, the table's rows) for kind 'learned' and "
+                      "in [0, extra_tokens + the grid's patches) on a grid");
   return position;
 }
 

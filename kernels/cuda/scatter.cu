@@ -208,8 +208,7 @@ struct ScatterChecks {
   __device__ void assert_clean() const {
     POSENC_DEVICE_CHECK(!id, "posenc: ids must be in [0, V)");
     POSENC_DEVICE_CHECK(!position,
-                        "posenc: positions must be >= 0 (and < the table's rows for kind "
-                        "'learned')");
+                        "posenc: positions must be in [0, the table's rows) for kind 'learned'");
   }
 };
 
@@ -231,9 +230,8 @@ __device__ __forceinline__ int64_t scatter_target(const AddPositionalParams& p,
   // Positions are checked for the weight too, as the general kernel does.
   const int64_t position = indices.position(p, b, t);
   const bool table_target = kTarget == ScatterTarget::kTable;
-  const bool bad_position =
-      position < 0 || ((table_target || p.source.kind == PositionKind::kLearned) &&
-                       position >= p.source.table_rows);
+  const bool bad_position = !position_has_code(p, position) ||
+                            (table_target && (position < 0 || position >= p.source.table_rows));
   bad.id = bad.id || bad_id;
   bad.position = bad.position || bad_position;
   skip = bad_id || bad_position || (gather && id == p.gather.padding_idx);

@@ -224,9 +224,10 @@ def cases():
     # ---- positional_encoding ----------------------------------------------------------------
     base = "positional_encoding"
     add(base, "positions float", TypeError, "positions must be an int64", positions=X)
-    add(base, "positions negative", IndexError, "positions must be >= 0",
-        positions=torch.tensor([0, -3]))
-    add(base, "positions -2^63", IndexError, "positions must be >= 0",
+    # Negative positions are relative ones for a computed code; a grid's token indices are not.
+    add("positional_encoding_grid", "positions negative", IndexError,
+        r"positions must be >= 0 \(token indices of the grid\)", positions=torch.tensor([0, -3]))
+    add("positional_encoding_grid", "positions -2^63", IndexError, "positions must be >= 0",
         positions=torch.tensor([I64_MIN]))
     add(base, "dim -1", ValueError, "dim must be >= 0", dim=-1)
     add(base, "dim 2^40", ValueError, "dim = 1099511627776 is too large", dim=2**40)

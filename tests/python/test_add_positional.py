@@ -203,6 +203,9 @@ def _opcheck_samples():
     yield (torch.randn(4, 8, 5).transpose(-1, -2), None, None, None), dict(
         layout="concat", convention="tensor2tensor")
     yield (torch.randn(2, 5, 8).bfloat16(), None, None, None), dict(kind="damped")
+    # Relative positions of a computed code, with dropout, as a gradient flows to x.
+    yield (torch.randn(2, 5, 8, requires_grad=True), torch.tensor([2, 1, 0, -1, -2]), None, seed), \
+        dict(combine="mul", dropout=0.3)
 
 
 @pytest.mark.parametrize("sample", list(_opcheck_samples()), ids=lambda s: str(s[1]))

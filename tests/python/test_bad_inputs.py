@@ -21,7 +21,7 @@ CASES = [
     ("table dtype", lambda: posenc.add_positional(X, kind="learned", table=TABLE.double()), TypeError, "table must have the dtype"),
     ("position outside table", lambda: posenc.add_positional(X, kind="learned", table=TABLE, positions=torch.tensor([0, 1, 2, 3, 10])), IndexError, "positions must be <"),
     ("offset beyond table", lambda: posenc.add_positional(X, kind="learned", table=TABLE, offset=6), IndexError, "outside the table"),
-    ("negative position", lambda: posenc.add_positional(X, positions=torch.tensor([0, -1, 2, 3, 4])), IndexError, "positions must be >= 0"),
+    ("negative table row", lambda: posenc.add_positional(X, kind="learned", table=TABLE, positions=torch.tensor([0, -1, 2, 3, 4])), IndexError, "positions must be >= 0 \\(rows of the table\\)"),
     ("float positions", lambda: posenc.add_positional(X, positions=torch.zeros(5)), TypeError, "positions must be an int64 or int32"),
     ("positions shape", lambda: posenc.add_positional(X, positions=torch.arange(4)), ValueError, "positions of shape"),
     ("positions not tensor", lambda: posenc.add_positional(X, positions=[0, 1, 2, 3, 4]), TypeError, "positions must be a Tensor"),

@@ -30,7 +30,7 @@ def test_add_positional_parity(dtype, options):
     x = torch.randn(3, 40, 24).to(dtype).transpose(0, 1)[:, :, 1:22]  # strided, odd width
     op = torch.ops.posenc.add_positional
     for positions, kwargs in [(None, dict(offset=7)),
-                              (torch.randint(0, 5000, (40, 3)), dict(dropout=0.3))]:
+                              (torch.randint(-5000, 5000, (40, 3)), dict(dropout=0.3))]:
         cpu = op(x, positions, None, seed(), scale=1.5, **options, **kwargs)
         cuda = op(x.cuda(), None if positions is None else positions.cuda(), None, seed().cuda(),
                   scale=1.5, **options, **kwargs)

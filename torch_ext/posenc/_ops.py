@@ -206,8 +206,10 @@ def add_positional(
         combine: ``"add"`` or ``"mul"``.
         scale: multiplies ``x`` before combining.
         positions: ``None`` for ``offset + arange(T)``, or an int64/int32 tensor broadcastable
-            to ``x.shape[:-1]`` with values ``>= 0`` (and ``< P`` for ``"learned"``). Give
-            ``positions`` or a nonzero ``offset``, not both.
+            to ``x.shape[:-1]``: any values for a computed code (negative ones are relative
+            positions, ``PE(-p)`` with ``sin(-x) = -sin(x)``), ``0 <= pos < P`` for
+            ``"learned"``, token indices on a ``grid``. Give ``positions`` or a nonzero
+            ``offset``, not both.
         offset: first position when ``positions`` is None (KV-cache decoding, shards).
         base: ``b`` above, finite and ``> 0``.
         layout: ``"interleaved"`` or ``"concat"``; default ``"concat"`` with a ``grid``
@@ -306,7 +308,10 @@ def positional_encoding(
     r"""The position code itself: ``PE(positions)`` of shape ``positions.shape + (dim,)``.
 
     Args:
-        positions: an int ``n`` meaning ``0..n-1``, or an int64/int32 tensor of positions >= 0.
+        positions: an int ``n`` meaning ``0..n-1``, or an int64/int32 tensor of positions.
+            Negative positions are relative ones: Transformer-XL's and Conformer's rows for
+            ``L`` frames, relative positions ``L-1 .. -(L-1)``, are
+            ``positional_encoding(torch.arange(L - 1, -L, -1), D)``.
         dim: width ``D`` of the code.
         kind, base, convention, layout: as in :func:`add_positional` (not ``"learned"``).
         grid: a patch grid, as in :func:`add_positional`; positions are token indices below

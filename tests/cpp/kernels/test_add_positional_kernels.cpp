@@ -433,3 +433,54 @@ TEST(AddPositionalKernel, FreshOutputsArePopulatedOnlyWhereWritten) {
   }
 }
 #endif  // __linux__
+
+// Negative positions (relative ones, as Transformer-XL's and Conformer's rows): every computed
+// kind against the float64 definitions, on runs that count down through 0 (Conformer's order),
+// count up through 0 (a walk must not start at a negative anchor), start negative and turn
+// positive inside a block of shared rows, and reach -(2^24 - 1); one batch row and several.
+TEST(AddPositionalKernel, NegativePositionsMatchReference) {
+  const int64_t seq = 600, dim = 70;
+  std::vector<std::vector<int64_t>> runs(4, std::vector<int64_t>(seq));
+  for (int64_t t = 0; t < seq; ++t) {
+    runs[0][t] = 299 - t;                      // 299 .. -300
+    runs[1][t] = t - 300;                      // -300 .. 299
+    runs[2][t] = t - 5;                        // -5 .. 594: blocks start negative, then walk
+    runs[3][t] = -(int64_t{1} << 24) + 1 + t;  // near -2^24
+  }
+  std::vector<float> x(2 * seq * dim);
+  std::mt19937 rng(4);
+  std::normal_distribution<float> normal;
+  for (auto& v : x) v = normal(rng);
+  for (const pk::PositionKind kind : {pk::PositionKind::kSinusoidal, pk::PositionKind::kLinear,
+                                      pk::PositionKind::kDamped, pk::PositionKind::kCosine}) {
+    pk::PositionCodeOptions options;
+    options.kind = kind;
+    options.base = kind == pk::PositionKind::kSinusoidal ? 10000.0 : 100.0;
+    const auto codes = pk::make_channel_codes(options, dim);
+    for (size_t r = 0; r < runs.size(); ++r) {
+      for (const int64_t batch : {int64_t{1}, int64_t{2}}) {
+        SCOPED_TRACE(testing::Message()
+                     << "kind " << static_cast<int>(kind) << " run " << r << " batch " << batch);
+        std::vector<float> out(batch * seq * dim, std::nanf(""));
+        pk::AddPositionalParams params = contiguous_params(x, out, batch, seq, dim, codes);
+        params.positions = {runs[r].data(), pk::IndexType::kInt64, {0}, 1};  // shared by rows
+        params.scale = 0.5;
+        params.source.kind = kind;
+        params.source.code = options;
+        pk::add_positional_cpu(params, four_threads);
+        for (int64_t b = 0; b < batch; ++b) {
+          for (int64_t t = 0; t < seq; ++t) {
+            for (int64_t d = 0; d < dim; ++d) {
+              const int64_t i = (b * seq + t) * dim + d;
+              const double want =
+                  0.5 * x[i] + reference_code(kind, pk::Convention::kVaswani,
+                                              pk::Layout::kInterleaved, options.base, dim,
+                                              static_cast<double>(runs[r][t]), d);
+              ASSERT_NEAR(out[i], want, 2e-6 + 1.2e-7 * std::fabs(want)) << t << "," << d;
+            }
+          }
+        }
+      }
+    }
+  }
+}

@@ -65,20 +65,26 @@ TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
                                   aligned(workspace), nullptr),
               0);
   }
-  // A negative position, and a position past a learned table, in the forward and the scatter.
+  // A negative position: a relative one for a computed code, out of a learned table's rows in
+  // the forward; a position past the table in the scatter.
   std::vector<int64_t> positions{0, -1, 2};
   params.positions = {positions.data(), pk::IndexType::kInt64, {0}, 1};
-  expect_device_assert(emu::add_positional(params, nullptr, channel_table(params)->data(),
-                                           aligned(workspace), nullptr),
-                       "positions must be >= 0");
-  positions[1] = 7;
+  EXPECT_EQ(emu::add_positional(params, nullptr, channel_table(params)->data(), aligned(workspace),
+                                nullptr),
+            0);
   params.source.kind = pk::PositionKind::kLearned;
   params.source.table_rows = 4;
+  std::vector<float> table(4 * dim, 0.5f);
+  params.source.table = table.data();
+  params.source.table_row_stride = dim;
+  expect_device_assert(emu::add_positional(params, nullptr, nullptr, aligned(workspace), nullptr),
+                       "positions must be in [0, the table's rows)");
+  positions[1] = 7;
   std::vector<float> grad_table(4 * dim, 0.0f);
   params.x = {out.data(), {seq_len * dim}, dim, 1};
   expect_device_assert(emu::scatter_backward_atomic(params, {}, emu::ScatterTarget::kTable, nullptr,
                                                     nullptr, nullptr, grad_table.data(), nullptr),
-                       "positions must be < the table");
+                       "positions must be in [0, the table's rows)");
   // The dense scatters (D = 8, aligned rows), atomic and deterministic: a bad id for the weight,
   // a position past the table; no row of the sums is written out of range.
   {
@@ -131,7 +137,7 @@ TEST(CudaEmulatedDeviceChecks, BadValuesTriggerDeviceAsserts) {
                     nullptr)
               : emu::scatter_backward_atomic(dense, {}, emu::ScatterTarget::kTable, nullptr,
                                              nullptr, nullptr, aligned_sums.data(), nullptr),
-          "positions must be >= 0");
+          "positions must be in [0, the table's rows)");
       for (int64_t d = 0; d < dense_dim; ++d) {
         EXPECT_EQ(aligned_sums.get(static_cast<size_t>((seq_len - 1) * dense_dim + d)), 7.0);
       }

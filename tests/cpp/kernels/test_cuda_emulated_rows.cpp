@@ -18,10 +18,11 @@ struct RowsCase {
   bool fairseq;
   bool strided;  // x, out and a learned table with padded rows (non-contiguous)
   bool lowered_limits;
-  bool grid = false;              // positions are token indices of test_grid() (D = 38)
-  bool contiguous_out = false;    // with `strided`: x and the table padded, out not
-  bool contiguous_x = false;      // with `strided`: out and the table padded, x not
-  bool shared_positions = false;  // with explicit_positions: one [T] row for every batch row
+  bool grid = false;                // positions are token indices of test_grid() (D = 38)
+  bool contiguous_out = false;      // with `strided`: x and the table padded, out not
+  bool contiguous_x = false;        // with `strided`: out and the table padded, x not
+  bool shared_positions = false;    // with explicit_positions: one [T] row for every batch row
+  bool negative_positions = false;  // with explicit_positions: relative ones, about half < 0
 };
 
 std::string name_of(const RowsCase& c) {
@@ -68,6 +69,9 @@ TEST_P(CudaEmulatedRows, ForwardMatchesCpu) {
     const pk::GridCode grid = c.grid ? test_grid() : pk::GridCode();
     if (c.grid) {
       for (auto& p : positions) p = static_cast<int64_t>(rng() % pk::grid_token_count(grid));
+    }
+    if (c.negative_positions) {
+      for (auto& p : positions) p -= table_rows / 2;
     }
 
     pk::AddPositionalParams params = rows_params(c, dtype, x.data(), x_row_stride);
@@ -286,6 +290,12 @@ const RowsCase kRowsCases[] = {
     {3, 32, 38, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, false, false, false, true, false, true},
     {70, 9, 38, pk::PositionKind::kSinusoidal, pk::Combine::kMul, 0.0, true, false, false, false, true, true},
     {2, 11, 38, pk::PositionKind::kCosine, pk::Combine::kPositionOnly, 0.0, true, false, false, false, false, true},
+    // Negative (relative) positions: the general kernel, the dense kernel's paired codes per
+    // row, its unpaired codes shared by the batch, and a decoding step.
+    {3, 5, 6, pk::PositionKind::kSinusoidal, pk::Combine::kAdd, 0.1, true, false, false, false, false, false, false, false, false, true},
+    {4, 9, 16, pk::PositionKind::kSinusoidal, pk::Combine::kMul, 0.2, true, true, false, false, false, false, false, false, false, true},
+    {6, 9, 16, pk::PositionKind::kCosine, pk::Combine::kPositionOnly, 0.0, true, false, false, false, false, false, false, false, true, true},
+    {40, 1, 64, pk::PositionKind::kDamped, pk::Combine::kAdd, 0.3, true, false, false, false, true, false, false, false, true, true},
 };
 // clang-format on
 

@@ -300,8 +300,16 @@ TEST(Api, BadInputThrowsNamingTheArgument) {
         posenc::rotary_tables(q, std::nullopt, torch::randn({2, 5, 8}), torch::randn({2, 4, 8}));
       },
       "cos and sin must have the same shape");
-  expect_error([&] { posenc::positional_encoding(torch::tensor({0, -1}), 8); },
-               "positions must be >= 0");
+  // Negative positions are relative ones for a computed code: PE(-p) = (-sin, cos) of PE(p).
+  {
+    const auto rows = posenc::positional_encoding(torch::tensor({3, 0, -3}), 8);
+    const auto even = torch::arange(0, 8, 2), odd = torch::arange(1, 8, 2);
+    EXPECT_TRUE(
+        torch::allclose(rows[2].index_select(0, even), -rows[0].index_select(0, even), 0.0, 1e-6));
+    EXPECT_TRUE(
+        torch::allclose(rows[2].index_select(0, odd), rows[0].index_select(0, odd), 0.0, 1e-6));
+    EXPECT_GT(rows[0].abs().sum().item<double>(), 1.0);  // not all zero
+  }
   expect_error([&] { posenc::rope_frequencies(int64_t{1} << 40); }, "dim must be an even number");
   expect_error(
       [&] { posenc::rope_frequencies(16, posenc::RopeFrequenciesOptions().rope_type("linear")); },
