@@ -131,3 +131,80 @@ def test_tables_and_grids_still_need_positions_from_zero():
     with pytest.raises(IndexError, match=r"positions must be >= 0 \(token indices of the grid\)"):
         posenc.add_positional(torch.randn(1, 2, 8), grid=posenc.Grid((1, 1), extra_tokens=1),
                               positions=torch.tensor([0, -1]))
+
+
+# ---- Conformer's relative shift -------------------------------------------------------------
+
+def espnet_rel_shift(x: torch.Tensor) -> torch.Tensor:
+    """ESPnet's RelPositionMultiHeadedAttention.rel_shift (the "latest" Conformer), as
+    published: pad a zero column, view the rows one longer, drop the first, keep T columns."""
+    zero_pad = torch.zeros((*x.size()[:3], 1), device=x.device, dtype=x.dtype)
+    x_padded = torch.cat([zero_pad, x], dim=-1)
+    x_padded = x_padded.view(*x.size()[:2], x.size(3) + 1, x.size(2))
+    return x_padded[:, :, 1:].view_as(x)[:, :, :, : x.size(-1) // 2 + 1]
+
+
+@pytest.mark.parametrize("T", [1, 2, 7, 33])
+def test_relative_shift_is_espnet_rel_shift_as_a_view(T):
+    scores = torch.randn(2, 3, T, 2 * T - 1, dtype=torch.float64, requires_grad=True)
+    got = posenc.relative_shift(scores)
+    want = espnet_rel_shift(scores)
+    assert got.shape == (2, 3, T, T)
+    assert torch.equal(got, want)
+    assert got.untyped_storage().data_ptr() == scores.untyped_storage().data_ptr()  # no copy
+    grad = torch.randn_like(got)
+    (g_got,) = torch.autograd.grad(got, scores, grad)
+    (g_want,) = torch.autograd.grad(want, scores, grad)
+    assert torch.equal(g_got, g_want)
+
+
+def test_relative_shift_of_strided_scores():
+    base = torch.randn(4, 9, 3 * 9)
+    scores = base[:, :, 5:5 + 17]  # rows 27 apart, T = 9
+    assert torch.equal(posenc.relative_shift(scores), espnet_rel_shift(scores[None])[0])
+    flipped = torch.randn(2, 17, 9).transpose(-1, -2)  # rows 1 apart, columns 9 apart
+    assert torch.equal(posenc.relative_shift(flipped), espnet_rel_shift(flipped[None])[0])
+    backwards = torch.randn(9, 17).flip(0)  # negative row stride: a copy
+    assert torch.equal(posenc.relative_shift(backwards), espnet_rel_shift(backwards[None, None])[0, 0])
+
+
+def test_conformer_attention_through_sdpa():
+    # ESPnet's RelPositionMultiHeadedAttention scores, (ac + bd) / sqrt(d_k), against SDPA with
+    # the shifted position term as attn_mask (pre-scaled, so no copy is made).
+    torch.manual_seed(3)
+    B, H, T, d_k = 2, 4, 23, 16
+    dtype = torch.float64
+    q, k, v = (torch.randn(B, H, T, d_k, dtype=dtype) for _ in range(3))
+    pos_bias_u, pos_bias_v = torch.randn(H, 1, d_k, dtype=dtype), torch.randn(H, 1, d_k, dtype=dtype)
+    linear_pos = torch.randn(H * d_k, H * d_k, dtype=dtype) / math.sqrt(H * d_k)
+    rows = posenc.positional_encoding(torch.arange(T - 1, -T, -1), H * d_k, dtype=dtype)
+    p = (rows @ linear_pos.T).view(2 * T - 1, H, d_k).transpose(0, 1)  # [H, 2T - 1, d_k]
+    scale = 1.0 / math.sqrt(d_k)
+    # ESPnet, as published.
+    matrix_ac = (q + pos_bias_u) @ k.transpose(-2, -1)
+    matrix_bd = espnet_rel_shift((q + pos_bias_v) @ p.transpose(-2, -1))
+    want = torch.softmax((matrix_ac + matrix_bd) * scale, dim=-1) @ v
+    # posenc's recipe.
+    mask = posenc.relative_shift(((q + pos_bias_v) * scale) @ p.transpose(-2, -1))
+    got = torch.nn.functional.scaled_dot_product_attention(q + pos_bias_u, k, v, attn_mask=mask)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    # And the rows are ESPnet's own.
+    torch.testing.assert_close(rows, espnet_rel_positional_rows(T, H * d_k), atol=1e-12, rtol=0)
+
+
+def test_relative_shift_compiles():
+    torch._dynamo.reset()
+    f = torch.compile(posenc.relative_shift, fullgraph=True)
+    scores = torch.randn(2, 5, 9)
+    assert torch.equal(f(scores), espnet_rel_shift(scores[None])[0])
+
+
+@pytest.mark.parametrize("bad,exc,match", [
+    ([1.0], TypeError, "scores must be a Tensor"),
+    (torch.randn(5), ValueError, r"scores must have shape \(\.\.\., T, 2T - 1\), got \(5,\)"),
+    (torch.randn(2, 4, 8), ValueError, r"got \(2, 4, 8\)"),
+    (torch.ones(3, 5, dtype=torch.long), TypeError, "scores must be a floating tensor"),
+])
+def test_relative_shift_bad_input(bad, exc, match):
+    with pytest.raises(exc, match=match):
+        posenc.relative_shift(bad)

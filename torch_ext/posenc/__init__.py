@@ -11,6 +11,7 @@ import torch
 from . import _C  # noqa: F401  (loads libposenc, which registers torch.ops.posenc)
 from ._grid import Grid
 from ._ops import add_positional, embedding, positional_encoding
+from ._relative import relative_shift
 from ._rotary import apply_rotary_pos_emb, mrope_position_ids, rope_frequencies, rotary
 from . import nn
 
@@ -22,6 +23,7 @@ __all__ = [
     "mrope_position_ids",
     "nn",
     "positional_encoding",
+    "relative_shift",
     "rope_frequencies",
     "rotary",
 ]
