@@ -190,8 +190,12 @@ void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys*/
                      torch::jit::Stack* stack) {
   const Derivative& derivative = derivative_of(op.schema().name());
   const Arguments args(op, *stack);
-  const std::optional<at::Tensor> first = args.optional_tensor(derivative.inputs[0]);
-  const std::optional<at::Tensor> second = args.optional_tensor(derivative.inputs[1]);
+  // A derivative with one differentiable input names no second.
+  auto input = [&](const char* name) {
+    return name == nullptr ? std::nullopt : args.optional_tensor(name);
+  };
+  const std::optional<at::Tensor> first = input(derivative.inputs[0]);
+  const std::optional<at::Tensor> second = input(derivative.inputs[1]);
   const c10::FunctionSchema& schema = op.schema();
   const size_t argument_count = schema.arguments().size();
   // The forward runs on a copy of the arguments; the results replace them on `stack`.

@@ -416,3 +416,18 @@ def test_dense_rotary_parity(dtype, kwargs):
         cuda = torch.ops.posenc.rotary(q.cuda(), k.cuda(), positions.cuda(), **kwargs)
         for a, b in zip(cuda, cpu):
             close(a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["alibi", "t5"])
+def test_attention_bias_parity(dtype, kind):
+    # The same sums in the same order (CUDA may fuse ALiBi's products into its sums).
+    weight = posenc.alibi_slopes(6).to(dtype) if kind == "alibi" else torch.randn(32, 6).to(dtype)
+    options = dict(kind=kind, offset=250, causal=kind == "alibi")
+    cpu = posenc.attention_bias(weight, 13, 263, **options)
+    cuda = posenc.attention_bias(weight.cuda(), 13, 263, **options)
+    assert torch.equal(cuda.cpu(), cpu)
+    grad = torch.randn(1, 6, 13, 263).to(dtype)
+    op = torch.ops.posenc.attention_bias_backward
+    torch.testing.assert_close(op(grad.cuda(), weight.cuda(), 13, 263, **options).cpu(),
+                               op(grad, weight, 13, 263, **options), atol=1e-4, rtol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (loads libposenc, which registers torch.ops.posenc)
+from ._attention_bias import alibi_slopes, attention_bias
 from ._grid import Grid
 from ._ops import add_positional, embedding, positional_encoding
 from ._relative import relative_shift
@@ -18,7 +19,9 @@ from . import nn
 __all__ = [
     "Grid",
     "add_positional",
+    "alibi_slopes",
     "apply_rotary_pos_emb",
+    "attention_bias",
     "embedding",
     "mrope_position_ids",
     "nn",

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "posenc/add_positional.h"
+#include "posenc/attention_bias.h"
 #include "posenc/embedding.h"
 #include "posenc/options.h"
 #include "posenc/positional_encoding.h"

@@ -19,6 +19,7 @@
 #include "cuda/emulation.h"
 #define POSENC_CUDA_NAMESPACE cuda_emulated  // the launchers built as host C++
 #include "cuda/add_positional_launch.h"
+#include "cuda/attention_bias_launch.h"
 #include "cuda/rotary_launch.h"
 #include "cuda/rotary_tables_launch.h"
 #include "cuda/scatter_launch.h"

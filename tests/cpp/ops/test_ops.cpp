@@ -591,3 +591,29 @@ TEST(Modules, BadOptionsAndInputsNameTheArgument) {
     }
   }
 }
+
+// attention_bias through the C++ API: T5 buckets with their table's gradient by autograd
+// (equal to the backward function), causal ALiBi, and errors naming the argument.
+TEST(PosencApi, AttentionBias) {
+  const auto table = torch::randn({32, 4}, torch::requires_grad());
+  const auto options = posenc::AttentionBiasOptions().kind("t5").offset(3);
+  const auto bias = posenc::attention_bias(table, 5, 9, options);
+  ASSERT_EQ(bias.sizes(), (std::vector<int64_t>{1, 4, 5, 9}));
+  // Relative position j - (3 + i) = 0 is bucket 0 in both directions.
+  EXPECT_TRUE(torch::equal(bias.index({0, torch::indexing::Slice(), 0, 3}), table[0]));
+  const auto grad = torch::randn({1, 4, 5, 9});
+  bias.backward(grad);
+  EXPECT_TRUE(torch::equal(table.grad(),
+                           posenc::attention_bias_backward(grad, table.detach(), 5, 9, options)));
+  const auto slopes = posenc::alibi_slopes(8);
+  const auto alibi =
+      posenc::attention_bias(slopes, 4, 4, posenc::AttentionBiasOptions().causal(true));
+  EXPECT_TRUE(std::isinf(alibi[0][0][0][1].item<float>()));
+  EXPECT_FLOAT_EQ(alibi[0][1][3][0].item<float>(), -3.0f * slopes[1].item<float>());
+  try {
+    posenc::attention_bias(table, 5, 9, posenc::AttentionBiasOptions().kind("t5").causal(true));
+    ADD_FAILURE() << "no error";
+  } catch (const c10::Error& error) {
+    EXPECT_NE(std::string(error.what()).find("causal applies to kind='alibi'"), std::string::npos);
+  }
+}
