@@ -210,3 +210,28 @@ BAD = [
 def test_bad_input_names_the_argument(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ---- FlexAttention --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,causal,offset", [("t5", False, 0), ("t5", False, 40),
+                                                ("alibi", True, 0), ("alibi", False, 7)])
+def test_flex_attention_score_mod_equals_the_bias_in_sdpa(kind, causal, offset):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    torch.manual_seed(5)
+    B, H, Tq, Tk, d = 2, 4, 64, 64 + offset, 16
+    q = torch.randn(B, H, Tq, d)
+    k, v = torch.randn(B, H, Tk, d), torch.randn(B, H, Tk, d)
+    weight = torch.randn(32, H) if kind == "t5" else posenc.alibi_slopes(H)
+    options = dict(kind=kind, offset=offset, causal=causal)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=posenc.attention_bias(weight, Tq, Tk, **options))
+    block_mask = None
+    if causal:
+        block_mask = create_block_mask(posenc.flex.causal_mask_mod(offset), None, None, Tq, Tk,
+                                       device="cpu")
+    torch._dynamo.reset()
+    got = torch.compile(flex_attention)(q, k, v, score_mod=posenc.flex.score_mod(
+        weight, Tq, Tk, **options), block_mask=block_mask)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)

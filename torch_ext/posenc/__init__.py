@@ -14,7 +14,7 @@ from ._grid import Grid
 from ._ops import add_positional, embedding, positional_encoding
 from ._relative import relative_shift
 from ._rotary import apply_rotary_pos_emb, mrope_position_ids, rope_frequencies, rotary
-from . import nn
+from . import flex, nn
 
 __all__ = [
     "Grid",
@@ -23,6 +23,7 @@ __all__ = [
     "apply_rotary_pos_emb",
     "attention_bias",
     "embedding",
+    "flex",
     "mrope_position_ids",
     "nn",
     "positional_encoding",
