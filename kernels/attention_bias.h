@@ -2,9 +2,13 @@
 // function of their relative position r = j - (offset + i) only:
 //   ALiBi (Press et al.):  -slope[h] * |r|  (bidirectional), or -slope[h] * (-r) for r <= 0
 //                          and -inf for r > 0 (causal: the bias carries the causal mask);
-//   T5 relative buckets:   table[bucket(r), h], with T5's logarithmic buckets.
+//   T5 relative buckets:   table[bucket(r), h], with T5's logarithmic buckets;
+// or of their 2D offset in a window of Wh x Wh patches (Swin):
+//   window:                table[(hi - hj + Wh - 1) * (2 Ww - 1) + (wi - wj + Ww - 1), h]
+//                          for tokens i = hi * Ww + wi and j = hj * Ww + wj.
 // The backward sums the output gradient along each diagonal (fixed r), then per slope or
-// bucket in increasing r: the same order on the CPU and on CUDA, for any thread count.
+// bucket in increasing r; a window's per table row, over its token pairs in increasing order.
+// The same order on the CPU and on CUDA, for any thread count.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +18,7 @@
 namespace posenc {
 namespace kernels {
 
-enum class BiasKind : int { kAlibi = 0, kT5 = 1 };
+enum class BiasKind : int { kAlibi = 0, kT5 = 1, kWindow = 2 };
 
 // T5's logarithmic buckets past max_exact (per direction), as the smallest relative distance of
 // each: bucket max_exact + k starts at thresholds[k - 1]. Made on the host from T5's float32
@@ -40,7 +44,17 @@ struct AttentionBiasParams {
   int64_t max_exact = 0;  // exact buckets per direction: (num_buckets / (2 if bidirectional)) / 2
   int64_t threshold_count = 0;  // logarithmic buckets per direction, less the last (clamped) one
   int64_t thresholds[kMaxBucketThresholds] = {};
+  // The window's patches (kWindow only): Tq = Tk = window_height * window_width.
+  int64_t window_height = 0;
+  int64_t window_width = 0;
 };
+
+// The table row of tokens i and j of a window (Swin's relative_position_index).
+POSENC_HOST_DEVICE int64_t window_index(const AttentionBiasParams& p, int64_t i, int64_t j) {
+  const int64_t w = p.window_width;
+  const int64_t hi = i / w, wi = i - hi * w, hj = j / w, wj = j - hj * w;
+  return (hi - hj + p.window_height - 1) * (2 * w - 1) + (wi - wj + w - 1);
+}
 
 // The relative positions r = j - (offset + i) of the diagonals, in increasing order:
 // r = first_relative() + index for index < diagonal_count().
@@ -124,6 +138,23 @@ void attention_bias_cpu(const AttentionBiasParams& params, void* out,
 void attention_bias_backward_cpu(const AttentionBiasParams& params, const void* grad,
                                  const int64_t grad_strides[3], void* diagonals, void* grad_weight,
                                  const ParallelFor& parallel_for);
+
+// grad_weight's element for (table row, head) of a window, from the output's gradient: the sum
+// over the token pairs of that row's 2D offset, in increasing query order.
+template <typename scalar_t, typename acc_t>
+POSENC_HOST_DEVICE acc_t window_gradient(const AttentionBiasParams& p, const scalar_t* grad,
+                                         const int64_t grad_strides[3], int64_t row, int64_t head) {
+  const int64_t w = p.window_width, h = p.window_height;
+  const int64_t dh = row / (2 * w - 1) - (h - 1), dw = row % (2 * w - 1) - (w - 1);
+  acc_t sum = acc_t(0);
+  for (int64_t hi = dh > 0 ? dh : 0; hi < (dh < 0 ? h + dh : h); ++hi) {
+    for (int64_t wi = dw > 0 ? dw : 0; wi < (dw < 0 ? w + dw : w); ++wi) {
+      const int64_t i = hi * w + wi, j = (hi - dh) * w + (wi - dw);
+      sum += load_as_acc(grad + head * grad_strides[0] + i * grad_strides[1] + j * grad_strides[2]);
+    }
+  }
+  return sum;
+}
 
 // grad_weight's element for (target, head) from head's diagonal sums, in increasing r: the
 // bucket `target` of T5, or (target 0) ALiBi's slope, -sum of distance * diagonal sum.

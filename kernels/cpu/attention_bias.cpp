@@ -5,6 +5,8 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/row_kernels.h"
+
 namespace posenc {
 namespace kernels {
 
@@ -59,6 +61,19 @@ void attention_bias_cpu(const AttentionBiasParams& params, void* out,
   dispatch_dtype(params.dtype, [&](auto scalar_tag) {
     using scalar_t = decltype(scalar_tag);
     using acc = acc_t<scalar_t>;
+    scalar_t* output = static_cast<scalar_t*>(out);
+    if (params.kind == BiasKind::kWindow) {
+      parallel_for(0, rows, std::max<int64_t>(1, 16384 / keys), [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t h = row / params.query_length, i = row % params.query_length;
+          for (int64_t j = 0; j < keys; ++j) {
+            store_from_acc(output + row * keys + j,
+                           weight_at<acc>(params, window_index(params, i, j), h));
+          }
+        }
+      });
+      return;
+    }
     // Each head's value per diagonal, made once: [heads, diagonal_count].
     const int64_t count = diagonal_count(params);
     const int64_t first = first_relative(params);
@@ -78,9 +93,11 @@ void attention_bias_cpu(const AttentionBiasParams& params, void* out,
         }
       }
     });
-    // Row (h, i) is the run of diagonals from r = -(offset + i): a copy.
-    scalar_t* output = static_cast<scalar_t*>(out);
+    // Row (h, i) is the run of diagonals from r = -(offset + i): a copy. A fresh output's pages
+    // are made writable ahead, as the row kernels do (a page fault per 4 KiB otherwise).
     parallel_for(0, rows, std::max<int64_t>(1, 16384 / keys), [&](int64_t begin, int64_t end) {
+      cpu::populate_fresh_pages(output + begin * keys,
+                                static_cast<int64_t>(sizeof(scalar_t)) * (end - begin) * keys);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t h = row / params.query_length, i = row % params.query_length;
         const scalar_t* source = values.data() + h * count + (-(params.offset + i) - first);
@@ -99,6 +116,17 @@ void attention_bias_backward_cpu(const AttentionBiasParams& params, const void* 
     using scalar_t = decltype(scalar_tag);
     using acc = acc_t<scalar_t>;
     const scalar_t* g = static_cast<const scalar_t*>(grad);
+    acc* out = static_cast<acc*>(grad_weight);
+    if (params.kind == BiasKind::kWindow) {
+      const int64_t table_rows = (2 * params.window_height - 1) * (2 * params.window_width - 1);
+      parallel_for(0, table_rows * params.heads, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          out[item] = window_gradient<scalar_t, acc>(params, g, grad_strides, item / params.heads,
+                                                     item % params.heads);
+        }
+      });
+      return;
+    }
     acc* sums = static_cast<acc*>(diagonals);
     // Diagonal sums, each over i in increasing order (as on CUDA): one head per task.
     parallel_for(0, params.heads, 1, [&](int64_t begin, int64_t end) {
@@ -114,7 +142,6 @@ void attention_bias_backward_cpu(const AttentionBiasParams& params, const void* 
         }
       }
     });
-    acc* out = static_cast<acc*>(grad_weight);
     const int64_t targets = params.kind == BiasKind::kT5 ? params.num_buckets : 1;
     parallel_for(0, params.heads * targets, 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {

@@ -22,8 +22,14 @@ __global__ void attention_bias_kernel(const POSENC_GRID_CONSTANT AttentionBiasPa
     const acc slope = p.kind == BiasKind::kAlibi ? weight_at<acc>(p, 0, h) : acc(0);
     for (int64_t j = threadIdx.x; j < p.key_length; j += blockDim.x) {
       const int64_t r = j - (p.offset + i);
-      const acc value =
-          p.kind == BiasKind::kT5 ? weight_at<acc>(p, t5_bucket(p, r), h) : bias_value(p, r, slope);
+      acc value;
+      if (p.kind == BiasKind::kWindow) {
+        value = weight_at<acc>(p, window_index(p, i, j), h);
+      } else if (p.kind == BiasKind::kT5) {
+        value = weight_at<acc>(p, t5_bucket(p, r), h);
+      } else {
+        value = bias_value(p, r, slope);
+      }
       store_from_acc(out + row * p.key_length + j, value);
     }
   }
@@ -64,6 +70,20 @@ __global__ void weight_gradient_kernel(const POSENC_GRID_CONSTANT AttentionBiasP
   }
 }
 
+// A thread per (table row, head) of a window's table gradient.
+template <typename scalar_t>
+__global__ void window_gradient_kernel(const POSENC_GRID_CONSTANT AttentionBiasParams p,
+                                       const scalar_t* grad, int64_t stride_h, int64_t stride_i,
+                                       int64_t stride_j, acc_t<scalar_t>* grad_weight,
+                                       int64_t items) {
+  const int64_t strides[3] = {stride_h, stride_i, stride_j};
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
+       item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    grad_weight[item] = window_gradient<scalar_t, acc_t<scalar_t>>(p, grad, strides, item / p.heads,
+                                                                   item % p.heads);
+  }
+}
+
 }  // namespace
 
 int attention_bias(const AttentionBiasParams& params, void* out, void* stream) {
@@ -83,6 +103,16 @@ int attention_bias_backward(const AttentionBiasParams& params, const void* grad,
   return dispatch_dtype(params.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
     using acc = acc_t<scalar_t>;
+    if (params.kind == BiasKind::kWindow) {
+      const int64_t items =
+          (2 * params.window_height - 1) * (2 * params.window_width - 1) * params.heads;
+      if (items == 0) return 0;
+      POSENC_LAUNCH(window_gradient_kernel<scalar_t>, blocks_for(items, kThreads, max_grid_x()),
+                    kThreads, 0, stream, params, static_cast<const scalar_t*>(grad),
+                    grad_strides[0], grad_strides[1], grad_strides[2],
+                    static_cast<acc*>(grad_weight), items);
+      return launch_status();
+    }
     const int64_t diagonal_items = params.heads * diagonal_count(params);
     if (diagonal_items > 0) {
       POSENC_LAUNCH(diagonal_sums_kernel<scalar_t>,

@@ -129,12 +129,37 @@ def test_t5_compute_bias_drop_in(device, is_decoder, dtype):
         torch.testing.assert_close(g_got.double(), g_want, atol=1e-5 * Tq, rtol=tolerance)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("window,heads", [((7, 7), 3), ((4, 6), 5), ((1, 3), 2), ((12, 12), 4)])
+def test_swin_window_bias_is_transformers(device, window, heads):
+    # transformers' SwinRelativePositionBias: values equal, table gradient against float64.
+    from transformers.models.swin.modeling_swin import SwinRelativePositionBias
+
+    torch.manual_seed(6)
+    module = SwinRelativePositionBias(heads, window).to(device)
+    torch.nn.init.normal_(module.relative_position_bias_table)
+    table = module.relative_position_bias_table
+    N = window[0] * window[1]
+    want = module()
+    got = posenc.attention_bias(table, N, N, kind="swin", window=window)
+    assert torch.equal(got, want)
+    grad = torch.randn_like(want)
+    table64 = table.detach().double().requires_grad_()
+    want64 = table64[module.relative_position_index].view(N, N, -1).permute(2, 0, 1)[None]
+    (g_want,) = torch.autograd.grad(want64, table64, grad.double())
+    (g_got,) = torch.autograd.grad(got, table, grad)
+    torch.testing.assert_close(g_got.double(), g_want, atol=1e-5, rtol=1e-6)
+
+
 def test_weight_gradients_are_deterministic_and_exact():
     torch.manual_seed(2)
     table = torch.randn(32, 4, dtype=torch.float64, requires_grad=True)
     slopes = posenc.alibi_slopes(4).double().requires_grad_()
     assert torch.autograd.gradcheck(
         lambda t: posenc.attention_bias(t, 6, 11, kind="t5", offset=5), (table,))
+    swin = torch.randn(5 * 7, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: posenc.attention_bias(t, 12, 12, kind="swin", window=(3, 4)), (swin,))
     assert torch.autograd.gradcheck(
         lambda s: posenc.attention_bias(s, 6, 11, kind="alibi", offset=3, causal=True)
         .masked_fill(torch.ones(6, 11, dtype=torch.bool).triu(4), 0.0), (slopes,))
@@ -176,7 +201,21 @@ def test_opcheck_and_compile():
 
 BAD = [
     (lambda: posenc.attention_bias(torch.randn(4), 2, 3, kind="alibis"), ValueError,
-     "kind must be 'alibi' or 't5'"),
+     "kind must be 'alibi', 't5' or 'swin'"),
+    (lambda: posenc.attention_bias(torch.randn(35, 2), 12, 12, kind="swin"), ValueError,
+     r"kind='swin' needs window=\(Wh, Ww\)"),
+    (lambda: posenc.attention_bias(torch.randn(4), 2, 3, kind="alibi", window=(2, 2)),
+     ValueError, "window applies to kind='swin' only"),
+    (lambda: posenc.attention_bias(torch.randn(35, 2), 12, 12, kind="swin", window=(3, 0)),
+     ValueError, r"window must be two sizes \(Wh, Ww\)"),
+    (lambda: posenc.attention_bias(torch.randn(36, 2), 12, 12, kind="swin", window=(3, 4)),
+     ValueError, r"weight must have shape \(\(2 Wh - 1\) \(2 Ww - 1\), H\) = \(35, H\)"),
+    (lambda: posenc.attention_bias(torch.randn(35, 2), 12, 11, kind="swin", window=(3, 4)),
+     ValueError, "must be the window's Wh \\* Ww = 12 tokens"),
+    (lambda: posenc.attention_bias(torch.randn(35, 2), 12, 12, kind="swin", window=(3, 4),
+                                   offset=1), ValueError, "kind='swin' takes no causal"),
+    (lambda: posenc.flex.score_mod(torch.randn(35, 2), 12, 12, kind="swin"), ValueError,
+     "a 'swin' bias goes to SDPA"),
     (lambda: posenc.attention_bias(torch.randn(4, 2), 2, 3, kind="alibi"), ValueError,
      r"weight must have shape \(H,\)"),
     (lambda: posenc.attention_bias(torch.randn(31, 2), 2, 3, kind="t5"), ValueError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -21,6 +21,7 @@ def attention_bias(
     bidirectional: bool = True,
     num_buckets: int = 32,
     max_distance: int = 128,
+    window: Optional[Sequence[int]] = None,
     dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
     r"""An attention-level position code as an additive bias for
@@ -36,13 +37,18 @@ def attention_bias(
       buckets (``bidirectional``, ``num_buckets``, ``max_distance``, as transformers'
       ``_relative_position_bucket``); ``weight`` is the ``(num_buckets, H)`` table
       (``relative_attention_bias.weight``).
+    - ``kind="swin"`` (Swin, windowed 2D attention): ``bias[0, h, i, j] = weight[(hi - hj + Wh -
+      1) * (2 Ww - 1) + (wi - wj + Ww - 1), h]`` for tokens ``i = hi * Ww + wi`` and ``j`` of a
+      window of ``window = (Wh, Ww)`` patches (``Tq = Tk = Wh * Ww``, no offset); ``weight`` is
+      the ``((2 Wh - 1) (2 Ww - 1), H)`` table (``relative_position_bias_table``).
 
     The bias is computed in the kernel from the indices (no ``(Tq, Tk)`` index tensor), and
     differentiable in ``weight``: the gradient sums along each diagonal in a fixed order, the
     same bits on every run, thread count and device.
 
     Args:
-        weight: ``(H,)`` slopes (``"alibi"``) or ``(num_buckets, H)`` table (``"t5"``).
+        weight: ``(H,)`` slopes (``"alibi"``), ``(num_buckets, H)`` table (``"t5"``) or
+            ``((2 Wh - 1) (2 Ww - 1), H)`` table (``"swin"``).
         query_length, key_length: ``Tq`` and ``Tk``.
         offset: position of the first query (a decoding step's cache length), ``>= 0``.
         dtype: the bias' dtype (the query's); default ``weight``'s.
@@ -52,7 +58,8 @@ def attention_bias(
     """
     arguments = dict(weight=weight, query_length=query_length, key_length=key_length, kind=kind,
                      offset=offset, causal=causal, bidirectional=bidirectional,
-                     num_buckets=num_buckets, max_distance=max_distance, dtype=dtype)
+                     num_buckets=num_buckets, max_distance=max_distance, window=window,
+                     dtype=dtype)
     return _call("attention_bias", arguments)
 
 

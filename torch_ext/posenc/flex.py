@@ -32,8 +32,12 @@ def score_mod(
     ``kv_idx - (offset + q_idx)``), made once by posenc's kernel, so FlexAttention reads one
     value per score and computes no bucket. The arguments are :func:`posenc.attention_bias`'s.
     With ``causal=True`` (ALiBi) pass :func:`causal_mask_mod` to ``create_block_mask`` as well,
-    so that FlexAttention skips the masked blocks.
+    so that FlexAttention skips the masked blocks. ``kind="swin"`` has no ``score_mod`` here
+    (its bias is not a function of the diagonal): pass it to SDPA as ``attn_mask``.
     """
+    if kind == "swin":
+        raise ValueError("posenc.flex.score_mod: kind must be 'alibi' or 't5' (a 'swin' bias "
+                         "goes to SDPA as attn_mask)")
     diagonals = attention_bias(weight, 1, query_length + key_length - 1, kind=kind,
                                offset=offset + query_length - 1, causal=causal,
                                bidirectional=bidirectional, num_buckets=num_buckets,

@@ -7,22 +7,25 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace posenc {
 
 struct AttentionBiasOptions {
-  TORCH_ARG(std::string, kind) = "alibi";  // "alibi" or "t5"
+  TORCH_ARG(std::string, kind) = "alibi";  // "alibi", "t5" or "swin"
   TORCH_ARG(int64_t, offset) = 0;          // position of query 0 (a decoding step's cache)
   TORCH_ARG(bool, causal) = false;         // ALiBi: -inf for keys after the query
   TORCH_ARG(bool, bidirectional) = true;   // T5: buckets for both directions
   TORCH_ARG(int64_t, num_buckets) = 32;    // T5
   TORCH_ARG(int64_t, max_distance) = 128;  // T5
-  TORCH_ARG(std::optional<at::ScalarType>, dtype) = std::nullopt;  // default: weight's
+  TORCH_ARG(std::optional<std::vector<int64_t>>, window) = std::nullopt;  // swin: (Wh, Ww)
+  TORCH_ARG(std::optional<at::ScalarType>, dtype) = std::nullopt;         // default: weight's
 };
 
-// weight: [H] ALiBi slopes, or [num_buckets, H] T5 table -> [1, H, query_length, key_length].
-// bias[0, h, i, j] for r = j - (offset + i): -slope[h] * |r| (ALiBi; -inf for r > 0 when
-// causal), or weight[bucket(r), h] (T5). Differentiable in weight.
+// weight: [H] ALiBi slopes, [num_buckets, H] T5 table or [(2 Wh - 1) (2 Ww - 1), H] Swin table
+// -> [1, H, query_length, key_length]. bias[0, h, i, j] for r = j - (offset + i):
+// -slope[h] * |r| (ALiBi; -inf for r > 0 when causal), weight[bucket(r), h] (T5), or the Swin
+// table's row of the 2D offset of tokens i and j in the window. Differentiable in weight.
 at::Tensor attention_bias(const at::Tensor& weight, int64_t query_length, int64_t key_length,
                           const AttentionBiasOptions& options = {});
 

@@ -23,28 +23,30 @@ namespace {
 
 using core::Arguments, core::Backend;
 
-// weight: [H] (alibi) or [num_buckets, H] (t5) -> [1, H, query_length, key_length].
+// weight: [H] (alibi), [num_buckets, H] (t5) or [(2 Wh - 1) (2 Ww - 1), H] (swin)
+// -> [1, H, query_length, key_length].
 const core::OperatorDefinition kForward{
     R"(attention_bias(Tensor weight, SymInt query_length, SymInt key_length, *, str kind,
     int offset=0, bool causal=False, bool bidirectional=True, int num_buckets=32,
-    int max_distance=128, ScalarType? dtype=None) -> Tensor)",
+    int max_distance=128, int[]? window=None, ScalarType? dtype=None) -> Tensor)",
     {"weight", "query_length", "key_length", "kind", "offset", "causal", "bidirectional",
-     "num_buckets", "max_distance", "dtype"}};
+     "num_buckets", "max_distance", "window", "dtype"}};
 
 // grad: [1, H, query_length, key_length] of the bias' dtype -> like weight.
 const core::OperatorDefinition kBackward{
     R"(attention_bias_backward(Tensor grad, Tensor weight, SymInt query_length,
     SymInt key_length, *, str kind, int offset=0, bool causal=False, bool bidirectional=True,
-    int num_buckets=32, int max_distance=128) -> Tensor)",
+    int num_buckets=32, int max_distance=128, int[]? window=None) -> Tensor)",
     {"grad", "weight", "query_length", "key_length", "kind", "offset", "causal", "bidirectional",
-     "num_buckets", "max_distance"}};
+     "num_buckets", "max_distance", "window"}};
 
 const core::OperatorDefinition kSlopes{R"(alibi_slopes(int num_heads) -> Tensor)", {"num_heads"}};
 
 kernels::BiasKind parse_bias_kind(const char* op, std::string_view kind) {
   if (kind == "alibi") return kernels::BiasKind::kAlibi;
   if (kind == "t5") return kernels::BiasKind::kT5;
-  TORCH_CHECK_VALUE(false, op, ": kind must be 'alibi' or 't5', got '", kind, "'");
+  if (kind == "swin") return kernels::BiasKind::kWindow;
+  TORCH_CHECK_VALUE(false, op, ": kind must be 'alibi', 't5' or 'swin', got '", kind, "'");
 }
 
 struct BiasCall {
@@ -64,10 +66,29 @@ BiasCall parse(const Arguments& args) {
   kernels::AttentionBiasParams& p = call.params;
   p.kind = parse_bias_kind(op, args.string("kind"));
   const bool t5 = p.kind == kernels::BiasKind::kT5;
+  const bool window = p.kind == kernels::BiasKind::kWindow;
   call.weight = args.tensor("weight");
   const at::Tensor& weight = call.weight;
   core::check_float_tensor(op, weight, "weight");
-  if (t5) {
+  const std::optional<std::vector<int64_t>> window_sizes = args.optional_integers("window");
+  TORCH_CHECK_VALUE(
+      window == window_sizes.has_value(), op,
+      window ? ": kind='swin' needs window=(Wh, Ww)" : ": window applies to kind='swin' only");
+  if (window) {
+    const std::vector<int64_t>& sizes = *window_sizes;
+    TORCH_CHECK_VALUE(sizes.size() == 2 && sizes[0] >= 1 && sizes[1] >= 1 &&
+                          sizes[0] <= (1 << 15) && sizes[1] <= (1 << 15),
+                      op, ": window must be two sizes (Wh, Ww) in [1, 32768], got ",
+                      c10::IntArrayRef(sizes));
+    p.window_height = sizes[0];
+    p.window_width = sizes[1];
+    const int64_t rows = (2 * sizes[0] - 1) * (2 * sizes[1] - 1);
+    TORCH_CHECK_VALUE(weight.dim() == 2 && weight.sym_size(0) == rows, op,
+                      ": weight must have shape ((2 Wh - 1) (2 Ww - 1), H) = (", rows,
+                      ", H) for kind='swin', got ", weight.sym_sizes());
+    TORCH_CHECK_VALUE(!args.boolean("causal") && args.integer("offset") == 0, op,
+                      ": kind='swin' takes no causal and no offset");
+  } else if (t5) {
     p.num_buckets = args.integer("num_buckets");
     p.bidirectional = args.boolean("bidirectional");
     const int64_t per_direction = p.bidirectional ? p.num_buckets / 2 : p.num_buckets;
@@ -95,6 +116,12 @@ BiasCall parse(const Arguments& args) {
   }
   call.query_length = args["query_length"].toSymInt();
   call.key_length = args["key_length"].toSymInt();
+  if (window) {
+    const int64_t tokens = p.window_height * p.window_width;
+    TORCH_CHECK_VALUE(call.query_length == tokens && call.key_length == tokens, op,
+                      ": query_length and key_length must be the window's Wh * Ww = ", tokens,
+                      " tokens for kind='swin', got ", call.query_length, " and ", call.key_length);
+  }
   TORCH_CHECK_VALUE(call.query_length >= 0, op, ": query_length must be >= 0, got ",
                     call.query_length);
   TORCH_CHECK_VALUE(call.key_length >= 0, op, ": key_length must be >= 0, got ", call.key_length);
@@ -174,7 +201,10 @@ struct Backward {
     call.params.dtype = core::kernel_dtype(grad.scalar_type());
     // Sums in float for half types, else in grad's dtype.
     const at::ScalarType sum_type = compute_type(grad.scalar_type());
-    const int64_t count = std::max<int64_t>(0, kernels::diagonal_count(call.params));
+    // A window's gradient reads grad directly; the others sum its diagonals first.
+    const int64_t count = call.params.kind == kernels::BiasKind::kWindow
+                              ? 0
+                              : std::max<int64_t>(0, kernels::diagonal_count(call.params));
     const at::Tensor diagonals =
         at::empty({call.params.heads, count}, grad.options().dtype(sum_type));
     const at::Tensor sums = at::empty(call.weight.sizes(), grad.options().dtype(sum_type));
@@ -236,7 +266,8 @@ api::NamedArguments named(const at::Tensor& weight, int64_t query_length, int64_
           {"causal", o.causal()},
           {"bidirectional", o.bidirectional()},
           {"num_buckets", o.num_buckets()},
-          {"max_distance", o.max_distance()}};
+          {"max_distance", o.max_distance()},
+          {"window", o.window()}};
 }
 
 }  // namespace

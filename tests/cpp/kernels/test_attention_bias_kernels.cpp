@@ -140,3 +140,57 @@ TEST(AttentionBiasKernel, ForwardAndGradientMatchDefinitionAndEmulatedCuda) {
     }
   }
 }
+
+// A Swin window: each token pair reads the table row of its 2D offset (Swin's
+// relative_position_index written out here); the gradient sums each row's pairs. The emulated
+// CUDA kernels give the CPU's bits.
+TEST(AttentionBiasKernel, WindowMatchesDefinitionAndEmulatedCuda) {
+  const int64_t heads = 2, wh = 3, ww = 5, tokens = wh * ww, rows = (2 * wh - 1) * (2 * ww - 1);
+  pk::AttentionBiasParams p;
+  p.kind = pk::BiasKind::kWindow;
+  p.heads = heads;
+  p.query_length = p.key_length = tokens;
+  p.window_height = wh;
+  p.window_width = ww;
+  std::mt19937_64 rng(8);
+  std::normal_distribution<double> normal;
+  std::vector<float> table(rows * heads);
+  for (auto& w : table) w = static_cast<float>(normal(rng));
+  p.weight = table.data();
+  p.weight_row_stride = heads;
+  p.weight_head_stride = 1;
+  const size_t count = static_cast<size_t>(heads * tokens * tokens);
+  std::vector<float> cpu(count, std::nanf("")), emulated(count, std::nanf(""));
+  pk::attention_bias_cpu(p, cpu.data(), four_threads);
+  auto index = [&](int64_t i, int64_t j) {
+    return (i / ww - j / ww + wh - 1) * (2 * ww - 1) + (i % ww - j % ww + ww - 1);
+  };
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < tokens; ++i) {
+      for (int64_t j = 0; j < tokens; ++j) {
+        ASSERT_EQ(cpu[(h * tokens + i) * tokens + j], table[index(i, j) * heads + h]);
+      }
+    }
+  }
+  ASSERT_EQ(emu::attention_bias(p, emulated.data(), nullptr), 0);
+  ASSERT_EQ(0, std::memcmp(cpu.data(), emulated.data(), count * sizeof(float)));
+  // The gradient from a grad with transposed strides (j slowest within a head).
+  const int64_t strides[3] = {tokens * tokens, 1, tokens};
+  std::vector<float> grad(count);
+  for (auto& g : grad) g = static_cast<float>(normal(rng));
+  std::vector<double> want(rows * heads, 0.0);
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < tokens; ++i) {
+      for (int64_t j = 0; j < tokens; ++j) {
+        want[index(i, j) * heads + h] += grad[h * strides[0] + i * strides[1] + j * strides[2]];
+      }
+    }
+  }
+  std::vector<float> cpu_grad(rows * heads, std::nanf("")), emulated_grad(cpu_grad);
+  pk::attention_bias_backward_cpu(p, grad.data(), strides, nullptr, cpu_grad.data(), four_threads);
+  for (size_t k = 0; k < want.size(); ++k) ASSERT_NEAR(cpu_grad[k], want[k], 1e-5) << k;
+  ASSERT_EQ(
+      emu::attention_bias_backward(p, grad.data(), strides, nullptr, emulated_grad.data(), nullptr),
+      0);
+  ASSERT_EQ(0, std::memcmp(cpu_grad.data(), emulated_grad.data(), cpu_grad.size() * sizeof(float)));
+}
