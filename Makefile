@@ -10,7 +10,7 @@ export PATH := $(abspath $(VENV))/bin:/usr/local/cuda/bin:$(PATH)
 RUN_PY := PYTHONPATH=$(abspath torch_ext) $(PY)
 
 .PHONY: all deps gtest lib build install test test-cpp test-python test-examples test-large sanitize \
-	tsan demo bench bench-envelope bench-cpp gpu-deps format clean
+	tsan demo bench bench-envelope bench-cpp bench-attention-bias gpu-deps format clean
 
 all: build
 
@@ -82,6 +82,12 @@ bench-envelope: lib
 	  --markdown $(BUILD_DIR)/envelope/envelope.md --png $(BUILD_DIR)/envelope/envelope.png \
 	  --summary $(BUILD_DIR)/envelope/summary.md \
 	  $(ENVELOPE_ARGS)
+
+# Attention biases (ALiBi, T5, FlexAttention) against transformers' and eager constructions,
+# time and peak memory (docs/performance.md). ATTENTION_BIAS_ARGS: e.g. --seq 512 2048.
+ATTENTION_BIAS_ARGS ?= --memory
+bench-attention-bias: lib
+	$(RUN_PY) benchmarks/attention_bias.py $(ATTENTION_BIAS_ARGS)
 
 # The same envelope through the C++ API (LibTorch inference) against eager LibTorch ops, fresh
 # and reused memory. BENCH_CPP_ARGS: seconds per cell, most elements per tensor.
