@@ -16,7 +16,9 @@ namespace kernels {
 
 enum class PositionKind : int { kSinusoidal, kLinear, kDamped, kCosine, kLearned };
 enum class Convention : int { kVaswani, kTensor2Tensor };
-enum class Layout : int { kInterleaved, kConcat };
+// kInterleaved: PE[2i] = sin, PE[2i+1] = cos; kConcat: PE[i] = sin, PE[D/2+i] = cos;
+// kConcatCosFirst: PE[i] = cos, PE[D/2+i] = sin (MusicGen's halves).
+enum class Layout : int { kInterleaved, kConcat, kConcatCosFirst };
 
 struct ChannelCode {
   TurnFrequency frequency;
@@ -72,8 +74,9 @@ POSENC_HOST_DEVICE ChannelCode channel_code(const PositionCodeOptions& options, 
         radians = sinusoidal_frequency(options, dim, pair);
         is_cos = odd_channel;
       } else {
-        is_cos = channel >= half;
-        radians = sinusoidal_frequency(options, dim, is_cos ? channel - half : channel);
+        const bool second_half = channel >= half;
+        is_cos = second_half != (options.layout == Layout::kConcatCosFirst);
+        radians = sinusoidal_frequency(options, dim, second_half ? channel - half : channel);
       }
       break;
     case PositionKind::kLinear:  // PE[2i] = b^-i cos(pos pi/b), PE[2i+1] = b^-i sin(pos pi/b)

@@ -101,7 +101,10 @@ kernels::Convention parse_convention(const char* op, std::string_view convention
 kernels::Layout parse_layout(const char* op, std::string_view layout) {
   if (layout == "interleaved") return kernels::Layout::kInterleaved;
   if (layout == "concat") return kernels::Layout::kConcat;
-  TORCH_CHECK_VALUE(false, op, ": layout must be 'interleaved' or 'concat', got '", layout, "'");
+  if (layout == "concat_cos_first") return kernels::Layout::kConcatCosFirst;
+  TORCH_CHECK_VALUE(false, op,
+                    ": layout must be 'interleaved', 'concat' or 'concat_cos_first', got '", layout,
+                    "'");
 }
 
 void check_base(const char* op, double base) {

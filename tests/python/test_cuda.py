@@ -24,6 +24,7 @@ def seed(value=1234):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("options", [
     dict(kind="sinusoidal"), dict(kind="sinusoidal", convention="tensor2tensor", layout="concat"),
+    dict(kind="sinusoidal", convention="tensor2tensor", layout="concat_cos_first"),
     dict(kind="linear", combine="mul"), dict(kind="damped"), dict(kind="cosine", combine="mul"),
 ])
 def test_add_positional_parity(dtype, options):

@@ -212,7 +212,8 @@ def add_positional(
             ``offset``, not both.
         offset: first position when ``positions`` is None (KV-cache decoding, shards).
         base: ``b`` above, finite and ``> 0``.
-        layout: ``"interleaved"`` or ``"concat"``; default ``"concat"`` with a ``grid``
+        layout: ``"interleaved"``, ``"concat"`` or ``"concat_cos_first"`` (cos, then sin
+            halves: MusicGen); default ``"concat"`` with a ``grid``
             (MAE's, DiT's and big_vision's 2D codes), else ``"interleaved"``.
         table: ``(P, D)`` tensor of ``x``'s dtype for ``kind="learned"`` (only then); may
             require grad.
