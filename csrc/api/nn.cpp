@@ -398,5 +398,79 @@ std::vector<at::Tensor> AxialRotaryEmbeddingImpl::forward(
                     .precision(options.precision()));
 }
 
+// ---- attention biases ------------------------------------------------------------------------
+
+ALiBiImpl::ALiBiImpl(ALiBiOptions options_) : options(std::move(options_)) { reset(); }
+
+void ALiBiImpl::reset() {
+  check_at_least("ALiBi", "num_heads", options.num_heads(), 1);
+  slopes = options.learnable() ? register_parameter("slopes", alibi_slopes(options.num_heads()))
+                               : register_buffer("slopes", alibi_slopes(options.num_heads()));
+}
+
+at::Tensor ALiBiImpl::forward(int64_t query_length, int64_t key_length, int64_t offset) {
+  return attention_bias(
+      slopes, query_length, key_length,
+      AttentionBiasOptions().kind("alibi").causal(options.causal()).offset(offset));
+}
+
+T5RelativePositionBiasImpl::T5RelativePositionBiasImpl(T5RelativePositionBiasOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+namespace {
+
+AttentionBiasOptions t5_options(const T5RelativePositionBiasOptions& o) {
+  return AttentionBiasOptions()
+      .kind("t5")
+      .num_buckets(o.num_buckets())
+      .max_distance(o.max_distance())
+      .bidirectional(o.bidirectional());
+}
+
+}  // namespace
+
+void T5RelativePositionBiasImpl::reset() {
+  check_at_least("T5RelativePositionBias", "num_heads", options.num_heads(), 1);
+  check_at_least("T5RelativePositionBias", "num_buckets", options.num_buckets(), 2);
+  weight = register_parameter("weight", torch::empty({options.num_buckets(), options.num_heads()}));
+  torch::nn::init::normal_(weight);
+  // The bucket arguments are the operator's to check: once here, on a meta copy.
+  torch::NoGradGuard no_grad;
+  attention_bias(weight.to(at::kMeta), 1, 1, t5_options(options));
+}
+
+at::Tensor T5RelativePositionBiasImpl::forward(int64_t query_length, int64_t key_length,
+                                               int64_t offset) {
+  return attention_bias(weight, query_length, key_length, t5_options(options).offset(offset));
+}
+
+SwinRelativePositionBiasImpl::SwinRelativePositionBiasImpl(SwinRelativePositionBiasOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void SwinRelativePositionBiasImpl::reset() {
+  check_at_least("SwinRelativePositionBias", "num_heads", options.num_heads(), 1);
+  const std::vector<int64_t>& window = options.window_size();
+  TORCH_CHECK_VALUE(window.size() == 2,
+                    "SwinRelativePositionBias: window_size must be (Wh, Ww), got ",
+                    c10::IntArrayRef(window));
+  check_at_least("SwinRelativePositionBias", "window_size", window[0], 1);
+  check_at_least("SwinRelativePositionBias", "window_size", window[1], 1);
+  relative_position_bias_table = register_parameter(
+      "relative_position_bias_table",
+      torch::empty({(2 * window[0] - 1) * (2 * window[1] - 1), options.num_heads()}));
+  // Swin's trunc_normal_(std=0.02) truncates at +-2, which a std of 0.02 never reaches.
+  torch::nn::init::normal_(relative_position_bias_table, 0.0, 0.02);
+}
+
+at::Tensor SwinRelativePositionBiasImpl::forward() {
+  const int64_t tokens = options.window_size()[0] * options.window_size()[1];
+  return attention_bias(relative_position_bias_table, tokens, tokens,
+                        AttentionBiasOptions().kind("swin").window(options.window_size()));
+}
+
 }  // namespace nn
 }  // namespace posenc

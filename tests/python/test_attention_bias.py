@@ -274,3 +274,50 @@ def test_flex_attention_score_mod_equals_the_bias_in_sdpa(kind, causal, offset):
     got = torch.compile(flex_attention)(q, k, v, score_mod=posenc.flex.score_mod(
         weight, Tq, Tk, **options), block_mask=block_mask)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+# ---- modules --------------------------------------------------------------------------------
+
+def test_modules_load_transformers_checkpoints_and_match():
+    from transformers import T5Config
+    from transformers.models.swin.modeling_swin import SwinRelativePositionBias
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    torch.manual_seed(7)
+    config = T5Config(d_model=64, d_kv=16, num_heads=4, is_decoder=True)
+    layer = T5Attention(config, has_relative_attention_bias=True)
+    t5 = posenc.nn.T5RelativePositionBias(4, bidirectional=False)
+    t5.load_state_dict({"weight": layer.relative_attention_bias.weight.detach()})
+    assert torch.equal(t5(3, 40, offset=37), layer.compute_bias(3, 40, past_seen_tokens=37))
+    t5(3, 40).sum().backward()
+    assert t5.weight.grad is not None and t5.weight.grad.abs().sum() > 0
+
+    reference = SwinRelativePositionBias(3, (7, 7))
+    torch.nn.init.normal_(reference.relative_position_bias_table)
+    swin = posenc.nn.SwinRelativePositionBias(3, 7)
+    swin.load_state_dict(reference.state_dict())
+    assert torch.equal(swin(), reference())
+
+    alibi = posenc.nn.ALiBi(8, causal=True)
+    assert torch.equal(alibi(5, 9, offset=4), posenc.attention_bias(
+        posenc.alibi_slopes(8), 5, 9, kind="alibi", causal=True, offset=4))
+    assert "slopes" in dict(alibi.named_buffers())
+    learnable = posenc.nn.ALiBi(8, learnable=True)
+    learnable(4, 4).sum().backward()
+    assert learnable.slopes.grad is not None
+
+
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda: posenc.nn.ALiBi(0), ValueError, r"posenc.nn.ALiBi: num_heads must be >= 1, got 0"),
+    (lambda: posenc.nn.ALiBi(4, causal=1), TypeError, "causal must be a bool"),
+    (lambda: posenc.nn.T5RelativePositionBias(4, num_buckets=2.0), TypeError,
+     "num_buckets must be an int"),
+    (lambda: posenc.nn.T5RelativePositionBias(4, max_distance=4), ValueError,
+     "max_distance must be >"),
+    (lambda: posenc.nn.SwinRelativePositionBias(4, (7, 7, 7)), ValueError,
+     r"window_size must be an int or \(Wh, Ww\)"),
+    (lambda: posenc.nn.SwinRelativePositionBias(4, 0), ValueError, "window_size must be >= 1"),
+])
+def test_modules_reject_bad_arguments(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()

@@ -8,18 +8,22 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ._attention_bias import alibi_slopes, attention_bias
 from ._checks import (check_bool, check_choice, check_int, check_last_dim, check_positive,
-                      check_sizes, check_tensor)
+                      check_sizes, check_tensor, is_int)
 from ._grid import Grid
 from ._ops import add_positional, embedding, positional_encoding
 from ._rotary import _rope_dim, head_dim_of, rope_frequencies, rotary
 
 __all__ = [
+    "ALiBi",
     "AxialRotaryEmbedding",
     "PatchPositionalEncoding",
     "PositionalEncoding",
     "PositionalEmbedding",
     "RotaryEmbedding",
+    "SwinRelativePositionBias",
+    "T5RelativePositionBias",
 ]
 
 
@@ -618,6 +622,114 @@ class PatchPositionalEncoding(nn.Module):
             f"embed_dim={self.embed_dim}, grid={self.grid}, "
             f"extra_tokens={self.extra_tokens}, dropout={self.p}"
         )
+
+
+class ALiBi(nn.Module):
+    r"""ALiBi (Press et al.): the bias ``-slope[h] * |j - (offset + i)|`` for
+    ``scaled_dot_product_attention(..., attn_mask=alibi(Tq, Tk))``.
+
+    Args:
+        num_heads: ``H``; the slopes are :func:`posenc.alibi_slopes` (fairseq's and BLOOM's).
+        causal: ``-inf`` for keys after the query, so the bias is the causal mask too.
+        learnable: the slopes as a parameter (``slopes``) instead of a buffer.
+
+    Shape:
+        ``forward(query_length, key_length, offset=0, dtype=None)`` -> ``(1, H, Tq, Tk)``.
+    """
+
+    def __init__(self, num_heads: int, *, causal: bool = False, learnable: bool = False) -> None:
+        super().__init__()
+        owner = "posenc.nn.ALiBi"
+        self.num_heads = check_int(owner, "num_heads", num_heads, minimum=1)
+        self.causal = check_bool(owner, "causal", causal)
+        slopes = alibi_slopes(self.num_heads)
+        if check_bool(owner, "learnable", learnable):
+            self.slopes = nn.Parameter(slopes)
+        else:
+            self.register_buffer("slopes", slopes)
+
+    def forward(self, query_length: int, key_length: int, offset: int = 0,
+                dtype: Optional[torch.dtype] = None) -> Tensor:
+        return attention_bias(self.slopes, query_length, key_length, kind="alibi",
+                              offset=offset, causal=self.causal, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, causal={self.causal}"
+
+
+class T5RelativePositionBias(nn.Module):
+    r"""T5's relative position bias (T5, mT5, UMT5): ``weight[bucket(j - (offset + i)), h]``
+    with T5's logarithmic buckets, as transformers' ``T5Attention.compute_bias``.
+
+    ``weight`` is the ``(num_buckets, H)`` table: ``load_state_dict({"weight":
+    layer.relative_attention_bias.weight})`` takes a transformers checkpoint's table.
+
+    Args:
+        num_heads: ``H``.
+        num_buckets, max_distance: T5's ``relative_attention_num_buckets`` and
+            ``relative_attention_max_distance``.
+        bidirectional: ``True`` for an encoder, ``False`` for a decoder.
+
+    Shape:
+        ``forward(query_length, key_length, offset=0, dtype=None)`` -> ``(1, H, Tq, Tk)``.
+    """
+
+    def __init__(self, num_heads: int, num_buckets: int = 32, max_distance: int = 128, *,
+                 bidirectional: bool = True) -> None:
+        super().__init__()
+        owner = "posenc.nn.T5RelativePositionBias"
+        self.num_heads = check_int(owner, "num_heads", num_heads, minimum=1)
+        self.num_buckets = check_int(owner, "num_buckets", num_buckets, minimum=2)
+        self.max_distance = check_int(owner, "max_distance", max_distance, minimum=1)
+        self.bidirectional = check_bool(owner, "bidirectional", bidirectional)
+        self.weight = nn.Parameter(torch.randn(self.num_buckets, self.num_heads))  # nn.Embedding's
+        # The bucket arguments are checked by the operator, once, here rather than at a first call.
+        with torch.no_grad():
+            attention_bias(self.weight.detach().to("meta"), 1, 1, **self._options())
+
+    def _options(self) -> dict:
+        return dict(kind="t5", bidirectional=self.bidirectional, num_buckets=self.num_buckets,
+                    max_distance=self.max_distance)
+
+    def forward(self, query_length: int, key_length: int, offset: int = 0,
+                dtype: Optional[torch.dtype] = None) -> Tensor:
+        return attention_bias(self.weight, query_length, key_length, offset=offset, dtype=dtype,
+                              **self._options())
+
+    def extra_repr(self) -> str:
+        return (f"num_heads={self.num_heads}, num_buckets={self.num_buckets}, "
+                f"max_distance={self.max_distance}, bidirectional={self.bidirectional}")
+
+
+class SwinRelativePositionBias(nn.Module):
+    r"""Swin's windowed 2D relative position bias: for tokens ``i = hi * Ww + wi`` and ``j`` of a
+    window of ``Wh x Ww`` patches, ``relative_position_bias_table[(hi - hj + Wh - 1) * (2 Ww - 1)
+    + (wi - wj + Ww - 1), h]``, computed in the kernel (no index buffer). The parameter's name
+    and shape are transformers' ``SwinRelativePositionBias``'s, so its checkpoints load.
+
+    Shape:
+        ``forward(dtype=None)`` -> ``(1, H, Wh * Ww, Wh * Ww)``.
+    """
+
+    def __init__(self, num_heads: int, window_size: Union[int, Sequence[int]]) -> None:
+        super().__init__()
+        owner = "posenc.nn.SwinRelativePositionBias"
+        self.num_heads = check_int(owner, "num_heads", num_heads, minimum=1)
+        sizes = (window_size, window_size) if is_int(window_size) else tuple(window_size)
+        if len(sizes) != 2:
+            raise ValueError(f"{owner}: window_size must be an int or (Wh, Ww), got {window_size!r}")
+        self.window_size = tuple(check_int(owner, "window_size", s, minimum=1) for s in sizes)
+        rows = (2 * self.window_size[0] - 1) * (2 * self.window_size[1] - 1)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, self.num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # Swin's init
+
+    def forward(self, dtype: Optional[torch.dtype] = None) -> Tensor:
+        tokens = self.window_size[0] * self.window_size[1]
+        return attention_bias(self.relative_position_bias_table, tokens, tokens, kind="swin",
+                              window=self.window_size, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, window_size={self.window_size}"
 
 
 def _on_meta(function, *tensors: Tensor, table: Optional[Tensor]) -> None:

@@ -7,6 +7,10 @@
 //       posenc::nn::PatchPositionalEncodingOptions(768, {14, 14}).extra_tokens(1));
 //   posenc::nn::AxialRotaryEmbedding rope2d(
 //       posenc::nn::AxialRotaryEmbeddingOptions(64, {16, 16}).style("llama4").extra_tokens(1));
+//   posenc::nn::ALiBi alibi(posenc::nn::ALiBiOptions(16).causal(true));
+//   posenc::nn::T5RelativePositionBias t5(posenc::nn::T5RelativePositionBiasOptions(12));
+//   posenc::nn::SwinRelativePositionBias swin(posenc::nn::SwinRelativePositionBiasOptions(3, {7,
+//   7}));
 #pragma once
 
 #include <torch/arg.h>
@@ -188,6 +192,69 @@ class AxialRotaryEmbeddingImpl : public torch::nn::Cloneable<AxialRotaryEmbeddin
   RotaryEmbedding rope{nullptr};
 };
 TORCH_MODULE(AxialRotaryEmbedding);
+
+// ---- attention biases (posenc::attention_bias) -------------------------------------------------
+
+struct ALiBiOptions {
+  explicit ALiBiOptions(int64_t num_heads) : num_heads_(num_heads) {}
+  TORCH_ARG(int64_t, num_heads);
+  TORCH_ARG(bool, causal) = false;     // -inf for keys after the query
+  TORCH_ARG(bool, learnable) = false;  // slopes as a parameter, else a buffer
+};
+
+// -slope[h] * |j - (offset + i)| with posenc::alibi_slopes(num_heads).
+class ALiBiImpl : public torch::nn::Cloneable<ALiBiImpl> {
+ public:
+  explicit ALiBiImpl(ALiBiOptions options);
+  void reset() override;
+  // -> [1, H, query_length, key_length]
+  at::Tensor forward(int64_t query_length, int64_t key_length, int64_t offset = 0);
+
+  ALiBiOptions options;
+  at::Tensor slopes;  // [H]
+};
+TORCH_MODULE(ALiBi);
+
+struct T5RelativePositionBiasOptions {
+  explicit T5RelativePositionBiasOptions(int64_t num_heads) : num_heads_(num_heads) {}
+  TORCH_ARG(int64_t, num_heads);
+  TORCH_ARG(int64_t, num_buckets) = 32;
+  TORCH_ARG(int64_t, max_distance) = 128;
+  TORCH_ARG(bool, bidirectional) = true;  // an encoder's; false for a decoder
+};
+
+// T5's compute_bias: weight[bucket(j - (offset + i)), h]; `weight` like torch::nn::Embedding's.
+class T5RelativePositionBiasImpl : public torch::nn::Cloneable<T5RelativePositionBiasImpl> {
+ public:
+  explicit T5RelativePositionBiasImpl(T5RelativePositionBiasOptions options);
+  void reset() override;
+  // -> [1, H, query_length, key_length]
+  at::Tensor forward(int64_t query_length, int64_t key_length, int64_t offset = 0);
+
+  T5RelativePositionBiasOptions options;
+  at::Tensor weight;  // [num_buckets, H]
+};
+TORCH_MODULE(T5RelativePositionBias);
+
+struct SwinRelativePositionBiasOptions {
+  SwinRelativePositionBiasOptions(int64_t num_heads, std::vector<int64_t> window_size)
+      : num_heads_(num_heads), window_size_(std::move(window_size)) {}
+  TORCH_ARG(int64_t, num_heads);
+  TORCH_ARG(std::vector<int64_t>, window_size);  // (Wh, Ww)
+};
+
+// Swin's windowed 2D relative position bias, from relative_position_bias_table.
+class SwinRelativePositionBiasImpl : public torch::nn::Cloneable<SwinRelativePositionBiasImpl> {
+ public:
+  explicit SwinRelativePositionBiasImpl(SwinRelativePositionBiasOptions options);
+  void reset() override;
+  // -> [1, H, Wh * Ww, Wh * Ww]
+  at::Tensor forward();
+
+  SwinRelativePositionBiasOptions options;
+  at::Tensor relative_position_bias_table;  // [(2 Wh - 1) (2 Ww - 1), H]
+};
+TORCH_MODULE(SwinRelativePositionBias);
 
 }  // namespace nn
 }  // namespace posenc

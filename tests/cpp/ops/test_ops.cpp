@@ -617,3 +617,30 @@ TEST(PosencApi, AttentionBias) {
     EXPECT_NE(std::string(error.what()).find("causal applies to kind='alibi'"), std::string::npos);
   }
 }
+
+// The attention-bias modules: the operator's values, gradients into their parameters, and
+// their own arguments checked.
+TEST(Modules, AttentionBiasModules) {
+  posenc::nn::ALiBi alibi(posenc::nn::ALiBiOptions(8).causal(true));
+  EXPECT_TRUE(
+      torch::equal(alibi(5, 9, 4),
+                   posenc::attention_bias(posenc::alibi_slopes(8), 5, 9,
+                                          posenc::AttentionBiasOptions().causal(true).offset(4))));
+  EXPECT_EQ(alibi->buffers().size(), 1u);
+  posenc::nn::T5RelativePositionBias t5(
+      posenc::nn::T5RelativePositionBiasOptions(4).bidirectional(false));
+  const auto bias = t5(3, 40, 37);
+  ASSERT_EQ(bias.sizes(), (std::vector<int64_t>{1, 4, 3, 40}));
+  bias.sum().backward();
+  EXPECT_GT(t5->weight.grad().abs().sum().item<float>(), 0.0f);
+  posenc::nn::SwinRelativePositionBias swin(posenc::nn::SwinRelativePositionBiasOptions(3, {7, 7}));
+  ASSERT_EQ(swin->relative_position_bias_table.sizes(), (std::vector<int64_t>{169, 3}));
+  EXPECT_EQ(swin().sizes(), (std::vector<int64_t>{1, 3, 49, 49}));
+  EXPECT_THROW(posenc::nn::ALiBi(posenc::nn::ALiBiOptions(0)), c10::ValueError);
+  EXPECT_THROW(posenc::nn::T5RelativePositionBias(
+                   posenc::nn::T5RelativePositionBiasOptions(4).max_distance(4)),
+               c10::ValueError);
+  EXPECT_THROW(posenc::nn::SwinRelativePositionBias(
+                   posenc::nn::SwinRelativePositionBiasOptions(3, {7, 7, 7})),
+               c10::ValueError);
+}
