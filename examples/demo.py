@@ -7,6 +7,12 @@ from posenc.nn layers, plus the same sinusoidal model built from plain eager PyT
 (nn.Embedding and the tutorial's PositionalEncoding) for comparison. Every model is also tested
 on sequences longer than it was trained on.
 
+Relative positions: a causal model must output, at each position, the token SHIFT positions
+back. What matters is the distance between tokens, not their absolute positions: a code of the
+distance in attention (T5's relative buckets, posenc.nn.T5RelativePositionBias, or ALiBi) carries
+over to sequences several times longer than the training ones, where absolute codes (learned,
+sinusoidal) meet positions they never saw.
+
 Images: a ViT-style encoder reads an 8 x 8 grid of noisy patches, flattened to 64 tokens after a
 cls token, and must name the row and the column of the one marked patch. Training images put
 the mark in 48 of the 64 cells; the test asks about the 16 held-out cells too. A 1D code of the
@@ -15,7 +21,7 @@ MAE's) has seen every row and every column, in other combinations.
 
     make demo
     make demo DEMO_ARGS="--codes sinusoidal learned --steps 200 --seq-len 12"
-    make demo DEMO_ARGS="--image-steps 0"   # text only
+    make demo DEMO_ARGS="--image-steps 0 --relative-steps 0"   # the reversal task only
 """
 
 from __future__ import annotations
@@ -88,7 +94,8 @@ class InputLayer(nn.Module):
 
 class EncoderLayer(nn.Module):
     """A post-norm Transformer encoder layer (as nn.TransformerEncoderLayer's defaults), with
-    rotary queries and keys when `rotary` is set."""
+    rotary queries and keys when `rotary` is set, and an optional attention mask or bias
+    `(1, H, T, T)` (or causal attention) in forward."""
 
     def __init__(self, d_model: int, heads: int, dropout: float, rotary: bool) -> None:
         super().__init__()
@@ -102,13 +109,13 @@ class EncoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.rope = posenc.nn.RotaryEmbedding(d_model // heads) if rotary else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, causal: bool = False) -> Tensor:
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # (B, T, H, Dh)
         if self.rope is not None:
             q, k = self.rope(q, k)
         attended = nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            dropout_p=self.dropout if self.training else 0.0)
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+            is_causal=causal and mask is None, dropout_p=self.dropout if self.training else 0.0)
         x = self.norm1(x + self.drop(self.proj(attended.transpose(1, 2).flatten(2))))
         return self.norm2(x + self.drop(self.ff(x)))
 
@@ -204,6 +211,104 @@ def train(code: str, args: argparse.Namespace, progress: Callable[[int], None]) 
     return Result(code, losses, accuracy(model, args.seq_len, args.vocab, data),
                   accuracy(model, args.long_len, args.vocab, data), step_ms,
                   saved_activation_mib(model, ids))
+
+
+# ---- relative positions: the token SHIFT positions back -----------------------------------------
+
+RELATIVE_CODES = ["learned", "sinusoidal", "rotary", "t5", "alibi"]
+SHIFT = 3
+
+
+class Shifter(nn.Module):
+    """A causal Transformer whose output at position i names the input token at i - SHIFT. The
+    attention-level codes add their bias to every layer's scores (one module for the model, as
+    T5 shares its bias across layers); the other codes act on the input or on q and k."""
+
+    def __init__(self, code: str, vocab: int, d_model: int, layers: int, heads: int,
+                 dropout: float, max_len: int) -> None:
+        super().__init__()
+        self.inputs = InputLayer("none" if code in ("t5", "alibi") else code, vocab, d_model,
+                                 dropout, max_len)
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, heads, dropout, rotary=code == "rotary") for _ in range(layers))
+        self.head = nn.Linear(d_model, vocab)
+        self.bias: Optional[nn.Module] = None
+        if code == "t5":  # a decoder's buckets: only past keys have their own
+            self.bias = posenc.nn.T5RelativePositionBias(heads, bidirectional=False)
+        elif code == "alibi":
+            self.bias = posenc.nn.ALiBi(heads, causal=True)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        T = ids.shape[-1]
+        mask = None
+        if isinstance(self.bias, posenc.nn.ALiBi):
+            mask = self.bias(T, T)  # the causal mask is in the bias
+        elif self.bias is not None:
+            future = torch.ones(T, T, dtype=torch.bool, device=ids.device).triu(1)
+            mask = self.bias(T, T).masked_fill(future, float("-inf"))
+        x = self.inputs(ids)
+        for layer in self.layers:
+            x = layer(x, mask, causal=True)
+        return self.head(x)
+
+
+@dataclass
+class RelativeResult:
+    code: str
+    losses: List[float]
+    accuracy_by_length: Dict[int, float]
+    step_ms: float
+
+
+def shift_batch(batch: int, length: int, vocab: int, generator: torch.Generator):
+    """Tokens, and the targets ids[i - SHIFT] (-100, ignored, for the first SHIFT)."""
+    ids = torch.randint(0, vocab, (batch, length), generator=generator)
+    target = torch.full_like(ids, -100)
+    target[:, SHIFT:] = ids[:, :-SHIFT]
+    return ids, target
+
+
+def train_shifter(code: str, args: argparse.Namespace,
+                  progress: Callable[[int], None]) -> RelativeResult:
+    torch.manual_seed(args.seed)
+    data = torch.Generator().manual_seed(args.seed)
+    lengths = [args.seq_len * f for f in (1, 2, 4, 8)]
+    # The learned table has a row for every tested position; those past the training length are
+    # never trained.
+    model = Shifter(code, args.vocab, args.d_model, args.layers, args.heads, args.dropout,
+                    max_len=max(lengths))
+
+    def batch_loss() -> Tensor:
+        ids, target = shift_batch(args.batch, args.seq_len, args.vocab, data)
+        return nn.functional.cross_entropy(model(ids).flatten(0, 1), target.flatten())
+
+    losses, step_ms = fit(model, batch_loss, args.relative_steps, args.lr, progress)
+    model.eval()
+    scores = {}
+    with torch.no_grad():
+        for length in lengths:
+            ids, target = shift_batch(256, length, args.vocab, data)
+            kept = target != -100
+            scores[length] = (model(ids).argmax(-1) == target)[kept].float().mean().item()
+    return RelativeResult(code, losses, scores, step_ms)
+
+
+def write_relative_plot(plt, results: List[RelativeResult], args: argparse.Namespace) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        lengths = sorted(r.accuracy_by_length)
+        ax.plot(lengths, [r.accuracy_by_length[n] for n in lengths], marker="o", label=r.code)
+    ax.axvline(args.seq_len, color="gray", linestyle=":", label="training length")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("test sequence length")
+    ax.set_ylabel(f"accuracy (token {SHIFT} back)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Relative task: which codes carry over to longer sequences")
+    ax.legend()
+    path = os.path.join(args.out, "relative_positions.png")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 # ---- images: locating a marked patch -----------------------------------------------------------
@@ -346,7 +451,8 @@ def train_all(codes: List[str], steps: int, train_one: Callable, args: argparse.
 
 
 def write_plots(results: List[Result], args: argparse.Namespace,
-                patch_results: Optional[List[PatchResult]] = None) -> List[str]:
+                patch_results: Optional[List[PatchResult]] = None,
+                relative_results: Optional[List[RelativeResult]] = None) -> List[str]:
     try:
         import matplotlib
 
@@ -391,6 +497,8 @@ def write_plots(results: List[Result], args: argparse.Namespace,
     written.append(path)
     if patch_results:
         written.append(write_patch_plot(plt, patch_results, args))
+    if relative_results:
+        written.append(write_relative_plot(plt, relative_results, args))
     return written
 
 
@@ -446,7 +554,8 @@ def write_patch_plot(plt, results: List[PatchResult], args: argparse.Namespace) 
     return path
 
 
-def main(argv: Optional[List[str]] = None) -> Tuple[List[Result], List[PatchResult]]:
+def main(argv: Optional[List[str]] = None
+         ) -> Tuple[List[Result], List[PatchResult], List[RelativeResult]]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--codes", nargs="+", default=ALL_CODES, choices=ALL_CODES)
@@ -467,6 +576,10 @@ def main(argv: Optional[List[str]] = None) -> Tuple[List[Result], List[PatchResu
     parser.add_argument("--image-steps", type=int, default=600,
                         help="training steps of each image model (0: no image task)")
     parser.add_argument("--image-codes", nargs="+", default=IMAGE_CODES, choices=IMAGE_CODES)
+    parser.add_argument("--relative-steps", type=int, default=400,
+                        help="training steps of each relative-task model (0: no relative task)")
+    parser.add_argument("--relative-codes", nargs="+", default=RELATIVE_CODES,
+                        choices=RELATIVE_CODES)
     args = parser.parse_args(argv)
 
     print(f"posenc demo: reverse {args.seq_len} random tokens (vocabulary {args.vocab}); "
@@ -494,10 +607,26 @@ def main(argv: Optional[List[str]] = None) -> Tuple[List[Result], List[PatchResu
                   f"{r.held_out_accuracy:>16.1%}{r.step_ms:>9.1f}")
         print("\naccuracy: row and column both right, on fresh images whose mark is in a cell "
               "seen in training, or in one of the 16 held out.")
+    relative_results: List[RelativeResult] = []
+    if args.relative_steps > 0:
+        print(f"\nRelative positions: name the token {SHIFT} back (causal models); "
+              f"{len(args.relative_codes)} models x {args.relative_steps} steps on length "
+              f"{args.seq_len}, tested up to {8 * args.seq_len}")
+        relative_results = train_all(args.relative_codes, args.relative_steps, train_shifter,
+                                     args)
+        lengths = sorted(relative_results[0].accuracy_by_length)
+        print(f"\n{'code':<18}{'final loss':>11}" + "".join(f"{f'len {n}':>10}" for n in lengths)
+              + f"{'step ms':>9}")
+        for r in relative_results:
+            print(f"{r.code:<18}{final_loss(r.losses):>11.3f}"
+                  + "".join(f"{r.accuracy_by_length[n]:>10.1%}" for n in lengths)
+                  + f"{r.step_ms:>9.1f}")
+        print("\naccuracy: tokens named correctly on fresh sequences of each length (the first "
+              f"{SHIFT} positions have none).")
     if not args.no_plots:
-        for path in write_plots(results, args, patch_results):
+        for path in write_plots(results, args, patch_results, relative_results):
             print(f"wrote {path}")
-    return results, patch_results
+    return results, patch_results, relative_results
 
 
 if __name__ == "__main__":

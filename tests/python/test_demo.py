@@ -7,10 +7,11 @@ import demo  # noqa: E402
 
 
 def test_demo_short_run_loss_falls(tmp_path):
-    results, patch_results = demo.main(
+    results, patch_results, relative_results = demo.main(
         ["--codes", "sinusoidal", "eager-sinusoidal", "--steps", "150", "--seq-len", "6",
          "--long-len", "8", "--d-model", "32", "--batch", "32", "--lr", "3e-3",
-         "--image-steps", "250", "--image-codes", "2d", "--out", str(tmp_path)])
+         "--image-steps", "250", "--image-codes", "2d", "--relative-steps", "150",
+         "--relative-codes", "t5", "--out", str(tmp_path)])
     for r in results:
         first, last = sum(r.losses[:5]) / 5, sum(r.losses[-5:]) / 5
         assert last < 0.8 * first, (r.code, first, last)
@@ -20,7 +21,14 @@ def test_demo_short_run_loss_falls(tmp_path):
     # With the 2D code the model learns to locate the mark (chance: 1 in 64).
     assert sum(grid.losses[-5:]) < 0.5 * sum(grid.losses[:5]), grid.losses
     assert grid.seen_accuracy > 0.3 and 0.0 <= grid.held_out_accuracy <= 1.0
-    for name in ("loss_curves.png", "position_codes.png", "patch_positions.png"):
+    # The relative task with T5's buckets: the loss falls, and it is tested at 1, 2, 4 and 8
+    # times the training length.
+    (t5,) = relative_results
+    assert t5.code == "t5" and sorted(t5.accuracy_by_length) == [6, 12, 24, 48]
+    assert sum(t5.losses[-5:]) < 0.8 * sum(t5.losses[:5]), t5.losses
+    assert all(0.0 <= a <= 1.0 for a in t5.accuracy_by_length.values())
+    for name in ("loss_curves.png", "position_codes.png", "patch_positions.png",
+                 "relative_positions.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
 
 
