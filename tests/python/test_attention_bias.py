@@ -321,3 +321,21 @@ def test_modules_load_transformers_checkpoints_and_match():
 def test_modules_reject_bad_arguments(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+def test_wavlm_compute_bias_is_t5_kind():
+    # WavLM adds max_exact before truncating (T5 after); its buckets are T5's for its config
+    # (320 buckets, max distance 800), here on +-20000 positions, and compute_bias is equal.
+    from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+
+    torch.manual_seed(9)
+    layer = WavLMAttention(embed_dim=64, num_heads=4, num_buckets=320, max_distance=800)
+    r = torch.arange(-20000, 20001)
+    ids = torch.arange(320, dtype=torch.float64)[:, None]
+    buckets = posenc.attention_bias(ids, 1, r.numel(), kind="t5", offset=20000, num_buckets=320,
+                                    max_distance=800)[0, 0, 0].long()
+    assert torch.equal(buckets, layer._relative_positions_bucket(r))
+    for length in (50, 1500):
+        got = posenc.attention_bias(layer.rel_attn_embed.weight, length, length, kind="t5",
+                                    num_buckets=320, max_distance=800)
+        assert torch.equal(got[0], layer.compute_bias(length, length))
