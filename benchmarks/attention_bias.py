@@ -1,7 +1,7 @@
 """Attention-level position codes on the CPU: posenc.attention_bias against the baselines users
 run, each timed in turns in one run (ratios = baseline time / posenc time, above 1: posenc is
-faster), and the peak memory each needs (measured: the resident-set growth of a fresh child
-process that runs it once). Not a test.
+faster), and the peak memory each needs (measured: the growth of a fresh child process's peak
+resident set over one call, Linux). Not a test.
 
   t5         transformers' T5Attention.compute_bias (eager, and torch.compile of it) against
              posenc.attention_bias(kind="t5"), forward and forward + backward into the table
@@ -17,7 +17,8 @@ process that runs it once). Not a test.
 from __future__ import annotations
 
 import argparse
-import resource
+import gc
+import os
 import statistics
 import subprocess
 import sys
@@ -109,19 +110,33 @@ def time_in_turns(fns: Dict[str, Callable[[], object]], budget: float) -> Dict[s
 
 
 def peak_memory(part: str, T: int, dtype: str, name: str) -> float:
-    """MiB the variant adds to a fresh child process's peak resident set (setup excluded)."""
+    """MiB the variant adds to a fresh child process's peak resident set (setup, compilation and
+    warm-up excluded): the child resets its high-water mark after a first call, and allocations
+    of 64 KiB and more are mapped and unmapped, so that freed memory leaves the resident set."""
+    environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     result = subprocess.run(
         [sys.executable, __file__, "--child", part, str(T), dtype, name],
-        capture_output=True, text=True, check=True)
+        capture_output=True, text=True, check=True, env=environment)
     return float(result.stdout.strip().splitlines()[-1])
+
+
+def resident_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(part: str, T: int, dtype: str, name: str) -> None:
     f = variants(part, T, getattr(torch, dtype))[name]
-    f()  # compile, and allocate what every call reuses
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    f()  # compile, and allocate what every call keeps
+    gc.collect()
+    before = resident_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # reset VmHWM, the peak resident set, to the current one
     f()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    print((resident_kib("VmHWM") - before) / 1024)
 
 
 def main() -> None:
