@@ -1,6 +1,8 @@
 """posenc inside Hugging Face transformers (5.x) models: one call makes a model's attention rotate
 queries and keys with :func:`posenc.rotary`, angles computed in the kernel from the positions,
-no cos/sin tables.
+no cos/sin tables; for T5, mT5 and UMT5, it makes the attention layers' relative position bias
+with :func:`posenc.attention_bias` (buckets in the kernel, no [Tq, Tk] bucket tensor, a
+deterministic table gradient).
 
     import posenc.integrations.transformers as posenc_hf
     model = AutoModelForCausalLM.from_pretrained(...)
@@ -23,16 +25,18 @@ from __future__ import annotations
 
 import functools
 import importlib
+import types
 from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .._attention_bias import attention_bias
 from .._checks import check_bool, check_choice
 from .._rotary import config_rope_parameters, rope_frequencies, rotary
 
 __all__ = ["PosencRotaryEmbedding", "Rotation", "apply_to_family", "apply_to_model",
-           "SUPPORTED_MODEL_TYPES"]
+           "SUPPORTED_BIAS_MODEL_TYPES", "SUPPORTED_MODEL_TYPES"]
 
 # model_type -> (modeling module, its rotary embedding class, interleaved pairs)
 _FAMILIES = {
@@ -53,6 +57,40 @@ _FAMILIES = {
                     "DeepseekV3RotaryEmbedding", False),
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILIES))
+
+# model_type -> (modeling module, its attention class): the T5 relative-bucket families.
+_BIAS_FAMILIES = {
+    "t5": ("transformers.models.t5.modeling_t5", "T5Attention"),
+    "mt5": ("transformers.models.mt5.modeling_mt5", "MT5Attention"),
+    "umt5": ("transformers.models.umt5.modeling_umt5", "UMT5Attention"),
+}
+SUPPORTED_BIAS_MODEL_TYPES = tuple(sorted(_BIAS_FAMILIES))
+
+
+def _posenc_compute_bias(self, query_length, key_length, device=None, past_seen_tokens=0):
+    """T5Attention.compute_bias with posenc.attention_bias: (1, H, Tq, Tk)."""
+    bias = attention_bias(self.relative_attention_bias.weight, query_length, key_length,
+                          kind="t5", offset=int(past_seen_tokens),
+                          bidirectional=not self.is_decoder,
+                          num_buckets=self.relative_attention_num_buckets,
+                          max_distance=self.relative_attention_max_distance)
+    return bias if device is None else bias.to(device)
+
+
+def _apply_bias(model: nn.Module, class_name: str) -> Dict[str, List[str]]:
+    layers = [(name, child) for name, child in model.named_modules()
+              if type(child).__name__ == class_name
+              and getattr(child, "has_relative_attention_bias", False)]
+    if not layers:
+        raise ValueError(f"posenc.integrations.transformers: no {class_name} with a relative "
+                         f"attention bias found in the model")
+    replaced = []
+    for name, layer in layers:
+        if getattr(layer.compute_bias, "__func__", None) is _posenc_compute_bias:
+            continue  # done by an earlier call, or by apply_to_family
+        layer.compute_bias = types.MethodType(_posenc_compute_bias, layer)
+        replaced.append(f"{name}.compute_bias")
+    return {"replaced": replaced, "wrapped": []}
 
 
 class Rotation(NamedTuple):
@@ -193,7 +231,7 @@ def _family(model_type: str):
     if model_type not in _FAMILIES:
         raise ValueError(
             f"posenc.integrations.transformers: model_type {model_type!r} is not supported; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            f"supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES + SUPPORTED_BIAS_MODEL_TYPES))}")
     path, class_name, interleaved = _FAMILIES[model_type]
     return importlib.import_module(path), class_name, interleaved
 
@@ -219,7 +257,11 @@ def apply_to_model(model: nn.Module, *, precision: str = "exact") -> Dict[str, L
     unsupported architecture raises ``ValueError`` before anything is changed.
 
     precision: ``"exact"`` (default) or ``"transformers"`` (transformers' float32 frequencies
-    and angles, for bit-level parity with a model trained on its tables)."""
+    and angles, for bit-level parity with a model trained on its tables).
+
+    T5, mT5 and UMT5 (``SUPPORTED_BIAS_MODEL_TYPES``): each attention layer with a relative
+    attention bias computes it with :func:`posenc.attention_bias` (``"replaced"`` lists their
+    ``compute_bias``); the buckets are transformers' exactly, so ``precision`` does not apply."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"posenc.integrations.transformers: model must be a torch.nn.Module (a "
                         f"transformers model), got {type(model).__name__}")
@@ -228,6 +270,9 @@ def apply_to_model(model: nn.Module, *, precision: str = "exact") -> Dict[str, L
         raise ValueError("posenc.integrations.transformers: model has no config; apply_to_model "
                          "takes a transformers model")
     model_type = getattr(config, "model_type", None)
+    if model_type in _BIAS_FAMILIES:
+        _check_precision(precision)
+        return _apply_bias(model, _BIAS_FAMILIES[model_type][1])
     module, class_name, interleaved = _family(model_type)
     _check_precision(precision)
     # Built after apply_to_family: the family's class forwarding to its posenc child.
@@ -261,7 +306,16 @@ def apply_to_family(model_type: str, *, precision: str = "exact") -> Dict[str, L
     :class:`PosencRotaryEmbedding` as its ``posenc`` child, and forwards to it; the modeling
     module's ``apply_rotary_pos_emb`` is wrapped. Models built before keep transformers' tables
     (use :func:`apply_to_model` for them). Returns what changed; a second call changes nothing
-    (the first call's precision stays)."""
+    (the first call's precision stays). For T5, mT5 and UMT5 the family's attention class gets
+    posenc's ``compute_bias``."""
+    if model_type in _BIAS_FAMILIES:
+        _check_precision(precision)
+        path, class_name = _BIAS_FAMILIES[model_type]
+        attention_class = getattr(importlib.import_module(path), class_name)
+        if attention_class.compute_bias is _posenc_compute_bias:
+            return {"replaced": [], "wrapped": []}
+        attention_class.compute_bias = _posenc_compute_bias
+        return {"replaced": [f"{path}.{class_name}.compute_bias"], "wrapped": []}
     module, class_name, interleaved = _family(model_type)
     _check_precision(precision)
     rotary_class = getattr(module, class_name)
