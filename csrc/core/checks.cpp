@@ -3,6 +3,7 @@
 
 #include <ATen/ops/aminmax.h>
 #include <c10/util/Exception.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -62,6 +63,25 @@ void check_buffer_size(const char* op, const char* name, int64_t count, int64_t 
   const int64_t limit = kInt64Max / 8 / std::max<int64_t>(width, 1);
   TORCH_CHECK_VALUE(count <= limit, op, ": ", name, " = ", count,
                     " is too large: the output would have more than 2^60 bytes");
+}
+
+void check_output_fits(const char* op, const std::string& what, c10::SymIntArrayRef sizes,
+                       const at::TensorOptions& options) {
+  if (!options.device().is_cpu()) return;
+  const long pages = sysconf(_SC_PHYS_PAGES), page_bytes = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_bytes <= 0) return;
+  uint64_t bytes = c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  bool overflow = false;
+  for (const c10::SymInt& size : sizes) {
+    const std::optional<int64_t> value = size.maybe_as_int();
+    if (!value.has_value()) return;  // symbolic: the allocation checks it
+    overflow |= __builtin_mul_overflow(bytes, static_cast<uint64_t>(*value), &bytes);
+  }
+  const uint64_t memory = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_bytes);
+  TORCH_CHECK_VALUE(!overflow && bytes <= memory, op, ": ", what,
+                    " is too large: an output of shape ", sizes, " needs ",
+                    overflow ? std::string("more than 2^64") : std::to_string(bytes),
+                    " bytes, more than this machine's memory (", memory, " bytes)");
 }
 
 std::pair<int64_t, int64_t> value_range(const at::Tensor& t) {

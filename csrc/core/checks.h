@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -37,6 +38,11 @@ void check_rows_tensor(const char* op, const at::Tensor& x, const char* name);
 
 // count >= 0 and a [count, width] buffer of 8-byte elements addressable in int64 bytes.
 void check_buffer_size(const char* op, const char* name, int64_t count, int64_t width);
+
+// Refuses, before allocation, a CPU output of `sizes` that exceeds physical memory (or 2^64
+// bytes): a ValueError naming `what` ("dim = 5000000000"), the arguments that sized it.
+void check_output_fits(const char* op, const std::string& what, c10::SymIntArrayRef sizes,
+                       const at::TensorOptions& options);
 
 // The smallest and largest value of an integer tensor with elements (reads its data).
 std::pair<int64_t, int64_t> value_range(const at::Tensor& t);

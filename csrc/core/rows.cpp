@@ -305,20 +305,10 @@ namespace {
 
 // Refuses, before allocation, a CPU output sized by an argument that exceeds physical memory.
 void check_fits_in_memory(const RowCall& call, const at::TensorOptions& options) {
-  if (call.size_argument == nullptr || !options.device().is_cpu()) return;
-  const long pages = sysconf(_SC_PHYS_PAGES), page_bytes = sysconf(_SC_PAGE_SIZE);
-  if (pages <= 0 || page_bytes <= 0) return;
-  uint64_t bytes = c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  bool overflow = false;
-  for (const c10::SymInt& size : call.out_sizes) {
-    overflow |= __builtin_mul_overflow(bytes, static_cast<uint64_t>(size.expect_int()), &bytes);
-  }
-  const uint64_t memory = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_bytes);
-  TORCH_CHECK_VALUE(!overflow && bytes <= memory, call.name, ": ", call.size_argument, " = ",
-                    call.size_value, " is too large: an output of shape ",
-                    c10::SymIntArrayRef(call.out_sizes), " needs ",
-                    overflow ? std::string("more than 2^64") : std::to_string(bytes),
-                    " bytes, more than this machine's memory (", memory, " bytes)");
+  if (call.size_argument == nullptr) return;
+  check_output_fits(call.name,
+                    std::string(call.size_argument) + " = " + std::to_string(call.size_value),
+                    call.out_sizes, options);
 }
 
 }  // namespace

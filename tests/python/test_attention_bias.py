@@ -242,6 +242,10 @@ BAD = [
                                                       3, kind="alibi"), ValueError,
      r"grad must have the bias' shape \[1, 2, 2, 3\]"),
     (lambda: posenc.alibi_slopes(0), ValueError, r"num_heads must be in \[1, 2\^20\]"),
+    (lambda: posenc.attention_bias(torch.randn(4), 2**31, 2**31, kind="alibi"), ValueError,
+     "query_length x key_length = 2147483648 x 2147483648 is too large"),
+    (lambda: posenc.attention_bias(torch.randn(4), 2**20, 2**20, kind="alibi"), ValueError,
+     r"an output of shape \[1, 4, 1048576, 1048576\] needs 17592186044416 bytes"),
 ]
 
 

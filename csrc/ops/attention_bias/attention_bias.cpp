@@ -7,6 +7,8 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <sstream>
+
 #include "api/call.h"
 #include "attention_bias.h"
 #include "core/autograd.h"
@@ -152,7 +154,11 @@ void describe(BiasCall& call, const at::Tensor& weight) {
 }
 
 at::Tensor allocate(const BiasCall& call, at::ScalarType dtype) {
-  return at::empty_symint(call.out_sizes, call.weight.options().dtype(dtype));
+  const at::TensorOptions options = call.weight.options().dtype(dtype);
+  std::ostringstream what;
+  what << "query_length x key_length = " << call.query_length << " x " << call.key_length;
+  core::check_output_fits(call.name, what.str(), call.out_sizes, options);
+  return at::empty_symint(call.out_sizes, options);
 }
 
 struct Forward {
