@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #if defined(__x86_64__)
 // GCC 12 warns inside its own AVX-512 headers about the undefined vectors they start from
@@ -460,6 +461,58 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void combine_contiguous_avx
     int64_t dim) {
   combine_row_loop<kCombine, kMasked, kRotated>(in, 1, pe, mask, scale, out, 1, dim);
 }
+
+// float16 through F16C, eight lanes an instruction, instead of the bit arithmetic of
+// float16_to_float and float_to_float16 (about 15 operations an element): exact widening, and
+// rounding to nearest even, as those do. A NaN is written as their quiet NaN (sign | 0x7e00),
+// where F16C would keep its payload, so that every build gives the same bits.
+__attribute__((target("avx2,f16c"))) void halves_to_floats(const Float16* in, float* out,
+                                                           int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(halves));
+  }
+  for (; i < n; ++i) out[i] = float16_to_float(in[i]);
+}
+
+__attribute__((target("avx2,f16c"))) void floats_to_halves(const float* in, Float16* out,
+                                                           int64_t n) {
+  const __m128i quiet_nan = _mm_set1_epi16(0x7e00);
+  const __m128i sign = _mm_set1_epi16(static_cast<int16_t>(0x8000));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 floats = _mm256_loadu_ps(in + i);
+    const __m128i halves = _mm256_cvtps_ph(floats, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(floats, floats, _CMP_UNORD_Q));
+    const __m128i nan_lanes =
+        _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1));
+    const __m128i canonical = _mm_or_si128(_mm_and_si128(halves, sign), quiet_nan);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm_blendv_epi8(halves, canonical, nan_lanes));
+  }
+  for (; i < n; ++i) out[i] = float_to_float16(in[i]);
+}
+
+// A float16 row: chunks widened to float, the float loop, then narrowed; the same float
+// arithmetic in the same order as the float16 loop, so the same bits.
+template <Combine kCombine, bool kMasked, bool kRotated>
+__attribute__((target("avx2,f16c"))) void combine_halves_f16c(const Float16* in,
+                                                              const RowCode<float>& pe,
+                                                              const float* mask, float scale,
+                                                              Float16* out, int64_t dim) {
+  constexpr int64_t kChunk = 256;
+  alignas(32) float in_floats[kChunk];
+  alignas(32) float out_floats[kChunk];
+  for (int64_t d0 = 0; d0 < dim; d0 += kChunk) {
+    const int64_t count = std::min(kChunk, dim - d0);
+    halves_to_floats(in + d0, in_floats, count);
+    combine_row_loop<kCombine, kMasked, kRotated>(in_floats, 1, pe.from_channel(d0),
+                                                  kMasked ? mask + d0 : nullptr, scale, out_floats,
+                                                  1, count);
+    floats_to_halves(out_floats, out + d0, count);
+  }
+}
 #else
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
 constexpr auto combine_contiguous_avx2 =
@@ -474,6 +527,16 @@ constexpr auto combine_contiguous_avx512 =
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
 void combine_contiguous(const scalar_t* in, const RowCode<float>& pe, const float* mask,
                         float scale, scalar_t* out, int64_t dim) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<scalar_t, Float16>) {
+    static const bool f16c =
+        cpu_capability() >= CpuCapability::kAvx2 && __builtin_cpu_supports("f16c");
+    if (f16c) {
+      combine_halves_f16c<kCombine, kMasked, kRotated>(in, pe, mask, scale, out, dim);
+      return;
+    }
+  }
+#endif
   static const auto chosen =
       choose_build(combine_contiguous_baseline<kCombine, kMasked, kRotated, scalar_t>,
                    combine_contiguous_avx2<kCombine, kMasked, kRotated, scalar_t>,

@@ -98,6 +98,13 @@ for dtype in (torch.bfloat16, torch.float16, torch.float32):
         weight = torch.randn(50, dim).to(dtype)
         out.append(posenc.embedding(ids, weight, dropout=0.2, padding_idx=3,
                                     generator=torch.Generator().manual_seed(8)))
+# Every float16 bit pattern (NaNs with payloads, infinities, subnormals) through the float16
+# loops, scaled up to overflow and down to subnormal and zero results.
+every_half = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16)
+for scale in (1.5, 3000.0, 1e-4):
+    out.append(posenc.add_positional(every_half.view(1, 64, 1024), scale=scale, offset=3))
+out.append(posenc.add_positional(every_half.view(1, 64, 1024), combine="mul", dropout=0.3,
+                                 generator=torch.Generator().manual_seed(9)))
 torch.save(out, sys.argv[1])
 """
 
@@ -118,7 +125,7 @@ def test_capped_builds_give_the_same_bits(tmp_path, capability):
         subprocess.run([sys.executable, "-c", _BUILDS_SCRIPT, str(paths[name])], env=env,
                        check=True)
     native, capped = torch.load(paths["native"]), torch.load(paths["capped"])
-    assert len(native) == len(capped) == 30
+    assert len(native) == len(capped) == 34
     for i, (a, b) in enumerate(zip(native, capped)):
         assert a.dtype == b.dtype and torch.equal(a.view(torch.int16 if a.element_size() == 2
                                                           else torch.int32),
