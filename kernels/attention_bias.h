@@ -105,15 +105,16 @@ POSENC_HOST_DEVICE acc_t negative_infinity() {
   }
 }
 
-// The bias of head h at relative position r, from its slope (ALiBi) or table (T5) value.
+// The distance ALiBi's slope multiplies at relative position r (not masked).
+POSENC_HOST_DEVICE int64_t alibi_distance(int64_t r) { return r < 0 ? -r : r; }
+
+// ALiBi's bias of a head at relative position r, from its slope: -distance * slope, negated as
+// an integer so that the diagonal is +0.
 template <typename acc_t>
 POSENC_HOST_DEVICE acc_t bias_value(const AttentionBiasParams& p, int64_t r, acc_t slope) {
   if (bias_masked(p, r)) return negative_infinity<acc_t>();
-  return static_cast<acc_t>(r < 0 ? r : -r) * slope;  // -|r| * slope: +0 on the diagonal
+  return static_cast<acc_t>(-alibi_distance(r)) * slope;
 }
-
-// The distance ALiBi's slope multiplies at relative position r (not masked).
-POSENC_HOST_DEVICE int64_t alibi_distance(int64_t r) { return r < 0 ? -r : r; }
 
 // The slope of head h of `heads` (ALiBi's reference code, as fairseq and BLOOM compute it):
 // the geometric sequence 2^(-8 (h + 1) / n) for n the largest power of two <= heads, then the

@@ -1,7 +1,7 @@
 // CUDA kernels of attention_bias: the bias element by element (a grid-stride walk over
 // [heads, Tq, Tk], consecutive threads on consecutive keys), and the backward's diagonal sums
 // (a thread per diagonal, over queries in increasing order: the CPU's order, so the same bits)
-// and per-slope or per-bucket sums.
+// and per-slope or per-bucket sums; a window's table gradient a thread per (table row, head).
 #include "attention_bias.h"
 #include "cuda/attention_bias_launch.h"
 #include "cuda/device.cuh"
