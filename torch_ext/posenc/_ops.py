@@ -5,6 +5,7 @@ operator itself (one place, shared with C++); all math happens in the kernels.""
 
 from __future__ import annotations
 
+import linecache
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -68,29 +69,62 @@ def _schema_arguments(op: str) -> tuple:
     return tuple(result)
 
 
-class _Binder:
-    """An operator's schema arranged for :func:`_call`: its positional arguments in order, and its
-    keyword arguments by name, so that a call looks at the arguments it was given only."""
-
-    __slots__ = ("op", "positional", "positional_names", "keywords", "function")
-
-    def __init__(self, op: str) -> None:
-        schema = _schema_arguments(op)
-        self.op = op
-        # (name, base type, optional) of each positional argument, in schema order.
-        self.positional = tuple((n, b, o) for n, b, o, kwarg_only, _ in schema if not kwarg_only)
-        self.positional_names = frozenset(entry[0] for entry in self.positional)
-        # name -> (base type, optional, default) of each keyword-only argument.
-        self.keywords = {n: (b, o, d) for n, b, o, kwarg_only, d in schema if kwarg_only}
-        self.function = getattr(torch.ops.posenc, op)
+# The Python type that each schema type takes as it is; any other value goes through
+# _check_argument, which converts it or raises.
+_PLAIN_TYPE = {"str": "str", "float": "float", "int": "int", "SymInt": "int", "bool": "bool"}
 
 
-# Every posenc operator's, made once at import (the package loads the library first):
-# torch.compile then sees constants.
-_BINDERS = {
-    name[len("posenc::"):]: _Binder(name[len("posenc::"):])
-    for name in torch._C._dispatch_get_all_op_names() if name.startswith("posenc::")
-}
+def _binder_source(op: str) -> str:
+    """The source of the function that calls ``torch.ops.posenc.<op>``: one parameter per
+    schema argument (and ``generator``), checked in schema order, in straight-line code made
+    from the schema. A loop over the arguments' names cost a decoding step several microseconds
+    of Python; the generated checks cost about one (docs/performance.md)."""
+    schema = _schema_arguments(op)
+    names = [entry[0] for entry in schema]
+    parameters = [f"{n}=_d_{n}" for n in names] + ["generator=None"]
+    lines = [f"def call_{op}({', '.join(parameters)}):", "    keywords = {}"]
+    positional = [entry for entry in schema if not entry[3]]
+    has_dropout = "dropout" in names and "training" in names
+    for n, base, optional, kwarg_only, default in schema:
+        plain = None if (base == "int" and n == "dtype") else _PLAIN_TYPE.get(base)
+        check = f'_check(_op, "{n}", "{base}", {optional}, {n})'
+        if not kwarg_only:
+            accept = f"isinstance({n}, Tensor)" if base == "Tensor" else (
+                f"type({n}) is {plain}" if plain else "False")
+            if optional:
+                accept = f"{n} is None or {accept}"
+            lines += [f"    if not ({accept}):", f"        {n} = {check}"]
+            continue
+        converted = f"{n} if type({n}) is {plain} else {check}" if plain else check
+        if default is None:
+            given = f"{n} is not None"
+        elif default is _REQUIRED:
+            given = "True"
+        elif plain:
+            # Symbolic values are never the default, so they add no guard.
+            given = f"{n} is not _d_{n} and not (type({n}) is {plain} and {n} == _d_{n})"
+        else:
+            given = f"{n} is not _d_{n} and {n} != _d_{n}"
+        lines += [f"    if {given}:"]
+        if n == "training" and has_dropout:
+            # Without dropout, training changes nothing: checked, not passed.
+            lines += [f"        {n} = {converted}",
+                      "        if not (type(dropout) is float and dropout == 0.0):",
+                      f"            keywords['{n}'] = {n}"]
+        else:
+            lines += [f"        keywords['{n}'] = {converted}"]
+    if "seed" in names:
+        first_tensor = next(n for n, base, *_ in positional if base == "Tensor")
+        lines += [
+            "    if seed is None and not (training is False or "
+            "(type(dropout) is float and dropout == 0.0)):",
+            f"        seed = _draw_seed({first_tensor}.device, "
+            '_check(_op, "dropout", "float", False, dropout), '
+            '_check(_op, "training", "bool", False, training), generator)',
+        ]
+    arguments = ", ".join(n for n, *_ in positional)
+    lines += [f"    return _function({arguments}{', ' if arguments else ''}**keywords)"]
+    return "\n".join(lines) + "\n"
 
 
 def _check_argument(op: str, name: str, base: str, optional: bool, value: object) -> object:
@@ -130,44 +164,40 @@ def draw_seed(
     )
 
 
+def _make_binder(op: str) -> Any:
+    """The generated caller of ``torch.ops.posenc.<op>`` (see _binder_source); its source is
+    registered with linecache, so that tracebacks and torch.compile show it."""
+    source = _binder_source(op)
+    filename = f"<posenc generated: call_{op}>"
+    namespace: Dict[str, Any] = {
+        "Tensor": Tensor,
+        "_op": op,
+        "_check": _check_argument,
+        "_draw_seed": draw_seed,
+        "_function": getattr(torch.ops.posenc, op).default,
+    }
+    for n, _, _, _, default in _schema_arguments(op):
+        namespace[f"_d_{n}"] = None if default is _REQUIRED else default
+    exec(compile(source, filename, "exec"), namespace)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return namespace[f"call_{op}"]
+
+
+# Every posenc operator's caller, made once at import (the package loads the library first):
+# torch.compile then sees constants.
+_BINDERS = {
+    name[len("posenc::"):]: _make_binder(name[len("posenc::"):])
+    for name in torch._C._dispatch_get_all_op_names() if name.startswith("posenc::")
+}
+
+
 def _call(op: str, arguments: Dict[str, Any], generator: Optional[torch.Generator] = None) -> Any:
-    """Calls ``torch.ops.posenc.<op>`` with ``arguments`` by schema name; keyword arguments that
-    are absent, or equal to the schema's default, keep the schema's defaults (passing them costs
-    the dispatcher's argument parsing time a decoding step notices; docs/performance.md).
+    """Calls ``torch.ops.posenc.<op>`` with ``arguments`` by schema name. Keyword arguments that
+    are absent, or equal to the schema's default, keep the schema's defaults (each one passed
+    costs the dispatcher's argument parsing about half a microsecond; docs/performance.md).
     Checks each type, and draws the dropout seed when the schema takes one and none is given, on
     the device of the operator's first tensor."""
-    binder = _BINDERS[op]
-    positional = []
-    for name, base, optional in binder.positional:
-        value = arguments.get(name)
-        if name == "seed" and value is None:
-            dropout = arguments.get("dropout", 0.0)
-            training = arguments.get("training", True)
-            if not (training is False or (type(dropout) is float and dropout == 0.0)):
-                value = draw_seed(
-                    next(v for v in positional if isinstance(v, Tensor)).device,
-                    _check_argument(op, "dropout", "float", False, dropout),
-                    _check_argument(op, "training", "bool", False, training),
-                    generator,
-                )
-        # The common cases without the general check: a tensor, or None where allowed.
-        if (base == "Tensor" and isinstance(value, Tensor)) or (value is None and optional):
-            positional.append(value)
-        else:
-            positional.append(_check_argument(op, name, base, optional, value))
-    keywords = {}
-    for name, value in arguments.items():
-        spec = binder.keywords.get(name)
-        if spec is None:
-            assert name in binder.positional_names, f"posenc: {op} has no argument {name!r}"
-            continue
-        base, optional, default = spec
-        if value is default or (
-            value is not None and type(value) is type(default) and value == default
-        ):
-            continue  # the schema's default itself (symbolic values never are: no guard)
-        keywords[name] = _check_argument(op, name, base, optional, value)
-    return binder.function(*positional, **keywords)
+    return _BINDERS[op](generator=generator, **arguments)
 
 
 def add_positional(
@@ -231,12 +261,11 @@ def add_positional(
         ``(..., T, D)`` tensor like ``x``. Angles are reduced exactly, so the code is within
         2e-6 of a float64 computation for positions below 2^24.
     """
-    # Named explicitly: Dynamo before torch 2.14 cannot trace locals().
-    arguments = dict(x=x, kind=kind, combine=combine, scale=scale, positions=positions,
-                     offset=offset, base=base, convention=convention, layout=layout, table=table,
-                     dropout=dropout, training=training,
-                     **grid_arguments("posenc.add_positional", grid))
-    return _call("add_positional", arguments, generator)
+    # The operator's caller itself, without a dict in between: a decoding step notices.
+    return _BINDERS["add_positional"](
+        x, positions, table, kind=kind, combine=combine, scale=scale, offset=offset, base=base,
+        convention=convention, layout=layout, dropout=dropout, training=training,
+        generator=generator, **grid_arguments("posenc.add_positional", grid))
 
 
 def embedding(
