@@ -87,15 +87,17 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
     const int64_t block_count = (seq_len + block - 1) / block;
     const int64_t grain = std::max<int64_t>(1, 32768 / (block * dim));
     parallel_for(0, block_count * batch, grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc> pe_block(needs_code ? static_cast<size_t>(block * dim) : 0);
-      int64_t pe_block_index = -1;  // which t-block pe_block holds (shared positions)
-      int64_t pe_row_position = 0;  // which position pe_block's first row holds (otherwise)
-      bool pe_row_valid = false;
-      std::vector<acc> mask_chunk(kRowChunk);
       typename cpu::PositionCodeRows<scalar_t>::Recurrence recurrence_state;
       // One batch row walking consecutive positions: rows from their anchors.
       const bool walk_anchors =
           needs_code && batch == 1 && code.anchored() && positions.consecutive(begin, end);
+      // Left uninitialised: a decoding step's row is not worth a memset.
+      std::unique_ptr<acc[]> pe_block(
+          needs_code && !walk_anchors ? new acc[static_cast<size_t>(block * dim)] : nullptr);
+      int64_t pe_block_index = -1;  // which t-block pe_block holds (shared positions)
+      int64_t pe_row_position = 0;  // which position pe_block's first row holds (otherwise)
+      bool pe_row_valid = false;
+      std::unique_ptr<acc[]> mask_chunk(params.dropout.active ? new acc[kRowChunk] : nullptr);
       // In a dense out, the rows of one batch index lie back to back, and this range walks each
       // batch index's rows upwards: one run per batch index, if runs can be long enough to be
       // populated (which also bounds the runs' count by the output's size).
@@ -110,11 +112,11 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
         const int64_t t_end = std::min(seq_len, t_begin + block);
         if (needs_code && shared && !walk_anchors && pe_block_index != t_block) {
           if (positions.consecutive(t_begin, t_end)) {
-            code.evaluate_consecutive(positions.at(0, t_begin), t_end - t_begin, pe_block.data(),
+            code.evaluate_consecutive(positions.at(0, t_begin), t_end - t_begin, pe_block.get(),
                                       recurrence_state);
           } else {
             for (int64_t t = t_begin; t < t_end; ++t) {
-              code.evaluate(positions.at(0, t), pe_block.data() + (t - t_begin) * dim);
+              code.evaluate(positions.at(0, t), pe_block.get() + (t - t_begin) * dim);
             }
           }
           pe_block_index = t_block;
@@ -127,15 +129,15 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
           if (with_code && walk_anchors) {
             pe = code.anchored_row(positions.at(0, t), recurrence_state);
           } else if (with_code && shared) {
-            pe.row = pe_block.data() + (t - t_begin) * dim;
+            pe.row = pe_block.get() + (t - t_begin) * dim;
           } else if (with_code) {
             const int64_t position = positions.at(b, t);
             if (!pe_row_valid || position != pe_row_position) {
-              code.evaluate(position, pe_block.data());
+              code.evaluate(position, pe_block.get());
             }
             pe_row_position = position;
             pe_row_valid = true;
-            pe.row = pe_block.data();
+            pe.row = pe_block.get();
           }
           const Combine combine = with_code ? params.combine : Combine::kScaleOnly;
           scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(params.out.data)) + out_base +
@@ -167,14 +169,15 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
             prefetch_ahead(d0, d0 + count);
             if (params.dropout.active) {
               cpu::dropout_multipliers(params.dropout, first_element + static_cast<uint64_t>(d0),
-                                       count, mask_chunk.data());
+                                       count, mask_chunk.get());
             }
             cpu::combine_row(combine, in.data + d0 * in.stride, in.stride, pe.from_channel(d0),
-                             params.dropout.active ? mask_chunk.data() : nullptr, scale,
+                             params.dropout.active ? mask_chunk.get() : nullptr, scale,
                              out + d0 * out_stride, out_stride, count);
           }
         }
       }
+      code.keep_last_anchor(recurrence_state);
     });
   });
 }

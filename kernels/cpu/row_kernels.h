@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -254,6 +255,18 @@ WalkTables<acc> make_walk_tables(const ChannelArrays& arrays) {
 template <typename acc>
 using GridRows = std::vector<std::vector<acc>>;
 
+// The code at one anchor of a walk (PositionCodeRows::anchored_row), made once and then only
+// read, so that calls and threads can share it.
+template <typename acc>
+struct Anchor {
+  int64_t position = -1;
+  std::vector<double> sin_cos;  // [2 * rotating channels]: sin, then cos, of their angles
+  std::vector<acc> row;         // [2 * dim]: amplitude * sin, then amplitude * cos, per channel
+};
+
+template <typename acc>
+using SharedAnchor = std::shared_ptr<const Anchor<acc>>;
+
 // The walk tables kept with a code's arrays (ChannelArrays::walks), in float and in double,
 // each made by the first call that walks in that type; and, for a code on a grid, its grid rows,
 // made by the first call that reads them (the arrays are kept per code, width and grid). Safe to
@@ -268,6 +281,33 @@ struct WalkTablesCache {
       std::call_once(float_once, [&] { float_tables = make_walk_tables<float>(arrays); });
       return float_tables;
     }
+  }
+
+  // The last few anchors that calls walked to, so that the next call, a decoding step one
+  // position further, starts from one instead of evaluating its row exactly: its row then costs
+  // a rotation of the anchor per turn_rows positions and an exact evaluation of half the
+  // channels per kAnchorRows, not an exact evaluation of every channel (docs/performance.md).
+  // Every anchor is the same function of its position, so the bits do not depend on what is
+  // kept. find_anchor returns null when `position`'s anchor is not kept.
+  template <typename acc>
+  SharedAnchor<acc> find_anchor(int64_t position) {
+    const std::lock_guard<std::mutex> lock(anchors_mutex_);
+    for (const SharedAnchor<acc>& kept : anchors<acc>()) {
+      if (kept != nullptr && kept->position == position) return kept;
+    }
+    return nullptr;
+  }
+
+  template <typename acc>
+  void keep_anchor(const SharedAnchor<acc>& anchor) {
+    const std::lock_guard<std::mutex> lock(anchors_mutex_);
+    auto& kept = anchors<acc>();
+    for (const SharedAnchor<acc>& entry : kept) {
+      if (entry == anchor) return;
+    }
+    int& next = std::is_same_v<acc, double> ? next_double_anchor_ : next_float_anchor_;
+    kept[static_cast<size_t>(next)] = anchor;
+    next = (next + 1) % kKeptAnchors;
   }
 
   template <typename acc, typename Make>
@@ -287,6 +327,22 @@ struct WalkTablesCache {
   WalkTables<double> double_tables;
   GridRows<float> float_grid;
   GridRows<double> double_grid;
+
+  // A few anchors per type, for a few sequences decoded side by side.
+  static constexpr int kKeptAnchors = 4;
+  template <typename acc>
+  std::array<SharedAnchor<acc>, kKeptAnchors>& anchors() {
+    if constexpr (std::is_same_v<acc, double>) {
+      return double_anchors_;
+    } else {
+      return float_anchors_;
+    }
+  }
+  std::mutex anchors_mutex_;
+  std::array<SharedAnchor<float>, kKeptAnchors> float_anchors_;
+  std::array<SharedAnchor<double>, kKeptAnchors> double_anchors_;
+  int next_float_anchor_ = 0;
+  int next_double_anchor_ = 0;
 };
 
 // Evaluates PE(pos) rows. Computed kinds keep their channel codes as separate arrays so the
@@ -298,19 +354,19 @@ class PositionCodeRows {
   using acc = acc_t<scalar_t>;
 
   // walk_rows: the most consecutive positions that one call walks through (evaluate_consecutive,
-  // anchored_row); 1 when it only calls evaluate(), 0 when it evaluates no rows (a kScaleOnly
-  // call, for which not even a grid's axis rows are built). The turn tables that make walks
-  // cheap are built only for walks of at least kMinWalkRows positions: their setup costs as
-  // much as evaluating tens of rows directly (docs/performance.md), which a decoding step of one
-  // row should not pay.
+  // anchored_row), 1 for single rows; 0 when it evaluates no rows (a kScaleOnly call, for which
+  // not even a grid's axis rows are built). Turn tables made for one call are made only for
+  // walks of at least kMinWalkRows positions: their setup costs as much as evaluating tens of
+  // rows directly (docs/performance.md), which a decoding step of one row should not pay.
   PositionCodeRows(const PositionSource& source, int64_t dim, int64_t walk_rows)
       : source_(source), dim_(dim) {
     if (source.kind == PositionKind::kLearned || source.channels == nullptr) return;
     // The channel pairs and the double amplitudes serve only the walks' anchors and turn
     // tables, so a short call (a decoding step) makes neither: its setup is then about half.
-    // Kept tables cost nothing to reuse, so any walk of two rows or more takes them.
+    // Kept tables cost nothing to reuse, so any walk takes them, a decoding step's row included:
+    // it starts from a kept anchor (WalkTablesCache::find_anchor).
     const bool kept_walks = source.arrays != nullptr && source.arrays->walks != nullptr;
-    const bool walks = walk_rows >= (kept_walks ? 2 : kMinWalkRows) && source.grid.axis_count == 0;
+    const bool walks = walk_rows >= (kept_walks ? 1 : kMinWalkRows) && source.grid.axis_count == 0;
     // The codes as arrays: the binding's kept ones, or made here.
     if (source.arrays == nullptr) owned_arrays_ = make_channel_arrays(source.channels, dim);
     const ChannelArrays& arrays = source.arrays != nullptr ? *source.arrays : owned_arrays_;
@@ -329,6 +385,7 @@ class PositionCodeRows {
         // Made once per code (the first call to walk it) and kept with its arrays.
         walk_ =
             std::shared_ptr<const WalkTables<acc>>(arrays.walks, &arrays.walks->get<acc>(arrays));
+        kept_ = arrays.walks.get();
       } else {
         walk_ = std::make_shared<const WalkTables<acc>>(make_walk_tables<acc>(arrays));
       }
@@ -348,9 +405,7 @@ class PositionCodeRows {
 
   // The state of evaluate_consecutive between rows and calls: the code at the last anchor.
   struct Recurrence {
-    std::vector<double> sin_cos;   // [2 * rotating channels]: sin, then cos, of their angles
-    std::vector<acc> anchor;       // [2 * dim]: amplitude * sin, then amplitude * cos, per channel
-    int64_t anchor_position = -1;  // the position they hold (-1: none)
+    SharedAnchor<acc> anchor;  // null: none yet
   };
 
   // out[r * dim + d] = PE(first + r)[d] for r < rows: consecutive positions, in three tiers.
@@ -389,9 +444,11 @@ class PositionCodeRows {
   // turn_rows_ positions), as evaluate_consecutive does. Requires anchored() and position >= 0.
   RowCode<acc> anchored_row(int64_t position, Recurrence& state) const {
     const int64_t k = position % walk_->turn_rows;
-    if (state.anchor_position != position - k) move_anchor(position - k, state);
+    if (state.anchor == nullptr || state.anchor->position != position - k) {
+      move_anchor(position - k, state);
+    }
     RowCode<acc> code;
-    code.anchor_sin = state.anchor.data();
+    code.anchor_sin = state.anchor->row.data();
     code.anchor_cos = code.anchor_sin + dim_;
     code.turn_cos = walk_->turn_cos.data() + k * dim_;
     code.turn_sin = walk_->turn_sin.data() + k * dim_;
@@ -402,18 +459,34 @@ class PositionCodeRows {
   static constexpr int64_t kAnchorRows = 256;
 
  private:
-  // Moves `state` to the anchor `position` (a multiple of turn_rows_): exact at multiples of
-  // kAnchorRows, else rotated from the anchor before it, which is recomputed from the last exact
-  // one when the state does not hold it.
+  // Moves `state` to the anchor `position` (a multiple of turn_rows_): a kept one (see
+  // WalkTablesCache::find_anchor), else made: exact at multiples of kAnchorRows, else rotated
+  // from the anchor before it (the state's, a kept one, or recomputed from the last exact one).
   void move_anchor(int64_t position, Recurrence& state) const {
+    if (kept_ != nullptr) {
+      if (SharedAnchor<acc> found = kept_->find_anchor<acc>(position)) {
+        state.anchor = std::move(found);
+        return;
+      }
+    }
     const WalkTables<acc>& walk = *walk_;
     const int64_t n = walk.rotating_count(dim_);
-    state.sin_cos.resize(static_cast<size_t>(2 * n));
-    double* __restrict s = state.sin_cos.data();
+    auto made = std::make_shared<Anchor<acc>>();
+    made->position = position;
+    made->sin_cos.resize(static_cast<size_t>(2 * n));
+    double* __restrict s = made->sin_cos.data();
     double* __restrict c = s + n;
-    const bool continuing =
-        state.anchor_position == position - walk.turn_rows && position % kAnchorRows != 0;
-    if (continuing) {
+    SharedAnchor<acc> previous;
+    if (position % kAnchorRows != 0) {
+      const int64_t before = position - walk.turn_rows;
+      if (state.anchor != nullptr && state.anchor->position == before) {
+        previous = state.anchor;
+      } else if (kept_ != nullptr) {
+        previous = kept_->find_anchor<acc>(before);
+      }
+    }
+    if (previous != nullptr) {
+      std::copy(previous->sin_cos.begin(), previous->sin_cos.end(), s);
       rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, n);
     } else {
       const int64_t exact = position - position % kAnchorRows;
@@ -429,16 +502,24 @@ class PositionCodeRows {
         rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, n);
       }
     }
-    write_anchor(s, c, state);
-    state.anchor_position = position;
+    write_anchor(s, c, made->row);
+    state.anchor = std::move(made);
   }
 
+ public:
+  // Keeps `state`'s anchor for later calls (see WalkTablesCache::find_anchor): a caller calls it
+  // once it has walked to its last row.
+  void keep_last_anchor(const Recurrence& state) const {
+    if (kept_ != nullptr && state.anchor != nullptr) kept_->keep_anchor<acc>(state.anchor);
+  }
+
+ private:
   // The anchor row from the rotating channels' sin and cos: per channel amplitude * (sin, cos)
   // of its angle; the cos channel of a pair has angle + 1/4 turn, so (c, -s).
   void write_anchor(const double* __restrict s, const double* __restrict c,
-                    Recurrence& state) const {
-    state.anchor.resize(static_cast<size_t>(2 * dim_));
-    acc* __restrict a_sin = state.anchor.data();
+                    std::vector<acc>& row) const {
+    row.resize(static_cast<size_t>(2 * dim_));
+    acc* __restrict a_sin = row.data();
     acc* __restrict a_cos = a_sin + dim_;
     const double* __restrict amplitude = amplitude64_;
     auto sin_channel = [&](int64_t d, int64_t i) {
@@ -475,6 +556,8 @@ class PositionCodeRows {
 
   // The walk's tables: kept with the code's arrays, or made for this call; null without walks.
   std::shared_ptr<const WalkTables<acc>> walk_;
+  // Where anchors are kept between calls: the code's arrays' cache; null when they have none.
+  WalkTablesCache* kept_ = nullptr;
 
  public:
   // out[d - first] = PE(position)[d] for first <= d < end (default: the whole row).

@@ -1,5 +1,8 @@
 // The CPU row kernels of add_positional and positional_encoding, without torch, against float64
 // references written from the published formulas.
+#include <algorithm>
+#include <numeric>
+
 #include "grid_case.h"
 #include "kernel_test_util.h"
 
@@ -369,35 +372,84 @@ TEST(AddPositionalKernel, KeptGridRowsGiveTheSameBits) {
 }
 
 // Channel codes given as the binding's kept arrays give the same bits as codes laid out per
-// call, for a decoding step (exact rows) and a long call (anchors and turn tables), in every
-// computed kind.
+// call for a long call (anchors and turn tables), in every computed kind.
 TEST(AddPositionalKernel, KeptChannelArraysGiveTheSameBits) {
   for (const pk::PositionKind kind : {pk::PositionKind::kSinusoidal, pk::PositionKind::kLinear,
                                       pk::PositionKind::kDamped, pk::PositionKind::kCosine}) {
-    for (const int64_t seq : {int64_t{1}, int64_t{300}}) {
-      const int64_t dim = 70, batch = 2;
+    const int64_t dim = 70, batch = 2, seq = 300;
+    std::vector<float> x(batch * seq * dim);
+    std::mt19937 rng(static_cast<unsigned>(seq + static_cast<int>(kind)));
+    std::normal_distribution<float> normal;
+    for (auto& v : x) v = normal(rng);
+    pk::PositionCodeOptions options;
+    options.kind = kind;
+    const auto codes = pk::make_channel_codes(options, dim);
+    const pk::ChannelArrays arrays = pk::make_channel_arrays(codes);
+    auto run = [&](const pk::ChannelArrays* kept) {
+      std::vector<float> out(batch * seq * dim, std::nanf(""));
+      pk::AddPositionalParams params = contiguous_params(x, out, batch, seq, dim, codes);
+      params.offset = 3000;
+      params.source.kind = kind;
+      params.source.code = options;
+      params.source.arrays = kept;
+      pk::add_positional_cpu(params, four_threads);
+      return out;
+    };
+    const std::vector<float> per_call = run(nullptr), kept = run(&arrays);
+    EXPECT_EQ(0, std::memcmp(per_call.data(), kept.data(), kept.size() * sizeof(float)))
+        << "kind " << static_cast<int>(kind);
+    EXPECT_FALSE(std::isnan(kept[0]));
+  }
+}
+
+// With the binding's kept arrays, a decoding step (T = 1) starts from a kept anchor, and its row
+// is the long call's row of the same position bit for bit, whichever steps ran before (in
+// order, as decoding runs them, or shuffled, so that most find no kept anchor), for one batch
+// row (the rotation fused into the combine) and several (code rows written first).
+TEST(AddPositionalKernel, DecodingStepsGiveTheLongCallsRows) {
+  for (const pk::PositionKind kind : {pk::PositionKind::kSinusoidal, pk::PositionKind::kLinear,
+                                      pk::PositionKind::kDamped, pk::PositionKind::kCosine}) {
+    for (const int64_t batch : {int64_t{1}, int64_t{3}}) {
+      const int64_t dim = 70, seq = 300, first = 3000 - 37;
       std::vector<float> x(batch * seq * dim);
-      std::mt19937 rng(static_cast<unsigned>(seq + static_cast<int>(kind)));
+      std::mt19937 rng(static_cast<unsigned>(batch + static_cast<int>(kind)));
       std::normal_distribution<float> normal;
       for (auto& v : x) v = normal(rng);
       pk::PositionCodeOptions options;
       options.kind = kind;
       const auto codes = pk::make_channel_codes(options, dim);
-      const pk::ChannelArrays arrays = pk::make_channel_arrays(codes);
-      auto run = [&](const pk::ChannelArrays* kept) {
-        std::vector<float> out(batch * seq * dim, std::nanf(""));
-        pk::AddPositionalParams params = contiguous_params(x, out, batch, seq, dim, codes);
-        params.offset = 3000;
-        params.source.kind = kind;
-        params.source.code = options;
-        params.source.arrays = kept;
-        pk::add_positional_cpu(params, four_threads);
-        return out;
-      };
-      const std::vector<float> per_call = run(nullptr), kept = run(&arrays);
-      EXPECT_EQ(0, std::memcmp(per_call.data(), kept.data(), kept.size() * sizeof(float)))
-          << "kind " << static_cast<int>(kind) << " T " << seq;
-      EXPECT_FALSE(std::isnan(kept[0]));
+      const pk::ChannelArrays long_arrays = pk::make_channel_arrays(codes);
+      std::vector<float> long_out(batch * seq * dim, std::nanf(""));
+      pk::AddPositionalParams params = contiguous_params(x, long_out, batch, seq, dim, codes);
+      params.offset = first;
+      params.source.kind = kind;
+      params.source.code = options;
+      params.source.arrays = &long_arrays;
+      pk::add_positional_cpu(params, four_threads);
+      std::vector<int64_t> steps(seq);
+      std::iota(steps.begin(), steps.end(), 0);
+      for (const bool shuffled : {false, true}) {
+        if (shuffled) std::shuffle(steps.begin(), steps.end(), rng);
+        const pk::ChannelArrays arrays = pk::make_channel_arrays(codes);  // nothing kept yet
+        for (const int64_t t : steps) {
+          std::vector<float> x_step(batch * dim), out(batch * dim, std::nanf(""));
+          for (int64_t b = 0; b < batch; ++b) {
+            std::copy_n(x.begin() + (b * seq + t) * dim, dim, x_step.begin() + b * dim);
+          }
+          pk::AddPositionalParams step = contiguous_params(x_step, out, batch, 1, dim, codes);
+          step.offset = first + t;
+          step.source.kind = kind;
+          step.source.code = options;
+          step.source.arrays = &arrays;
+          pk::add_positional_cpu(step, four_threads);
+          for (int64_t b = 0; b < batch; ++b) {
+            ASSERT_EQ(0, std::memcmp(out.data() + b * dim, long_out.data() + (b * seq + t) * dim,
+                                     dim * sizeof(float)))
+                << "kind " << static_cast<int>(kind) << " batch " << batch << " position "
+                << first + t << (shuffled ? " (shuffled)" : " (in order)");
+          }
+        }
+      }
     }
   }
 }

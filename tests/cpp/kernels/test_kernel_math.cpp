@@ -204,9 +204,9 @@ TEST(PositionCodeRecurrence, ShortWalksEvaluateExactly) {
 }
 
 // Walk tables kept with a code's arrays (the binding keeps them per code) are made once, shared
-// by every later call, and so taken by walks of any length from two rows: the same bits as the
-// tables a call makes for itself.
-TEST(PositionCodeRecurrence, KeptArraysWalkFromTwoRowsWithSharedTables) {
+// by every later call, and so taken by walks of any length, a single row's included: the same
+// bits as the tables a call makes for itself.
+TEST(PositionCodeRecurrence, KeptArraysWalkFromOneRowWithSharedTables) {
   const int64_t dim = 70;
   const std::vector<pk::ChannelCode> channels = pk::make_channel_codes({}, dim);
   const pk::ChannelArrays arrays = pk::make_channel_arrays(channels);
@@ -216,7 +216,8 @@ TEST(PositionCodeRecurrence, KeptArraysWalkFromTwoRowsWithSharedTables) {
   using Rows = pk::cpu::PositionCodeRows<float>;
   const Rows kept(kept_source, dim, 2), again(kept_source, dim, 5);
   ASSERT_TRUE(kept.anchored());
-  ASSERT_FALSE(Rows(kept_source, dim, 1).anchored());
+  ASSERT_TRUE(Rows(kept_source, dim, 1).anchored());
+  ASSERT_FALSE(Rows(kept_source, dim, 0).anchored());
   ASSERT_FALSE(Rows(call_source, dim, 2).anchored());
   const Rows own(call_source, dim, Rows::kMinWalkRows);
   ASSERT_TRUE(own.anchored());
