@@ -4,14 +4,38 @@
 #include <torch/csrc/jit/frontend/function_schema_parser.h>
 
 #include <algorithm>
+#include <mutex>
+#include <unordered_map>
 
 namespace posenc {
 namespace core {
 
 int argument_index(const c10::FunctionSchema& schema, std::string_view name) {
   const auto& arguments = schema.arguments();
+  // A parser reads each name from the same literal at every call, so the index found last for
+  // (schema, the name's address) is kept per thread and checked with one comparison: a call
+  // reads about 20 names, and scanning the schema for each cost a decoding step about 0.4 us.
+  struct Kept {
+    const c10::FunctionSchema* schema;
+    const char* name;
+    int index;
+  };
+  constexpr size_t kSlots = 256;
+  thread_local Kept kept[kSlots] = {};
+  const size_t slot =
+      (reinterpret_cast<uintptr_t>(name.data()) >> 3 ^ reinterpret_cast<uintptr_t>(&schema) >> 4) %
+      kSlots;
+  Kept& entry = kept[slot];
+  if (entry.schema == &schema && entry.name == name.data() &&
+      static_cast<size_t>(entry.index) < arguments.size() &&
+      arguments[static_cast<size_t>(entry.index)].name() == name) {
+    return entry.index;
+  }
   for (size_t i = 0; i < arguments.size(); ++i) {
-    if (arguments[i].name() == name) return static_cast<int>(i);
+    if (arguments[i].name() == name) {
+      entry = {&schema, name.data(), static_cast<int>(i)};
+      return static_cast<int>(i);
+    }
   }
   return -1;
 }
@@ -48,12 +72,25 @@ Arguments::Arguments(const c10::OperatorHandle& op, const torch::jit::Stack& sta
   const size_t count = schema_.arguments().size();
   TORCH_INTERNAL_ASSERT(stack.size() >= count);
   first_ = stack.data() + (stack.size() - count);
-  // "posenc::rotary" -> "posenc.rotary", as torch.ops spells it.
-  const std::string& qualified = schema_.name();
-  const size_t separator = qualified.find("::");
-  TORCH_INTERNAL_ASSERT(separator != std::string::npos,
-                        "an operator without a namespace: ", qualified);
-  op_name_ = qualified.substr(0, separator) + "." + qualified.substr(separator + 2);
+  op_name_ = dotted_name(schema_);
+}
+
+const char* Arguments::dotted_name(const c10::FunctionSchema& schema) {
+  // Made once per operator and kept: a string per call costs a decoding step an allocation.
+  // The schemas live as long as their registrations, which outlive every call.
+  static std::mutex mutex;
+  static auto* names = new std::unordered_map<const c10::FunctionSchema*, std::string>();
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto [entry, made] = names->try_emplace(&schema);
+  if (made) {
+    // "posenc::rotary" -> "posenc.rotary", as torch.ops spells it.
+    const std::string& qualified = schema.name();
+    const size_t separator = qualified.find("::");
+    TORCH_INTERNAL_ASSERT(separator != std::string::npos,
+                          "an operator without a namespace: ", qualified);
+    entry->second = qualified.substr(0, separator) + "." + qualified.substr(separator + 2);
+  }
+  return entry->second.c_str();
 }
 
 const c10::IValue& Arguments::operator[](std::string_view name) const {

@@ -41,7 +41,7 @@ class Arguments {
  public:
   Arguments(const c10::OperatorHandle& op, const torch::jit::Stack& stack);
 
-  const char* op_name() const { return op_name_.c_str(); }  // "posenc.add_positional"
+  const char* op_name() const { return op_name_; }  // "posenc.add_positional"
   const c10::IValue& operator[](std::string_view name) const;
 
   at::Tensor tensor(std::string_view name) const;
@@ -57,9 +57,11 @@ class Arguments {
   bool boolean(std::string_view name) const;
 
  private:
+  static const char* dotted_name(const c10::FunctionSchema& schema);
+
   const c10::FunctionSchema& schema_;
   const c10::IValue* first_;
-  std::string op_name_;
+  const char* op_name_;
 };
 
 // The index of argument `name` in `schema`, or -1.

@@ -415,7 +415,10 @@ kernels::AddPositionalParams kernel_params(const RowCall& call, const at::Tensor
   const RowOptions& options = call.options;
   params.dtype = kernel_dtype(out.scalar_type());
   params.shape = row_shape(call.row_sizes);
-  params.out = strided_rows(out.view_symint(call.row_sizes));
+  // A view costs a dispatch, which a decoding step notices: only where the sizes differ.
+  params.out = strided_rows(out.sym_sizes() == c10::SymIntArrayRef(call.row_sizes)
+                                ? out
+                                : out.view_symint(call.row_sizes));
   if (rows.defined()) params.x = strided_rows(rows);
   params.positions = strided_index(call.positions);
   params.offset = options.offset;
