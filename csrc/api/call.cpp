@@ -4,30 +4,66 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/randint.h>
 
-#include <algorithm>
+#include <array>
+#include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
+#include <string_view>
+
+#include "core/operator.h"
 
 namespace posenc {
 namespace api {
 
+namespace {
+
+// The handle of posenc::<op>. Found once per operator name and kept per thread, keyed by the
+// name's address (the API passes literals) and checked against the schema's name: a lookup in
+// the dispatcher's table, with its string, cost a decoding step through the C++ API more than
+// the step's row.
+const c10::OperatorHandle& operator_handle(const char* op) {
+  struct Kept {
+    const char* op = nullptr;
+    std::optional<c10::OperatorHandle> handle;
+  };
+  constexpr size_t kSlots = 64;
+  thread_local std::array<Kept, kSlots> kept;
+  constexpr std::string_view kNamespace = "posenc::";
+  Kept& entry = kept[(reinterpret_cast<uintptr_t>(op) >> 3) % kSlots];
+  if (entry.op == op && entry.handle.has_value()) {
+    const std::string& name = entry.handle->schema().name();
+    if (name.size() > kNamespace.size() &&
+        name.compare(kNamespace.size(), std::string::npos, op) == 0) {
+      return *entry.handle;
+    }
+  }
+  entry.handle =
+      c10::Dispatcher::singleton().findSchemaOrThrow((std::string(kNamespace) + op).c_str(), "");
+  entry.op = op;
+  return *entry.handle;
+}
+
+}  // namespace
+
 torch::jit::Stack call_operator(const char* op, const NamedArguments& arguments) {
-  const c10::OperatorHandle handle =
-      c10::Dispatcher::singleton().findSchemaOrThrow((std::string("posenc::") + op).c_str(), "");
-  const auto& schema_arguments = handle.schema().arguments();
+  const c10::OperatorHandle& handle = operator_handle(op);
+  const c10::FunctionSchema& schema = handle.schema();
+  const auto& schema_arguments = schema.arguments();
+  // Each given argument into its slot (one lookup each), then the defaults.
+  std::vector<const c10::IValue*> given(schema_arguments.size(), nullptr);
   for (const auto& [name, value] : arguments) {
-    const bool known = std::any_of(schema_arguments.begin(), schema_arguments.end(),
-                                   [&](const c10::Argument& a) { return a.name() == name; });
-    TORCH_INTERNAL_ASSERT(known, "posenc::", op, " has no argument ", name);
+    const int index = core::argument_index(schema, name);
+    TORCH_INTERNAL_ASSERT(index >= 0, "posenc::", op, " has no argument ", name);
+    given[static_cast<size_t>(index)] = &value;
   }
   torch::jit::Stack stack;
-  for (const c10::Argument& argument : schema_arguments) {
-    const auto given = std::find_if(arguments.begin(), arguments.end(), [&](const auto& entry) {
-      return argument.name() == entry.first;
-    });
-    if (given != arguments.end()) {
-      stack.push_back(given->second);
+  stack.reserve(schema_arguments.size());
+  for (size_t i = 0; i < schema_arguments.size(); ++i) {
+    if (given[i] != nullptr) {
+      stack.push_back(*given[i]);
     } else {
+      const c10::Argument& argument = schema_arguments[i];
       TORCH_INTERNAL_ASSERT(argument.default_value().has_value(), "posenc::", op, ": no value for ",
                             argument.name());
       stack.push_back(*argument.default_value());
