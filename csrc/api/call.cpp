@@ -6,10 +6,12 @@
 
 #include <array>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/operator.h"
 
@@ -44,18 +46,56 @@ const c10::OperatorHandle& operator_handle(const char* op) {
   return *entry.handle;
 }
 
+// The schema slot of each given argument, kept per thread for the last argument lists seen:
+// an API function passes the same name literals in the same order at every call, so a list is
+// recognised by its schema and its names' addresses, compared one by one, instead of finding
+// each name in the schema.
+const std::vector<int>& argument_slots(const c10::FunctionSchema& schema, const char* op,
+                                       const NamedArguments& arguments) {
+  struct Kept {
+    const c10::FunctionSchema* schema = nullptr;
+    std::vector<const char*> names;
+    std::vector<int> slots;
+  };
+  constexpr size_t kKept = 32;
+  thread_local std::array<Kept, kKept> kept;
+  thread_local size_t next = 0;
+  for (const Kept& entry : kept) {
+    if (entry.schema != &schema || entry.names.size() != arguments.size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < arguments.size() && same; ++i) {
+      same = entry.names[i] == arguments[i].first;
+    }
+    if (same) return entry.slots;
+  }
+  Kept& entry = kept[next];
+  next = (next + 1) % kKept;
+  entry.schema = &schema;
+  entry.names.clear();
+  entry.slots.clear();
+  for (const auto& [name, value] : arguments) {
+    const int index = core::argument_index(schema, name);
+    TORCH_INTERNAL_ASSERT(index >= 0, "posenc::", op, " has no argument ", name);
+    entry.names.push_back(name);
+    entry.slots.push_back(index);
+  }
+  return entry.slots;
+}
+
 }  // namespace
 
 torch::jit::Stack call_operator(const char* op, const NamedArguments& arguments) {
   const c10::OperatorHandle& handle = operator_handle(op);
   const c10::FunctionSchema& schema = handle.schema();
   const auto& schema_arguments = schema.arguments();
-  // Each given argument into its slot (one lookup each), then the defaults.
-  std::vector<const c10::IValue*> given(schema_arguments.size(), nullptr);
-  for (const auto& [name, value] : arguments) {
-    const int index = core::argument_index(schema, name);
-    TORCH_INTERNAL_ASSERT(index >= 0, "posenc::", op, " has no argument ", name);
-    given[static_cast<size_t>(index)] = &value;
+  // Each given argument into its slot, then the defaults.
+  constexpr size_t kMostArguments = 64;
+  TORCH_INTERNAL_ASSERT(schema_arguments.size() <= kMostArguments, "posenc::", op,
+                        " has more arguments than call_operator holds");
+  std::array<const c10::IValue*, kMostArguments> given{};
+  const std::vector<int>& slots = argument_slots(schema, op, arguments);
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    given[static_cast<size_t>(slots[i])] = &arguments[i].second;
   }
   torch::jit::Stack stack;
   stack.reserve(schema_arguments.size());
@@ -73,9 +113,24 @@ torch::jit::Stack call_operator(const char* op, const NamedArguments& arguments)
   return stack;
 }
 
-NamedArguments joined(NamedArguments first, const NamedArguments& rest) {
-  first.insert(first.end(), rest.begin(), rest.end());
+NamedArguments joined(NamedArguments first, NamedArguments rest) {
+  first.reserve(first.size() + rest.size());
+  first.insert(first.end(), std::make_move_iterator(rest.begin()),
+               std::make_move_iterator(rest.end()));
   return first;
+}
+
+c10::IValue string_value(const std::string& text) {
+  constexpr size_t kKept = 16;
+  thread_local std::array<c10::IValue, kKept> kept;
+  thread_local size_t next = 0;
+  for (const c10::IValue& value : kept) {
+    if (value.isString() && value.toStringRef() == text) return value;
+  }
+  c10::IValue made(text);
+  kept[next] = made;
+  next = (next + 1) % kKept;
+  return made;
 }
 
 NamedArguments grid_arguments(const std::optional<GridOptions>& grid) {

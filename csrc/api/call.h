@@ -6,6 +6,7 @@
 #include <ATen/core/stack.h>
 
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -25,8 +26,13 @@ inline c10::IValue optional_value(const std::optional<at::Tensor>& tensor) {
   return tensor.has_value() ? c10::IValue(*tensor) : c10::IValue();
 }
 
-// `first` followed by `rest`.
-NamedArguments joined(NamedArguments first, const NamedArguments& rest);
+// `first` followed by `rest` (moved: the callers pass temporaries).
+NamedArguments joined(NamedArguments first, NamedArguments rest);
+
+// `text` as an IValue, shared with earlier calls of this thread that passed the same text: a
+// string IValue is a heap object, and the code's and the combine's names are a handful of
+// values that a call passes every time.
+c10::IValue string_value(const std::string& text);
 
 // grid, extra_tokens, grid_dims, grid_axes, grid_origin and grid_scale (none: the defaults).
 NamedArguments grid_arguments(const std::optional<GridOptions>& grid);
@@ -34,16 +40,16 @@ NamedArguments grid_arguments(const std::optional<GridOptions>& grid);
 // The code's arguments: kind, base, convention and layout.
 template <typename Options>
 NamedArguments code_arguments(const Options& o) {
-  return {{"kind", o.kind()},
+  return {{"kind", string_value(o.kind())},
           {"base", o.base()},
-          {"convention", o.convention()},
-          {"layout", o.layout().has_value() ? c10::IValue(*o.layout()) : c10::IValue()}};
+          {"convention", string_value(o.convention())},
+          {"layout", o.layout().has_value() ? string_value(*o.layout()) : c10::IValue()}};
 }
 
 // The combine's arguments: combine, scale, offset, dropout and training.
 template <typename Options>
 NamedArguments combine_arguments(const Options& o) {
-  return {{"combine", o.combine()},
+  return {{"combine", string_value(o.combine())},
           {"scale", o.scale()},
           {"offset", o.offset()},
           {"dropout", o.dropout()},

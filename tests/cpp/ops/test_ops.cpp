@@ -145,6 +145,31 @@ TEST(Api, EveryOptionReachesTheKernel) {
       1e-6, 1e-6));
 }
 
+// The API keeps each call site's argument slots and its string values per thread: calls that
+// alternate between argument lists (a grid or none) and string values (kind, combine) must each
+// get their own, every round.
+TEST(Api, AlternatingOptionsKeepTheirArguments) {
+  torch::manual_seed(4);
+  auto x = torch::randn({2, 5, 8}, torch::kFloat64);
+  auto grid_x = torch::randn({1, 5, 8}, torch::kFloat64);
+  const auto grid = posenc::GridOptions({2, 2}).extra_tokens(1);
+  const auto cosine = posenc::PositionCodeOptions().kind("cosine");
+  for (int round = 0; round < 3; ++round) {
+    auto plain = posenc::add_positional(x, posenc::AddPositionalOptions().offset(3));
+    EXPECT_TRUE(torch::allclose(plain, x + reference_sinusoidal(5, 8, 3), 0, 1e-12)) << round;
+    auto mul = posenc::add_positional(
+        x, posenc::AddPositionalOptions().kind("cosine").combine("mul").scale(2.0));
+    auto cosine_pe = posenc::positional_encoding(torch::arange(5), 8, cosine).to(torch::kFloat64);
+    EXPECT_TRUE(torch::allclose(mul, 2.0 * x * cosine_pe, 1e-6, 1e-6)) << round;
+    auto on_grid = posenc::add_positional(grid_x, posenc::AddPositionalOptions().grid(grid));
+    auto grid_pe =
+        posenc::positional_encoding(torch::arange(5), 8, posenc::PositionCodeOptions().grid(grid))
+            .to(torch::kFloat64);
+    EXPECT_TRUE(torch::allclose(on_grid, grid_x + grid_pe, 1e-6, 1e-6)) << round;
+    EXPECT_FALSE(torch::allclose(on_grid, grid_x + reference_sinusoidal(5, 8, 0), 1e-3, 1e-3));
+  }
+}
+
 TEST(Api, ErrorsNameTheArgument) {
   auto x = torch::randn({2, 5, 8});
   try {
