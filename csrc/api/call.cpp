@@ -4,6 +4,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/randint.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <iterator>
@@ -76,6 +77,9 @@ const std::vector<int>& argument_slots(const c10::FunctionSchema& schema, const 
   for (const auto& [name, value] : arguments) {
     const int index = core::argument_index(schema, name);
     TORCH_INTERNAL_ASSERT(index >= 0, "posenc::", op, " has no argument ", name);
+    TORCH_INTERNAL_ASSERT(
+        std::find(entry.slots.begin(), entry.slots.end(), index) == entry.slots.end(),
+        "posenc::", op, ": argument ", name, " given twice");
     entry.names.push_back(name);
     entry.slots.push_back(index);
   }
