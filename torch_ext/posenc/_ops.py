@@ -122,17 +122,17 @@ def _binder_source(op: str) -> str:
             '_check(_op, "dropout", "float", False, dropout), '
             '_check(_op, "training", "bool", False, training), generator)',
         ]
-    def call(names: List[str]) -> str:
+    def call(names: list[str]) -> str:
         arguments = ", ".join(names)
         return f"({arguments}{', ' if arguments else ''}**keywords)"
 
     every = [n for n, *_ in positional]
     # The trailing optional tensors, when all None, are left to their defaults: the operator's
     # argument parsing converts each positional None (about 0.1 us each in a decoding step).
-    required = list(every)
-    while required and positional[len(required) - 1][2] and positional[len(required) - 1][4] is None:
-        required.pop()
-    trailing = every[len(required):]
+    leading = len(every)
+    while leading > 0 and positional[leading - 1][2] and positional[leading - 1][4] is None:
+        leading -= 1
+    trailing = every[leading:]
     # OpOverload.__call__ only forwards to its _op here (no Python dispatcher registered on the
     # operator): calling _op skips a Python frame, about 1 us of a decoding step. Traced calls
     # (torch.compile) go through the OpOverload, which Dynamo knows.
@@ -140,7 +140,7 @@ def _binder_source(op: str) -> str:
               f"        return _function{call(every)}"]
     if trailing:
         lines += [f"    if {' and '.join(f'{n} is None' for n in trailing)}:",
-                  f"        return _function_op{call(required)}"]
+                  f"        return _function_op{call(every[:leading])}"]
     lines += [f"    return _function_op{call(every)}"]
     return "\n".join(lines) + "\n"
 
