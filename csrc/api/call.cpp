@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/operator.h"
@@ -69,20 +70,20 @@ const std::vector<int>& argument_slots(const c10::FunctionSchema& schema, const 
     }
     if (same) return entry.slots;
   }
-  Kept& entry = kept[next];
-  next = (next + 1) % kKept;
-  entry.schema = &schema;
-  entry.names.clear();
-  entry.slots.clear();
+  // Made whole before it is kept: a list that fails a check leaves no entry behind.
+  Kept made{&schema, {}, {}};
   for (const auto& [name, value] : arguments) {
     const int index = core::argument_index(schema, name);
     TORCH_INTERNAL_ASSERT(index >= 0, "posenc::", op, " has no argument ", name);
     TORCH_INTERNAL_ASSERT(
-        std::find(entry.slots.begin(), entry.slots.end(), index) == entry.slots.end(),
-        "posenc::", op, ": argument ", name, " given twice");
-    entry.names.push_back(name);
-    entry.slots.push_back(index);
+        std::find(made.slots.begin(), made.slots.end(), index) == made.slots.end(), "posenc::", op,
+        ": argument ", name, " given twice");
+    made.names.push_back(name);
+    made.slots.push_back(index);
   }
+  Kept& entry = kept[next];
+  next = (next + 1) % kKept;
+  entry = std::move(made);
   return entry.slots;
 }
 
