@@ -94,6 +94,12 @@ void evaluate_codes(double position, const double* high, const double* middle, c
 void evaluate_codes(double position, const double* high, const double* middle, const double* low,
                     const double* phase, const double* amplitude, double* out, int64_t n);
 
+// sin_out[d], cos_out[d] = sin, cos of 2 pi * reduced_turns(position, high[d], middle[d], low[d],
+// phase[d]) for d < n, in double: the exact evaluation of the walks' anchors and steps
+// (vectorized, built for AVX2 and AVX-512 too, with the same bits).
+void exact_sin_cos(double position, const double* high, const double* middle, const double* low,
+                   const double* phase, double* sin_out, double* cos_out, int64_t n);
+
 // Where a row's position code comes from: a row of values, or its anchor row and the rotation
 // from the anchor (see PositionCodeRows::anchored_row). None of them set: no code.
 template <typename acc_t>
@@ -114,120 +120,41 @@ struct RowCode {
   }
 };
 
-// Channels that come in (sin, cos) pairs of one frequency, as every computed kind but cosine
-// has them: the sin and cos of a pair are the s and c of one rotation, so the recurrence runs
-// over half the channels. kAdjacent: channels (2i, 2i + 1) (interleaved sinusoidal, linear,
-// damped; an odd last channel of amplitude 0); kHalves: channels (i, D/2 + i) (concat
-// sinusoidal).
-enum class Pairing { kNone, kAdjacent, kHalves };
-
-// The tables of a walk over consecutive positions (PositionCodeRows::evaluate_consecutive): the
-// channels' pairing; turn_cos[k * dim + d], turn_sin[k * dim + d] = cos, sin of channel d's angle
-// over k positions, for k < turn_rows (by the one-position rotation, in double); and the exact
-// rotation over turn_rows positions that moves the anchors. They depend on the code alone, so
-// they are made once per code and kept with its arrays (ChannelArrays::walks): making them costs
-// a reduction and a sincos per channel, twice, and turn_rows rows of rotations
-// (docs/performance.md).
+// The tables of a walk over consecutive positions (PositionCodeRows::evaluate_consecutive), per
+// channel: turn_cos[k * dim + d], turn_sin[k * dim + d] = cos, sin of channel d's angle over k
+// positions, for k < turn_rows (by the one-position rotation, in double); and the exact rotation
+// over turn_rows positions that moves the anchors. They depend on the code alone, so they are
+// made once per code and kept with its arrays (ChannelArrays::walks): making them costs an exact
+// sin and cos per channel, twice, and turn_rows rows of rotations (docs/performance.md).
 template <typename acc>
 struct WalkTables {
-  Pairing pairing = Pairing::kNone;
-  bool sin_first = true;
   int64_t turn_rows = 1;
   std::vector<acc> turn_cos, turn_sin;                   // [turn_rows, dim]
-  std::vector<double> anchor_step_sin, anchor_step_cos;  // [rotating channels]
-
-  // The rotating channels: every channel, or the sin channel of each pair (see Pairing).
-  int64_t rotating_count(int64_t dim) const { return pairing == Pairing::kNone ? dim : dim / 2; }
-  int64_t rotating_channel(int64_t i) const {
-    if (pairing == Pairing::kAdjacent) return sin_first ? 2 * i : 2 * i + 1;
-    return i;
-  }
-  // The channel whose frequency channel d shares: the rotating channel of its pair, or d itself.
-  int64_t frequency_source(int64_t d, int64_t dim) const {
-    const int64_t pairs = dim / 2;
-    switch (pairing) {
-      case Pairing::kNone:
-        return d;
-      case Pairing::kHalves:
-        return d >= pairs ? d - pairs : d;
-      case Pairing::kAdjacent:
-        if (d >= 2 * pairs) return d;  // an odd width's spare channel
-        return sin_first ? d - d % 2 : (d | 1);
-    }
-    return d;
-  }
+  std::vector<double> anchor_step_sin, anchor_step_cos;  // [dim]
 };
 
 // The most rows a turn table holds, and the most bytes its two tables take.
 constexpr int64_t kMaxTurnRows = 16;
 constexpr int64_t kMaxTurnTableBytes = 256 * 1024;
 
-// The pairing of `arrays`' channels (see Pairing), into `walk`.
-template <typename acc>
-void detect_pairs(const ChannelArrays& arrays, WalkTables<acc>& walk) {
-  const int64_t dim = static_cast<int64_t>(arrays.high.size());
-  const int64_t pairs = dim / 2;
-  if (pairs == 0) return;
-  auto same_frequency = [&](int64_t a, int64_t b) {
-    return arrays.high[a] == arrays.high[b] && arrays.middle[a] == arrays.middle[b] &&
-           arrays.low[a] == arrays.low[b];
-  };
-  auto pairs_match = [&](auto partner, int64_t& sin_first) -> bool {
-    sin_first = -1;
-    for (int64_t i = 0; i < pairs; ++i) {
-      const auto [a, b] = partner(i);
-      if (!same_frequency(a, b)) return false;
-      const bool a_sin = arrays.phase[a] == 0.0 && arrays.phase[b] == 0.25;
-      const bool b_sin = arrays.phase[b] == 0.0 && arrays.phase[a] == 0.25;
-      if (!a_sin && !b_sin) return false;
-      if (sin_first == -1) sin_first = a_sin ? 1 : 0;
-      if ((sin_first == 1) != a_sin) return false;
-    }
-    return true;
-  };
-  int64_t sin_first = -1;
-  const bool odd_tail_zero = dim % 2 == 0 || arrays.amplitude[dim - 1] == 0.0;
-  if (odd_tail_zero &&
-      pairs_match([](int64_t i) { return std::pair<int64_t, int64_t>{2 * i, 2 * i + 1}; },
-                  sin_first)) {
-    walk.pairing = Pairing::kAdjacent;
-  } else if (dim % 2 == 0 &&
-             pairs_match([&](int64_t i) { return std::pair<int64_t, int64_t>{i, pairs + i}; },
-                         sin_first) &&
-             sin_first == 1) {
-    walk.pairing = Pairing::kHalves;
-  } else {
-    return;
-  }
-  walk.sin_first = sin_first == 1;
-}
-
-// The walk tables of `arrays`' code: its pairing, the turn tables built row by row with the
-// vectorized rotate_channels, and one exact step per rotating channel.
+// The walk tables of `arrays`' code: the turn tables built row by row with the vectorized
+// rotate_channels, and one exact step per channel.
 template <typename acc>
 WalkTables<acc> make_walk_tables(const ChannelArrays& arrays) {
   WalkTables<acc> walk;
   const int64_t dim = static_cast<int64_t>(arrays.high.size());
-  detect_pairs(arrays, walk);
   walk.turn_rows = kMaxTurnRows;
   while (walk.turn_rows > 1 &&
          2 * walk.turn_rows * dim * static_cast<int64_t>(sizeof(acc)) > kMaxTurnTableBytes) {
     walk.turn_rows /= 2;
   }
   const size_t n = static_cast<size_t>(dim);
-  // The rotation by one position's angle, reduced exactly like any other angle.
+  // The rotations by one position's angle and by turn_rows positions', reduced exactly like
+  // any other angle.
+  const std::vector<double> no_phase(n, 0.0);
   std::vector<double> step_sin(n), step_cos(n);
-  for (int64_t d = 0; d < dim; ++d) {
-    if (walk.frequency_source(d, dim) != d) continue;
-    const SinCos<double> step = sincos_turns<double>(
-        reduced_turns(1.0, arrays.high[d], arrays.middle[d], arrays.low[d], 0.0));
-    step_sin[d] = step.sin;
-    step_cos[d] = step.cos;
-  }
-  for (int64_t d = 0; d < dim; ++d) {
-    step_sin[d] = step_sin[walk.frequency_source(d, dim)];
-    step_cos[d] = step_cos[walk.frequency_source(d, dim)];
-  }
+  exact_sin_cos(1.0, arrays.high.data(), arrays.middle.data(), arrays.low.data(), no_phase.data(),
+                step_sin.data(), step_cos.data(), dim);
   walk.turn_cos.resize(static_cast<size_t>(walk.turn_rows) * n);
   walk.turn_sin.resize(walk.turn_cos.size());
   std::vector<double> s(n, 0.0), c(n, 1.0);
@@ -238,16 +165,11 @@ WalkTables<acc> make_walk_tables(const ChannelArrays& arrays) {
                    [](double v) { return static_cast<acc>(v); });
     rotate_channels(step_sin.data(), step_cos.data(), s.data(), c.data(), dim);
   }
-  const int64_t rotating = walk.rotating_count(dim);
-  walk.anchor_step_sin.resize(static_cast<size_t>(rotating));
-  walk.anchor_step_cos.resize(walk.anchor_step_sin.size());
-  for (int64_t i = 0; i < rotating; ++i) {
-    const int64_t d = walk.rotating_channel(i);
-    const SinCos<double> step = sincos_turns<double>(reduced_turns(
-        static_cast<double>(walk.turn_rows), arrays.high[d], arrays.middle[d], arrays.low[d], 0.0));
-    walk.anchor_step_sin[i] = step.sin;
-    walk.anchor_step_cos[i] = step.cos;
-  }
+  walk.anchor_step_sin.resize(n);
+  walk.anchor_step_cos.resize(n);
+  exact_sin_cos(static_cast<double>(walk.turn_rows), arrays.high.data(), arrays.middle.data(),
+                arrays.low.data(), no_phase.data(), walk.anchor_step_sin.data(),
+                walk.anchor_step_cos.data(), dim);
   return walk;
 }
 
@@ -255,12 +177,13 @@ WalkTables<acc> make_walk_tables(const ChannelArrays& arrays) {
 template <typename acc>
 using GridRows = std::vector<std::vector<acc>>;
 
-// The code at one anchor of a walk (PositionCodeRows::anchored_row), made once and then only
-// read, so that calls and threads can share it.
+// The code at one anchor of a walk (PositionCodeRows::anchored_row). Once kept between calls
+// (WalkTablesCache::keep_anchor) or seen by more than its walk, it is only read, so that calls
+// and threads can share it; a walk alone with its anchor moves it in place.
 template <typename acc>
 struct Anchor {
   int64_t position = -1;
-  std::vector<double> sin_cos;  // [2 * rotating channels]: sin, then cos, of their angles
+  std::vector<double> sin_cos;  // [2 * dim]: sin, then cos, of each channel's angle
   std::vector<acc> row;         // [2 * dim]: amplitude * sin, then amplitude * cos, per channel
 };
 
@@ -406,6 +329,9 @@ class PositionCodeRows {
   // The state of evaluate_consecutive between rows and calls: the code at the last anchor.
   struct Recurrence {
     SharedAnchor<acc> anchor;  // null: none yet
+    // Whether this walk made `anchor` and gave it to no one (see keep_last_anchor), so that it
+    // may move it in place.
+    bool owns_anchor = false;
   };
 
   // out[r * dim + d] = PE(first + r)[d] for r < rows: consecutive positions, in three tiers.
@@ -459,101 +385,70 @@ class PositionCodeRows {
   static constexpr int64_t kAnchorRows = 256;
 
  private:
-  // Moves `state` to the anchor `position` (a multiple of turn_rows_): a kept one (see
-  // WalkTablesCache::find_anchor), else made: exact at multiples of kAnchorRows, else rotated
-  // from the anchor before it (the state's, a kept one, or recomputed from the last exact one).
+  // Moves `state` to the anchor `position` (a multiple of turn_rows_): rotated from the state's
+  // anchor when that is the one before it, else a kept one (see WalkTablesCache::find_anchor),
+  // else made: exact at multiples of kAnchorRows, else rotated from the anchor before it (kept,
+  // or recomputed from the last exact one). A walk moves an anchor that it alone holds in place:
+  // allocating two rows every turn_rows_ positions, and looking up kept anchors under a lock,
+  // cost a single batch row a quarter of its time (docs/performance.md).
   void move_anchor(int64_t position, Recurrence& state) const {
-    if (kept_ != nullptr) {
+    const WalkTables<acc>& walk = *walk_;
+    const int64_t before = position - walk.turn_rows;
+    const bool rotate_state =
+        position % kAnchorRows != 0 && state.anchor != nullptr && state.anchor->position == before;
+    SharedAnchor<acc> previous;
+    if (!rotate_state && kept_ != nullptr) {
       if (SharedAnchor<acc> found = kept_->find_anchor<acc>(position)) {
         state.anchor = std::move(found);
+        state.owns_anchor = false;
         return;
       }
+      if (position % kAnchorRows != 0) previous = kept_->find_anchor<acc>(before);
     }
-    const WalkTables<acc>& walk = *walk_;
-    const int64_t n = walk.rotating_count(dim_);
-    auto made = std::make_shared<Anchor<acc>>();
+    // The state's own anchor (no one else can reach it), else a new one.
+    std::shared_ptr<Anchor<acc>> made;
+    if (state.anchor != nullptr && state.owns_anchor) {
+      made = std::const_pointer_cast<Anchor<acc>>(std::move(state.anchor));
+    } else {
+      made = std::make_shared<Anchor<acc>>();
+      made->sin_cos.resize(static_cast<size_t>(2 * dim_));
+      made->row.resize(static_cast<size_t>(2 * dim_));
+      if (rotate_state) previous = std::move(state.anchor);
+    }
+    state.anchor = nullptr;
     made->position = position;
-    made->sin_cos.resize(static_cast<size_t>(2 * n));
     double* __restrict s = made->sin_cos.data();
-    double* __restrict c = s + n;
-    SharedAnchor<acc> previous;
-    if (position % kAnchorRows != 0) {
-      const int64_t before = position - walk.turn_rows;
-      if (state.anchor != nullptr && state.anchor->position == before) {
-        previous = state.anchor;
-      } else if (kept_ != nullptr) {
-        previous = kept_->find_anchor<acc>(before);
-      }
-    }
-    if (previous != nullptr) {
-      std::copy(previous->sin_cos.begin(), previous->sin_cos.end(), s);
-      rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, n);
+    double* __restrict c = s + dim_;
+    if (rotate_state || previous != nullptr) {
+      if (previous != nullptr) std::copy(previous->sin_cos.begin(), previous->sin_cos.end(), s);
+      rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, dim_);
     } else {
       const int64_t exact = position - position % kAnchorRows;
-      const double p = static_cast<double>(exact);
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t d = walk.rotating_channel(i);
-        const SinCos<double> sc =
-            sincos_turns<double>(reduced_turns(p, high_[d], middle_[d], low_[d], phase_[d]));
-        s[i] = sc.sin;
-        c[i] = sc.cos;
-      }
+      exact_sin_cos(static_cast<double>(exact), high_, middle_, low_, phase_, s, c, dim_);
       for (int64_t q = exact; q < position; q += walk.turn_rows) {
-        rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, n);
+        rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, dim_);
       }
     }
-    write_anchor(s, c, made->row);
+    acc* __restrict a_sin = made->row.data();
+    acc* __restrict a_cos = a_sin + dim_;
+    for (int64_t d = 0; d < dim_; ++d) {
+      a_sin[d] = static_cast<acc>(amplitude64_[d] * s[d]);
+      a_cos[d] = static_cast<acc>(amplitude64_[d] * c[d]);
+    }
     state.anchor = std::move(made);
+    state.owns_anchor = true;
   }
 
  public:
   // Keeps `state`'s anchor for later calls (see WalkTablesCache::find_anchor): a caller calls it
-  // once it has walked to its last row.
-  void keep_last_anchor(const Recurrence& state) const {
-    if (kept_ != nullptr && state.anchor != nullptr) kept_->keep_anchor<acc>(state.anchor);
+  // once it has walked to its last row. Kept, it is only read from then on.
+  void keep_last_anchor(Recurrence& state) const {
+    if (kept_ == nullptr || state.anchor == nullptr) return;
+    kept_->keep_anchor<acc>(state.anchor);
+    state.owns_anchor = false;
   }
 
  private:
-  // The anchor row from the rotating channels' sin and cos: per channel amplitude * (sin, cos)
-  // of its angle; the cos channel of a pair has angle + 1/4 turn, so (c, -s).
-  void write_anchor(const double* __restrict s, const double* __restrict c,
-                    std::vector<acc>& row) const {
-    row.resize(static_cast<size_t>(2 * dim_));
-    acc* __restrict a_sin = row.data();
-    acc* __restrict a_cos = a_sin + dim_;
-    const double* __restrict amplitude = amplitude64_;
-    auto sin_channel = [&](int64_t d, int64_t i) {
-      a_sin[d] = static_cast<acc>(amplitude[d] * s[i]);
-      a_cos[d] = static_cast<acc>(amplitude[d] * c[i]);
-    };
-    auto cos_channel = [&](int64_t d, int64_t i) {
-      a_sin[d] = static_cast<acc>(amplitude[d] * c[i]);
-      a_cos[d] = static_cast<acc>(-amplitude[d] * s[i]);
-    };
-    const int64_t pairs = dim_ / 2;
-    switch (walk_->pairing) {
-      case Pairing::kNone:
-        for (int64_t d = 0; d < dim_; ++d) sin_channel(d, d);
-        return;
-      case Pairing::kHalves:
-        for (int64_t i = 0; i < pairs; ++i) sin_channel(i, i);
-        for (int64_t i = 0; i < pairs; ++i) cos_channel(pairs + i, i);
-        return;
-      case Pairing::kAdjacent:
-        for (int64_t i = 0; i < pairs; ++i) {
-          if (walk_->sin_first) {
-            sin_channel(2 * i, i);
-            cos_channel(2 * i + 1, i);
-          } else {
-            cos_channel(2 * i, i);
-            sin_channel(2 * i + 1, i);
-          }
-        }
-        if (dim_ % 2 != 0) a_sin[dim_ - 1] = a_cos[dim_ - 1] = acc(0);  // an odd width's spare
-        return;
-    }
-  }
-
   // The walk's tables: kept with the code's arrays, or made for this call; null without walks.
   std::shared_ptr<const WalkTables<acc>> walk_;
   // Where anchors are kept between calls: the code's arrays' cache; null when they have none.

@@ -440,6 +440,54 @@ void evaluate_codes(double position, const double* high, const double* middle, c
 
 namespace {
 
+inline __attribute__((always_inline)) void exact_sin_cos_loop(
+    double position, const double* __restrict high, const double* __restrict middle,
+    const double* __restrict low, const double* __restrict phase, double* __restrict sin_out,
+    double* __restrict cos_out, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) {
+    const SinCos<double> angle =
+        sincos_turns<double>(reduced_turns(position, high[d], middle[d], low[d], phase[d]));
+    sin_out[d] = angle.sin;
+    cos_out[d] = angle.cos;
+  }
+}
+
+void exact_sin_cos_baseline(double position, const double* high, const double* middle,
+                            const double* low, const double* phase, double* sin_out,
+                            double* cos_out, int64_t n) {
+  exact_sin_cos_loop(position, high, middle, low, phase, sin_out, cos_out, n);
+}
+
+#if defined(__x86_64__)
+// Without FMA, as rotate_avx2: the same roundings as the baseline, so the same bits.
+__attribute__((target("avx2"))) void exact_sin_cos_avx2(double position, const double* high,
+                                                        const double* middle, const double* low,
+                                                        const double* phase, double* sin_out,
+                                                        double* cos_out, int64_t n) {
+  exact_sin_cos_loop(position, high, middle, low, phase, sin_out, cos_out, n);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void exact_sin_cos_avx512(
+    double position, const double* high, const double* middle, const double* low,
+    const double* phase, double* sin_out, double* cos_out, int64_t n) {
+  exact_sin_cos_loop(position, high, middle, low, phase, sin_out, cos_out, n);
+}
+#else
+constexpr auto exact_sin_cos_avx2 = exact_sin_cos_baseline;
+constexpr auto exact_sin_cos_avx512 = exact_sin_cos_baseline;
+#endif
+
+}  // namespace
+
+void exact_sin_cos(double position, const double* high, const double* middle, const double* low,
+                   const double* phase, double* sin_out, double* cos_out, int64_t n) {
+  static const auto chosen =
+      choose_build(exact_sin_cos_baseline, exact_sin_cos_avx2, exact_sin_cos_avx512);
+  chosen(position, high, middle, low, phase, sin_out, cos_out, n);
+}
+
+namespace {
+
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
 void combine_contiguous_baseline(const scalar_t* in, const RowCode<float>& pe, const float* mask,
                                  float scale, scalar_t* out, int64_t dim) {

@@ -108,6 +108,27 @@ TEST(Angle, TinyFrequenciesKeepTheirExactAngle) {
   }
 }
 
+// The host's double sin and cos of the small angle (a polynomial, so that loops vectorize)
+// against long double sinl and cosl over [-pi/4, pi/4], tiny angles included: within 2 ulp of
+// each result (libm's are within 1).
+TEST(Angle, SmallAnglesInDoubleAreWithinTwoUlp) {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> angle(-M_PI / 4, M_PI / 4);
+  auto ulps = [](double got, long double want) {
+    const double ulp = std::nextafter(std::fabs(static_cast<double>(want)), INFINITY) -
+                       std::fabs(static_cast<double>(want));
+    return static_cast<double>(std::fabs(static_cast<long double>(got) - want)) / ulp;
+  };
+  for (int i = 0; i < 200000; ++i) {
+    const double x = i < 1000 ? std::ldexp(angle(rng), -(i % 64)) : angle(rng);
+    const pk::SinCos<double> got = pk::sincos_small(x);
+    if (x != 0.0) ASSERT_LE(ulps(got.sin, sinl(static_cast<long double>(x))), 2.0) << x;
+    ASSERT_LE(ulps(got.cos, cosl(static_cast<long double>(x))), 2.0) << x;
+  }
+  EXPECT_EQ(pk::sincos_small(0.0).sin, 0.0);
+  EXPECT_EQ(pk::sincos_small(0.0).cos, 1.0);
+}
+
 TEST(Angle, QuarterTurnsAreExact) {
   expect_exact_quadrants<float>();
   expect_exact_quadrants<double>();
@@ -119,9 +140,9 @@ TEST(Angle, QuarterTurnsAreExact) {
 #include "cpu/row_kernels.h"
 
 // Consecutive rows (exact anchors every 256 positions, a double rotation between anchors, then
-// a rotation from the anchor in acc) against the exact evaluation in double, for every pairing
-// of channels (interleaved, concat halves, none) and widths whose turn tables hold 16, 8 and 1
-// rows. Calls of 37 rows continue each other's state.
+// a rotation from the anchor in acc) against the exact evaluation in double, for every layout of
+// channels (interleaved, concat halves, cosine's lone channels, an odd width's spare) and widths
+// whose turn tables hold 16, 8 and 1 rows. Calls of 37 rows continue each other's state.
 template <typename scalar_t>
 void check_consecutive_rows(double tolerance) {
   struct Layout {
@@ -230,6 +251,51 @@ TEST(PositionCodeRecurrence, KeptArraysWalkFromOneRowWithSharedTables) {
   kept.evaluate_consecutive(first, rows, walked.data(), kept_state);
   own.evaluate_consecutive(first, rows, own_walked.data(), own_state);
   ASSERT_EQ(0, std::memcmp(walked.data(), own_walked.data(), walked.size() * sizeof(float)));
+}
+
+// A walk moves the anchor that it alone holds in place; one that it gave to the arrays' cache
+// (keep_last_anchor) or found there stays as kept. Either way each row is the same function of
+// its position: a walk continued from a kept anchor gives the bits of a walk started anew.
+TEST(PositionCodeRecurrence, KeptAnchorsStayAsKeptWhileWalksGoOn) {
+  const int64_t dim = 70, rows = 300, first = 1000;
+  const std::vector<pk::ChannelCode> channels = pk::make_channel_codes({}, dim);
+  const pk::ChannelArrays arrays = pk::make_channel_arrays(channels);
+  pk::PositionSource source;
+  source.channels = channels.data();
+  source.arrays = &arrays;
+  using Rows = pk::cpu::PositionCodeRows<float>;
+  const Rows code(source, dim, rows);
+  ASSERT_TRUE(code.anchored());
+  Rows::Recurrence state;
+  std::vector<float> head(40 * dim, kNaN);
+  code.evaluate_consecutive(first, 40, head.data(), state);
+  code.keep_last_anchor(state);
+  const int64_t kept_position = state.anchor->position;
+  const pk::cpu::SharedAnchor<float> kept = arrays.walks->find_anchor<float>(kept_position);
+  ASSERT_NE(kept, nullptr);
+  const std::vector<float> kept_row = kept->row;
+  const std::vector<double> kept_angles = kept->sin_cos;
+  // The same state walks on, past several anchors and an exact one.
+  std::vector<float> walked(rows * dim, kNaN);
+  code.evaluate_consecutive(first + 40, rows, walked.data(), state);
+  EXPECT_EQ(kept->position, kept_position);
+  EXPECT_EQ(kept->row, kept_row);
+  EXPECT_EQ(kept->sin_cos, kept_angles);
+  // A new walk from the kept anchor's next position, and walks started at every 23rd row.
+  Rows::Recurrence from_kept;
+  std::vector<float> again(rows * dim, kNaN);
+  code.evaluate_consecutive(first + 40, rows, again.data(), from_kept);
+  ASSERT_EQ(0, std::memcmp(walked.data(), again.data(), walked.size() * sizeof(float)));
+  pk::PositionSource own_source;  // no kept arrays: tables made for the call, no kept anchors
+  own_source.channels = channels.data();
+  const Rows own(own_source, dim, rows);
+  for (int64_t r = 0; r < rows; r += 23) {
+    Rows::Recurrence fresh;
+    std::vector<float> row(dim, kNaN);
+    own.evaluate_consecutive(first + 40 + r, 1, row.data(), fresh);
+    ASSERT_EQ(0, std::memcmp(row.data(), walked.data() + r * dim, dim * sizeof(float)))
+        << "row " << r;
+  }
 }
 
 // float16 <-> float32 against the IEEE definitions written case by case: every half, and floats
