@@ -109,14 +109,19 @@ struct RowCode {
   const acc_t* anchor_cos = nullptr;  // [dim] amplitude * cos of the same
   const acc_t* turn_cos = nullptr;    // [dim] cos of each channel's angle from anchor to row
   const acc_t* turn_sin = nullptr;    // [dim] sin of the same
+  // Whether turn_cos and turn_sin hold one value per channel pair (2i, 2i + 1), whose channels
+  // share their frequency: [ceil(dim / 2)], channel d's at d / 2.
+  bool pairs = false;
 
   bool rotated() const { return row == nullptr && anchor_sin != nullptr; }
 
-  // The same code from channel d0 on.
+  // The same code from channel d0 on (even, where the turns are per pair).
   RowCode from_channel(int64_t d0) const {
     if (row != nullptr) return RowCode{row + d0};
     if (anchor_sin == nullptr) return RowCode{};
-    return RowCode{nullptr, anchor_sin + d0, anchor_cos + d0, turn_cos + d0, turn_sin + d0};
+    const int64_t turn = pairs ? d0 / 2 : d0;
+    return RowCode{nullptr,         anchor_sin + d0, anchor_cos + d0,
+                   turn_cos + turn, turn_sin + turn, pairs};
   }
 };
 
@@ -131,6 +136,11 @@ struct WalkTables {
   int64_t turn_rows = 1;
   std::vector<acc> turn_cos, turn_sin;                   // [turn_rows, dim]
   std::vector<double> anchor_step_sin, anchor_step_cos;  // [dim]
+  // Where every channel pair (2i, 2i + 1) shares its frequency (the interleaved codes), the same
+  // turns with one column per pair, [turn_rows, ceil(dim / 2)]; otherwise empty. Half the
+  // footprint: a single batch row's fused loop reads its turns from L1 instead of L2
+  // (docs/performance.md).
+  std::vector<acc> pair_turn_cos, pair_turn_sin;
 };
 
 // The most rows a turn table holds, and the most bytes its two tables take.
@@ -170,6 +180,24 @@ WalkTables<acc> make_walk_tables(const ChannelArrays& arrays) {
   exact_sin_cos(static_cast<double>(walk.turn_rows), arrays.high.data(), arrays.middle.data(),
                 arrays.low.data(), no_phase.data(), walk.anchor_step_sin.data(),
                 walk.anchor_step_cos.data(), dim);
+  bool paired = dim >= 2;
+  for (int64_t i = 0; 2 * i + 1 < dim && paired; ++i) {
+    paired = arrays.high[2 * i] == arrays.high[2 * i + 1] &&
+             arrays.middle[2 * i] == arrays.middle[2 * i + 1] &&
+             arrays.low[2 * i] == arrays.low[2 * i + 1];
+  }
+  if (paired) {
+    // A pair's channels have one frequency, so the same turns: channel 2i's stand for both.
+    const int64_t columns = (dim + 1) / 2;
+    walk.pair_turn_cos.resize(static_cast<size_t>(walk.turn_rows * columns));
+    walk.pair_turn_sin.resize(walk.pair_turn_cos.size());
+    for (int64_t k = 0; k < walk.turn_rows; ++k) {
+      for (int64_t i = 0; i < columns; ++i) {
+        walk.pair_turn_cos[k * columns + i] = walk.turn_cos[k * dim + 2 * i];
+        walk.pair_turn_sin[k * columns + i] = walk.turn_sin[k * dim + 2 * i];
+      }
+    }
+  }
   return walk;
 }
 
@@ -356,7 +384,7 @@ class PositionCodeRows {
       return;
     }
     for (int64_t r = 0; r < rows; ++r) {
-      const RowCode<acc> code = anchored_row(first + r, state);
+      const RowCode<acc> code = anchored_row(first + r, state, /*pair_turns=*/false);
       rotate_from_anchor(code.anchor_sin, code.anchor_cos, code.turn_cos, code.turn_sin,
                          out + r * dim_, dim_);
     }
@@ -368,7 +396,10 @@ class PositionCodeRows {
   // The code of `position` as its anchor row and the rotation from it, moving `state` to that
   // anchor: cheap for a caller that walks consecutive positions (at most one rotation per
   // turn_rows_ positions), as evaluate_consecutive does. Requires anchored() and position >= 0.
-  RowCode<acc> anchored_row(int64_t position, Recurrence& state) const {
+  // The turns come one per channel pair where the tables have them and pair_turns allows it;
+  // only float32 rows take them (combine_pairs), so every other type reads the same tables as
+  // before, and the values are the same either way.
+  RowCode<acc> anchored_row(int64_t position, Recurrence& state, bool pair_turns = true) const {
     const int64_t k = position % walk_->turn_rows;
     if (state.anchor == nullptr || state.anchor->position != position - k) {
       move_anchor(position - k, state);
@@ -376,8 +407,15 @@ class PositionCodeRows {
     RowCode<acc> code;
     code.anchor_sin = state.anchor->row.data();
     code.anchor_cos = code.anchor_sin + dim_;
-    code.turn_cos = walk_->turn_cos.data() + k * dim_;
-    code.turn_sin = walk_->turn_sin.data() + k * dim_;
+    if (std::is_same_v<scalar_t, float> && pair_turns && !walk_->pair_turn_cos.empty()) {
+      const int64_t columns = (dim_ + 1) / 2;
+      code.turn_cos = walk_->pair_turn_cos.data() + k * columns;
+      code.turn_sin = walk_->pair_turn_sin.data() + k * columns;
+      code.pairs = true;
+    } else {
+      code.turn_cos = walk_->turn_cos.data() + k * dim_;
+      code.turn_sin = walk_->turn_sin.data() + k * dim_;
+    }
     return code;
   }
 
@@ -604,6 +642,14 @@ template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
 void combine_contiguous(const scalar_t* in, const RowCode<float>& pe, const float* mask,
                         float scale, scalar_t* out, int64_t dim);
 
+// combine_row_loop of a float32 row whose code is rotated with turns per channel pair
+// (RowCode::pairs): the same operations per element, so the same bits. Contiguous rows go to a
+// build for AVX2 or AVX-512 chosen at run time, which widens each pair's turn to both its
+// channels with one permute; strided rows, and the baseline, to a scalar loop.
+template <Combine kCombine, bool kMasked>
+void combine_pairs(const float* in, int64_t in_stride, const RowCode<float>& pe, const float* mask,
+                   float scale, float* out, int64_t out_stride, int64_t dim);
+
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t, typename acc_t>
 inline __attribute__((always_inline)) void combine_row_impl(const scalar_t* in, int64_t in_stride,
                                                             const RowCode<acc_t>& pe,
@@ -639,6 +685,16 @@ inline __attribute__((always_inline)) void combine_row(Combine combine, const sc
     }
   };
   auto with_code = [&](auto combine_tag) __attribute__((always_inline)) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (pe.pairs) {
+        constexpr Combine kCombine = decltype(combine_tag)::value;
+        if (mask != nullptr) {
+          return combine_pairs<kCombine, true>(in, in_stride, pe, mask, scale, out, out_stride,
+                                               dim);
+        }
+        return combine_pairs<kCombine, false>(in, in_stride, pe, mask, scale, out, out_stride, dim);
+      }
+    }
     if (pe.rotated()) return run(combine_tag, std::true_type{});
     return run(combine_tag, std::false_type{});
   };

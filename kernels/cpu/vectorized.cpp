@@ -592,6 +592,128 @@ void combine_contiguous(const scalar_t* in, const RowCode<float>& pe, const floa
   chosen(in, pe, mask, scale, out, dim);
 }
 
+namespace {
+
+// combine_row_loop's value of one element, from a code with turns per channel pair.
+template <Combine kCombine, bool kMasked>
+inline __attribute__((always_inline)) void combine_pairs_scalar(
+    const float* __restrict in, int64_t in_stride, const RowCode<float>& pe,
+    const float* __restrict mask, float scale, float* __restrict out, int64_t out_stride,
+    int64_t begin, int64_t dim) {
+  for (int64_t d = begin; d < dim; ++d) {
+    const float code =
+        rotated_code(pe.anchor_sin[d], pe.anchor_cos[d], pe.turn_cos[d / 2], pe.turn_sin[d / 2]);
+    float y;
+    if constexpr (kCombine == Combine::kAdd) {
+      y = scale * in[d * in_stride] + code;
+    } else if constexpr (kCombine == Combine::kMul) {
+      y = (scale * in[d * in_stride]) * code;
+    } else {
+      y = code;
+    }
+    out[d * out_stride] = kMasked ? y * mask[d] : y;
+  }
+}
+
+template <Combine kCombine, bool kMasked>
+void combine_pairs_baseline(const float* in, const RowCode<float>& pe, const float* mask,
+                            float scale, float* out, int64_t dim) {
+  combine_pairs_scalar<kCombine, kMasked>(in, 1, pe, mask, scale, out, 1, 0, dim);
+}
+
+#if defined(__x86_64__)
+// As combine_pairs_scalar, operation for operation (no FMA), 8 or 16 lanes at a time: each
+// pair's turn is loaded once and widened to its two channels' lanes by a permute.
+template <Combine kCombine, bool kMasked>
+__attribute__((target("avx2"))) void combine_pairs_avx2(const float* in, const RowCode<float>& pe,
+                                                        const float* mask, float scale, float* out,
+                                                        int64_t dim) {
+  const __m256i widen = _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0);  // pair i to lanes 2i, 2i + 1
+  const __m256 scale_lanes = _mm256_set1_ps(scale);
+  int64_t d = 0;
+  for (; d + 8 <= dim; d += 8) {
+    const __m256 turn_cos =
+        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(pe.turn_cos + d / 2)), widen);
+    const __m256 turn_sin =
+        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(pe.turn_sin + d / 2)), widen);
+    const __m256 code = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(pe.anchor_sin + d), turn_cos),
+                                      _mm256_mul_ps(_mm256_loadu_ps(pe.anchor_cos + d), turn_sin));
+    __m256 y = code;
+    if constexpr (kCombine == Combine::kAdd) {
+      y = _mm256_add_ps(_mm256_mul_ps(scale_lanes, _mm256_loadu_ps(in + d)), code);
+    } else if constexpr (kCombine == Combine::kMul) {
+      y = _mm256_mul_ps(_mm256_mul_ps(scale_lanes, _mm256_loadu_ps(in + d)), code);
+    }
+    if constexpr (kMasked) y = _mm256_mul_ps(y, _mm256_loadu_ps(mask + d));
+    _mm256_storeu_ps(out + d, y);
+  }
+  combine_pairs_scalar<kCombine, kMasked>(in, 1, pe, mask, scale, out, 1, d, dim);
+}
+
+template <Combine kCombine, bool kMasked>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void combine_pairs_avx512(
+    const float* in, const RowCode<float>& pe, const float* mask, float scale, float* out,
+    int64_t dim) {
+  const __m512i widen = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+  const __m512 scale_lanes = _mm512_set1_ps(scale);
+  int64_t d = 0;
+  for (; d + 16 <= dim; d += 16) {
+    // The permute reads lanes 0-7 only, so lanes 8-15 of the cast may hold anything.
+    const __m512 turn_cos =
+        _mm512_permutexvar_ps(widen, _mm512_castps256_ps512(_mm256_loadu_ps(pe.turn_cos + d / 2)));
+    const __m512 turn_sin =
+        _mm512_permutexvar_ps(widen, _mm512_castps256_ps512(_mm256_loadu_ps(pe.turn_sin + d / 2)));
+    const __m512 code = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(pe.anchor_sin + d), turn_cos),
+                                      _mm512_mul_ps(_mm512_loadu_ps(pe.anchor_cos + d), turn_sin));
+    __m512 y = code;
+    if constexpr (kCombine == Combine::kAdd) {
+      y = _mm512_add_ps(_mm512_mul_ps(scale_lanes, _mm512_loadu_ps(in + d)), code);
+    } else if constexpr (kCombine == Combine::kMul) {
+      y = _mm512_mul_ps(_mm512_mul_ps(scale_lanes, _mm512_loadu_ps(in + d)), code);
+    }
+    if constexpr (kMasked) y = _mm512_mul_ps(y, _mm512_loadu_ps(mask + d));
+    _mm512_storeu_ps(out + d, y);
+  }
+  combine_pairs_scalar<kCombine, kMasked>(in, 1, pe, mask, scale, out, 1, d, dim);
+}
+#else
+template <Combine kCombine, bool kMasked>
+constexpr auto combine_pairs_avx2 = combine_pairs_baseline<kCombine, kMasked>;
+template <Combine kCombine, bool kMasked>
+constexpr auto combine_pairs_avx512 = combine_pairs_baseline<kCombine, kMasked>;
+#endif
+
+}  // namespace
+
+template <Combine kCombine, bool kMasked>
+void combine_pairs(const float* in, int64_t in_stride, const RowCode<float>& pe, const float* mask,
+                   float scale, float* out, int64_t out_stride, int64_t dim) {
+  if ((in_stride != 1 && kCombine != Combine::kPositionOnly) || out_stride != 1) {
+    combine_pairs_scalar<kCombine, kMasked>(in, in_stride, pe, mask, scale, out, out_stride, 0,
+                                            dim);
+    return;
+  }
+  static const auto chosen =
+      choose_build(combine_pairs_baseline<kCombine, kMasked>, combine_pairs_avx2<kCombine, kMasked>,
+                   combine_pairs_avx512<kCombine, kMasked>);
+  chosen(in, pe, mask, scale, out, dim);
+}
+
+template void combine_pairs<Combine::kAdd, false>(const float*, int64_t, const RowCode<float>&,
+                                                  const float*, float, float*, int64_t, int64_t);
+template void combine_pairs<Combine::kAdd, true>(const float*, int64_t, const RowCode<float>&,
+                                                 const float*, float, float*, int64_t, int64_t);
+template void combine_pairs<Combine::kMul, false>(const float*, int64_t, const RowCode<float>&,
+                                                  const float*, float, float*, int64_t, int64_t);
+template void combine_pairs<Combine::kMul, true>(const float*, int64_t, const RowCode<float>&,
+                                                 const float*, float, float*, int64_t, int64_t);
+template void combine_pairs<Combine::kPositionOnly, false>(const float*, int64_t,
+                                                           const RowCode<float>&, const float*,
+                                                           float, float*, int64_t, int64_t);
+template void combine_pairs<Combine::kPositionOnly, true>(const float*, int64_t,
+                                                          const RowCode<float>&, const float*,
+                                                          float, float*, int64_t, int64_t);
+
 // Every combine with an input, masked or not, from a code row or rotated, for both 16-bit types.
 #define POSENC_COMBINE_CONTIGUOUS(combine, masked, rotated)                             \
   template void combine_contiguous<Combine::combine, masked, rotated, BFloat16>(        \
