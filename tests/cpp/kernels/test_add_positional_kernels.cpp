@@ -343,6 +343,67 @@ TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
   }
 }
 
+// bfloat16 and float16 rows of one batch row (the fused walk from anchors) against the batched
+// path (code rows written first), bit for bit: add with dropout, mul, and the code alone; widths
+// with a 256-channel chunk's tail and an odd spare channel; and the code within 2e-6 plus the
+// type's rounding of the reference.
+template <typename scalar_t>
+void check_16bit_one_row_against_batched(pk::DType dtype, double rounding) {
+  for (const int64_t dim : {int64_t{600}, int64_t{71}}) {
+    for (const pk::Combine combine :
+         {pk::Combine::kAdd, pk::Combine::kMul, pk::Combine::kPositionOnly}) {
+      const int64_t seq = 300, offset = 5000 - 37;
+      std::vector<scalar_t> x(2 * seq * dim);
+      std::mt19937 rng(static_cast<unsigned>(dim + static_cast<int>(combine)));
+      std::normal_distribution<float> normal;
+      for (auto& v : x) pk::store_from_acc(&v, normal(rng));
+      const auto codes = pk::make_channel_codes({}, dim);
+      auto run = [&](int64_t batch) {
+        std::vector<scalar_t> out(batch * seq * dim, scalar_t{0x7fc0});  // NaN in both types
+        pk::AddPositionalParams params;
+        params.dtype = dtype;
+        params.shape.batch_ndim = 1;
+        params.shape.batch_sizes[0] = batch;
+        params.shape.seq_len = seq;
+        params.shape.dim = dim;
+        if (combine != pk::Combine::kPositionOnly) {
+          params.x.data = x.data();
+          params.x.batch_strides[0] = seq * dim;
+          params.x.seq_stride = dim;
+        }
+        params.out.data = out.data();
+        params.out.batch_strides[0] = seq * dim;
+        params.out.seq_stride = dim;
+        params.offset = offset;
+        params.scale = 1.75;
+        params.combine = combine;
+        params.source.channels = codes.data();
+        if (combine == pk::Combine::kAdd) params.dropout = pk::make_dropout(0.2, true, 11);
+        pk::add_positional_cpu(params, four_threads);
+        return out;
+      };
+      const std::vector<scalar_t> one = run(1), two = run(2);
+      ASSERT_EQ(0, std::memcmp(one.data(), two.data(), one.size() * sizeof(scalar_t)))
+          << "dim " << dim << " combine " << static_cast<int>(combine);
+      if (combine != pk::Combine::kPositionOnly) continue;
+      for (int64_t t = 0; t < seq; ++t) {
+        for (int64_t d = 0; d < dim; ++d) {
+          const double want = reference_code(pk::PositionKind::kSinusoidal,
+                                             pk::Convention::kVaswani, pk::Layout::kInterleaved,
+                                             10000.0, dim, static_cast<double>(offset + t), d);
+          ASSERT_NEAR(pk::load_as_acc(&one[t * dim + d]), want, 2e-6 + rounding)
+              << "dim " << dim << " t " << t << " d " << d;
+        }
+      }
+    }
+  }
+}
+
+TEST(AddPositionalKernel, OneBatchRowOf16BitTypesMatchesTheBatchedPath) {
+  check_16bit_one_row_against_batched<pk::BFloat16>(pk::DType::kBFloat16, 4e-3);
+  check_16bit_one_row_against_batched<pk::Float16>(pk::DType::kFloat16, 5e-4);
+}
+
 // A code on a patch grid with kept arrays: its grid rows are made by the first call and reused
 // by the next, with the same bits as rows made per call.
 TEST(AddPositionalKernel, KeptGridRowsGiveTheSameBits) {
