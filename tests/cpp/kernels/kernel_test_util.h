@@ -97,16 +97,25 @@ inline void four_threads(int64_t begin, int64_t end, int64_t,
   for (auto& t : threads) t.join();
 }
 
-// add_positional's parameters for contiguous float32 or float64 x and out of [batch, seq, dim]
-// and the default sinusoidal code (channels from make_channel_codes; none for a learned table).
+// add_positional's parameters for contiguous x and out of [batch, seq, dim] (float32, float64,
+// bfloat16 or float16) and the default sinusoidal code (channels from make_channel_codes; none
+// for a learned table).
 template <typename scalar_t>
 pk::AddPositionalParams contiguous_params(const std::vector<scalar_t>& x,
                                           std::vector<scalar_t>& out, int64_t batch, int64_t seq,
                                           int64_t dim,
                                           const std::vector<pk::ChannelCode>& channels = {}) {
-  static_assert(std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>);
   pk::AddPositionalParams params;
-  params.dtype = std::is_same_v<scalar_t, double> ? pk::DType::kFloat64 : pk::DType::kFloat32;
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    params.dtype = pk::DType::kFloat64;
+  } else if constexpr (std::is_same_v<scalar_t, pk::BFloat16>) {
+    params.dtype = pk::DType::kBFloat16;
+  } else if constexpr (std::is_same_v<scalar_t, pk::Float16>) {
+    params.dtype = pk::DType::kFloat16;
+  } else {
+    static_assert(std::is_same_v<scalar_t, float>);
+    params.dtype = pk::DType::kFloat32;
+  }
   params.shape.batch_ndim = 1;
   params.shape.batch_sizes[0] = batch;
   params.shape.seq_len = seq;

@@ -348,7 +348,7 @@ TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
 // with a 256-channel chunk's tail and an odd spare channel; and the code within 2e-6 plus the
 // type's rounding of the reference.
 template <typename scalar_t>
-void check_16bit_one_row_against_batched(pk::DType dtype, double rounding) {
+void check_16bit_one_row_against_batched(double rounding) {
   for (const int64_t dim : {int64_t{600}, int64_t{71}}) {
     for (const pk::Combine combine :
          {pk::Combine::kAdd, pk::Combine::kMul, pk::Combine::kPositionOnly}) {
@@ -360,24 +360,11 @@ void check_16bit_one_row_against_batched(pk::DType dtype, double rounding) {
       const auto codes = pk::make_channel_codes({}, dim);
       auto run = [&](int64_t batch) {
         std::vector<scalar_t> out(batch * seq * dim, scalar_t{0x7fc0});  // NaN in both types
-        pk::AddPositionalParams params;
-        params.dtype = dtype;
-        params.shape.batch_ndim = 1;
-        params.shape.batch_sizes[0] = batch;
-        params.shape.seq_len = seq;
-        params.shape.dim = dim;
-        if (combine != pk::Combine::kPositionOnly) {
-          params.x.data = x.data();
-          params.x.batch_strides[0] = seq * dim;
-          params.x.seq_stride = dim;
-        }
-        params.out.data = out.data();
-        params.out.batch_strides[0] = seq * dim;
-        params.out.seq_stride = dim;
+        pk::AddPositionalParams params = contiguous_params(x, out, batch, seq, dim, codes);
+        if (combine == pk::Combine::kPositionOnly) params.x = {};  // as positional_encoding
         params.offset = offset;
         params.scale = 1.75;
         params.combine = combine;
-        params.source.channels = codes.data();
         if (combine == pk::Combine::kAdd) params.dropout = pk::make_dropout(0.2, true, 11);
         pk::add_positional_cpu(params, four_threads);
         return out;
@@ -400,8 +387,8 @@ void check_16bit_one_row_against_batched(pk::DType dtype, double rounding) {
 }
 
 TEST(AddPositionalKernel, OneBatchRowOf16BitTypesMatchesTheBatchedPath) {
-  check_16bit_one_row_against_batched<pk::BFloat16>(pk::DType::kBFloat16, 4e-3);
-  check_16bit_one_row_against_batched<pk::Float16>(pk::DType::kFloat16, 5e-4);
+  check_16bit_one_row_against_batched<pk::BFloat16>(4e-3);
+  check_16bit_one_row_against_batched<pk::Float16>(5e-4);
 }
 
 // A code on a patch grid with kept arrays: its grid rows are made by the first call and reused
