@@ -584,6 +584,25 @@ class PositionCodeRows {
 template <typename acc_t>
 void dropout_multipliers(const Dropout& dropout, uint64_t first, int64_t count, acc_t* out);
 
+// One element of a combine: mask[d] * combine(scale * x, code), in the one order of operations
+// that every loop of it (combine_row_loop, combine_pairs, each build) uses, so that all give the
+// same bits. kScaleOnly ignores `code`, kPositionOnly `x`.
+template <Combine kCombine, bool kMasked, typename acc_t>
+inline __attribute__((always_inline)) acc_t combined_value(acc_t scale, acc_t x, acc_t code,
+                                                           const acc_t* mask, int64_t d) {
+  acc_t y;
+  if constexpr (kCombine == Combine::kAdd) {
+    y = scale * x + code;
+  } else if constexpr (kCombine == Combine::kMul) {
+    y = (scale * x) * code;
+  } else if constexpr (kCombine == Combine::kScaleOnly) {
+    y = scale * x;
+  } else {
+    y = code;
+  }
+  return kMasked ? y * mask[d] : y;
+}
+
 // out[d] = mask[d] * combine(scale * in[d], pe[d]) over one row of `dim` elements, with pe[d]
 // read from pe.row or, for a rotated code, made in the same loop by rotated_code, as
 // rotate_from_anchor makes it, so that no code row is written and read back.
@@ -611,17 +630,11 @@ inline __attribute__((always_inline)) void combine_row_loop(const scalar_t* __re
     }
   };
   auto value = [&](int64_t d, acc_t x) {
-    acc_t y;
-    if constexpr (kCombine == Combine::kAdd) {
-      y = scale * x + code(d);
-    } else if constexpr (kCombine == Combine::kMul) {
-      y = (scale * x) * code(d);
-    } else if constexpr (kCombine == Combine::kScaleOnly) {
-      y = scale * x;
+    if constexpr (kCombine == Combine::kScaleOnly) {
+      return combined_value<kCombine, kMasked>(scale, x, acc_t(0), mask, d);  // no code read
     } else {
-      y = code(d);
+      return combined_value<kCombine, kMasked>(scale, x, code(d), mask, d);
     }
-    return kMasked ? y * mask[d] : y;
   };
   if (kCombine == Combine::kPositionOnly) {
     for (int64_t d = 0; d < dim; ++d) store_from_acc(out + d * out_stride, value(d, acc_t(0)));

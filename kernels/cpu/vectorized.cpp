@@ -603,15 +603,8 @@ inline __attribute__((always_inline)) void combine_pairs_scalar(
   for (int64_t d = begin; d < dim; ++d) {
     const float code =
         rotated_code(pe.anchor_sin[d], pe.anchor_cos[d], pe.turn_cos[d / 2], pe.turn_sin[d / 2]);
-    float y;
-    if constexpr (kCombine == Combine::kAdd) {
-      y = scale * in[d * in_stride] + code;
-    } else if constexpr (kCombine == Combine::kMul) {
-      y = (scale * in[d * in_stride]) * code;
-    } else {
-      y = code;
-    }
-    out[d * out_stride] = kMasked ? y * mask[d] : y;
+    const float x = kCombine == Combine::kPositionOnly ? 0.0f : in[d * in_stride];
+    out[d * out_stride] = combined_value<kCombine, kMasked>(scale, x, code, mask, d);
   }
 }
 
@@ -622,7 +615,7 @@ void combine_pairs_baseline(const float* in, const RowCode<float>& pe, const flo
 }
 
 #if defined(__x86_64__)
-// As combine_pairs_scalar, operation for operation (no FMA), 8 or 16 lanes at a time: each
+// As combined_value, operation for operation (no FMA), 8 or 16 lanes at a time: each
 // pair's turn is loaded once and widened to its two channels' lanes by a permute.
 template <Combine kCombine, bool kMasked>
 __attribute__((target("avx2"))) void combine_pairs_avx2(const float* in, const RowCode<float>& pe,
