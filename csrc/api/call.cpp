@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <iterator>
 #include <limits>
 #include <optional>
 #include <string>
@@ -89,7 +88,7 @@ const std::vector<int>& argument_slots(const c10::FunctionSchema& schema, const 
 
 }  // namespace
 
-torch::jit::Stack call_operator(const char* op, const NamedArguments& arguments) {
+torch::jit::Stack call_operator(const char* op, NamedArguments arguments) {
   const c10::OperatorHandle& handle = operator_handle(op);
   const c10::FunctionSchema& schema = handle.schema();
   const auto& schema_arguments = schema.arguments();
@@ -97,7 +96,7 @@ torch::jit::Stack call_operator(const char* op, const NamedArguments& arguments)
   constexpr size_t kMostArguments = 64;
   TORCH_INTERNAL_ASSERT(schema_arguments.size() <= kMostArguments, "posenc::", op,
                         " has more arguments than call_operator holds");
-  std::array<const c10::IValue*, kMostArguments> given{};
+  std::array<c10::IValue*, kMostArguments> given{};
   const std::vector<int>& slots = argument_slots(schema, op, arguments);
   for (size_t i = 0; i < arguments.size(); ++i) {
     given[static_cast<size_t>(slots[i])] = &arguments[i].second;
@@ -106,7 +105,7 @@ torch::jit::Stack call_operator(const char* op, const NamedArguments& arguments)
   stack.reserve(schema_arguments.size());
   for (size_t i = 0; i < schema_arguments.size(); ++i) {
     if (given[i] != nullptr) {
-      stack.push_back(*given[i]);
+      stack.push_back(std::move(*given[i]));
     } else {
       const c10::Argument& argument = schema_arguments[i];
       TORCH_INTERNAL_ASSERT(argument.default_value().has_value(), "posenc::", op, ": no value for ",
@@ -116,13 +115,6 @@ torch::jit::Stack call_operator(const char* op, const NamedArguments& arguments)
   }
   handle.callBoxed(stack);
   return stack;
-}
-
-NamedArguments joined(NamedArguments first, NamedArguments rest) {
-  first.reserve(first.size() + rest.size());
-  first.insert(first.end(), std::make_move_iterator(rest.begin()),
-               std::make_move_iterator(rest.end()));
-  return first;
 }
 
 c10::IValue string_value(const std::string& text) {
@@ -138,11 +130,14 @@ c10::IValue string_value(const std::string& text) {
   return made;
 }
 
-NamedArguments grid_arguments(const std::optional<GridOptions>& grid) {
-  if (!grid.has_value()) return {};
-  return {{"grid", grid->sizes()},         {"extra_tokens", grid->extra_tokens()},
-          {"grid_dims", grid->dims()},     {"grid_axes", grid->axes()},
-          {"grid_origin", grid->origin()}, {"grid_scale", grid->scale()}};
+void add_grid_arguments(NamedArguments& arguments, const std::optional<GridOptions>& grid) {
+  if (!grid.has_value()) return;
+  arguments.emplace_back("grid", grid->sizes());
+  arguments.emplace_back("extra_tokens", grid->extra_tokens());
+  arguments.emplace_back("grid_dims", grid->dims());
+  arguments.emplace_back("grid_axes", grid->axes());
+  arguments.emplace_back("grid_origin", grid->origin());
+  arguments.emplace_back("grid_scale", grid->scale());
 }
 
 }  // namespace api

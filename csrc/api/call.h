@@ -4,6 +4,7 @@
 
 #include <ATen/core/ivalue.h>
 #include <ATen/core/stack.h>
+#include <c10/util/SmallVector.h>
 
 #include <optional>
 #include <string>
@@ -15,45 +16,46 @@
 namespace posenc {
 namespace api {
 
-using NamedArguments = std::vector<std::pair<const char*, c10::IValue>>;
+// Held in place up to 24 arguments (every operator's list fits): a decoding step through the C++
+// API allocated a vector per group of arguments.
+using NamedArguments = c10::SmallVector<std::pair<const char*, c10::IValue>, 24>;
 
 // Calls posenc::<op> with `arguments` by schema name and returns its results. Every name must be
 // an argument of the schema (an internal error otherwise: nothing is ignored in silence);
-// arguments not given take their schema defaults.
-torch::jit::Stack call_operator(const char* op, const NamedArguments& arguments);
+// arguments not given take their schema defaults. The values are moved onto the stack.
+torch::jit::Stack call_operator(const char* op, NamedArguments arguments);
 
 inline c10::IValue optional_value(const std::optional<at::Tensor>& tensor) {
   return tensor.has_value() ? c10::IValue(*tensor) : c10::IValue();
 }
-
-// `first` followed by `rest` (moved: the callers pass temporaries).
-NamedArguments joined(NamedArguments first, NamedArguments rest);
 
 // `text` as an IValue, shared with earlier calls of this thread that passed the same text: a
 // string IValue is a heap object, and the code's and the combine's names are a handful of
 // values that a call passes every time.
 c10::IValue string_value(const std::string& text);
 
-// grid, extra_tokens, grid_dims, grid_axes, grid_origin and grid_scale (none: the defaults).
-NamedArguments grid_arguments(const std::optional<GridOptions>& grid);
+// Appends grid, extra_tokens, grid_dims, grid_axes, grid_origin and grid_scale (none: nothing,
+// the defaults).
+void add_grid_arguments(NamedArguments& arguments, const std::optional<GridOptions>& grid);
 
-// The code's arguments: kind, base, convention and layout.
+// Appends the code's arguments: kind, base, convention and layout.
 template <typename Options>
-NamedArguments code_arguments(const Options& o) {
-  return {{"kind", string_value(o.kind())},
-          {"base", o.base()},
-          {"convention", string_value(o.convention())},
-          {"layout", o.layout().has_value() ? string_value(*o.layout()) : c10::IValue()}};
+void add_code_arguments(NamedArguments& arguments, const Options& o) {
+  arguments.emplace_back("kind", string_value(o.kind()));
+  arguments.emplace_back("base", o.base());
+  arguments.emplace_back("convention", string_value(o.convention()));
+  arguments.emplace_back("layout",
+                         o.layout().has_value() ? string_value(*o.layout()) : c10::IValue());
 }
 
-// The combine's arguments: combine, scale, offset, dropout and training.
+// Appends the combine's arguments: combine, scale, offset, dropout and training.
 template <typename Options>
-NamedArguments combine_arguments(const Options& o) {
-  return {{"combine", string_value(o.combine())},
-          {"scale", o.scale()},
-          {"offset", o.offset()},
-          {"dropout", o.dropout()},
-          {"training", o.training()}};
+void add_combine_arguments(NamedArguments& arguments, const Options& o) {
+  arguments.emplace_back("combine", string_value(o.combine()));
+  arguments.emplace_back("scale", o.scale());
+  arguments.emplace_back("offset", o.offset());
+  arguments.emplace_back("dropout", o.dropout());
+  arguments.emplace_back("training", o.training());
 }
 
 // The forward's dropout seed: the options' own, else one drawn from their generator.

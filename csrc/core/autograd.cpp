@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <cstddef>
 #include <cstring>
 #include <map>
 #include <string>
@@ -186,8 +187,34 @@ class PosencFunction : public torch::autograd::Function<PosencFunction> {
   }
 };
 
+// Whether a tensor argument of the call takes part in autograd: requires grad, or carries a
+// forward-mode tangent (which PosencFunction::apply refuses with its message).
+bool any_autograd_input(const torch::jit::Stack& stack, size_t argument_count) {
+  const auto takes_part = [](const at::Tensor& tensor) {
+    return tensor.defined() && (tensor.requires_grad() || tensor._fw_grad(/*level=*/0).defined());
+  };
+  for (auto value = stack.end() - static_cast<std::ptrdiff_t>(argument_count); value != stack.end();
+       ++value) {
+    if (value->isTensor() && takes_part(value->toTensor())) return true;
+    if (value->isTensorList()) {
+      for (const at::Tensor& tensor : value->toTensorVector()) {
+        if (takes_part(tensor)) return true;
+      }
+    }
+  }
+  return false;
+}
+
 void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys*/,
                      torch::jit::Stack* stack) {
+  // A call that no gradient can flow through needs no graph node: it runs below autograd at
+  // once, with the same result. Building the node (its saved arguments and their names) cost a
+  // decoding step more than the operator itself.
+  if (!any_autograd_input(*stack, op.schema().arguments().size())) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.callBoxed(stack);
+    return;
+  }
   const Derivative& derivative = derivative_of(op.schema().name());
   const Arguments args(op, *stack);
   // A derivative with one differentiable input names no second.

@@ -57,14 +57,14 @@ class Arguments {
   bool boolean(std::string_view name) const;
 
  private:
-  static const char* dotted_name(const c10::FunctionSchema& schema);
-
   const c10::FunctionSchema& schema_;
   const c10::IValue* first_;
   const char* op_name_;
+  const class SchemaNames* names_;  // the schema's names by text (operator.cpp)
 };
 
-// The index of argument `name` in `schema`, or -1.
+// The index of argument `name` in `schema`, or -1. `schema` is a registered operator's: its names
+// are kept for the life of the process, by its address.
 int argument_index(const c10::FunctionSchema& schema, std::string_view name);
 
 // The boxed kernel of `kRun(args)`, which returns the operator's result (an IValue-convertible

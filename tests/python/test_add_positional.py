@@ -180,6 +180,39 @@ def test_gradcheck(combine, dropout):
                         dropout=dropout), (x, table))
 
 
+def test_a_call_no_gradient_can_reach_gives_the_graph_calls_values():
+    # Without an input that requires grad the autograd kernel runs the operator at once, with no
+    # graph node; its values are the node-building call's, bit for bit.
+    x = torch.randn(2, 7, 10)
+    table = torch.randn(9, 10)
+    positions = torch.randint(0, 9, (2, 7))
+    for kwargs in (dict(kind="damped", combine="mul", scale=1.5, offset=3),
+                   dict(kind="learned", table=table, positions=positions),
+                   dict(dropout=0.3, generator=torch.Generator().manual_seed(5))):
+        plain = posenc.add_positional(x, **kwargs)
+        assert plain.grad_fn is None and not plain.requires_grad
+        if "generator" in kwargs:
+            kwargs["generator"] = torch.Generator().manual_seed(5)
+        graphed = posenc.add_positional(x.clone().requires_grad_(), **kwargs)
+        assert graphed.grad_fn is not None
+        assert torch.equal(plain, graphed.detach())
+    # A learned table that requires grad is still an autograd input, even when x is not.
+    y = posenc.add_positional(x, kind="learned", positions=positions,
+                              table=table.clone().requires_grad_())
+    assert y.grad_fn is not None
+
+
+def test_forward_mode_tangents_are_refused():
+    # Forward-mode AD is not implemented: a tangent on an input that does not require grad must
+    # not be dropped in silence by the no-graph path.
+    import torch.autograd.forward_ad as fwAD
+    x = torch.randn(2, 3, 8)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        with pytest.raises(RuntimeError, match="jvp is not implemented"):
+            posenc.add_positional(dual)
+
+
 def test_double_backward_raises_clearly():
     x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     table = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)

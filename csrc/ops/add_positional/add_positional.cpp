@@ -164,12 +164,14 @@ namespace {
 // The arguments of the forward and of the input gradient, whose rows are `main` (x or grad).
 api::NamedArguments named(const AddPositionalOptions& o, const char* main_name,
                           const at::Tensor& main, c10::IValue seed) {
-  return api::joined(
-      api::joined(api::code_arguments(o), api::combine_arguments(o)),
-      api::joined(api::grid_arguments(o.grid()), {{main_name, main},
-                                                  {"positions", api::optional_value(o.positions())},
-                                                  {"table", api::optional_value(o.table())},
-                                                  {"seed", std::move(seed)}}));
+  api::NamedArguments arguments = {{main_name, main},
+                                   {"positions", api::optional_value(o.positions())},
+                                   {"table", api::optional_value(o.table())},
+                                   {"seed", std::move(seed)}};
+  api::add_code_arguments(arguments, o);
+  api::add_combine_arguments(arguments, o);
+  api::add_grid_arguments(arguments, o.grid());
+  return arguments;
 }
 
 }  // namespace
@@ -187,14 +189,13 @@ at::Tensor add_positional_backward(const at::Tensor& grad, const AddPositionalOp
 
 at::Tensor add_positional_table_backward(const at::Tensor& grad, const std::optional<at::Tensor>& x,
                                          c10::SymInt table_rows, const AddPositionalOptions& o) {
-  return api::call_operator("add_positional_table_backward",
-                            api::joined(api::combine_arguments(o),
-                                        {{"grad", grad},
-                                         {"x", api::optional_value(x)},
-                                         {"positions", api::optional_value(o.positions())},
-                                         {"seed", api::optional_value(o.seed())},
-                                         {"table_rows", std::move(table_rows)}}))[0]
-      .toTensor();
+  api::NamedArguments arguments = {{"grad", grad},
+                                   {"x", api::optional_value(x)},
+                                   {"positions", api::optional_value(o.positions())},
+                                   {"seed", api::optional_value(o.seed())},
+                                   {"table_rows", std::move(table_rows)}};
+  api::add_combine_arguments(arguments, o);
+  return api::call_operator("add_positional_table_backward", std::move(arguments))[0].toTensor();
 }
 
 }  // namespace posenc

@@ -280,19 +280,17 @@ api::NamedArguments named(const at::Tensor& weight, int64_t query_length, int64_
 
 at::Tensor attention_bias(const at::Tensor& weight, int64_t query_length, int64_t key_length,
                           const AttentionBiasOptions& o) {
-  return api::call_operator(
-             "attention_bias",
-             api::joined(named(weight, query_length, key_length, o), {{"dtype", o.dtype()}}))[0]
-      .toTensor();
+  api::NamedArguments arguments = named(weight, query_length, key_length, o);
+  arguments.emplace_back("dtype", o.dtype());
+  return api::call_operator("attention_bias", std::move(arguments))[0].toTensor();
 }
 
 at::Tensor attention_bias_backward(const at::Tensor& grad, const at::Tensor& weight,
                                    int64_t query_length, int64_t key_length,
                                    const AttentionBiasOptions& o) {
-  return api::call_operator(
-             "attention_bias_backward",
-             api::joined({{"grad", grad}}, named(weight, query_length, key_length, o)))[0]
-      .toTensor();
+  api::NamedArguments arguments = named(weight, query_length, key_length, o);
+  arguments.emplace_back("grad", grad);
+  return api::call_operator("attention_bias_backward", std::move(arguments))[0].toTensor();
 }
 
 at::Tensor alibi_slopes(int64_t num_heads) {

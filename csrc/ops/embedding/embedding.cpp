@@ -168,44 +168,42 @@ namespace {
 // The arguments of every embedding op; `code`: with the code's (not the table gradient).
 api::NamedArguments named(const EmbeddingOptions& o, const at::Tensor& ids,
                           const at::Tensor& weight, bool code) {
-  api::NamedArguments arguments =
-      api::joined(api::combine_arguments(o), {{"ids", ids},
-                                              {"weight", weight},
-                                              {"positions", api::optional_value(o.positions())},
-                                              {"padding_idx", o.padding_idx()},
-                                              {"fairseq_positions", o.fairseq_positions()}});
-  return code ? api::joined(std::move(arguments), api::code_arguments(o)) : arguments;
+  api::NamedArguments arguments = {{"ids", ids},
+                                   {"weight", weight},
+                                   {"positions", api::optional_value(o.positions())},
+                                   {"padding_idx", o.padding_idx()},
+                                   {"fairseq_positions", o.fairseq_positions()}};
+  api::add_combine_arguments(arguments, o);
+  if (code) api::add_code_arguments(arguments, o);
+  return arguments;
 }
 
 }  // namespace
 
 at::Tensor embedding(const at::Tensor& ids, const at::Tensor& weight, const EmbeddingOptions& o) {
-  return api::call_operator("embedding",
-                            api::joined(named(o, ids, weight, true),
-                                        {{"table", api::optional_value(o.table())},
-                                         {"seed", api::forward_seed(o, weight.device())}}))[0]
-      .toTensor();
+  api::NamedArguments arguments = named(o, ids, weight, true);
+  arguments.emplace_back("table", api::optional_value(o.table()));
+  arguments.emplace_back("seed", api::forward_seed(o, weight.device()));
+  return api::call_operator("embedding", std::move(arguments))[0].toTensor();
 }
 
 at::Tensor embedding_backward(const at::Tensor& grad, const at::Tensor& ids,
                               const at::Tensor& weight, const EmbeddingOptions& o) {
-  return api::call_operator(
-             "embedding_backward",
-             api::joined(named(o, ids, weight, true), {{"grad", grad},
-                                                       {"table", api::optional_value(o.table())},
-                                                       {"seed", api::optional_value(o.seed())}}))[0]
-      .toTensor();
+  api::NamedArguments arguments = named(o, ids, weight, true);
+  arguments.emplace_back("grad", grad);
+  arguments.emplace_back("table", api::optional_value(o.table()));
+  arguments.emplace_back("seed", api::optional_value(o.seed()));
+  return api::call_operator("embedding_backward", std::move(arguments))[0].toTensor();
 }
 
 at::Tensor embedding_table_backward(const at::Tensor& grad, const at::Tensor& ids,
                                     const at::Tensor& weight, c10::SymInt table_rows,
                                     const EmbeddingOptions& o) {
-  return api::call_operator(
-             "embedding_table_backward",
-             api::joined(named(o, ids, weight, false), {{"grad", grad},
-                                                        {"seed", api::optional_value(o.seed())},
-                                                        {"table_rows", std::move(table_rows)}}))[0]
-      .toTensor();
+  api::NamedArguments arguments = named(o, ids, weight, false);
+  arguments.emplace_back("grad", grad);
+  arguments.emplace_back("seed", api::optional_value(o.seed()));
+  arguments.emplace_back("table_rows", std::move(table_rows));
+  return api::call_operator("embedding_table_backward", std::move(arguments))[0].toTensor();
 }
 
 }  // namespace posenc

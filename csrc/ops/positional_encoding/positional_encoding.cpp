@@ -70,11 +70,10 @@ TORCH_LIBRARY_FRAGMENT(posenc, m) {
 
 at::Tensor positional_encoding(const at::Tensor& positions, int64_t dim,
                                const PositionCodeOptions& o) {
-  return api::call_operator(
-             "positional_encoding",
-             api::joined(api::joined(api::code_arguments(o), api::grid_arguments(o.grid())),
-                         {{"positions", positions}, {"dim", dim}, {"dtype", o.dtype()}}))[0]
-      .toTensor();
+  api::NamedArguments arguments = {{"positions", positions}, {"dim", dim}, {"dtype", o.dtype()}};
+  api::add_code_arguments(arguments, o);
+  api::add_grid_arguments(arguments, o.grid());
+  return api::call_operator("positional_encoding", std::move(arguments))[0].toTensor();
 }
 
 }  // namespace posenc

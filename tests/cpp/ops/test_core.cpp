@@ -1,10 +1,12 @@
-// The binding's shared machinery: operator definitions checked against their schemas, and the
-// CPU kernels' threads.
+// The binding's shared machinery: operator definitions checked against their schemas, arguments
+// found by name, and the CPU kernels' threads.
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 
 #include <mutex>
 #include <set>
+#include <string>
 #include <thread>
 
 #include "core/backend.h"
@@ -40,6 +42,35 @@ TEST(OperatorDefinition, DefiningRefusesAMismatch) {
   EXPECT_THROW(
       posenc::core::define_schema(library, {"g(Tensor x, int knd=0) -> Tensor", {"x", "kind"}}),
       c10::Error);
+}
+
+// Every parser reads its arguments through argument_index (by the names' text, hashed): each
+// argument of every registered posenc operator is found at its own index, from a copy of its
+// name (another address), and names a schema lacks, near misses included, are not found.
+TEST(ArgumentIndex, FindsEveryArgumentOfEveryOperatorAndNothingElse) {
+  int operators = 0;
+  for (const c10::OperatorName& name : c10::Dispatcher::singleton().getAllOpNames()) {
+    if (name.name.rfind("posenc::", 0) != 0) continue;
+    const auto handle = c10::Dispatcher::singleton().findOp(name);
+    ASSERT_TRUE(handle.has_value() && handle->hasSchema()) << name.name;
+    const c10::FunctionSchema& schema = handle->schema();
+    const auto& arguments = schema.arguments();
+    for (size_t i = 0; i < arguments.size(); ++i) {
+      const std::string copy = arguments[i].name();
+      EXPECT_EQ(posenc::core::argument_index(schema, copy), static_cast<int>(i))
+          << name.name << " " << copy;
+      for (const std::string& other : {copy + "s", copy.substr(1), "_" + copy.substr(1)}) {
+        bool present = false;
+        for (const c10::Argument& argument : arguments) present |= argument.name() == other;
+        if (!present) {
+          EXPECT_EQ(posenc::core::argument_index(schema, other), -1) << name.name << " " << other;
+        }
+      }
+    }
+    EXPECT_EQ(posenc::core::argument_index(schema, ""), -1) << name.name;
+    ++operators;
+  }
+  EXPECT_GE(operators, 10);
 }
 
 // Every CPU kernel gets its threads from core::parallel_for(); built without OpenMP it would run
