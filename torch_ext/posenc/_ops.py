@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor
 
+from . import _C
 from ._grid import GridLike, grid_arguments
 
 _INT64_MIN = -(2**63)
@@ -112,7 +113,7 @@ def _binder_source(op: str) -> str:
                       "        if not (type(dropout) is float and dropout == 0.0):",
                       f"            keywords['{n}'] = {n}"]
         else:
-            lines += [f"        keywords['{n}'] = {converted}"]
+            lines += [f"        {n} = {converted}", f"        keywords['{n}'] = {n}"]
     if "seed" in names:
         first_tensor = next(n for n, base, *_ in positional if base == "Tensor")
         lines += [
@@ -138,6 +139,13 @@ def _binder_source(op: str) -> str:
     # (torch.compile) go through the OpOverload, which Dynamo knows.
     lines += ["    if _is_compiling() or _function._pyobj_dispatcher is not None:",
               f"        return _function{call(every)}"]
+    # posenc._C.call: every argument in schema order, without torch's generic argument parsing
+    # (about 2 us of a decoding step); NotImplemented leaves the call to the operator's _op
+    # (a tensor subclass, a __torch_function__ mode, a value it does not convert).
+    if _C.direct_call(op) is not None:
+        lines += [f"    result = _call_direct(_direct, {', '.join(names)})",
+                  "    if result is not NotImplemented:",
+                  "        return result"]
     if trailing:
         lines += [f"    if {' and '.join(f'{n} is None' for n in trailing)}:",
                   f"        return _function_op{call(every[:leading])}"]
@@ -195,6 +203,8 @@ def _make_binder(op: str) -> Any:
         "_function": getattr(torch.ops.posenc, op).default,
         "_function_op": getattr(torch.ops.posenc, op).default._op,
         "_is_compiling": torch.compiler.is_compiling,
+        "_direct": _C.direct_call(op),
+        "_call_direct": _C.call,
     }
     for n, _, _, _, default in _schema_arguments(op):
         namespace[f"_d_{n}"] = None if default is _REQUIRED else default
