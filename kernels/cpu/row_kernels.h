@@ -32,10 +32,10 @@ using kernels::position_at;
 enum class CpuCapability { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
 CpuCapability cpu_capability();
 
-// (s[d], c[d]) <- rotation of (s[d], c[d]) by the angle with sine step_sin[d] and cosine
-// step_cos[d], for d < n (vectorized, built for AVX2 too).
-void rotate_channels(const double* step_sin, const double* step_cos, double* s, double* c,
-                     int64_t n);
+// (s[d], c[d]) <- rotation of (from_s[d], from_c[d]) by the angle with sine step_sin[d] and
+// cosine step_cos[d], for d < n (vectorized, built for AVX2 too); in place when from is (s, c).
+void rotate_channels(const double* step_sin, const double* step_cos, const double* from_s,
+                     const double* from_c, double* s, double* c, int64_t n);
 
 // A code value from its anchor (amplitude * sin and amplitude * cos of the channel's angle
 // there) and the rotation from the anchor to its row: the one formula of rotate_from_anchor and
@@ -173,7 +173,7 @@ WalkTables<acc> make_walk_tables(const ChannelArrays& arrays) {
                    [](double v) { return static_cast<acc>(v); });
     std::transform(s.begin(), s.end(), walk.turn_sin.begin() + k * dim,
                    [](double v) { return static_cast<acc>(v); });
-    rotate_channels(step_sin.data(), step_cos.data(), s.data(), c.data(), dim);
+    rotate_channels(step_sin.data(), step_cos.data(), s.data(), c.data(), s.data(), c.data(), dim);
   }
   walk.anchor_step_sin.resize(n);
   walk.anchor_step_cos.resize(n);
@@ -208,11 +208,16 @@ using GridRows = std::vector<std::vector<acc>>;
 // The code at one anchor of a walk (PositionCodeRows::anchored_row). Once kept between calls
 // (WalkTablesCache::keep_anchor) or seen by more than its walk, it is only read, so that calls
 // and threads can share it; a walk alone with its anchor moves it in place.
+// Its arrays are left uninitialised when made (every element is written before it is read):
+// zero-filling them cost a call of (1, 16, 4096) as much as its exact anchor.
 template <typename acc>
 struct Anchor {
+  explicit Anchor(int64_t dim)
+      : sin_cos(new double[static_cast<size_t>(2 * dim)]),
+        row(new acc[static_cast<size_t>(2 * dim)]) {}
   int64_t position = -1;
-  std::vector<double> sin_cos;  // [2 * dim]: sin, then cos, of each channel's angle
-  std::vector<acc> row;         // [2 * dim]: amplitude * sin, then amplitude * cos, per channel
+  std::unique_ptr<double[]> sin_cos;  // [2 * dim]: sin, then cos, of each channel's angle
+  std::unique_ptr<acc[]> row;         // [2 * dim]: amplitude * sin, then amplitude * cos
 };
 
 template <typename acc>
@@ -279,8 +284,9 @@ struct WalkTablesCache {
   GridRows<float> float_grid;
   GridRows<double> double_grid;
 
-  // A few anchors per type, for a few sequences decoded side by side.
-  static constexpr int kKeptAnchors = 4;
+  // A few anchors per type: where walks start and end (see PositionCodeRows::move_anchor), for a
+  // few sequences decoded side by side.
+  static constexpr int kKeptAnchors = 8;
   template <typename acc>
   std::array<SharedAnchor<acc>, kKeptAnchors>& anchors() {
     if constexpr (std::is_same_v<acc, double>) {
@@ -360,6 +366,8 @@ class PositionCodeRows {
     // Whether this walk made `anchor` and gave it to no one (see keep_last_anchor), so that it
     // may move it in place.
     bool owns_anchor = false;
+    // Whether `anchor` is the first this walk reached (see move_anchor).
+    bool at_first_anchor = true;
   };
 
   // out[r * dim + d] = PE(first + r)[d] for r < rows: consecutive positions, in three tiers.
@@ -405,7 +413,7 @@ class PositionCodeRows {
       move_anchor(position - k, state);
     }
     RowCode<acc> code;
-    code.anchor_sin = state.anchor->row.data();
+    code.anchor_sin = state.anchor->row.get();
     code.anchor_cos = code.anchor_sin + dim_;
     if (std::is_same_v<scalar_t, float> && pair_turns && !walk_->pair_turn_cos.empty()) {
       const int64_t columns = (dim_ + 1) / 2;
@@ -428,8 +436,14 @@ class PositionCodeRows {
   // else made: exact at multiples of kAnchorRows, else rotated from the anchor before it (kept,
   // or recomputed from the last exact one). A walk moves an anchor that it alone holds in place:
   // allocating two rows every turn_rows_ positions, and looking up kept anchors under a lock,
-  // cost a single batch row a quarter of its time (docs/performance.md).
+  // cost a single batch row a quarter of its time (docs/performance.md). Its first anchor it
+  // keeps instead (with the arrays' cache): a call that walks the same positions again, as
+  // every training step from position 0 does, then starts from it, not from an exact anchor.
   void move_anchor(int64_t position, Recurrence& state) const {
+    if (state.anchor != nullptr && state.owns_anchor && state.at_first_anchor) {
+      keep_last_anchor(state);  // shared from now on: read, never moved
+    }
+    state.at_first_anchor = state.anchor == nullptr;
     const WalkTables<acc>& walk = *walk_;
     const int64_t before = position - walk.turn_rows;
     const bool rotate_state =
@@ -448,26 +462,27 @@ class PositionCodeRows {
     if (state.anchor != nullptr && state.owns_anchor) {
       made = std::const_pointer_cast<Anchor<acc>>(std::move(state.anchor));
     } else {
-      made = std::make_shared<Anchor<acc>>();
-      made->sin_cos.resize(static_cast<size_t>(2 * dim_));
-      made->row.resize(static_cast<size_t>(2 * dim_));
+      made = std::make_shared<Anchor<acc>>(dim_);
       if (rotate_state) previous = std::move(state.anchor);
     }
     state.anchor = nullptr;
     made->position = position;
-    double* __restrict s = made->sin_cos.data();
+    double* __restrict s = made->sin_cos.get();
     double* __restrict c = s + dim_;
     if (rotate_state || previous != nullptr) {
-      if (previous != nullptr) std::copy(previous->sin_cos.begin(), previous->sin_cos.end(), s);
-      rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, dim_);
+      // From the anchor before: its own arrays when the walk moves it in place, else read
+      // (kept or shared, it is not written) straight into the new anchor's.
+      const double* from = previous != nullptr ? previous->sin_cos.get() : s;
+      rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), from, from + dim_,
+                      s, c, dim_);
     } else {
       const int64_t exact = position - position % kAnchorRows;
       exact_sin_cos(static_cast<double>(exact), high_, middle_, low_, phase_, s, c, dim_);
       for (int64_t q = exact; q < position; q += walk.turn_rows) {
-        rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, dim_);
+        rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, s, c, dim_);
       }
     }
-    acc* __restrict a_sin = made->row.data();
+    acc* __restrict a_sin = made->row.get();
     acc* __restrict a_cos = a_sin + dim_;
     for (int64_t d = 0; d < dim_; ++d) {
       a_sin[d] = static_cast<acc>(amplitude64_[d] * s[d]);

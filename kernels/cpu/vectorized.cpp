@@ -304,28 +304,30 @@ template void dropout_multipliers<double>(const Dropout&, uint64_t, int64_t, dou
 namespace {
 
 // The same loop built twice: for the baseline and for AVX2 (4 doubles a vector).
+// (from_s, from_c) may be (s, c): each element is read before it is written.
 inline __attribute__((always_inline)) void rotate_loop(const double* __restrict step_sin,
                                                        const double* __restrict step_cos,
-                                                       double* __restrict s, double* __restrict c,
-                                                       int64_t n) {
+                                                       const double* from_s, const double* from_c,
+                                                       double* s, double* c, int64_t n) {
   for (int64_t d = 0; d < n; ++d) {
-    const double sin_next = s[d] * step_cos[d] + c[d] * step_sin[d];
-    const double cos_next = c[d] * step_cos[d] - s[d] * step_sin[d];
+    const double sin_next = from_s[d] * step_cos[d] + from_c[d] * step_sin[d];
+    const double cos_next = from_c[d] * step_cos[d] - from_s[d] * step_sin[d];
     s[d] = sin_next;
     c[d] = cos_next;
   }
 }
 
-void rotate_baseline(const double* step_sin, const double* step_cos, double* s, double* c,
-                     int64_t n) {
-  rotate_loop(step_sin, step_cos, s, c, n);
+void rotate_baseline(const double* step_sin, const double* step_cos, const double* from_s,
+                     const double* from_c, double* s, double* c, int64_t n) {
+  rotate_loop(step_sin, step_cos, from_s, from_c, s, c, n);
 }
 
 #if defined(__x86_64__)
 // AVX2 without FMA: the same roundings as the baseline, so both give the same bits.
 __attribute__((target("avx2"))) void rotate_avx2(const double* step_sin, const double* step_cos,
+                                                 const double* from_s, const double* from_c,
                                                  double* s, double* c, int64_t n) {
-  rotate_loop(step_sin, step_cos, s, c, n);
+  rotate_loop(step_sin, step_cos, from_s, from_c, s, c, n);
 }
 #else
 constexpr auto rotate_avx2 = rotate_baseline;
@@ -333,10 +335,10 @@ constexpr auto rotate_avx2 = rotate_baseline;
 
 }  // namespace
 
-void rotate_channels(const double* step_sin, const double* step_cos, double* s, double* c,
-                     int64_t n) {
+void rotate_channels(const double* step_sin, const double* step_cos, const double* from_s,
+                     const double* from_c, double* s, double* c, int64_t n) {
   static const auto chosen = choose_build(rotate_baseline, rotate_avx2);
-  chosen(step_sin, step_cos, s, c, n);
+  chosen(step_sin, step_cos, from_s, from_c, s, c, n);
 }
 
 namespace {

@@ -253,6 +253,34 @@ TEST(PositionCodeRecurrence, KeptArraysWalkFromOneRowWithSharedTables) {
   ASSERT_EQ(0, std::memcmp(walked.data(), own_walked.data(), walked.size() * sizeof(float)));
 }
 
+// A walk keeps the first anchor it made, not only its last: a call over the same positions
+// again (every training step from position 0) starts from it instead of an exact anchor, and a
+// kept anchor is never moved (find_anchor still finds it at its position after the walk).
+TEST(PositionCodeRecurrence, AWalkKeepsItsFirstAnchor) {
+  const int64_t dim = 70, rows = 100, first = 512;
+  const std::vector<pk::ChannelCode> channels = pk::make_channel_codes({}, dim);
+  const pk::ChannelArrays arrays = pk::make_channel_arrays(channels);
+  pk::PositionSource source;
+  source.channels = channels.data();
+  source.arrays = &arrays;
+  using Rows = pk::cpu::PositionCodeRows<float>;
+  const Rows code(source, dim, rows);
+  ASSERT_TRUE(code.anchored());
+  Rows::Recurrence state;
+  std::vector<float> walked(rows * dim, kNaN);
+  code.evaluate_consecutive(first, rows, walked.data(), state);
+  ASSERT_GT(state.anchor->position, first);  // the walk went past its first anchor
+  const pk::cpu::SharedAnchor<float> kept = arrays.walks->find_anchor<float>(first);
+  ASSERT_NE(kept, nullptr);
+  EXPECT_EQ(kept->position, first);
+  // Walked again from the kept anchor: the same bits.
+  Rows::Recurrence again_state;
+  std::vector<float> again(rows * dim, kNaN);
+  code.evaluate_consecutive(first, rows, again.data(), again_state);
+  ASSERT_EQ(0, std::memcmp(walked.data(), again.data(), walked.size() * sizeof(float)));
+  EXPECT_EQ(arrays.walks->find_anchor<float>(first), kept);
+}
+
 // A walk moves the anchor that it alone holds in place; one that it gave to the arrays' cache
 // (keep_last_anchor) or found there stays as kept. Either way each row is the same function of
 // its position: a walk continued from a kept anchor gives the bits of a walk started anew.
@@ -273,14 +301,20 @@ TEST(PositionCodeRecurrence, KeptAnchorsStayAsKeptWhileWalksGoOn) {
   const int64_t kept_position = state.anchor->position;
   const pk::cpu::SharedAnchor<float> kept = arrays.walks->find_anchor<float>(kept_position);
   ASSERT_NE(kept, nullptr);
-  const std::vector<float> kept_row = kept->row;
-  const std::vector<double> kept_angles = kept->sin_cos;
+  const auto row_of = [&](const pk::cpu::SharedAnchor<float>& anchor) {
+    return std::vector<float>(anchor->row.get(), anchor->row.get() + 2 * dim);
+  };
+  const auto angles_of = [&](const pk::cpu::SharedAnchor<float>& anchor) {
+    return std::vector<double>(anchor->sin_cos.get(), anchor->sin_cos.get() + 2 * dim);
+  };
+  const std::vector<float> kept_row = row_of(kept);
+  const std::vector<double> kept_angles = angles_of(kept);
   // The same state walks on, past several anchors and an exact one.
   std::vector<float> walked(rows * dim, kNaN);
   code.evaluate_consecutive(first + 40, rows, walked.data(), state);
   EXPECT_EQ(kept->position, kept_position);
-  EXPECT_EQ(kept->row, kept_row);
-  EXPECT_EQ(kept->sin_cos, kept_angles);
+  EXPECT_EQ(row_of(kept), kept_row);
+  EXPECT_EQ(angles_of(kept), kept_angles);
   // A new walk from the kept anchor's next position, and walks started at every 23rd row.
   Rows::Recurrence from_kept;
   std::vector<float> again(rows * dim, kNaN);
