@@ -253,18 +253,37 @@ TEST(PositionCodeRecurrence, KeptArraysWalkFromOneRowWithSharedTables) {
   ASSERT_EQ(0, std::memcmp(walked.data(), own_walked.data(), walked.size() * sizeof(float)));
 }
 
+// The default sinusoidal code of width `dim` with its arrays kept (walk tables and anchors), as
+// the binding keeps them, and its float rows for walks of `rows` positions.
+struct KeptCode {
+  using Rows = pk::cpu::PositionCodeRows<float>;
+  KeptCode(int64_t dim, int64_t rows)
+      : channels(pk::make_channel_codes({}, dim)),
+        arrays(pk::make_channel_arrays(channels)),
+        source(kept_source(channels, arrays)),
+        code(source, dim, rows) {}
+  static pk::PositionSource kept_source(const std::vector<pk::ChannelCode>& channels,
+                                        const pk::ChannelArrays& arrays) {
+    pk::PositionSource source;
+    source.channels = channels.data();
+    source.arrays = &arrays;
+    return source;
+  }
+  std::vector<pk::ChannelCode> channels;
+  pk::ChannelArrays arrays;
+  pk::PositionSource source;
+  Rows code;
+};
+
 // A walk keeps the first anchor it made, not only its last: a call over the same positions
 // again (every training step from position 0) starts from it instead of an exact anchor, and a
 // kept anchor is never moved (find_anchor still finds it at its position after the walk).
 TEST(PositionCodeRecurrence, AWalkKeepsItsFirstAnchor) {
   const int64_t dim = 70, rows = 100, first = 512;
-  const std::vector<pk::ChannelCode> channels = pk::make_channel_codes({}, dim);
-  const pk::ChannelArrays arrays = pk::make_channel_arrays(channels);
-  pk::PositionSource source;
-  source.channels = channels.data();
-  source.arrays = &arrays;
-  using Rows = pk::cpu::PositionCodeRows<float>;
-  const Rows code(source, dim, rows);
+  const KeptCode kept_code(dim, rows);
+  using Rows = KeptCode::Rows;
+  const Rows& code = kept_code.code;
+  const pk::ChannelArrays& arrays = kept_code.arrays;
   ASSERT_TRUE(code.anchored());
   Rows::Recurrence state;
   std::vector<float> walked(rows * dim, kNaN);
@@ -286,13 +305,11 @@ TEST(PositionCodeRecurrence, AWalkKeepsItsFirstAnchor) {
 // its position: a walk continued from a kept anchor gives the bits of a walk started anew.
 TEST(PositionCodeRecurrence, KeptAnchorsStayAsKeptWhileWalksGoOn) {
   const int64_t dim = 70, rows = 300, first = 1000;
-  const std::vector<pk::ChannelCode> channels = pk::make_channel_codes({}, dim);
-  const pk::ChannelArrays arrays = pk::make_channel_arrays(channels);
-  pk::PositionSource source;
-  source.channels = channels.data();
-  source.arrays = &arrays;
-  using Rows = pk::cpu::PositionCodeRows<float>;
-  const Rows code(source, dim, rows);
+  const KeptCode kept_code(dim, rows);
+  using Rows = KeptCode::Rows;
+  const Rows& code = kept_code.code;
+  const pk::ChannelArrays& arrays = kept_code.arrays;
+  const std::vector<pk::ChannelCode>& channels = kept_code.channels;
   ASSERT_TRUE(code.anchored());
   Rows::Recurrence state;
   std::vector<float> head(40 * dim, kNaN);
