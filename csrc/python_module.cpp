@@ -209,25 +209,22 @@ PyObject* call(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
     return nullptr;
   }
   PyObject* const* values = args + 1;
-  // A tensor subclass (which may define __torch_function__) or an active __torch_function__ mode
-  // goes through torch's own dispatch; Tensor and Parameter define none.
+  // An active __torch_function__ mode, or a tensor subclass (which may define
+  // __torch_function__; to_ivalue takes only Tensor and Parameter, which define none), goes
+  // through torch's own dispatch.
   if (at::impl::PythonTorchFunctionTLS::stack_len() != 0) Py_RETURN_NOTIMPLEMENTED;
-  bool any_tensor = false;
-  for (size_t i = 0; i < count; ++i) {
-    if (direct->kinds[i] != ArgumentKind::kTensor || values[i] == Py_None) continue;
-    if (!THPVariable_CheckExact(values[i])) Py_RETURN_NOTIMPLEMENTED;
-    any_tensor = true;
-  }
-  if (!any_tensor) Py_RETURN_NOTIMPLEMENTED;
   torch::jit::Stack stack;
   stack.reserve(count);
+  bool any_tensor = false;
   for (size_t i = 0; i < count; ++i) {
     c10::IValue value;
     if (!to_ivalue(values[i], direct->kinds[i], direct->optional[i], value)) {
       Py_RETURN_NOTIMPLEMENTED;
     }
+    any_tensor = any_tensor || value.isTensor();
     stack.push_back(std::move(value));
   }
+  if (!any_tensor) Py_RETURN_NOTIMPLEMENTED;
   {
     const ReleasedGil released;
     direct->handle.callBoxed(stack);
