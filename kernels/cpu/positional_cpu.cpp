@@ -60,6 +60,90 @@ constexpr int64_t kPrefetchRows = 4;
 constexpr int64_t kCacheLine = 64;
 constexpr int64_t kPageBytes = 4096;
 
+// The output runs of a range of work items ending at `end` (item: batch index item % batch, rows
+// [step_begin(item / batch), step_begin(item / batch + 1)) of it): in a dense out, the rows of one
+// batch index lie back to back, and a range walks each batch index's rows upwards, so each batch
+// index's rows in the range form one run, populated ahead of the writes (PopulateAhead) if runs can
+// be long enough (which also bounds their count by the output's size).
+class OutputRuns {
+ public:
+  template <typename StepBegin>
+  OutputRuns(const AddPositionalParams& params, int64_t element_bytes, int64_t end,
+             StepBegin&& step_begin) {
+    const RowShape& shape = params.shape;
+    const int64_t batch = shape.batch_count();
+    const bool populate =
+        params.out.dim_stride == 1 && (shape.seq_len == 1 || params.out.seq_stride == shape.dim) &&
+        shape.seq_len * shape.dim * element_bytes >= cpu::PopulateAhead::kMinBytes;
+    if (!populate) return;
+    row_bytes_ = shape.dim * element_bytes;
+    runs_.resize(static_cast<size_t>(batch));
+    run_end_.resize(static_cast<size_t>(batch));
+    for (int64_t b = 0; b < batch; ++b) {
+      // This range's last item of batch index b ends the run.
+      const int64_t last_item = end - 1 - (end - 1 - b) % batch;
+      run_end_[static_cast<size_t>(b)] = step_begin(last_item / batch + 1);
+    }
+  }
+
+  // Before writing the rows of batch index b from row t (at `out`) on.
+  void at_row(int64_t b, int64_t t, void* out) {
+    if (runs_.empty()) return;
+    runs_[static_cast<size_t>(b)].at_row(out, (run_end_[static_cast<size_t>(b)] - t) * row_bytes_);
+  }
+
+ private:
+  int64_t row_bytes_ = 0;
+  std::vector<cpu::PopulateAhead> runs_;
+  std::vector<int64_t> run_end_;  // [batch] the step after each batch index's run
+};
+
+// The rows of a walk from anchors without dropout: positions shared by the batch and consecutive
+// from >= 0, and a code with walk tables. Work item = (one anchor's span of positions, batch
+// index b), span-major: each item is one combine call over its rows (RowSpan), and a thread
+// moves its anchor once per span, for every batch index to read.
+template <typename scalar_t>
+void combine_anchor_spans(const AddPositionalParams& params, const RowPositions& positions,
+                          const cpu::PositionCodeRows<scalar_t>& code,
+                          const ParallelFor& parallel_for) {
+  using acc = acc_t<scalar_t>;
+  const RowShape& shape = params.shape;
+  const int64_t batch = shape.batch_count();
+  const int64_t seq_len = shape.seq_len;
+  const int64_t dim = shape.dim;
+  const acc scale = static_cast<acc>(params.scale);
+  const int64_t span = code.anchor_span();
+  const int64_t first = positions.at(0, 0);
+  // Span 0 ends at the first anchor after `first`; every later one is a whole anchor span.
+  const int64_t lead = span - first % span;
+  auto step_begin = [&](int64_t i) {
+    return i == 0 ? 0 : std::min(seq_len, lead + (i - 1) * span);
+  };
+  const int64_t span_count = seq_len <= lead ? 1 : 1 + (seq_len - lead + span - 1) / span;
+  const int64_t grain = std::max<int64_t>(1, 32768 / (span * dim));
+  parallel_for(0, span_count * batch, grain, [&](int64_t begin, int64_t end) {
+    typename cpu::PositionCodeRows<scalar_t>::Recurrence recurrence_state;
+    OutputRuns runs(params, static_cast<int64_t>(sizeof(scalar_t)), end, step_begin);
+    int64_t i = begin / batch;
+    int64_t b = begin % batch;
+    for (int64_t item = begin; item < end; ++item, b = b + 1 == batch ? 0 : b + 1) {
+      if (item > begin && b == 0) ++i;
+      const int64_t t_begin = step_begin(i);
+      const int64_t rows = step_begin(i + 1) - t_begin;
+      const InputRow<scalar_t> in = input_row<scalar_t>(params, params.x, b, t_begin);
+      scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(params.out.data)) +
+                      cpu::batch_offset(shape, params.out.batch_strides, b) +
+                      t_begin * params.out.seq_stride;
+      runs.at_row(b, t_begin, out);
+      cpu::combine_row(params.combine, in.data, in.stride,
+                       code.anchored_row(first + t_begin, recurrence_state),
+                       static_cast<const acc*>(nullptr), scale, out, params.out.dim_stride, dim,
+                       cpu::RowSpan{rows, params.x.seq_stride, params.out.seq_stride});
+    }
+    code.keep_last_anchor(recurrence_state);
+  });
+}
+
 }  // namespace
 
 void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& parallel_for) {
@@ -77,7 +161,13 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
     using acc = acc_t<scalar_t>;
     const acc scale = static_cast<acc>(params.scale);
     const cpu::PositionCodeRows<scalar_t> code(params.source, dim, needs_code ? seq_len : 0);
-    // Work item = (block of `block` steps t, batch index b), t-block major. A block's PE rows
+    if (needs_code && shared && code.anchored() && !params.dropout.active &&
+        params.gather.weight == nullptr && positions.consecutive(0, seq_len)) {
+      combine_anchor_spans(params, positions, code, parallel_for);
+      return;
+    }
+    // Otherwise (dropout, a gather, positions that do not walk, a learned table): work item =
+    // (block of `block` steps t, batch index b), t-block major. A block's PE rows
     // (about 64 KiB) are computed once and reused for every b when positions do not depend on
     // b, and each item streams `block` consecutive rows of x and out, which the hardware
     // prefetchers follow (a t-major walk would jump a whole [T, D] slice per row).
@@ -99,18 +189,16 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
       int64_t pe_row_position = 0;  // which position pe_block's first row holds (otherwise)
       bool pe_row_valid = false;
       std::unique_ptr<acc[]> mask_chunk(params.dropout.active ? new acc[kRowChunk] : nullptr);
-      // In a dense out, the rows of one batch index lie back to back, and this range walks each
-      // batch index's rows upwards: one run per batch index, if runs can be long enough to be
-      // populated (which also bounds the runs' count by the output's size).
-      const bool populate_runs =
-          params.out.dim_stride == 1 && (seq_len == 1 || params.out.seq_stride == dim) &&
-          seq_len * dim * static_cast<int64_t>(sizeof(scalar_t)) >= cpu::PopulateAhead::kMinBytes;
-      std::vector<cpu::PopulateAhead> populate(populate_runs ? static_cast<size_t>(batch) : 0);
+      OutputRuns runs(params, static_cast<int64_t>(sizeof(scalar_t)), end,
+                      [&](int64_t t_block) { return std::min(seq_len, t_block * block); });
       const bool prefetch_rows = params.gather.weight != nullptr ||
                                  dim * static_cast<int64_t>(sizeof(scalar_t)) >= kPageBytes;
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t t_block = item / batch;
-        const int64_t b = item % batch;
+      // The item's t-block and batch index, stepped along with it (no division per item: a
+      // single batch row's items are its rows).
+      int64_t t_block = begin / batch;
+      int64_t b = begin % batch;
+      for (int64_t item = begin; item < end; ++item, b = b + 1 == batch ? 0 : b + 1) {
+        if (item > begin && b == 0) ++t_block;
         const int64_t t_begin = t_block * block;
         const int64_t t_end = std::min(seq_len, t_begin + block);
         if (needs_code && shared && !walk_anchors && pe_block_index != t_block) {
@@ -146,13 +234,7 @@ void add_positional_cpu(const AddPositionalParams& params, const ParallelFor& pa
           scalar_t* out = static_cast<scalar_t*>(const_cast<void*>(params.out.data)) + out_base +
                           t * params.out.seq_stride;
           const int64_t out_stride = params.out.dim_stride;
-          if (populate_runs) {
-            // This range's last row of batch index b ends the run.
-            const int64_t last_item = end - 1 - (end - 1 - b) % batch;
-            const int64_t run_end = std::min(seq_len, (last_item / batch + 1) * block);
-            populate[static_cast<size_t>(b)].at_row(
-                out, (run_end - t) * dim * static_cast<int64_t>(sizeof(scalar_t)));
-          }
+          runs.at_row(b, t, out);
           // The x row kPrefetchRows ahead, fetched alongside this one: a row of 4 KiB or more
           // starts on a new page, where the hardware prefetchers stop (docs/performance.md).
           // Shorter rows of x are left to them (prefetching rows of 1 KiB cost a resident

@@ -112,6 +112,8 @@ struct RowCode {
   // Whether turn_cos and turn_sin hold one value per channel pair (2i, 2i + 1), whose channels
   // share their frequency: [ceil(dim / 2)], channel d's at d / 2.
   bool pairs = false;
+  // Values from the turns of this row to those of the next position's, from the same anchor.
+  int64_t turn_row_stride = 0;
 
   bool rotated() const { return row == nullptr && anchor_sin != nullptr; }
 
@@ -120,10 +122,49 @@ struct RowCode {
     if (row != nullptr) return RowCode{row + d0};
     if (anchor_sin == nullptr) return RowCode{};
     const int64_t turn = pairs ? d0 / 2 : d0;
-    return RowCode{nullptr,         anchor_sin + d0, anchor_cos + d0,
-                   turn_cos + turn, turn_sin + turn, pairs};
+    return RowCode{nullptr,         anchor_sin + d0, anchor_cos + d0, turn_cos + turn,
+                   turn_sin + turn, pairs,           turn_row_stride};
+  }
+
+  // The code of the position r further on, from the same anchor (a code row stands for one
+  // position only).
+  RowCode span_row(int64_t r) const {
+    if (r == 0 || !rotated()) return *this;
+    RowCode code = *this;
+    code.turn_cos += r * turn_row_stride;
+    code.turn_sin += r * turn_row_stride;
+    return code;
   }
 };
+
+// The rows that one combine call writes: row r < count reads its input at in + r *
+// in_row_stride, its dropout multipliers at mask + r * dim and its code at RowCode::span_row(r)
+// (consecutive positions from one anchor), and writes out + r * out_row_stride. A walk's rows
+// go to the combine an anchor's span at a time, so that the row loop's own work is paid once per
+// span: at D = 256 it cost as much as the combine (docs/performance.md). The default: one row.
+struct RowSpan {
+  int64_t count = 1;
+  int64_t in_row_stride = 0;
+  int64_t out_row_stride = 0;
+};
+
+// Row r of a span: its input (null for kPositionOnly), code, dropout multipliers (null
+// without) and output.
+template <typename scalar_t, typename acc_t>
+struct SpanRow {
+  const scalar_t* in;
+  RowCode<acc_t> pe;
+  const acc_t* mask;
+  scalar_t* out;
+};
+
+template <typename scalar_t, typename acc_t>
+inline __attribute__((always_inline)) SpanRow<scalar_t, acc_t> span_row(
+    const RowSpan& span, int64_t r, int64_t dim, const scalar_t* in, const RowCode<acc_t>& pe,
+    const acc_t* mask, scalar_t* out) {
+  return {in == nullptr ? nullptr : in + r * span.in_row_stride, pe.span_row(r),
+          mask == nullptr ? nullptr : mask + r * dim, out + r * span.out_row_stride};
+}
 
 // The tables of a walk over consecutive positions (PositionCodeRows::evaluate_consecutive), per
 // channel: turn_cos[k * dim + d], turn_sin[k * dim + d] = cos, sin of channel d's angle over k
@@ -146,6 +187,7 @@ struct WalkTables {
 // The most rows a turn table holds, and the most bytes its two tables take.
 constexpr int64_t kMaxTurnRows = 16;
 constexpr int64_t kMaxTurnTableBytes = 256 * 1024;
+static_assert((kMaxTurnRows & (kMaxTurnRows - 1)) == 0, "turn rows are halved: a power of two");
 
 // The walk tables of `arrays`' code: the turn tables built row by row with the vectorized
 // rotate_channels, and one exact step per channel.
@@ -401,6 +443,9 @@ class PositionCodeRows {
   // Whether anchored_row can be used (a computed code off a grid, with its tables built).
   bool anchored() const { return computed() && walk_ != nullptr && !walk_->turn_cos.empty(); }
 
+  // The positions from one anchor to the next (a power of two); requires anchored().
+  int64_t anchor_span() const { return walk_->turn_rows; }
+
   // The code of `position` as its anchor row and the rotation from it, moving `state` to that
   // anchor: cheap for a caller that walks consecutive positions (at most one rotation per
   // turn_rows_ positions), as evaluate_consecutive does. Requires anchored() and position >= 0.
@@ -408,7 +453,7 @@ class PositionCodeRows {
   // only float32 rows take them (combine_pairs), so every other type reads the same tables as
   // before, and the values are the same either way.
   RowCode<acc> anchored_row(int64_t position, Recurrence& state, bool pair_turns = true) const {
-    const int64_t k = position % walk_->turn_rows;
+    const int64_t k = position & (walk_->turn_rows - 1);  // turn_rows: a power of two
     if (state.anchor == nullptr || state.anchor->position != position - k) {
       move_anchor(position - k, state);
     }
@@ -420,9 +465,11 @@ class PositionCodeRows {
       code.turn_cos = walk_->pair_turn_cos.data() + k * columns;
       code.turn_sin = walk_->pair_turn_sin.data() + k * columns;
       code.pairs = true;
+      code.turn_row_stride = columns;
     } else {
       code.turn_cos = walk_->turn_cos.data() + k * dim_;
       code.turn_sin = walk_->turn_sin.data() + k * dim_;
+      code.turn_row_stride = dim_;
     }
     return code;
   }
@@ -662,54 +709,71 @@ inline __attribute__((always_inline)) void combine_row_loop(const scalar_t* __re
   }
 }
 
-// combine_row_loop over contiguous rows of a 16-bit type (bfloat16, float16), built for the
-// baseline, AVX2 and AVX-512 (vectorized.cpp) and chosen at run time: the conversions to and
-// from float take most of the loop's instructions, which the wider builds cut by 2 and 4. The
-// same operations per element in every build (no FMA), so the same bits.
+// combine_row_loop over each row of a span.
+template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t, typename acc_t>
+inline __attribute__((always_inline)) void combine_span_loop(const scalar_t* in, int64_t in_stride,
+                                                             const RowCode<acc_t>& pe,
+                                                             const acc_t* mask, acc_t scale,
+                                                             scalar_t* out, int64_t out_stride,
+                                                             int64_t dim, const RowSpan& span) {
+  for (int64_t r = 0; r < span.count; ++r) {
+    const SpanRow<scalar_t, acc_t> row = span_row(span, r, dim, in, pe, mask, out);
+    combine_row_loop<kCombine, kMasked, kRotated>(row.in, in_stride, row.pe, row.mask, scale,
+                                                  row.out, out_stride, dim);
+  }
+}
+
+// combine_span_loop over contiguous rows of float32 or a 16-bit type (bfloat16, float16), built
+// for the baseline, AVX2 and AVX-512 (vectorized.cpp) and chosen at run time: the conversions to
+// and from float take most of a 16-bit loop's instructions, which the wider builds cut by 2 and
+// 4. The same operations per element in every build (no FMA), so the same bits.
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
 void combine_contiguous(const scalar_t* in, const RowCode<float>& pe, const float* mask,
-                        float scale, scalar_t* out, int64_t dim);
+                        float scale, scalar_t* out, int64_t dim, const RowSpan& span);
 
-// combine_row_loop of a float32 row whose code is rotated with turns per channel pair
+// combine_span_loop of float32 rows whose code is rotated with turns per channel pair
 // (RowCode::pairs): the same operations per element, so the same bits. Contiguous rows go to a
 // build for AVX2 or AVX-512 chosen at run time, which widens each pair's turn to both its
 // channels with one permute; strided rows, and the baseline, to a scalar loop.
 template <Combine kCombine, bool kMasked>
 void combine_pairs(const float* in, int64_t in_stride, const RowCode<float>& pe, const float* mask,
-                   float scale, float* out, int64_t out_stride, int64_t dim);
+                   float scale, float* out, int64_t out_stride, int64_t dim, const RowSpan& span);
 
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t, typename acc_t>
 inline __attribute__((always_inline)) void combine_row_impl(const scalar_t* in, int64_t in_stride,
                                                             const RowCode<acc_t>& pe,
                                                             const acc_t* mask, acc_t scale,
                                                             scalar_t* out, int64_t out_stride,
-                                                            int64_t dim) {
-  if constexpr (sizeof(scalar_t) == 2 && kCombine != Combine::kPositionOnly) {
+                                                            int64_t dim, const RowSpan& span) {
+  // float32 too: the wider builds' loops are the same operations per element.
+  if constexpr ((sizeof(scalar_t) == 2 || std::is_same_v<scalar_t, float>) &&
+                kCombine != Combine::kPositionOnly) {
     if (in_stride == 1 && out_stride == 1) {
-      combine_contiguous<kCombine, kMasked, kRotated>(in, pe, mask, scale, out, dim);
+      combine_contiguous<kCombine, kMasked, kRotated>(in, pe, mask, scale, out, dim, span);
       return;
     }
   }
-  combine_row_loop<kCombine, kMasked, kRotated>(in, in_stride, pe, mask, scale, out, out_stride,
-                                                dim);
+  combine_span_loop<kCombine, kMasked, kRotated>(in, in_stride, pe, mask, scale, out, out_stride,
+                                                 dim, span);
 }
 
-// combine_row_impl for run-time choices. A kScaleOnly combine needs no code.
+// combine_row_impl for run-time choices, over one row or a span of rows (RowSpan). A
+// kScaleOnly combine needs no code.
 template <typename scalar_t, typename acc_t>
 inline __attribute__((always_inline)) void combine_row(Combine combine, const scalar_t* in,
                                                        int64_t in_stride, const RowCode<acc_t>& pe,
                                                        const acc_t* mask, acc_t scale,
                                                        scalar_t* out, int64_t out_stride,
-                                                       int64_t dim) {
+                                                       int64_t dim, const RowSpan& span = {}) {
   auto run = [&](auto combine_tag, auto rotated_tag) __attribute__((always_inline)) {
     constexpr Combine kCombine = decltype(combine_tag)::value;
     constexpr bool kRotated = decltype(rotated_tag)::value;
     if (mask != nullptr) {
       combine_row_impl<kCombine, true, kRotated>(in, in_stride, pe, mask, scale, out, out_stride,
-                                                 dim);
+                                                 dim, span);
     } else {
       combine_row_impl<kCombine, false, kRotated>(in, in_stride, pe, mask, scale, out, out_stride,
-                                                  dim);
+                                                  dim, span);
     }
   };
   auto with_code = [&](auto combine_tag) __attribute__((always_inline)) {
@@ -717,10 +781,11 @@ inline __attribute__((always_inline)) void combine_row(Combine combine, const sc
       if (pe.pairs) {
         constexpr Combine kCombine = decltype(combine_tag)::value;
         if (mask != nullptr) {
-          return combine_pairs<kCombine, true>(in, in_stride, pe, mask, scale, out, out_stride,
-                                               dim);
+          return combine_pairs<kCombine, true>(in, in_stride, pe, mask, scale, out, out_stride, dim,
+                                               span);
         }
-        return combine_pairs<kCombine, false>(in, in_stride, pe, mask, scale, out, out_stride, dim);
+        return combine_pairs<kCombine, false>(in, in_stride, pe, mask, scale, out, out_stride, dim,
+                                              span);
       }
     }
     if (pe.rotated()) return run(combine_tag, std::true_type{});

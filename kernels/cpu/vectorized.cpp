@@ -492,8 +492,8 @@ namespace {
 
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
 void combine_contiguous_baseline(const scalar_t* in, const RowCode<float>& pe, const float* mask,
-                                 float scale, scalar_t* out, int64_t dim) {
-  combine_row_loop<kCombine, kMasked, kRotated>(in, 1, pe, mask, scale, out, 1, dim);
+                                 float scale, scalar_t* out, int64_t dim, const RowSpan& span) {
+  combine_span_loop<kCombine, kMasked, kRotated>(in, 1, pe, mask, scale, out, 1, dim, span);
 }
 
 #if defined(__x86_64__)
@@ -501,15 +501,16 @@ template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
 __attribute__((target("avx2"))) void combine_contiguous_avx2(const scalar_t* in,
                                                              const RowCode<float>& pe,
                                                              const float* mask, float scale,
-                                                             scalar_t* out, int64_t dim) {
-  combine_row_loop<kCombine, kMasked, kRotated>(in, 1, pe, mask, scale, out, 1, dim);
+                                                             scalar_t* out, int64_t dim,
+                                                             const RowSpan& span) {
+  combine_span_loop<kCombine, kMasked, kRotated>(in, 1, pe, mask, scale, out, 1, dim, span);
 }
 
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void combine_contiguous_avx512(
     const scalar_t* in, const RowCode<float>& pe, const float* mask, float scale, scalar_t* out,
-    int64_t dim) {
-  combine_row_loop<kCombine, kMasked, kRotated>(in, 1, pe, mask, scale, out, 1, dim);
+    int64_t dim, const RowSpan& span) {
+  combine_span_loop<kCombine, kMasked, kRotated>(in, 1, pe, mask, scale, out, 1, dim, span);
 }
 
 // float16 through F16C, eight lanes an instruction, instead of the bit arithmetic of
@@ -544,23 +545,27 @@ __attribute__((target("avx2,f16c"))) void floats_to_halves(const float* in, Floa
   for (; i < n; ++i) out[i] = float_to_float16(in[i]);
 }
 
-// A float16 row: chunks widened to float, the float loop, then narrowed; the same float
+// Float16 rows: chunks widened to float, the float loop, then narrowed; the same float
 // arithmetic in the same order as the float16 loop, so the same bits.
 template <Combine kCombine, bool kMasked, bool kRotated>
 __attribute__((target("avx2,f16c"))) void combine_halves_f16c(const Float16* in,
                                                               const RowCode<float>& pe,
                                                               const float* mask, float scale,
-                                                              Float16* out, int64_t dim) {
+                                                              Float16* out, int64_t dim,
+                                                              const RowSpan& span) {
   constexpr int64_t kChunk = 256;
   alignas(32) float in_floats[kChunk];
   alignas(32) float out_floats[kChunk];
-  for (int64_t d0 = 0; d0 < dim; d0 += kChunk) {
-    const int64_t count = std::min(kChunk, dim - d0);
-    halves_to_floats(in + d0, in_floats, count);
-    combine_row_loop<kCombine, kMasked, kRotated>(in_floats, 1, pe.from_channel(d0),
-                                                  kMasked ? mask + d0 : nullptr, scale, out_floats,
-                                                  1, count);
-    floats_to_halves(out_floats, out + d0, count);
+  for (int64_t r = 0; r < span.count; ++r) {
+    const SpanRow<Float16, float> row = span_row(span, r, dim, in, pe, mask, out);
+    for (int64_t d0 = 0; d0 < dim; d0 += kChunk) {
+      const int64_t count = std::min(kChunk, dim - d0);
+      halves_to_floats(row.in + d0, in_floats, count);
+      combine_row_loop<kCombine, kMasked, kRotated>(in_floats, 1, row.pe.from_channel(d0),
+                                                    kMasked ? row.mask + d0 : nullptr, scale,
+                                                    out_floats, 1, count);
+      floats_to_halves(out_floats, row.out + d0, count);
+    }
   }
 }
 #else
@@ -576,13 +581,13 @@ constexpr auto combine_contiguous_avx512 =
 
 template <Combine kCombine, bool kMasked, bool kRotated, typename scalar_t>
 void combine_contiguous(const scalar_t* in, const RowCode<float>& pe, const float* mask,
-                        float scale, scalar_t* out, int64_t dim) {
+                        float scale, scalar_t* out, int64_t dim, const RowSpan& span) {
 #if defined(__x86_64__)
   if constexpr (std::is_same_v<scalar_t, Float16>) {
     static const bool f16c =
         cpu_capability() >= CpuCapability::kAvx2 && __builtin_cpu_supports("f16c");
     if (f16c) {
-      combine_halves_f16c<kCombine, kMasked, kRotated>(in, pe, mask, scale, out, dim);
+      combine_halves_f16c<kCombine, kMasked, kRotated>(in, pe, mask, scale, out, dim, span);
       return;
     }
   }
@@ -591,7 +596,7 @@ void combine_contiguous(const scalar_t* in, const RowCode<float>& pe, const floa
       choose_build(combine_contiguous_baseline<kCombine, kMasked, kRotated, scalar_t>,
                    combine_contiguous_avx2<kCombine, kMasked, kRotated, scalar_t>,
                    combine_contiguous_avx512<kCombine, kMasked, kRotated, scalar_t>);
-  chosen(in, pe, mask, scale, out, dim);
+  chosen(in, pe, mask, scale, out, dim, span);
 }
 
 namespace {
@@ -612,17 +617,21 @@ inline __attribute__((always_inline)) void combine_pairs_scalar(
 
 template <Combine kCombine, bool kMasked>
 void combine_pairs_baseline(const float* in, const RowCode<float>& pe, const float* mask,
-                            float scale, float* out, int64_t dim) {
-  combine_pairs_scalar<kCombine, kMasked>(in, 1, pe, mask, scale, out, 1, 0, dim);
+                            float scale, float* out, int64_t dim, const RowSpan& span) {
+  for (int64_t r = 0; r < span.count; ++r) {
+    const SpanRow<float, float> row = span_row(span, r, dim, in, pe, mask, out);
+    combine_pairs_scalar<kCombine, kMasked>(row.in, 1, row.pe, row.mask, scale, row.out, 1, 0, dim);
+  }
 }
 
 #if defined(__x86_64__)
 // As combined_value, operation for operation (no FMA), 8 or 16 lanes at a time: each
 // pair's turn is loaded once and widened to its two channels' lanes by a permute.
 template <Combine kCombine, bool kMasked>
-__attribute__((target("avx2"))) void combine_pairs_avx2(const float* in, const RowCode<float>& pe,
-                                                        const float* mask, float scale, float* out,
-                                                        int64_t dim) {
+__attribute__((target("avx2"))) void combine_pair_row_avx2(const float* in,
+                                                           const RowCode<float>& pe,
+                                                           const float* mask, float scale,
+                                                           float* out, int64_t dim) {
   const __m256i widen = _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0);  // pair i to lanes 2i, 2i + 1
   const __m256 scale_lanes = _mm256_set1_ps(scale);
   int64_t d = 0;
@@ -646,7 +655,7 @@ __attribute__((target("avx2"))) void combine_pairs_avx2(const float* in, const R
 }
 
 template <Combine kCombine, bool kMasked>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void combine_pairs_avx512(
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void combine_pair_row_avx512(
     const float* in, const RowCode<float>& pe, const float* mask, float scale, float* out,
     int64_t dim) {
   const __m512i widen = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
@@ -671,6 +680,26 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void combine_pairs_avx512(
   }
   combine_pairs_scalar<kCombine, kMasked>(in, 1, pe, mask, scale, out, 1, d, dim);
 }
+
+template <Combine kCombine, bool kMasked>
+__attribute__((target("avx2"))) void combine_pairs_avx2(const float* in, const RowCode<float>& pe,
+                                                        const float* mask, float scale, float* out,
+                                                        int64_t dim, const RowSpan& span) {
+  for (int64_t r = 0; r < span.count; ++r) {
+    const SpanRow<float, float> row = span_row(span, r, dim, in, pe, mask, out);
+    combine_pair_row_avx2<kCombine, kMasked>(row.in, row.pe, row.mask, scale, row.out, dim);
+  }
+}
+
+template <Combine kCombine, bool kMasked>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void combine_pairs_avx512(
+    const float* in, const RowCode<float>& pe, const float* mask, float scale, float* out,
+    int64_t dim, const RowSpan& span) {
+  for (int64_t r = 0; r < span.count; ++r) {
+    const SpanRow<float, float> row = span_row(span, r, dim, in, pe, mask, out);
+    combine_pair_row_avx512<kCombine, kMasked>(row.in, row.pe, row.mask, scale, row.out, dim);
+  }
+}
 #else
 template <Combine kCombine, bool kMasked>
 constexpr auto combine_pairs_avx2 = combine_pairs_baseline<kCombine, kMasked>;
@@ -682,39 +711,52 @@ constexpr auto combine_pairs_avx512 = combine_pairs_baseline<kCombine, kMasked>;
 
 template <Combine kCombine, bool kMasked>
 void combine_pairs(const float* in, int64_t in_stride, const RowCode<float>& pe, const float* mask,
-                   float scale, float* out, int64_t out_stride, int64_t dim) {
+                   float scale, float* out, int64_t out_stride, int64_t dim, const RowSpan& span) {
   if ((in_stride != 1 && kCombine != Combine::kPositionOnly) || out_stride != 1) {
-    combine_pairs_scalar<kCombine, kMasked>(in, in_stride, pe, mask, scale, out, out_stride, 0,
-                                            dim);
+    for (int64_t r = 0; r < span.count; ++r) {
+      const SpanRow<float, float> row = span_row(span, r, dim, in, pe, mask, out);
+      combine_pairs_scalar<kCombine, kMasked>(row.in, in_stride, row.pe, row.mask, scale, row.out,
+                                              out_stride, 0, dim);
+    }
     return;
   }
   static const auto chosen =
       choose_build(combine_pairs_baseline<kCombine, kMasked>, combine_pairs_avx2<kCombine, kMasked>,
                    combine_pairs_avx512<kCombine, kMasked>);
-  chosen(in, pe, mask, scale, out, dim);
+  chosen(in, pe, mask, scale, out, dim, span);
 }
 
 template void combine_pairs<Combine::kAdd, false>(const float*, int64_t, const RowCode<float>&,
-                                                  const float*, float, float*, int64_t, int64_t);
+                                                  const float*, float, float*, int64_t, int64_t,
+                                                  const RowSpan&);
 template void combine_pairs<Combine::kAdd, true>(const float*, int64_t, const RowCode<float>&,
-                                                 const float*, float, float*, int64_t, int64_t);
+                                                 const float*, float, float*, int64_t, int64_t,
+                                                 const RowSpan&);
 template void combine_pairs<Combine::kMul, false>(const float*, int64_t, const RowCode<float>&,
-                                                  const float*, float, float*, int64_t, int64_t);
+                                                  const float*, float, float*, int64_t, int64_t,
+                                                  const RowSpan&);
 template void combine_pairs<Combine::kMul, true>(const float*, int64_t, const RowCode<float>&,
-                                                 const float*, float, float*, int64_t, int64_t);
+                                                 const float*, float, float*, int64_t, int64_t,
+                                                 const RowSpan&);
 template void combine_pairs<Combine::kPositionOnly, false>(const float*, int64_t,
                                                            const RowCode<float>&, const float*,
-                                                           float, float*, int64_t, int64_t);
+                                                           float, float*, int64_t, int64_t,
+                                                           const RowSpan&);
 template void combine_pairs<Combine::kPositionOnly, true>(const float*, int64_t,
                                                           const RowCode<float>&, const float*,
-                                                          float, float*, int64_t, int64_t);
+                                                          float, float*, int64_t, int64_t,
+                                                          const RowSpan&);
 
 // Every combine with an input, masked or not, from a code row or rotated, for both 16-bit types.
-#define POSENC_COMBINE_CONTIGUOUS(combine, masked, rotated)                             \
-  template void combine_contiguous<Combine::combine, masked, rotated, BFloat16>(        \
-      const BFloat16*, const RowCode<float>&, const float*, float, BFloat16*, int64_t); \
-  template void combine_contiguous<Combine::combine, masked, rotated, Float16>(         \
-      const Float16*, const RowCode<float>&, const float*, float, Float16*, int64_t);
+#define POSENC_COMBINE_CONTIGUOUS(combine, masked, rotated)                            \
+  template void combine_contiguous<Combine::combine, masked, rotated, BFloat16>(       \
+      const BFloat16*, const RowCode<float>&, const float*, float, BFloat16*, int64_t, \
+      const RowSpan&);                                                                 \
+  template void combine_contiguous<Combine::combine, masked, rotated, Float16>(        \
+      const Float16*, const RowCode<float>&, const float*, float, Float16*, int64_t,   \
+      const RowSpan&);                                                                 \
+  template void combine_contiguous<Combine::combine, masked, rotated, float>(          \
+      const float*, const RowCode<float>&, const float*, float, float*, int64_t, const RowSpan&);
 #define POSENC_COMBINE_CONTIGUOUS_CODES(combine)   \
   POSENC_COMBINE_CONTIGUOUS(combine, false, false) \
   POSENC_COMBINE_CONTIGUOUS(combine, false, true)  \

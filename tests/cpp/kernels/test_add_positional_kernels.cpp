@@ -1,6 +1,7 @@
 // The CPU row kernels of add_positional and positional_encoding, without torch, against float64
 // references written from the published formulas.
 #include <algorithm>
+#include <limits>
 #include <numeric>
 
 #include "grid_case.h"
@@ -301,10 +302,10 @@ TEST(AddPositionalKernel, TableBackwardMatchesReference) {
   }
 }
 
-// One batch row makes its rows' codes chunk by chunk from their anchors (kRowChunk = 256), and
-// more batch rows make whole rows once for the batch: the same bits either way, and within the
-// exact-angle contract of the float64 reference. D = 600 ends in a partial chunk; odd D = 71 has
-// a spare channel.
+// One batch row and two, combined an anchor's span at a time (no dropout): the same bits, and
+// within the exact-angle contract of the float64 reference (AnchorSpansGiveTheRowPathsBits
+// compares the spans with the row paths of a dropout call). D = 600 ends in a partial 256-channel
+// chunk; odd D = 71 has a spare channel.
 TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
   for (const int64_t dim : {int64_t{600}, int64_t{71}}) {
     for (const pk::Layout layout : {pk::Layout::kInterleaved, pk::Layout::kConcat}) {
@@ -343,8 +344,9 @@ TEST(AddPositionalKernel, OneBatchRowMatchesTheBatchedPathAndTheReference) {
   }
 }
 
-// bfloat16 and float16 rows of one batch row (the fused walk from anchors) against the batched
-// path (code rows written first), bit for bit: add with dropout, mul, and the code alone; widths
+// bfloat16 and float16 rows of one batch row against two, bit for bit: add with dropout (one
+// row's fused walk from anchors against code rows written first), mul and the code alone (anchor
+// spans in both); widths
 // with a 256-channel chunk's tail and an odd spare channel; and the code within 2e-6 plus the
 // type's rounding of the reference.
 template <typename scalar_t>
@@ -583,4 +585,96 @@ TEST(AddPositionalKernel, NegativePositionsMatchReference) {
       }
     }
   }
+}
+
+// Without dropout, rows whose codes walk from anchors go to the combine an anchor's span at a
+// time (RowSpan); with dropout, row by row (one batch row) or from code rows written first
+// (several). Dropout of p = 0.5 multiplies by exactly 2, so each element of a dropout call is 0
+// or exactly twice the span path's (float16 subnormals aside): the same bits through either path,
+// for float32 (channel-pair turns), float64, bfloat16 and float16, the interleaved and concatenated
+// layouts (the latter without pair turns), add, mul and the code alone, x with strided rows,
+// offsets whose first anchor span is partial, and any split into threads; and within the
+// exact-angle contract.
+template <typename scalar_t>
+void check_spans_against_the_row_paths(double rounding) {
+  const int64_t seq = 75, batch = 3;
+  for (const int64_t dim : {int64_t{600}, int64_t{71}, int64_t{16}}) {
+    for (const pk::Layout layout : {pk::Layout::kInterleaved, pk::Layout::kConcat}) {
+      for (const pk::Combine combine :
+           {pk::Combine::kAdd, pk::Combine::kMul, pk::Combine::kPositionOnly}) {
+        const int64_t offset = combine == pk::Combine::kMul ? 0 : (int64_t{1} << 24) - 37;
+        SCOPED_TRACE(testing::Message() << "dim " << dim << " layout " << static_cast<int>(layout)
+                                        << " combine " << static_cast<int>(combine));
+        // x stored [T, B, D + 3]: strided rows, padded channels.
+        const int64_t padded = dim + 3;
+        std::vector<scalar_t> x_storage(seq * batch * padded);
+        std::mt19937 rng(static_cast<unsigned>(dim + 5 * static_cast<int>(combine)));
+        std::normal_distribution<float> normal;
+        for (auto& v : x_storage)
+          pk::store_from_acc(&v, static_cast<pk::acc_t<scalar_t>>(normal(rng)));
+        pk::PositionCodeOptions options;
+        options.layout = layout;
+        const auto codes = pk::make_channel_codes(options, dim);
+        auto run = [&](int64_t rows_of_batch, double p_drop, const pk::ParallelFor& pf) {
+          std::vector<scalar_t> out(rows_of_batch * seq * dim);  // poisoned: NaN
+          for (auto& v : out)
+            pk::store_from_acc(&v, std::numeric_limits<pk::acc_t<scalar_t>>::quiet_NaN());
+          pk::AddPositionalParams params =
+              contiguous_params(x_storage, out, rows_of_batch, seq, dim, codes);
+          params.x.batch_strides[0] = padded;
+          params.x.seq_stride = batch * padded;
+          if (combine == pk::Combine::kPositionOnly) params.x = {};
+          params.offset = offset;
+          params.scale = 1.75;
+          params.combine = combine;
+          params.source.code = options;
+          params.dropout = pk::make_dropout(p_drop, true, 77);
+          pk::add_positional_cpu(params, pf);
+          return out;
+        };
+        for (const int64_t rows_of_batch : {int64_t{1}, batch}) {
+          const std::vector<scalar_t> spans = run(rows_of_batch, 0.0, serial_chunks_of_one);
+          const std::vector<scalar_t> split = run(rows_of_batch, 0.0, four_threads);
+          ASSERT_EQ(0, std::memcmp(spans.data(), split.data(), spans.size() * sizeof(scalar_t)));
+          const std::vector<scalar_t> dropped = run(rows_of_batch, 0.5, four_threads);
+          int64_t kept = 0;
+          for (size_t i = 0; i < spans.size(); ++i) {
+            const auto twice = static_cast<pk::acc_t<scalar_t>>(2) * pk::load_as_acc(&spans[i]);
+            const auto got = pk::load_as_acc(&dropped[i]);
+            // A float16 subnormal rounds by a fixed step, so doubling it is not exact.
+            if (std::is_same_v<scalar_t, pk::Float16> && std::fabs(twice) < 0x1p-13) continue;
+            ASSERT_TRUE(got == 0 || std::memcmp(&got, &twice, sizeof(got)) == 0)
+                << "rows " << rows_of_batch << " element " << i << ": " << got << " vs 2 x "
+                << pk::load_as_acc(&spans[i]);
+            kept += got != 0;
+          }
+          EXPECT_GT(kept, static_cast<int64_t>(spans.size()) / 4);
+          for (int64_t b = 0; b < rows_of_batch; ++b) {
+            for (int64_t t = 0; t < seq; ++t) {
+              for (int64_t d = 0; d < dim; ++d) {
+                const double code =
+                    reference_code(pk::PositionKind::kSinusoidal, pk::Convention::kVaswani, layout,
+                                   10000.0, dim, static_cast<double>(offset + t), d);
+                const double x = pk::load_as_acc(&x_storage[t * batch * padded + b * padded + d]);
+                const double want = combine == pk::Combine::kAdd   ? 1.75 * x + code
+                                    : combine == pk::Combine::kMul ? 1.75 * x * code
+                                                                   : code;
+                ASSERT_NEAR(pk::load_as_acc(&spans[(b * seq + t) * dim + d]), want,
+                            2e-6 * (combine == pk::Combine::kMul ? 1.75 * std::fabs(x) : 1.0) +
+                                rounding * std::max(1.0, std::fabs(want)))
+                    << "b " << b << " t " << t << " d " << d;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(AddPositionalKernel, AnchorSpansGiveTheRowPathsBits) {
+  check_spans_against_the_row_paths<float>(1.2e-7);
+  check_spans_against_the_row_paths<double>(1e-15);
+  check_spans_against_the_row_paths<pk::BFloat16>(8e-3);
+  check_spans_against_the_row_paths<pk::Float16>(1e-3);
 }
