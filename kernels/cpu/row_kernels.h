@@ -33,9 +33,18 @@ enum class CpuCapability { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
 CpuCapability cpu_capability();
 
 // (s[d], c[d]) <- rotation of (from_s[d], from_c[d]) by the angle with sine step_sin[d] and
-// cosine step_cos[d], for d < n (vectorized, built for AVX2 too); in place when from is (s, c).
+// cosine step_cos[d], for d < n (vectorized, built for AVX2 and AVX-512 too, with the same
+// bits); in place when from is (s, c).
 void rotate_channels(const double* step_sin, const double* step_cos, const double* from_s,
                      const double* from_c, double* s, double* c, int64_t n);
+
+// An anchor's code row from its angles: code_sin[d] = amplitude[d] * s[d] and code_cos[d] =
+// amplitude[d] * c[d], rounded once to acc, for d < n (vectorized, built for AVX2 and AVX-512
+// too, with the same bits).
+void anchor_code(const double* amplitude, const double* s, const double* c, float* code_sin,
+                 float* code_cos, int64_t n);
+void anchor_code(const double* amplitude, const double* s, const double* c, double* code_sin,
+                 double* code_cos, int64_t n);
 
 // A code value from its anchor (amplitude * sin and amplitude * cos of the channel's angle
 // there) and the rotation from the anchor to its row: the one formula of rotate_from_anchor and
@@ -185,7 +194,7 @@ struct WalkTables {
 };
 
 // The most rows a turn table holds, and the most bytes its two tables take.
-constexpr int64_t kMaxTurnRows = 16;
+constexpr int64_t kMaxTurnRows = 64;
 constexpr int64_t kMaxTurnTableBytes = 256 * 1024;
 static_assert((kMaxTurnRows & (kMaxTurnRows - 1)) == 0, "turn rows are halved: a power of two");
 
@@ -529,12 +538,7 @@ class PositionCodeRows {
         rotate_channels(walk.anchor_step_sin.data(), walk.anchor_step_cos.data(), s, c, s, c, dim_);
       }
     }
-    acc* __restrict a_sin = made->row.get();
-    acc* __restrict a_cos = a_sin + dim_;
-    for (int64_t d = 0; d < dim_; ++d) {
-      a_sin[d] = static_cast<acc>(amplitude64_[d] * s[d]);
-      a_cos[d] = static_cast<acc>(amplitude64_[d] * c[d]);
-    }
+    anchor_code(amplitude64_, s, c, made->row.get(), made->row.get() + dim_, dim_);
     state.anchor = std::move(made);
     state.owns_anchor = true;
   }

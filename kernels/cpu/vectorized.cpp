@@ -322,23 +322,80 @@ void rotate_baseline(const double* step_sin, const double* step_cos, const doubl
   rotate_loop(step_sin, step_cos, from_s, from_c, s, c, n);
 }
 
+template <typename acc_t>
+inline __attribute__((always_inline)) void anchor_code_loop(const double* __restrict amplitude,
+                                                            const double* __restrict s,
+                                                            const double* __restrict c,
+                                                            acc_t* __restrict code_sin,
+                                                            acc_t* __restrict code_cos, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) {
+    code_sin[d] = static_cast<acc_t>(amplitude[d] * s[d]);
+    code_cos[d] = static_cast<acc_t>(amplitude[d] * c[d]);
+  }
+}
+
+template <typename acc_t>
+void anchor_code_baseline(const double* amplitude, const double* s, const double* c,
+                          acc_t* code_sin, acc_t* code_cos, int64_t n) {
+  anchor_code_loop(amplitude, s, c, code_sin, code_cos, n);
+}
+
 #if defined(__x86_64__)
-// AVX2 without FMA: the same roundings as the baseline, so both give the same bits.
+// AVX2 and AVX-512 without FMA: the same roundings as the baseline, so all give the same bits.
 __attribute__((target("avx2"))) void rotate_avx2(const double* step_sin, const double* step_cos,
                                                  const double* from_s, const double* from_c,
                                                  double* s, double* c, int64_t n) {
   rotate_loop(step_sin, step_cos, from_s, from_c, s, c, n);
 }
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void rotate_avx512(
+    const double* step_sin, const double* step_cos, const double* from_s, const double* from_c,
+    double* s, double* c, int64_t n) {
+  rotate_loop(step_sin, step_cos, from_s, from_c, s, c, n);
+}
+
+template <typename acc_t>
+__attribute__((target("avx2"))) void anchor_code_avx2(const double* amplitude, const double* s,
+                                                      const double* c, acc_t* code_sin,
+                                                      acc_t* code_cos, int64_t n) {
+  anchor_code_loop(amplitude, s, c, code_sin, code_cos, n);
+}
+
+template <typename acc_t>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void anchor_code_avx512(
+    const double* amplitude, const double* s, const double* c, acc_t* code_sin, acc_t* code_cos,
+    int64_t n) {
+  anchor_code_loop(amplitude, s, c, code_sin, code_cos, n);
+}
 #else
 constexpr auto rotate_avx2 = rotate_baseline;
+constexpr auto rotate_avx512 = rotate_baseline;
+template <typename acc_t>
+constexpr auto anchor_code_avx2 = anchor_code_baseline<acc_t>;
+template <typename acc_t>
+constexpr auto anchor_code_avx512 = anchor_code_baseline<acc_t>;
 #endif
 
 }  // namespace
 
 void rotate_channels(const double* step_sin, const double* step_cos, const double* from_s,
                      const double* from_c, double* s, double* c, int64_t n) {
-  static const auto chosen = choose_build(rotate_baseline, rotate_avx2);
+  static const auto chosen = choose_build(rotate_baseline, rotate_avx2, rotate_avx512);
   chosen(step_sin, step_cos, from_s, from_c, s, c, n);
+}
+
+void anchor_code(const double* amplitude, const double* s, const double* c, float* code_sin,
+                 float* code_cos, int64_t n) {
+  static const auto chosen =
+      choose_build(anchor_code_baseline<float>, anchor_code_avx2<float>, anchor_code_avx512<float>);
+  chosen(amplitude, s, c, code_sin, code_cos, n);
+}
+
+void anchor_code(const double* amplitude, const double* s, const double* c, double* code_sin,
+                 double* code_cos, int64_t n) {
+  static const auto chosen = choose_build(anchor_code_baseline<double>, anchor_code_avx2<double>,
+                                          anchor_code_avx512<double>);
+  chosen(amplitude, s, c, code_sin, code_cos, n);
 }
 
 namespace {
