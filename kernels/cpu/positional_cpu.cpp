@@ -120,7 +120,7 @@ void combine_anchor_spans(const AddPositionalParams& params, const RowPositions&
     return i == 0 ? 0 : std::min(seq_len, lead + (i - 1) * span);
   };
   const int64_t span_count = seq_len <= lead ? 1 : 1 + (seq_len - lead + span - 1) / span;
-  const int64_t grain = std::max<int64_t>(1, 32768 / (span * dim));
+  const int64_t grain = std::max<int64_t>(1, 32768 / (std::min(span, seq_len) * dim));
   parallel_for(0, span_count * batch, grain, [&](int64_t begin, int64_t end) {
     typename cpu::PositionCodeRows<scalar_t>::Recurrence recurrence_state;
     OutputRuns runs(params, static_cast<int64_t>(sizeof(scalar_t)), end, step_begin);
