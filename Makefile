@@ -98,6 +98,8 @@ bench-cpp: install
 	cmake --build $(BUILD_DIR)/bench-cpp
 	$(BUILD_DIR)/bench-cpp/envelope_cpp $(BENCH_CPP_ARGS)
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 $(BUILD_DIR)/bench-cpp/envelope_cpp $(BENCH_CPP_ARGS)
+	$(BUILD_DIR)/bench-cpp/fused_loop_floor 2048 256
+	$(BUILD_DIR)/bench-cpp/fused_loop_floor 128 1024
 
 TORCH_PREFIX = $$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
