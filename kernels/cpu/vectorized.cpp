@@ -804,7 +804,8 @@ template void combine_pairs<Combine::kPositionOnly, true>(const float*, int64_t,
                                                           float, float*, int64_t, int64_t,
                                                           const RowSpan&);
 
-// Every combine with an input, masked or not, from a code row or rotated, for both 16-bit types.
+// Every combine with an input, masked or not, from a code row or rotated, for float32 and both
+// 16-bit types.
 #define POSENC_COMBINE_CONTIGUOUS(combine, masked, rotated)                            \
   template void combine_contiguous<Combine::combine, masked, rotated, BFloat16>(       \
       const BFloat16*, const RowCode<float>&, const float*, float, BFloat16*, int64_t, \
